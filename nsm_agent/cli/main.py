@@ -1,0 +1,245 @@
+"""`nsmctl`: connect, close, get, and run an endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from pydantic import ValidationError
+
+from nsm_api import registry_pb2_grpc
+from nsm_api.connection_pb2 import Connection
+from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
+from nsm_agent.cli.inputs import ConnectInput, EndpointInput, parse_labels
+from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_agent.settings import DEFAULT_SOCKET
+from nsm_common import logs
+from nsm_common.grpcutil import sync_channel
+from nsm_common.timeutil import ts_seconds
+from nsm_common.urls import Address, UrlError, parse_address
+
+
+class CliError(Exception):
+    pass
+
+
+def _agent(args: argparse.Namespace) -> Address:
+    try:
+        return parse_address(args.agent or os.environ.get("NSM_CONNECT_TO") or DEFAULT_SOCKET, default_port=5001)
+    except UrlError as exc:
+        raise CliError(f"--agent: {exc}") from exc
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        field = "--" + ".".join(str(p) for p in err["loc"]).replace("_", "-")
+        parts.append(f"{field}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def _labels(items: list[str] | None) -> dict[str, str]:
+    try:
+        return parse_labels(items)
+    except ValueError as exc:
+        raise CliError(f"--label: {exc}") from exc
+
+
+def _conn_summary(conn: Connection) -> dict[str, object]:
+    ip = conn.context.ip_context
+    return {
+        "id": conn.path.path_segments[0].id if conn.path.path_segments else conn.id,
+        "service": conn.network_service,
+        "endpoint": conn.network_service_endpoint_name,
+        "interface": conn.mechanism.parameters.get("name", ""),
+        "netns": conn.mechanism.parameters.get("inodeURL", ""),
+        "client_ips": list(ip.src_ip_addrs),
+        "endpoint_ips": list(ip.dst_ip_addrs),
+        "state": "UP" if conn.state == 0 else "DOWN",
+    }
+
+
+def _table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> str:
+    def cell(v: object) -> str:
+        return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    widths = [max([len(c)] + [len(cell(r.get(c, ""))) for r in rows]) for c in columns]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    for r in rows:
+        lines.append("  ".join(cell(r.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    try:
+        inp = ConnectInput(netns=args.netns, service=args.service, ifname=args.ifname or "", labels=_labels(args.label))
+    except ValidationError as exc:
+        raise CliError(_validation_message(exc)) from exc
+    client = AgentClient(_agent(args), timeout=args.timeout)
+    try:
+        conn = client.request(kernel_request(inp.netns, inp.service, inp.ifname, inp.labels, client_name=args.client_name))
+    finally:
+        client.close_channel()
+    summary = _conn_summary(conn)
+    if args.output == "json":
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"connected {summary['id']}: {summary['interface']} {','.join(summary['client_ips'])} "  # type: ignore[arg-type]
+              f"-> {summary['endpoint']} {','.join(summary['endpoint_ips'])}")  # type: ignore[arg-type]
+    return 0
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    client = AgentClient(_agent(args), timeout=args.timeout)
+    try:
+        found = client.close_id(args.id)
+    finally:
+        client.close_channel()
+    if not found:
+        raise CliError(f"no connection with id {args.id!r} on this agent")
+    print(f"closed {args.id}")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    target = _agent(args)
+    channel = sync_channel(target)
+    try:
+        if args.kind == "connections":
+            client = AgentClient(target, timeout=args.timeout)
+            try:
+                conns = list(client.connections().values())
+            finally:
+                client.close_channel()
+            if args.output == "json":
+                print(json.dumps([MessageToDict(c) for c in conns], indent=2))
+            else:
+                rows = [_conn_summary(c) for c in conns]
+                print(_table(rows, ["id", "service", "endpoint", "interface", "client_ips", "endpoint_ips", "state"]))
+        elif args.kind == "services":
+            stub = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
+            services = [r.network_service for r in stub.Find(NetworkServiceQuery(), timeout=args.timeout)]
+            if args.output == "json":
+                print(json.dumps([MessageToDict(s) for s in services], indent=2))
+            else:
+                print(_table([{"name": s.name, "payload": s.payload, "matches": len(s.matches)} for s in services],
+                             ["name", "payload", "matches"]))
+        else:
+            estub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+            eps = [r.network_service_endpoint for r in estub.Find(NetworkServiceEndpointQuery(), timeout=args.timeout)]
+            if args.output == "json":
+                print(json.dumps([MessageToDict(e) for e in eps], indent=2))
+            else:
+                rows = [
+                    {
+                        "name": e.name,
+                        "services": list(e.network_service_names),
+                        "url": e.url,
+                        "expires": int(ts_seconds(e.expiration_time)),
+                    }
+                    for e in eps
+                ]
+                print(_table(rows, ["name", "services", "url", "expires"]))
+    finally:
+        channel.close()
+    return 0
+
+
+def cmd_endpoint(args: argparse.Namespace) -> int:
+    from nsm_agent.endpoint.runtime import EndpointConfig, EndpointRuntime
+
+    try:
+        inp = EndpointInput(
+            netns=args.netns, name=args.name, service=args.service, cidr=args.cidr,
+            payload=args.payload, labels=_labels(args.label),
+        )
+    except ValidationError as exc:
+        raise CliError(_validation_message(exc)) from exc
+    try:
+        listen = parse_address(args.listen or f"unix:///var/lib/networkservicemesh/endpoints/{inp.name}.sock")
+    except UrlError as exc:
+        raise CliError(f"--listen: {exc}") from exc
+    # Enter the pod's namespace before gRPC starts any thread: every thread
+    # created afterwards inherits it.
+    from pyroute2.netns import setns
+
+    setns(inp.netns, flags=0)
+    logs.configure(args.log_level)
+    config = EndpointConfig(
+        name=inp.name, service=inp.service, payload=inp.payload, labels=inp.labels, cidr=inp.cidr,
+        listen=listen, registry=_agent(args), lifetime=args.lifetime,
+    )
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await EndpointRuntime(config).serve(stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nsmctl", description="Network Service Mesh command line")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--agent", help=f"node agent address (env NSM_CONNECT_TO; default {DEFAULT_SOCKET})")
+    common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the agent")
+    common.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("connect", parents=[common], help="ask for a connection to a network service")
+    c.add_argument("--netns", required=True, help="the pod: ip netns name, namespace path, or PID")
+    c.add_argument("--service", required=True)
+    c.add_argument("--ifname", help="interface name in the pod (default: chosen)")
+    c.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
+    c.add_argument("--client-name", default="nsmctl")
+    c.set_defaults(func=cmd_connect)
+
+    x = sub.add_parser("close", parents=[common], help="close a connection by id")
+    x.add_argument("id")
+    x.set_defaults(func=cmd_close)
+
+    g = sub.add_parser("get", parents=[common], help="list services, endpoints or connections")
+    g.add_argument("kind", choices=("services", "endpoints", "connections"))
+    g.set_defaults(func=cmd_get)
+
+    e = sub.add_parser("endpoint", parents=[common], help="run an endpoint in a namespace")
+    e.add_argument("--netns", required=True, help="the endpoint's pod: ip netns name, namespace path, or PID")
+    e.add_argument("--name", required=True)
+    e.add_argument("--service", required=True)
+    e.add_argument("--cidr", required=True, help="pool for point-to-point addresses, e.g. 10.60.0.0/24")
+    e.add_argument("--payload", default="IP")
+    e.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
+    e.add_argument("--listen", help="unix:///PATH of the endpoint's own socket")
+    e.add_argument("--lifetime", type=float, default=600.0, help="connection lifetime in seconds")
+    e.add_argument("--log-level", default="info")
+    e.set_defaults(func=cmd_endpoint)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        sys.exit(func(args))
+    except CliError as exc:
+        print(f"nsmctl: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except grpc.RpcError as exc:
+        print(f"nsmctl: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The client runtime: ask the node agent for a connection, close it."""

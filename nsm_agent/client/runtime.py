@@ -1,0 +1,102 @@
+"""Client calls to the node agent, as a pod would make them."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+
+import grpc
+
+from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc
+from nsm_api.connection_pb2 import (
+    INITIAL_STATE_TRANSFER,
+    Connection,
+    Mechanism,
+    MonitorScopeSelector,
+    Path,
+    PathSegment,
+)
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.grpcutil import sync_channel
+from nsm_common.timeutil import now, ts_from
+from nsm_common.urls import Address
+
+
+def kernel_request(
+    netns_path: str,
+    service: str,
+    ifname: str = "",
+    labels: Mapping[str, str] | None = None,
+    client_name: str = "nsmctl",
+    lifetime: float = 600.0,
+    conn_id: str | None = None,
+) -> NetworkServiceRequest:
+    """A Request for a KERNEL interface in the namespace at `netns_path`."""
+    cid = conn_id or str(uuid.uuid4())
+    params = {"inodeURL": f"file://{netns_path}", "netnsInode": str(os.stat(netns_path).st_ino)}
+    if ifname:
+        params["name"] = ifname
+    segment = PathSegment(name=client_name, id=cid, expires=ts_from(now() + lifetime))
+    return NetworkServiceRequest(
+        connection=Connection(
+            id=cid,
+            network_service=service,
+            labels=dict(labels or {}),
+            path=Path(index=0, path_segments=[segment]),
+        ),
+        mechanism_preferences=[Mechanism(cls="LOCAL", type="KERNEL", parameters=params)],
+    )
+
+
+class AgentClient:
+    """A blocking client of the node agent (for the CLI and tests)."""
+
+    def __init__(self, agent: Address, timeout: float = 15.0) -> None:
+        self.channel = sync_channel(agent)
+        self.timeout = timeout
+        self.ns = networkservice_pb2_grpc.NetworkServiceStub(self.channel)
+        self.monitor = connection_pb2_grpc.MonitorConnectionStub(self.channel)
+
+    def close_channel(self) -> None:
+        self.channel.close()
+
+    def request(self, request: NetworkServiceRequest) -> Connection:
+        reply: Connection = self.ns.Request(request, timeout=self.timeout)
+        return reply
+
+    def connections(self, selector: MonitorScopeSelector | None = None) -> dict[str, Connection]:
+        """The agent's connections now (the Monitor stream's initial state)."""
+        stream = self.monitor.MonitorConnections(selector or MonitorScopeSelector(), timeout=self.timeout)
+        try:
+            for event in stream:
+                if event.type == INITIAL_STATE_TRANSFER:
+                    return dict(event.connections)
+        finally:
+            stream.cancel()
+        return {}
+
+    def find(self, conn_id: str) -> Connection | None:
+        """A connection by any of its path segment ids, at the client's position."""
+        found = self.connections(MonitorScopeSelector(path_segments=[PathSegment(id=conn_id)]))
+        for conn in found.values():
+            out = Connection()
+            out.CopyFrom(conn)
+            out.path.index = 0
+            out.id = out.path.path_segments[0].id
+            return out
+        return None
+
+    def close(self, conn: Connection) -> None:
+        self.ns.Close(conn, timeout=self.timeout)
+
+    def close_id(self, conn_id: str) -> bool:
+        """Close by id; False when the agent knows no such connection."""
+        conn = self.find(conn_id)
+        if conn is None:
+            return False
+        self.close(conn)
+        return True
+
+
+__all__ = ["AgentClient", "kernel_request", "grpc"]

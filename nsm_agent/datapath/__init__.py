@@ -1,0 +1,1 @@
+"""What touches the kernel: netlink calls on one dedicated thread."""

@@ -1,0 +1,108 @@
+"""One thread owns every netlink socket.
+
+pyroute2 sockets must stay on the thread that opened them (used from another
+thread they can silently reach that thread's namespace), and `setns` changes
+only the calling thread. So every netlink call runs here, on one thread that
+never awaits and never runs gRPC, with one cached socket per namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netns import setns
+
+from nsm_agent.netns.resolve import NetnsRef
+
+T = TypeVar("T")
+
+
+class WrongThread(RuntimeError):
+    """A netlink socket was asked for outside the netlink thread."""
+
+
+class NetlinkThread:
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self._thread_id: int | None = None
+        self._sockets: dict[tuple[int, int], IPRoute] = {}
+        self._refs: dict[tuple[int, int], int] = {}
+
+    async def run(self, fn: Callable[[NetlinkThread], T]) -> T:
+        """Run `fn(self)` on the netlink thread and await its result."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._enter, fn)
+
+    def run_sync(self, fn: Callable[[NetlinkThread], T]) -> T:
+        return self._pool.submit(self._enter, fn).result()
+
+    def _enter(self, fn: Callable[[NetlinkThread], T]) -> T:
+        self._thread_id = threading.get_ident()
+        return fn(self)
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._thread_id:
+            raise WrongThread("netlink sockets may only be used on the netlink thread")
+
+    def socket(self, ns: NetnsRef) -> IPRoute:
+        """The cached socket bound to `ns`, opened on first use (netlink thread only)."""
+        self._check_thread()
+        ipr = self._sockets.get(ns.key)
+        if ipr is None:
+            ipr = self._open(ns)
+            self._sockets[ns.key] = ipr
+        return ipr
+
+    def hold(self, ns: NetnsRef) -> None:
+        """Keep the socket to `ns` open for a wire that lives there."""
+        self._check_thread()
+        self._refs[ns.key] = self._refs.get(ns.key, 0) + 1
+
+    def unhold(self, ns: NetnsRef) -> None:
+        self._check_thread()
+        left = self._refs.get(ns.key, 0) - 1
+        if left > 0:
+            self._refs[ns.key] = left
+        else:
+            self._refs.pop(ns.key, None)
+
+    def trim(self) -> None:
+        """Close sockets no wire needs: an open socket keeps a deleted namespace alive."""
+        self._check_thread()
+        for key in [k for k in self._sockets if k not in self._refs]:
+            self._sockets.pop(key).close()
+
+    def close(self) -> None:
+        def _close(_: NetlinkThread) -> None:
+            for ipr in self._sockets.values():
+                ipr.close()
+            self._sockets.clear()
+            self._refs.clear()
+
+        self.run_sync(_close)
+        self._pool.shutdown(wait=True)
+
+    @staticmethod
+    def _open(ns: NetnsRef) -> IPRoute:
+        # Entering the namespace on this thread, opening a plain socket and
+        # leaving costs far less than IPRoute(netns=...), which forks.
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = os.open(ns.path, os.O_RDONLY)
+        try:
+            st = os.fstat(target)
+            if (st.st_dev, st.st_ino) != ns.key:
+                raise FileNotFoundError(f"network namespace {ns.path} was replaced")
+            setns(target, flags=0)
+            try:
+                return IPRoute()
+            finally:
+                setns(home, flags=0)
+        finally:
+            os.close(target)
+            os.close(home)

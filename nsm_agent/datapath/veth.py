@@ -1,0 +1,193 @@
+"""A veth pair between two pod namespaces on one node (KERNEL on both sides).
+
+Every function here runs on the netlink thread (see netlink.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.decisions.wireplan import RoutePlan, SidePlan, WirePlan
+from nsm_agent.netns.resolve import NetnsRef
+
+IFA_F_NODAD = 0x02
+RTNH_F_ONLINK = 0x04
+RT_SCOPE_LINK = 253
+EEXIST = 17
+ENODEV = 19
+
+
+class WireError(RuntimeError):
+    """Building the wire failed; `user_error` when the Request asked for the impossible."""
+
+    def __init__(self, message: str, user_error: bool = False) -> None:
+        super().__init__(message)
+        self.user_error = user_error
+
+
+@dataclass(frozen=True)
+class VethWire:
+    alias: str
+    client_ns: NetnsRef
+    client_ifname: str
+    client_index: int
+    ep_ns: NetnsRef
+    ep_ifname: str
+    ep_index: int
+    plan: WirePlan
+
+
+def ifname_in_use(nl: NetlinkThread, ns: NetnsRef, name: str) -> bool:
+    return bool(nl.socket(ns).link_lookup(ifname=name))
+
+
+def _configure(ipr: IPRoute, index: int, side: SidePlan) -> None:
+    for addr in side.addrs:
+        flags = IFA_F_NODAD if addr.version == 6 else 0
+        try:
+            ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen, flags=flags)
+        except NetlinkError as exc:
+            if exc.code != EEXIST:
+                raise
+    ipr.link("set", index=index, state="up")
+    for route in side.routes:
+        _add_route(ipr, index, route)
+
+
+def _route_args(index: int, route: RoutePlan) -> dict[str, object]:
+    args: dict[str, object] = {"dst": str(route.dst), "oif": index}
+    if route.gateway is None:
+        args["scope"] = RT_SCOPE_LINK
+    else:
+        args["gateway"] = str(route.gateway)
+        args["flags"] = RTNH_F_ONLINK
+    if route.dst.version == 6:
+        args["family"] = 10
+    return args
+
+
+def _add_route(ipr: IPRoute, index: int, route: RoutePlan) -> None:
+    ipr.route("replace", **_route_args(index, route))
+
+
+def build(
+    nl: NetlinkThread,
+    alias: str,
+    client_ns: NetnsRef,
+    client_ifname: str,
+    ep_ns: NetnsRef,
+    ep_ifname: str,
+    plan: WirePlan,
+) -> VethWire:
+    """Create the pair with each end born in its pod, then address, route and raise both."""
+    ipr_c = nl.socket(client_ns)
+    ipr_e = nl.socket(ep_ns)
+    link_args: dict[str, object] = {}
+    if plan.mtu:
+        link_args["mtu"] = plan.mtu
+    fd = os.open(ep_ns.path, os.O_RDONLY)
+    try:
+        ipr_c.link(
+            "add",
+            ifname=client_ifname,
+            kind="veth",
+            peer={"ifname": ep_ifname, "net_ns_fd": fd, **link_args},
+            **link_args,
+        )
+    except NetlinkError as exc:
+        if exc.code == EEXIST:
+            if ipr_c.link_lookup(ifname=client_ifname):
+                raise WireError(f"interface name {client_ifname!r} is already used in {client_ns.path}", True) from exc
+            raise WireError(f"interface name {ep_ifname!r} is already used in {ep_ns.path}") from exc
+        raise WireError(f"creating veth {client_ifname}: {exc}") from exc
+    finally:
+        os.close(fd)
+    c_index = ipr_c.link_lookup(ifname=client_ifname)[0]
+    try:
+        e_index = ipr_e.link_lookup(ifname=ep_ifname)[0]
+        ipr_c.link("set", index=c_index, ifalias=alias)
+        ipr_e.link("set", index=e_index, ifalias=alias)
+        _configure(ipr_c, c_index, plan.client)
+        _configure(ipr_e, e_index, plan.endpoint)
+    except Exception as exc:
+        _delete_link(ipr_c, c_index)
+        raise WireError(f"configuring veth {client_ifname}: {exc}") from exc
+    nl.hold(client_ns)
+    nl.hold(ep_ns)
+    return VethWire(alias, client_ns, client_ifname, c_index, ep_ns, ep_ifname, e_index, plan)
+
+
+def _delete_link(ipr: IPRoute, index: int) -> None:
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code != ENODEV:
+            raise
+
+
+def _ours(ipr: IPRoute, index: int, alias: str) -> bool:
+    try:
+        link = ipr.get_links(index)[0]
+    except NetlinkError:
+        return False
+    return bool(link.get("ifalias") == alias)
+
+
+def remove(nl: NetlinkThread, wire: VethWire) -> None:
+    """Delete the pair (deleting either end removes both); only links carrying our alias."""
+    try:
+        for ns, index in ((wire.client_ns, wire.client_index), (wire.ep_ns, wire.ep_index)):
+            try:
+                ipr = nl.socket(ns)
+            except OSError:
+                continue  # the namespace is gone, and the link with it
+            if _ours(ipr, index, wire.alias):
+                _delete_link(ipr, index)
+                break
+    finally:
+        nl.unhold(wire.client_ns)
+        nl.unhold(wire.ep_ns)
+        nl.trim()
+
+
+def _update_side(ipr: IPRoute, index: int, old: SidePlan, new: SidePlan) -> None:
+    for route in set(old.routes) - set(new.routes):
+        try:
+            ipr.route("del", **_route_args(index, route))
+        except NetlinkError:
+            pass
+    for addr in set(old.addrs) - set(new.addrs):
+        try:
+            ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        except NetlinkError:
+            pass
+    _configure(ipr, index, new)
+
+
+def update(nl: NetlinkThread, wire: VethWire, plan: WirePlan) -> VethWire:
+    """Bring a live wire to a new plan in place: the interfaces (and ifindexes) stay."""
+    if plan == wire.plan:
+        return wire
+    ipr_c = nl.socket(wire.client_ns)
+    ipr_e = nl.socket(wire.ep_ns)
+    if plan.mtu != wire.plan.mtu and plan.mtu:
+        ipr_c.link("set", index=wire.client_index, mtu=plan.mtu)
+        ipr_e.link("set", index=wire.ep_index, mtu=plan.mtu)
+    _update_side(ipr_c, wire.client_index, wire.plan.client, plan.client)
+    _update_side(ipr_e, wire.ep_index, wire.plan.endpoint, plan.endpoint)
+    return replace(wire, plan=plan)
+
+
+def alive(nl: NetlinkThread, wire: VethWire) -> bool:
+    """Both ends still exist with our alias."""
+    try:
+        return _ours(nl.socket(wire.client_ns), wire.client_index, wire.alias) and _ours(
+            nl.socket(wire.ep_ns), wire.ep_index, wire.alias
+        )
+    except OSError:
+        return False

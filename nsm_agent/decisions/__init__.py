@@ -1,0 +1,1 @@
+"""Pure decisions (selection, path, names): no I/O, unit-tested without root."""

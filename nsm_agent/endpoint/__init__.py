@@ -1,0 +1,1 @@
+"""The endpoint runtime: a network service endpoint in a pod's namespace."""

@@ -1,0 +1,100 @@
+"""`nsm-agent`: the node agent's servers and its Request chain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
+from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.monitor import ConnectionEvents, Monitor, MonitorService
+from nsm_agent.netns.resolve import NetnsResolver
+from nsm_agent.pipeline.begin import Begin
+from nsm_agent.pipeline.chain import Chain
+from nsm_agent.pipeline.client_netns import ClientNetns
+from nsm_agent.pipeline.connect import ConnectEndpoint
+from nsm_agent.pipeline.discover import Discover
+from nsm_agent.pipeline.kernel_wire import KernelWire
+from nsm_agent.pipeline.select import Select
+from nsm_agent.pipeline.update_path import UpdatePath
+from nsm_agent.pipeline.validate import ValidateRequest
+from nsm_agent.registry_client import RegistryClient
+from nsm_agent.registry_proxy import EndpointRegistryProxy, ServiceRegistryProxy
+from nsm_agent.service import NetworkServiceServer
+from nsm_agent.settings import AgentSettings, parse_settings
+from nsm_common import logs
+from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
+
+log = structlog.get_logger("nsm.agent")
+
+
+async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
+    settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    netlink = NetlinkThread()
+    resolver = NetnsResolver()
+    registry = RegistryClient(settings.registry)
+    events = ConnectionEvents()
+    begin = Begin()
+    connect = ConnectEndpoint(settings.request_timeout)
+    chain = Chain(
+        [
+            ValidateRequest(),
+            UpdatePath(settings.name, settings.default_lifetime, settings.max_lifetime),
+            begin,
+            Monitor(events),
+            ClientNetns(resolver, netlink),
+            Discover(registry),
+            Select(),
+            KernelWire(settings.name, resolver, netlink),
+            connect,
+        ]
+    )
+    service = NetworkServiceServer(chain)
+    server = aio_server()
+    networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
+    connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(events), server)
+    registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(ServiceRegistryProxy(registry), server)
+    registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(EndpointRegistryProxy(registry), server)
+    bind_all(server, settings.listen)
+    await server.start()
+    log.info(
+        "agent serving",
+        name=settings.name,
+        listen=[str(a) for a in settings.listen],
+        registry=str(settings.registry),
+    )
+    try:
+        await stop.wait()
+    finally:
+        await server.stop(grace=1.0)
+        await service.drain()
+        # A graceful stop removes what this agent built; a crash leaves the
+        # connections for the agent's next start and the expiry of each hop.
+        await begin.close_all()
+        await connect.aclose()
+        await registry.close()
+        netlink.close()
+        remove_unix_sockets(settings.listen)
+        log.info("agent stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    logs.configure(settings.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

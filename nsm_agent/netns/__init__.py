@@ -1,0 +1,1 @@
+"""Finding pods' network namespaces from what a Request names."""

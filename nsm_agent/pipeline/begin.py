@@ -1,0 +1,138 @@
+"""One connection per id: refresh in place, reselect, Close of the unknown, expiry.
+
+Requests and Closes on one id run one at a time. A Request on a known id is a
+refresh or an update of that connection, never a second one. A connection whose
+caller stops refreshing is closed by this hop when the caller's segment expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from nsm_api.connection_pb2 import RESELECT_REQUESTED, UP, Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+
+from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_common.timeutil import now, ts_seconds
+
+log = structlog.get_logger("nsm.agent")
+
+
+@dataclass
+class _Record:
+    conn: Connection  # the last reply, at this hop's index
+    caller_id: str
+    nxt: Next
+    timer: asyncio.TimerHandle | None = None
+
+
+def _copy(conn: Connection) -> Connection:
+    out = Connection()
+    out.CopyFrom(conn)
+    return out
+
+
+def _expires(conn: Connection) -> float:
+    segments = conn.path.path_segments
+    index = conn.path.index
+    seg = segments[index - 1] if index > 0 else segments[index]
+    return ts_seconds(seg.expires)
+
+
+class Begin(Step):
+    def __init__(self) -> None:
+        self._records: dict[str, _Record] = {}
+        self._by_caller: dict[str, str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._expiring: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def _lock(self, conn_id: str) -> asyncio.Lock:
+        lock = self._locks.get(conn_id)
+        if lock is None:
+            lock = self._locks[conn_id] = asyncio.Lock()
+        return lock
+
+    def _forget(self, conn_id: str) -> _Record | None:
+        rec = self._records.pop(conn_id, None)
+        if rec is not None:
+            if rec.timer is not None:
+                rec.timer.cancel()
+            self._by_caller.pop(rec.caller_id, None)
+        return rec
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn = request.connection
+        own = conn.id
+        async with self._lock(own):
+            rec = self._records.get(own)
+            if rec is not None and conn.state == RESELECT_REQUESTED:
+                log.info("reselect requested", id=own, old_endpoint=rec.conn.network_service_endpoint_name)
+                self._forget(own)
+                await rec.nxt.close(_copy(rec.conn), Call())
+                rec = None
+            if conn.state == RESELECT_REQUESTED:
+                conn.network_service_endpoint_name = ""
+                conn.ClearField("mechanism")
+            conn.state = UP
+            call.refresh = rec is not None
+            if rec is not None and not conn.network_service_endpoint_name:
+                conn.network_service_endpoint_name = rec.conn.network_service_endpoint_name
+            reply = await nxt.request(request, call)
+            reply.state = UP
+            caller_id = conn.path.path_segments[conn.path.index - 1].id if conn.path.index > 0 else own
+            if rec is not None and rec.timer is not None:
+                rec.timer.cancel()
+            new = _Record(conn=_copy(reply), caller_id=caller_id, nxt=nxt)
+            self._records[own] = new
+            self._by_caller[caller_id] = own
+            self._schedule_expiry(own, new)
+            return reply
+
+    def _schedule_expiry(self, own: str, rec: _Record) -> None:
+        delay = max(0.0, _expires(rec.conn) - now())
+        loop = asyncio.get_running_loop()
+        rec.timer = loop.call_later(delay, self._start_expiry, own, rec)
+
+    def _start_expiry(self, own: str, rec: _Record) -> None:
+        task = asyncio.get_running_loop().create_task(self._expire(own, rec))
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)
+
+    async def _expire(self, own: str, rec: _Record) -> None:
+        async with self._lock(own):
+            if self._records.get(own) is not rec:
+                return  # refreshed or closed meanwhile
+            log.info("connection expired: its client stopped refreshing", id=own)
+            self._forget(own)
+            try:
+                await rec.nxt.close(_copy(rec.conn), Call())
+            except Exception as exc:  # noqa: BLE001 - expiry must not die with one connection
+                log.warning("closing an expired connection failed", id=own, error=str(exc))
+        self._locks.pop(own, None)
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        own = conn.id
+        if own not in self._records and own in self._by_caller:
+            own = self._by_caller[own]
+        async with self._lock(own):
+            rec = self._forget(own)
+            if rec is None:
+                return  # Close of an unknown id succeeds
+            await nxt.close(_copy(rec.conn), call)
+        self._locks.pop(own, None)
+
+    async def close_all(self) -> None:
+        """Close every connection (used on shutdown and in tests)."""
+        for own in list(self._records):
+            rec = self._records.get(own)
+            if rec is not None:
+                await self.close(_copy(rec.conn), Call(), rec.nxt)
+
+    def connections(self) -> list[Connection]:
+        return [_copy(r.conn) for r in self._records.values()]

@@ -1,0 +1,71 @@
+"""The chain every Request and Close runs through.
+
+Each step sees the Request on the way in and the Connection on the way out,
+calls the rest of the chain through `nxt`, and undoes its own work on Close.
+Steps keep their own per-connection state, keyed by this hop's connection id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nsm_api.connection_pb2 import Connection, Mechanism
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
+
+from nsm_agent.netns.resolve import NetnsRef
+
+
+@dataclass
+class Call:
+    """What steps learn about one Request or Close and hand to later steps."""
+
+    refresh: bool = False
+    client_mechanism: Mechanism | None = None
+    client_ns: NetnsRef | None = None
+    client_ifname: str = ""
+    service: NetworkService | None = None
+    candidates: list[NetworkServiceEndpoint] = field(default_factory=list)
+    endpoint: NetworkServiceEndpoint | None = None
+
+
+class Next:
+    """The rest of the chain after one step."""
+
+    def __init__(self, steps: Sequence[Step], position: int) -> None:
+        self._steps = steps
+        self._position = position
+
+    async def request(self, request: NetworkServiceRequest, call: Call) -> Connection:
+        if self._position >= len(self._steps):
+            return request.connection
+        step = self._steps[self._position]
+        return await step.request(request, call, Next(self._steps, self._position + 1))
+
+    async def close(self, conn: Connection, call: Call) -> None:
+        if self._position >= len(self._steps):
+            return
+        step = self._steps[self._position]
+        await step.close(conn, call, Next(self._steps, self._position + 1))
+
+
+class Step:
+    """A step that passes everything on; subclasses override what they own."""
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        return await nxt.request(request, call)
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        await nxt.close(conn, call)
+
+
+class Chain:
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.steps = list(steps)
+
+    async def request(self, request: NetworkServiceRequest) -> Connection:
+        return await Next(self.steps, 0).request(request, Call())
+
+    async def close(self, conn: Connection) -> None:
+        await Next(self.steps, 0).close(conn, Call())

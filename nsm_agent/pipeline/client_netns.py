@@ -1,0 +1,62 @@
+"""The pod's side of a KERNEL connection: its namespace and interface name.
+
+Resolves the namespace the client names (never creating one), chooses or checks
+the interface name, and answers with the KERNEL mechanism the pod asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nsm_api.connection_pb2 import Connection, Mechanism
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+
+from nsm_agent.datapath import veth
+from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.decisions.names import chosen_ifname
+from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
+from nsm_agent.netns.spec import parse_netns
+from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_common.errors import invalid
+
+
+@dataclass(frozen=True)
+class _Side:
+    ns: NetnsRef
+    ifname: str
+
+
+class ClientNetns(Step):
+    def __init__(self, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
+        self.resolver = resolver
+        self.netlink = netlink
+        self._sides: dict[str, _Side] = {}
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn = request.connection
+        assert call.client_mechanism is not None
+        mech = Mechanism()
+        mech.CopyFrom(call.client_mechanism)
+        mech.cls = "LOCAL"
+        ns = self.resolver.resolve(parse_netns(mech.parameters))
+        ifname = mech.parameters.get("name") or chosen_ifname(conn.id, "nsm-")
+        previous = self._sides.get(conn.id)
+        ours = previous is not None and previous.ns.key == ns.key and previous.ifname == ifname
+        try:
+            if not ours and await self.netlink.run(lambda nl: veth.ifname_in_use(nl, ns, ifname)):
+                raise invalid(f"interface name {ifname!r} is already used in network namespace {mech.parameters.get('inodeURL') or ns.path}")
+            call.client_ns = ns
+            call.client_ifname = ifname
+            reply = await nxt.request(request, call)
+        except BaseException:
+            await self.netlink.run(lambda nl: nl.trim())
+            raise
+        self._sides[conn.id] = _Side(ns, ifname)
+        mech.parameters["name"] = ifname
+        mech.parameters["netnsInode"] = str(ns.ino)
+        reply.mechanism.CopyFrom(mech)
+        return reply
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        self._sides.pop(conn.id, None)
+        await nxt.close(conn, call)

@@ -1,0 +1,81 @@
+"""Forward the Request to the chosen endpoint at its registered URL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from nsm_api import networkservice_pb2_grpc
+from nsm_api.connection_pb2 import Connection, Mechanism
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+
+from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_common.errors import NsmError, from_rpc_error
+from nsm_common.grpcutil import aio_channel
+from nsm_common.urls import UrlError, parse_address
+
+log = structlog.get_logger("nsm.agent")
+
+
+@dataclass
+class _Downstream:
+    url: str
+    mechanism: Mechanism
+
+
+class ConnectEndpoint(Step):
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._downstream: dict[str, _Downstream] = {}
+
+    def _stub(self, url: str) -> networkservice_pb2_grpc.NetworkServiceStub:
+        channel = self._channels.get(url)
+        if channel is None:
+            channel = self._channels[url] = aio_channel(parse_address(url))
+        return networkservice_pb2_grpc.NetworkServiceStub(channel)
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn = request.connection
+        known = self._downstream.get(conn.id)
+        url = call.endpoint.url if call.endpoint is not None else (known.url if known else "")
+        name = conn.network_service_endpoint_name
+        if not url:
+            raise NsmError(grpc.StatusCode.UNAVAILABLE, f"endpoint {name!r} has no URL in the registry")
+        try:
+            stub = self._stub(url)
+        except UrlError as exc:
+            raise NsmError(grpc.StatusCode.UNAVAILABLE, f"endpoint {name!r} has a bad URL: {exc}") from exc
+        down = Connection()
+        down.CopyFrom(conn)
+        down.ClearField("mechanism")
+        if known is not None and known.url == url:
+            down.mechanism.CopyFrom(known.mechanism)
+        prefs = [Mechanism(cls="LOCAL", type="KERNEL")]
+        try:
+            reply: Connection = await stub.Request(
+                NetworkServiceRequest(connection=down, mechanism_preferences=prefs), timeout=self.timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc, f"endpoint {name!r} at {url}") from exc
+        self._downstream[conn.id] = _Downstream(url, reply.mechanism)
+        return reply
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        known = self._downstream.pop(conn.id, None)
+        if known is not None:
+            down = Connection()
+            down.CopyFrom(conn)
+            down.mechanism.CopyFrom(known.mechanism)
+            try:
+                await self._stub(known.url).Close(down, timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                # The endpoint may be gone; its own expiry frees what it held.
+                log.warning("endpoint close failed", id=conn.id, url=known.url, error=exc.details())
+        await nxt.close(conn, call)
+
+    async def aclose(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()

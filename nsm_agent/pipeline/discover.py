@@ -1,0 +1,45 @@
+"""Find the requested service and its live endpoints in the registry."""
+
+from __future__ import annotations
+
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_api.registry_pb2 import NetworkServiceEndpoint
+
+from nsm_agent.decisions.selection import candidates
+from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.registry_client import RegistryClient
+from nsm_common.errors import not_found
+
+
+class Discover(Step):
+    def __init__(self, registry: RegistryClient) -> None:
+        self.registry = registry
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn = request.connection
+        name = conn.network_service
+        service = await self.registry.find_service(name)
+        if service is None:
+            raise not_found(f"network service {name!r} not found in the registry")
+        call.service = service
+        if conn.network_service_endpoint_name:
+            found = await self.registry.find_endpoints(
+                NetworkServiceEndpoint(name=conn.network_service_endpoint_name)
+            )
+            if found:
+                call.endpoint = found[0]
+            elif not call.refresh:
+                raise not_found(
+                    f"network service endpoint {conn.network_service_endpoint_name!r} not found in the registry"
+                )
+            # On a refresh, the connect step still knows the endpoint's address.
+            return await nxt.request(request, call)
+        endpoints = await self.registry.find_endpoints(NetworkServiceEndpoint(network_service_names=[name]))
+        if not endpoints:
+            raise not_found(f"network service {name!r} has no endpoints")
+        call.candidates = candidates(service, endpoints, conn.labels)
+        if not call.candidates:
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(conn.labels.items())) or "no labels"
+            raise not_found(f"no endpoint of network service {name!r} matches the request ({labels})")
+        return await nxt.request(request, call)

@@ -1,0 +1,57 @@
+"""Choose an endpoint: round robin over the candidates, the next one when one fails."""
+
+from __future__ import annotations
+
+import grpc
+import structlog
+
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+
+from nsm_agent.decisions.selection import RoundRobin
+from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_common.errors import NsmError
+
+log = structlog.get_logger("nsm.agent")
+
+# Failures of one endpoint that another endpoint may not have.
+TRY_NEXT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.NOT_FOUND,
+}
+
+
+class Select(Step):
+    def __init__(self) -> None:
+        self.round_robin = RoundRobin()
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn = request.connection
+        if conn.network_service_endpoint_name:
+            return await nxt.request(request, call)
+        failures: list[tuple[str, NsmError]] = []
+        for endpoint in self.round_robin.order(conn.network_service, call.candidates):
+            conn.network_service_endpoint_name = endpoint.name
+            call.endpoint = endpoint
+            try:
+                return await nxt.request(request, call)
+            except NsmError as exc:
+                if exc.code not in TRY_NEXT:
+                    raise
+                log.info("endpoint failed, trying the next", endpoint=endpoint.name, error=exc.message)
+                failures.append((endpoint.name, exc))
+        conn.network_service_endpoint_name = ""
+        call.endpoint = None
+        if not failures:
+            raise NsmError(grpc.StatusCode.NOT_FOUND, f"network service {conn.network_service!r} has no endpoints")
+        detail = "; ".join(f"{name}: {exc.message}" for name, exc in failures)
+        raise NsmError(
+            failures[-1][1].code,
+            f"no endpoint of network service {conn.network_service!r} could serve the request ({detail})",
+        )

@@ -1,0 +1,46 @@
+"""Refuse malformed Requests before anything is looked up or built."""
+
+from __future__ import annotations
+
+from nsm_api.connection_pb2 import Connection, Mechanism
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+
+from nsm_agent.decisions.names import ifname_problem
+from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_common.errors import invalid, not_found
+
+KERNEL = "KERNEL"
+
+
+def pick_kernel(request: NetworkServiceRequest, supported: tuple[str, ...]) -> Mechanism:
+    """The first supported mechanism preference, or the connection's current mechanism."""
+    prefs = list(request.mechanism_preferences)
+    if not prefs and request.connection.mechanism.type:
+        prefs = [request.connection.mechanism]
+    if not prefs:
+        raise invalid("the request has no mechanism_preferences; a pod asks for KERNEL{name, inodeURL}")
+    for pref in prefs:
+        if pref.type in supported:
+            return pref
+    offered = ", ".join(repr(p.type) for p in prefs)
+    raise invalid(f"mechanism type {offered} is not supported; this agent serves pods with {', '.join(supported)}")
+
+
+class ValidateRequest(Step):
+    def __init__(self, supported: tuple[str, ...] = (KERNEL,)) -> None:
+        self.supported = supported
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn = request.connection
+        if not conn.network_service:
+            raise not_found("network service '' not found: the request names no network service")
+        mech = pick_kernel(request, self.supported)
+        if mech.cls and mech.cls != "LOCAL":
+            raise invalid(f"mechanism {mech.type} must have cls LOCAL, not {mech.cls!r}")
+        name = mech.parameters.get("name", "")
+        if name:
+            problem = ifname_problem(name)
+            if problem:
+                raise invalid(problem)
+        call.client_mechanism = mech
+        return await nxt.request(request, call)

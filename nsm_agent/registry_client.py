@@ -1,0 +1,70 @@
+"""Questions the agent asks the registry, with retries while it is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from nsm_api import registry_pb2_grpc
+from nsm_api.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceQuery,
+)
+from nsm_common.errors import NsmError
+from nsm_common.grpcutil import aio_channel
+from nsm_common.urls import Address
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class RegistryClient:
+    def __init__(self, address: Address, timeout: float = 3.0, attempts: int = 3) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.attempts = attempts
+        self.channel = aio_channel(address)
+        self.services = registry_pb2_grpc.NetworkServiceRegistryStub(self.channel)
+        self.endpoints = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
+        delay = 0.1
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return await fn()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == self.attempts:
+                    code = exc.code() if exc.code() in RETRYABLE else exc.code()
+                    raise NsmError(
+                        code, f"registry at {self.address} {what}: {exc.details()} (after {attempt} attempts)"
+                    ) from exc
+            await asyncio.sleep(delay)
+            delay *= 3
+        raise AssertionError("unreachable")
+
+    async def find_service(self, name: str) -> NetworkService | None:
+        async def call() -> NetworkService | None:
+            query = NetworkServiceQuery(network_service=NetworkService(name=name))
+            async for resp in self.services.Find(query, timeout=self.timeout):
+                if resp.network_service.name == name and not resp.deleted:
+                    return resp.network_service
+            return None
+
+        return await self._retry("could not find services", call)  # type: ignore[no-any-return]
+
+    async def find_endpoints(self, query: NetworkServiceEndpoint) -> list[NetworkServiceEndpoint]:
+        async def call() -> list[NetworkServiceEndpoint]:
+            out = []
+            async for resp in self.endpoints.Find(
+                NetworkServiceEndpointQuery(network_service_endpoint=query), timeout=self.timeout
+            ):
+                if not resp.deleted:
+                    out.append(resp.network_service_endpoint)
+            return out
+
+        return await self._retry("could not find endpoints", call)  # type: ignore[no-any-return]

@@ -1,0 +1,87 @@
+"""Both registry services on the agent's own socket, passed on to the registry.
+
+Endpoints and clients on a node then need only their agent's address, as with
+upstream's per-node manager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from nsm_api import registry_pb2_grpc
+from nsm_api.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceEndpointResponse,
+    NetworkServiceQuery,
+    NetworkServiceResponse,
+)
+from nsm_agent.registry_client import RegistryClient
+
+
+async def _relay_error(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError, where: str) -> None:
+    await context.abort(exc.code(), f"{where}: {exc.details()}")
+
+
+class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
+    def __init__(self, registry: RegistryClient) -> None:
+        self.registry = registry
+        self.where = f"registry at {registry.address}"
+
+    async def Register(self, request: NetworkService, context: grpc.aio.ServicerContext) -> NetworkService:  # type: ignore[override]
+        try:
+            return await self.registry.services.Register(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+            raise
+
+    async def Find(  # type: ignore[override]
+        self, request: NetworkServiceQuery, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[NetworkServiceResponse]:
+        try:
+            async for resp in self.registry.services.Find(request, timeout=context.time_remaining()):
+                yield resp
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+
+    async def Unregister(self, request: NetworkService, context: grpc.aio.ServicerContext) -> Empty:  # type: ignore[override]
+        try:
+            return await self.registry.services.Unregister(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+            raise
+
+
+class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
+    def __init__(self, registry: RegistryClient) -> None:
+        self.registry = registry
+        self.where = f"registry at {registry.address}"
+
+    async def Register(  # type: ignore[override]
+        self, request: NetworkServiceEndpoint, context: grpc.aio.ServicerContext
+    ) -> NetworkServiceEndpoint:
+        try:
+            return await self.registry.endpoints.Register(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+            raise
+
+    async def Find(  # type: ignore[override]
+        self, request: NetworkServiceEndpointQuery, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        try:
+            async for resp in self.registry.endpoints.Find(request, timeout=context.time_remaining()):
+                yield resp
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+
+    async def Unregister(self, request: NetworkServiceEndpoint, context: grpc.aio.ServicerContext) -> Empty:  # type: ignore[override]
+        try:
+            return await self.registry.endpoints.Unregister(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+            raise

@@ -1,0 +1,72 @@
+"""Agent settings from flags and the environment (names as in docs/design), validated by pydantic."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+from nsm_common.urls import Address, parse_address, split_list
+
+DEFAULT_SOCKET = "unix:///var/lib/networkservicemesh/nsm.io.sock"
+REMOTE_MECHANISMS = ("WIREGUARD", "VXLAN")
+
+
+class AgentSettings(BaseModel):
+    name: str = Field(min_length=1, max_length=253)
+    registry: Address
+    listen: list[Address] = Field(min_length=1)
+    state_dir: Path = Path("/var/lib/nsm")
+    tunnel_ip: str = ""
+    remote_mechanisms: list[str] = Field(default_factory=lambda: list(REMOTE_MECHANISMS))
+    request_timeout: float = Field(default=5.0, gt=0)
+    default_lifetime: float = Field(default=600.0, gt=0)
+    max_lifetime: float = Field(default=600.0, gt=0)
+    log_level: str = "info"
+
+    @field_validator("remote_mechanisms")
+    @classmethod
+    def _mechanisms(cls, value: list[str]) -> list[str]:
+        for mech in value:
+            if mech not in REMOTE_MECHANISMS:
+                raise ValueError(f"unknown remote mechanism {mech!r}; expected some of {', '.join(REMOTE_MECHANISMS)}")
+        return value
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def parse_settings(argv: list[str] | None = None) -> AgentSettings:
+    p = argparse.ArgumentParser(prog="nsm-agent", description="Network Service Mesh node agent")
+    p.add_argument("--name", default=_env("NSM_NAME", socket.gethostname()), help="node name (env NSM_NAME)")
+    p.add_argument("--registry", default=_env("NSM_REGISTRY_URL", "tcp://127.0.0.1:5002"), help="registry address (env NSM_REGISTRY_URL)")
+    p.add_argument("--listen", action="append", help=f"unix:///PATH or tcp://HOST:PORT, repeatable (env NSM_LISTEN_ON; default {DEFAULT_SOCKET})")
+    p.add_argument("--state-dir", default=_env("NSM_STATE_DIR", "/var/lib/nsm"), help="state folder (env NSM_STATE_DIR)")
+    p.add_argument("--tunnel-ip", default=_env("NSM_TUNNEL_IP"), help="this node's underlay address (env NSM_TUNNEL_IP)")
+    p.add_argument("--remote-mechanisms", default=_env("NSM_REMOTE_MECHANISMS", "WIREGUARD,VXLAN"), help="env NSM_REMOTE_MECHANISMS")
+    p.add_argument("--request-timeout", type=float, default=float(_env("NSM_REQUEST_TIMEOUT", "5")), help="seconds an endpoint has to answer (env NSM_REQUEST_TIMEOUT)")
+    p.add_argument("--max-lifetime", type=float, default=float(_env("NSM_MAX_TOKEN_LIFETIME", "600")), help="longest connection lifetime accepted from a caller, seconds (env NSM_MAX_TOKEN_LIFETIME)")
+    p.add_argument("--default-lifetime", type=float, default=float(_env("NSM_TOKEN_LIFETIME", "600")), help="lifetime this hop gives its own segment, seconds (env NSM_TOKEN_LIFETIME)")
+    p.add_argument("--log-level", default=_env("NSM_LOG_LEVEL", "info"))
+    args = p.parse_args(argv)
+    urls = split_list(args.listen) or split_list(_env("NSM_LISTEN_ON")) or [DEFAULT_SOCKET]
+    try:
+        return AgentSettings(
+            name=args.name,
+            registry=parse_address(args.registry, default_port=5002),
+            listen=[parse_address(u) for u in urls],
+            state_dir=Path(args.state_dir),
+            tunnel_ip=args.tunnel_ip,
+            remote_mechanisms=split_list(args.remote_mechanisms),
+            request_timeout=args.request_timeout,
+            default_lifetime=args.default_lifetime,
+            max_lifetime=args.max_lifetime,
+            log_level=args.log_level,
+        )
+    except (ValueError, ValidationError) as exc:
+        p.error(str(exc))
+        raise

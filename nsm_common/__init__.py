@@ -1,0 +1,1 @@
+"""Code shared by the agent, the registry, the endpoint and client runtimes."""

@@ -1,0 +1,59 @@
+"""gRPC servers and channels with the options every component uses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+
+import grpc
+
+from nsm_common.urls import Address
+
+# Keepalive on both sides so that a dead peer breaks long streams (Monitor,
+# watch Find) instead of leaving them hanging forever.
+CHANNEL_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
+def aio_channel(address: Address) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(address.grpc_target, options=CHANNEL_OPTIONS)
+
+
+def sync_channel(address: Address) -> grpc.Channel:
+    return grpc.insecure_channel(address.grpc_target, options=CHANNEL_OPTIONS)
+
+
+def aio_server() -> grpc.aio.Server:
+    return grpc.aio.server(options=SERVER_OPTIONS)
+
+
+def bind_all(server: grpc.aio.Server, addresses: Sequence[Address]) -> None:
+    """Bind every address; a stale unix socket file from a dead process is replaced."""
+    for addr in addresses:
+        if addr.scheme == "unix":
+            os.makedirs(os.path.dirname(addr.path) or "/", exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(addr.path)
+        bound = server.add_insecure_port(addr.grpc_target)
+        if addr.scheme == "tcp" and bound == 0:
+            raise OSError(f"cannot listen on {addr}")
+
+
+def remove_unix_sockets(addresses: Sequence[Address]) -> None:
+    for addr in addresses:
+        if addr.scheme == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(addr.path)

@@ -1,0 +1,1 @@
+"""The registry: which network services exist and which endpoints serve them."""

@@ -1,0 +1,58 @@
+"""`nsm-registry`: serve both registry services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+
+from nsm_api import registry_pb2_grpc
+from nsm_common import logs
+from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
+from nsm_registry.memory_store import MemoryStore
+from nsm_registry.server import EndpointRegistry, ServiceRegistry, run_expiry
+from nsm_registry.settings import RegistrySettings, parse_settings
+
+log = structlog.get_logger("nsm.registry")
+
+
+async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
+    store = MemoryStore()
+    server = aio_server()
+    registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(ServiceRegistry(store), server)
+    registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
+        EndpointRegistry(store, settings.max_expiration), server
+    )
+    bind_all(server, settings.listen)
+    await server.start()
+    expiry = asyncio.create_task(run_expiry(store))
+    log.info("registry serving", listen=[str(a) for a in settings.listen], store=settings.store)
+    try:
+        await stop.wait()
+    finally:
+        expiry.cancel()
+        await store.close()
+        await server.stop(grace=1.0)
+        remove_unix_sockets(settings.listen)
+        log.info("registry stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = parse_settings(argv)
+    logs.configure(settings.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""Find queries against stored records (the spec's matching rules). Pure."""
+
+from __future__ import annotations
+
+from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
+
+
+def service_matches(query: NetworkService, stored: NetworkService) -> bool:
+    """An empty query field matches anything; otherwise fields must be equal."""
+    if query.name and query.name != stored.name:
+        return False
+    if query.payload and query.payload != stored.payload:
+        return False
+    if len(query.matches) and list(query.matches) != list(stored.matches):
+        return False
+    return True
+
+
+def endpoint_matches(query: NetworkServiceEndpoint, stored: NetworkServiceEndpoint) -> bool:
+    if query.name and query.name != stored.name:
+        return False
+    if not set(query.network_service_names) <= set(stored.network_service_names):
+        return False
+    for service, wanted in query.network_service_labels.items():
+        have = stored.network_service_labels[service].labels if service in stored.network_service_labels else {}
+        for key, value in wanted.labels.items():
+            if have.get(key) != value:
+                return False
+    if query.url and query.url not in stored.url:
+        return False
+    if query.HasField("expiration_time") and query.expiration_time.seconds != 0:
+        if query.expiration_time.seconds != stored.expiration_time.seconds:
+            return False
+    return True

@@ -1,0 +1,133 @@
+"""The embedded in-memory store: the default for one machine."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
+from nsm_common.timeutil import ts_seconds
+from nsm_registry.store import EndpointEvent, ServiceEvent
+
+T = TypeVar("T")
+
+# A watcher slower than this many pending events is cut off rather than
+# letting the registry's memory grow without bound.
+MAX_PENDING_EVENTS = 10_000
+
+
+class _Hub:
+    """Fan-out of change events to watchers, in order, without gaps."""
+
+    def __init__(self) -> None:
+        self.queues: set[asyncio.Queue[object]] = set()
+
+    def publish(self, event: object) -> None:
+        for q in list(self.queues):
+            if q.qsize() >= MAX_PENDING_EVENTS:
+                self.queues.discard(q)
+                q.put_nowait(OverflowError("watcher too slow"))
+            else:
+                q.put_nowait(event)
+
+
+async def _watch(hub: _Hub, snapshot: list[T]) -> AsyncIterator[object]:
+    # Subscribing and taking the snapshot happen in one step of the event loop,
+    # so no change can fall between them.
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    hub.queues.add(queue)
+    try:
+        yield snapshot
+        while True:
+            item = await queue.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        hub.queues.discard(queue)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._services: dict[str, NetworkService] = {}
+        self._endpoints: dict[str, NetworkServiceEndpoint] = {}
+        self._expiry_heap: list[tuple[float, str]] = []
+        self._service_hub = _Hub()
+        self._endpoint_hub = _Hub()
+
+    async def put_service(self, service: NetworkService) -> NetworkService:
+        stored = NetworkService()
+        stored.CopyFrom(service)
+        self._services[stored.name] = stored
+        self._service_hub.publish(ServiceEvent(_copy(stored), deleted=False))
+        return _copy(stored)
+
+    async def delete_service(self, name: str) -> bool:
+        old = self._services.pop(name, None)
+        if old is None:
+            return False
+        self._service_hub.publish(ServiceEvent(_copy(old), deleted=True))
+        return True
+
+    async def list_services(self) -> list[NetworkService]:
+        return [_copy(s) for s in self._services.values()]
+
+    async def put_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
+        stored = NetworkServiceEndpoint()
+        stored.CopyFrom(endpoint)
+        self._endpoints[stored.name] = stored
+        if stored.HasField("expiration_time"):
+            heapq.heappush(self._expiry_heap, (ts_seconds(stored.expiration_time), stored.name))
+        self._endpoint_hub.publish(EndpointEvent(_copy(stored), deleted=False))
+        return _copy(stored)
+
+    async def get_endpoint(self, name: str) -> NetworkServiceEndpoint | None:
+        found = self._endpoints.get(name)
+        return _copy(found) if found is not None else None
+
+    async def delete_endpoint(self, name: str) -> bool:
+        old = self._endpoints.pop(name, None)
+        if old is None:
+            return False
+        self._endpoint_hub.publish(EndpointEvent(_copy(old), deleted=True))
+        return True
+
+    async def list_endpoints(self) -> list[NetworkServiceEndpoint]:
+        return [_copy(e) for e in self._endpoints.values()]
+
+    async def watch_services(self) -> AsyncIterator[list[NetworkService] | ServiceEvent]:
+        async for item in _watch(self._service_hub, [_copy(s) for s in self._services.values()]):
+            yield item  # type: ignore[misc]
+
+    async def watch_endpoints(self) -> AsyncIterator[list[NetworkServiceEndpoint] | EndpointEvent]:
+        async for item in _watch(self._endpoint_hub, [_copy(e) for e in self._endpoints.values()]):
+            yield item  # type: ignore[misc]
+
+    async def expire_endpoints(self, now: float) -> list[NetworkServiceEndpoint]:
+        expired: list[NetworkServiceEndpoint] = []
+        while self._expiry_heap and self._expiry_heap[0][0] <= now:
+            _, name = heapq.heappop(self._expiry_heap)
+            current = self._endpoints.get(name)
+            # The heap keeps stale entries of re-registered endpoints; only the
+            # live record's own expiration counts.
+            if current is None or not current.HasField("expiration_time"):
+                continue
+            if ts_seconds(current.expiration_time) <= now:
+                await self.delete_endpoint(name)
+                expired.append(_copy(current))
+        return expired
+
+    async def next_expiry(self) -> float | None:
+        return self._expiry_heap[0][0] if self._expiry_heap else None
+
+    async def close(self) -> None:
+        for hub in (self._service_hub, self._endpoint_hub):
+            hub.publish(ConnectionAbortedError("registry store closed"))
+
+
+def _copy(msg: T) -> T:
+    out = type(msg)()  # type: ignore[call-arg]
+    out.CopyFrom(msg)  # type: ignore[attr-defined]
+    return out  # type: ignore[no-any-return]

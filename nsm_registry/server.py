@@ -1,0 +1,151 @@
+"""The two registry gRPC services over a Store."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+from google.protobuf.empty_pb2 import Empty
+
+from nsm_api import registry_pb2_grpc
+from nsm_api.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceEndpointResponse,
+    NetworkServiceQuery,
+    NetworkServiceResponse,
+)
+from nsm_common.timeutil import now, ts_from, ts_seconds
+from nsm_registry.matching import endpoint_matches, service_matches
+from nsm_registry.store import EndpointEvent, ServiceEvent, Store
+from nsm_registry.validation import validate_endpoint, validate_service
+
+log = structlog.get_logger("nsm.registry")
+
+PAYLOADS = ("IP", "ETHERNET")
+
+
+def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:
+    return not endpoint.HasField("expiration_time") or ts_seconds(endpoint.expiration_time) > at
+
+
+class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def Register(self, request: NetworkService, context: grpc.aio.ServicerContext) -> NetworkService:  # type: ignore[override]
+        problem = validate_service(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        service = NetworkService()
+        service.CopyFrom(request)
+        if not service.payload:
+            service.payload = "IP"
+        stored = await self.store.put_service(service)
+        log.info("service registered", name=stored.name, payload=stored.payload)
+        return stored
+
+    async def Find(  # type: ignore[override]
+        self, request: NetworkServiceQuery, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[NetworkServiceResponse]:
+        query = request.network_service
+        stream = self.store.watch_services()
+        try:
+            async for item in stream:
+                if isinstance(item, list):
+                    for service in item:
+                        if service_matches(query, service):
+                            yield NetworkServiceResponse(network_service=service)
+                    if not request.watch:
+                        return
+                elif isinstance(item, ServiceEvent) and service_matches(query, item.service):
+                    yield NetworkServiceResponse(network_service=item.service, deleted=item.deleted)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def Unregister(self, request: NetworkService, context: grpc.aio.ServicerContext) -> Empty:  # type: ignore[override]
+        if not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is empty")
+        if await self.store.delete_service(request.name):
+            log.info("service unregistered", name=request.name)
+        return Empty()
+
+
+class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
+    def __init__(self, store: Store, max_expiration: float) -> None:
+        self.store = store
+        self.max_expiration = max_expiration
+        # Registrations of one name are applied one at a time so that
+        # initial_registration_time is kept across concurrent re-registrations.
+        self._lock = asyncio.Lock()
+
+    async def Register(  # type: ignore[override]
+        self, request: NetworkServiceEndpoint, context: grpc.aio.ServicerContext
+    ) -> NetworkServiceEndpoint:
+        problem = validate_endpoint(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        endpoint = NetworkServiceEndpoint()
+        endpoint.CopyFrom(request)
+        if not endpoint.name:
+            endpoint.name = f"nse-{uuid.uuid4()}"
+        at = now()
+        limit = at + self.max_expiration
+        asked = ts_seconds(endpoint.expiration_time) if endpoint.HasField("expiration_time") else 0.0
+        endpoint.expiration_time.CopyFrom(ts_from(min(asked, limit) if asked > 0 else limit))
+        async with self._lock:
+            existing = await self.store.get_endpoint(endpoint.name)
+            if existing is not None and existing.HasField("initial_registration_time"):
+                endpoint.initial_registration_time.CopyFrom(existing.initial_registration_time)
+            else:
+                endpoint.initial_registration_time.CopyFrom(ts_from(at))
+            stored = await self.store.put_endpoint(endpoint)
+        log.info(
+            "endpoint registered",
+            name=stored.name,
+            services=list(stored.network_service_names),
+            url=stored.url,
+            expires_in=round(ts_seconds(stored.expiration_time) - at, 1),
+        )
+        return stored
+
+    async def Find(  # type: ignore[override]
+        self, request: NetworkServiceEndpointQuery, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        query = request.network_service_endpoint
+        stream = self.store.watch_endpoints()
+        try:
+            async for item in stream:
+                if isinstance(item, list):
+                    at = now()
+                    for endpoint in item:
+                        if _live(endpoint, at) and endpoint_matches(query, endpoint):
+                            yield NetworkServiceEndpointResponse(network_service_endpoint=endpoint)
+                    if not request.watch:
+                        return
+                elif isinstance(item, EndpointEvent) and endpoint_matches(query, item.endpoint):
+                    yield NetworkServiceEndpointResponse(network_service_endpoint=item.endpoint, deleted=item.deleted)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def Unregister(self, request: NetworkServiceEndpoint, context: grpc.aio.ServicerContext) -> Empty:  # type: ignore[override]
+        if not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is empty")
+        if await self.store.delete_endpoint(request.name):
+            log.info("endpoint unregistered", name=request.name)
+        return Empty()
+
+
+async def run_expiry(store: Store, poll: float = 0.25) -> None:
+    """Remove endpoints that were not registered again before their expiration_time."""
+    while True:
+        at = now()
+        for endpoint in await store.expire_endpoints(at):
+            log.info("endpoint expired", name=endpoint.name)
+        nxt = await store.next_expiry()
+        delay = poll if nxt is None else min(poll, max(0.0, nxt - now()))
+        await asyncio.sleep(delay)

@@ -1,0 +1,59 @@
+"""The store interface the registry server talks to.
+
+The memory store implements it now; an etcd store implements the same calls so
+that several registry replicas can share one state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
+
+
+@dataclass(frozen=True)
+class ServiceEvent:
+    service: NetworkService
+    deleted: bool
+
+
+@dataclass(frozen=True)
+class EndpointEvent:
+    endpoint: NetworkServiceEndpoint
+    deleted: bool
+
+
+class Store(Protocol):
+    """Records and change events. Every record returned is a copy the caller may keep."""
+
+    async def put_service(self, service: NetworkService) -> NetworkService: ...
+    async def delete_service(self, name: str) -> bool: ...
+    async def list_services(self) -> list[NetworkService]: ...
+
+    async def put_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
+        """Insert or replace by name; `expiration_time` is already decided by the caller."""
+        ...
+
+    async def get_endpoint(self, name: str) -> NetworkServiceEndpoint | None: ...
+    async def delete_endpoint(self, name: str) -> bool: ...
+    async def list_endpoints(self) -> list[NetworkServiceEndpoint]: ...
+
+    def watch_services(self) -> AsyncIterator[list[NetworkService] | ServiceEvent]:
+        """First yields the current records as one list, then every later change, with no gap."""
+        ...
+
+    def watch_endpoints(self) -> AsyncIterator[list[NetworkServiceEndpoint] | EndpointEvent]:
+        """First yields the current records as one list, then every later change, with no gap."""
+        ...
+
+    async def expire_endpoints(self, now: float) -> list[NetworkServiceEndpoint]:
+        """Remove endpoints whose expiration_time has passed; return them (each once)."""
+        ...
+
+    async def next_expiry(self) -> float | None:
+        """The earliest expiration_time among stored endpoints."""
+        ...
+
+    async def close(self) -> None: ...
