@@ -8,7 +8,6 @@ import signal
 
 import structlog
 
-from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.monitor import ConnectionEvents, Monitor, MonitorService
 from nsm_agent.netns.resolve import NetnsResolver
@@ -25,6 +24,7 @@ from nsm_agent.registry_client import RegistryClient
 from nsm_agent.registry_proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.service import NetworkServiceServer
 from nsm_agent.settings import AgentSettings, parse_settings
+from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 

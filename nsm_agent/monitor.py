@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
-
+from nsm_agent.decisions.monitor_scope import selects
+from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_api import connection_pb2_grpc
 from nsm_api.connection_pb2 import (
     DELETE,
@@ -17,8 +17,8 @@ from nsm_api.connection_pb2 import (
     ConnectionEventType,
     MonitorScopeSelector,
 )
-from nsm_agent.decisions.monitor_scope import selects
-from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.grpcutil import Ctx
 
 MAX_PENDING = 10_000
 
@@ -30,7 +30,7 @@ class ConnectionEvents:
         self.current: dict[str, Connection] = {}
         self._subscribers: set[asyncio.Queue[ConnectionEvent | None]] = set()
 
-    def _publish(self, kind: ConnectionEventType, conn: Connection) -> None:
+    def _publish(self, kind: ConnectionEventType.ValueType, conn: Connection) -> None:
         event = ConnectionEvent(type=kind)
         event.connections[conn.id].CopyFrom(conn)
         for q in list(self._subscribers):
@@ -79,7 +79,7 @@ class Monitor(Step):
     def __init__(self, events: ConnectionEvents) -> None:
         self.events = events
 
-    async def request(self, request, call: Call, nxt: Next) -> Connection:  # type: ignore[no-untyped-def]
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         reply = await nxt.request(request, call)
         self.events.update(reply)
         return reply
@@ -96,7 +96,7 @@ class MonitorService(connection_pb2_grpc.MonitorConnectionServicer):
         self.events = events
 
     async def MonitorConnections(  # type: ignore[override]
-        self, request: MonitorScopeSelector, context: grpc.aio.ServicerContext
+        self, request: MonitorScopeSelector, context: Ctx
     ) -> AsyncIterator[ConnectionEvent]:
         async for event in self.events.stream(request):
             yield event

@@ -30,7 +30,7 @@ class RegistryClient:
         self.endpoints = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(self.channel)
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(None)
 
     async def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
         delay = 0.1
@@ -39,9 +39,8 @@ class RegistryClient:
                 return await fn()
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in RETRYABLE or attempt == self.attempts:
-                    code = exc.code() if exc.code() in RETRYABLE else exc.code()
                     raise NsmError(
-                        code, f"registry at {self.address} {what}: {exc.details()} (after {attempt} attempts)"
+                        exc.code(), f"registry at {self.address} {what}: {exc.details()} (after {attempt} attempts)"
                     ) from exc
             await asyncio.sleep(delay)
             delay *= 3

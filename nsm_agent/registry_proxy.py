@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
+from nsm_agent.registry_client import RegistryClient
 from nsm_api import registry_pb2_grpc
 from nsm_api.registry_pb2 import (
     NetworkService,
@@ -20,10 +21,10 @@ from nsm_api.registry_pb2 import (
     NetworkServiceQuery,
     NetworkServiceResponse,
 )
-from nsm_agent.registry_client import RegistryClient
+from nsm_common.grpcutil import Ctx
 
 
-async def _relay_error(context: grpc.aio.ServicerContext, exc: grpc.aio.AioRpcError, where: str) -> None:
+async def _relay_error(context: Ctx, exc: grpc.aio.AioRpcError, where: str) -> None:
     await context.abort(exc.code(), f"{where}: {exc.details()}")
 
 
@@ -32,7 +33,7 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
         self.registry = registry
         self.where = f"registry at {registry.address}"
 
-    async def Register(self, request: NetworkService, context: grpc.aio.ServicerContext) -> NetworkService:  # type: ignore[override]
+    async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
         try:
             return await self.registry.services.Register(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
         except grpc.aio.AioRpcError as exc:
@@ -40,7 +41,7 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
             raise
 
     async def Find(  # type: ignore[override]
-        self, request: NetworkServiceQuery, context: grpc.aio.ServicerContext
+        self, request: NetworkServiceQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceResponse]:
         try:
             async for resp in self.registry.services.Find(request, timeout=context.time_remaining()):
@@ -48,7 +49,7 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
 
-    async def Unregister(self, request: NetworkService, context: grpc.aio.ServicerContext) -> Empty:  # type: ignore[override]
+    async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
         try:
             return await self.registry.services.Unregister(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
         except grpc.aio.AioRpcError as exc:
@@ -62,7 +63,7 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
         self.where = f"registry at {registry.address}"
 
     async def Register(  # type: ignore[override]
-        self, request: NetworkServiceEndpoint, context: grpc.aio.ServicerContext
+        self, request: NetworkServiceEndpoint, context: Ctx
     ) -> NetworkServiceEndpoint:
         try:
             return await self.registry.endpoints.Register(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
@@ -71,7 +72,7 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
             raise
 
     async def Find(  # type: ignore[override]
-        self, request: NetworkServiceEndpointQuery, context: grpc.aio.ServicerContext
+        self, request: NetworkServiceEndpointQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
         try:
             async for resp in self.registry.endpoints.Find(request, timeout=context.time_remaining()):
@@ -79,7 +80,7 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
 
-    async def Unregister(self, request: NetworkServiceEndpoint, context: grpc.aio.ServicerContext) -> Empty:  # type: ignore[override]
+    async def Unregister(self, request: NetworkServiceEndpoint, context: Ctx) -> Empty:  # type: ignore[override]
         try:
             return await self.registry.endpoints.Unregister(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
         except grpc.aio.AioRpcError as exc:

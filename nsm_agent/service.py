@@ -8,11 +8,12 @@ import grpc
 import structlog
 from google.protobuf.empty_pb2 import Empty
 
+from nsm_agent.pipeline.chain import Chain
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_agent.pipeline.chain import Chain
 from nsm_common.errors import NsmError
+from nsm_common.grpcutil import Ctx
 
 log = structlog.get_logger("nsm")
 
@@ -22,7 +23,7 @@ class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
         self.chain = chain
         self._inflight: set[asyncio.Task[object]] = set()
 
-    async def _run(self, coro, context: grpc.aio.ServicerContext, what: str):  # type: ignore[no-untyped-def]
+    async def _run(self, coro, context: Ctx, what: str):  # type: ignore[no-untyped-def]
         # A caller that goes away mid-Request must not cut a step in half
         # (an endpoint lease taken, the wire not yet built): the chain always
         # finishes, and what it built is closed by expiry if nobody refreshes.
@@ -41,13 +42,13 @@ class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, f"{what} failed: {exc}")
 
     async def Request(  # type: ignore[override]
-        self, request: NetworkServiceRequest, context: grpc.aio.ServicerContext
+        self, request: NetworkServiceRequest, context: Ctx
     ) -> Connection:
         req = NetworkServiceRequest()
         req.CopyFrom(request)
         return await self._run(self.chain.request(req), context, "request")  # type: ignore[no-any-return]
 
-    async def Close(self, request: Connection, context: grpc.aio.ServicerContext) -> Empty:  # type: ignore[override]
+    async def Close(self, request: Connection, context: Ctx) -> Empty:  # type: ignore[override]
         conn = Connection()
         conn.CopyFrom(request)
         await self._run(self.chain.close(conn), context, "close")

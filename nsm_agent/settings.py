@@ -43,14 +43,45 @@ def _env(name: str, default: str = "") -> str:
 def parse_settings(argv: list[str] | None = None) -> AgentSettings:
     p = argparse.ArgumentParser(prog="nsm-agent", description="Network Service Mesh node agent")
     p.add_argument("--name", default=_env("NSM_NAME", socket.gethostname()), help="node name (env NSM_NAME)")
-    p.add_argument("--registry", default=_env("NSM_REGISTRY_URL", "tcp://127.0.0.1:5002"), help="registry address (env NSM_REGISTRY_URL)")
-    p.add_argument("--listen", action="append", help=f"unix:///PATH or tcp://HOST:PORT, repeatable (env NSM_LISTEN_ON; default {DEFAULT_SOCKET})")
-    p.add_argument("--state-dir", default=_env("NSM_STATE_DIR", "/var/lib/nsm"), help="state folder (env NSM_STATE_DIR)")
-    p.add_argument("--tunnel-ip", default=_env("NSM_TUNNEL_IP"), help="this node's underlay address (env NSM_TUNNEL_IP)")
-    p.add_argument("--remote-mechanisms", default=_env("NSM_REMOTE_MECHANISMS", "WIREGUARD,VXLAN"), help="env NSM_REMOTE_MECHANISMS")
-    p.add_argument("--request-timeout", type=float, default=float(_env("NSM_REQUEST_TIMEOUT", "5")), help="seconds an endpoint has to answer (env NSM_REQUEST_TIMEOUT)")
-    p.add_argument("--max-lifetime", type=float, default=float(_env("NSM_MAX_TOKEN_LIFETIME", "600")), help="longest connection lifetime accepted from a caller, seconds (env NSM_MAX_TOKEN_LIFETIME)")
-    p.add_argument("--default-lifetime", type=float, default=float(_env("NSM_TOKEN_LIFETIME", "600")), help="lifetime this hop gives its own segment, seconds (env NSM_TOKEN_LIFETIME)")
+    p.add_argument(
+        "--registry",
+        default=_env("NSM_REGISTRY_URL", "tcp://127.0.0.1:5002"),
+        help="registry address (env NSM_REGISTRY_URL)",
+    )
+    p.add_argument(
+        "--listen",
+        action="append",
+        help=f"unix:///PATH or tcp://HOST:PORT, repeatable (env NSM_LISTEN_ON; default {DEFAULT_SOCKET})",
+    )
+    p.add_argument(
+        "--state-dir", default=_env("NSM_STATE_DIR", "/var/lib/nsm"), help="state folder (env NSM_STATE_DIR)"
+    )
+    p.add_argument(
+        "--tunnel-ip", default=_env("NSM_TUNNEL_IP"), help="this node's underlay address (env NSM_TUNNEL_IP)"
+    )
+    p.add_argument(
+        "--remote-mechanisms",
+        default=_env("NSM_REMOTE_MECHANISMS", "WIREGUARD,VXLAN"),
+        help="env NSM_REMOTE_MECHANISMS",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=float,
+        default=float(_env("NSM_REQUEST_TIMEOUT", "5")),
+        help="seconds an endpoint has to answer (env NSM_REQUEST_TIMEOUT)",
+    )
+    p.add_argument(
+        "--max-lifetime",
+        type=float,
+        default=float(_env("NSM_MAX_TOKEN_LIFETIME", "600")),
+        help="longest connection lifetime accepted from a caller, seconds (env NSM_MAX_TOKEN_LIFETIME)",
+    )
+    p.add_argument(
+        "--default-lifetime",
+        type=float,
+        default=float(_env("NSM_TOKEN_LIFETIME", "600")),
+        help="lifetime this hop gives its own segment, seconds (env NSM_TOKEN_LIFETIME)",
+    )
     p.add_argument("--log-level", default=_env("NSM_LOG_LEVEL", "info"))
     args = p.parse_args(argv)
     urls = split_list(args.listen) or split_list(_env("NSM_LISTEN_ON")) or [DEFAULT_SOCKET]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -57,3 +58,7 @@ def remove_unix_sockets(addresses: Sequence[Address]) -> None:
         if addr.scheme == "unix":
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(addr.path)
+
+
+# Servicer methods take this; the request and response types are on the method.
+Ctx = grpc.aio.ServicerContext[Any, Any]

@@ -11,9 +11,7 @@ def service_matches(query: NetworkService, stored: NetworkService) -> bool:
         return False
     if query.payload and query.payload != stored.payload:
         return False
-    if len(query.matches) and list(query.matches) != list(stored.matches):
-        return False
-    return True
+    return not (len(query.matches) and list(query.matches) != list(stored.matches))
 
 
 def endpoint_matches(query: NetworkServiceEndpoint, stored: NetworkServiceEndpoint) -> bool:
@@ -28,7 +26,5 @@ def endpoint_matches(query: NetworkServiceEndpoint, stored: NetworkServiceEndpoi
                 return False
     if query.url and query.url not in stored.url:
         return False
-    if query.HasField("expiration_time") and query.expiration_time.seconds != 0:
-        if query.expiration_time.seconds != stored.expiration_time.seconds:
-            return False
-    return True
+    asked = query.expiration_time.seconds if query.HasField("expiration_time") else 0
+    return not (asked and asked != stored.expiration_time.seconds)

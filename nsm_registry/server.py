@@ -19,6 +19,7 @@ from nsm_api.registry_pb2 import (
     NetworkServiceQuery,
     NetworkServiceResponse,
 )
+from nsm_common.grpcutil import Ctx
 from nsm_common.timeutil import now, ts_from, ts_seconds
 from nsm_registry.matching import endpoint_matches, service_matches
 from nsm_registry.store import EndpointEvent, ServiceEvent, Store
@@ -37,7 +38,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    async def Register(self, request: NetworkService, context: grpc.aio.ServicerContext) -> NetworkService:  # type: ignore[override]
+    async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
         problem = validate_service(request)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -50,7 +51,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         return stored
 
     async def Find(  # type: ignore[override]
-        self, request: NetworkServiceQuery, context: grpc.aio.ServicerContext
+        self, request: NetworkServiceQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceResponse]:
         query = request.network_service
         stream = self.store.watch_services()
@@ -67,7 +68,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    async def Unregister(self, request: NetworkService, context: grpc.aio.ServicerContext) -> Empty:  # type: ignore[override]
+    async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is empty")
         if await self.store.delete_service(request.name):
@@ -84,7 +85,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         self._lock = asyncio.Lock()
 
     async def Register(  # type: ignore[override]
-        self, request: NetworkServiceEndpoint, context: grpc.aio.ServicerContext
+        self, request: NetworkServiceEndpoint, context: Ctx
     ) -> NetworkServiceEndpoint:
         problem = validate_endpoint(request)
         if problem:
@@ -114,7 +115,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         return stored
 
     async def Find(  # type: ignore[override]
-        self, request: NetworkServiceEndpointQuery, context: grpc.aio.ServicerContext
+        self, request: NetworkServiceEndpointQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
         query = request.network_service_endpoint
         stream = self.store.watch_endpoints()
@@ -132,7 +133,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    async def Unregister(self, request: NetworkServiceEndpoint, context: grpc.aio.ServicerContext) -> Empty:  # type: ignore[override]
+    async def Unregister(self, request: NetworkServiceEndpoint, context: Ctx) -> Empty:  # type: ignore[override]
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is empty")
         if await self.store.delete_endpoint(request.name):

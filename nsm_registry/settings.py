@@ -28,7 +28,9 @@ class RegistrySettings(BaseModel):
 
 def parse_settings(argv: list[str] | None = None) -> RegistrySettings:
     parser = argparse.ArgumentParser(prog="nsm-registry", description="Network Service Mesh registry")
-    parser.add_argument("--listen", action="append", help="tcp://HOST:PORT or unix:///PATH (repeatable; env NSM_LISTEN_ON)")
+    parser.add_argument(
+        "--listen", action="append", help="tcp://HOST:PORT or unix:///PATH (repeatable; env NSM_LISTEN_ON)"
+    )
     parser.add_argument("--store", default=os.environ.get("NSM_STORE", "memory"), help="memory (env NSM_STORE)")
     parser.add_argument(
         "--max-expiration",
@@ -41,7 +43,9 @@ def parse_settings(argv: list[str] | None = None) -> RegistrySettings:
     urls = split_list(args.listen) or split_list(os.environ.get("NSM_LISTEN_ON")) or [f"tcp://0.0.0.0:{DEFAULT_PORT}"]
     try:
         listen = [parse_address(u, default_port=DEFAULT_PORT) for u in urls]
-        return RegistrySettings(listen=listen, store=args.store, max_expiration=args.max_expiration, log_level=args.log_level)
+        return RegistrySettings(
+            listen=listen, store=args.store, max_expiration=args.max_expiration, log_level=args.log_level
+        )
     except ValueError as exc:
         parser.error(str(exc))
         raise  # unreachable: parser.error exits

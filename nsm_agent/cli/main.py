@@ -15,12 +15,12 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
-from nsm_api import registry_pb2_grpc
-from nsm_api.connection_pb2 import Connection
-from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
 from nsm_agent.cli.inputs import ConnectInput, EndpointInput, parse_labels
 from nsm_agent.client.runtime import AgentClient, kernel_request
 from nsm_agent.settings import DEFAULT_SOCKET
+from nsm_api import registry_pb2_grpc
+from nsm_api.connection_pb2 import Connection
+from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
 from nsm_common import logs
 from nsm_common.grpcutil import sync_channel
 from nsm_common.timeutil import ts_seconds
@@ -85,15 +85,19 @@ def cmd_connect(args: argparse.Namespace) -> int:
         raise CliError(_validation_message(exc)) from exc
     client = AgentClient(_agent(args), timeout=args.timeout)
     try:
-        conn = client.request(kernel_request(inp.netns, inp.service, inp.ifname, inp.labels, client_name=args.client_name))
+        conn = client.request(
+            kernel_request(inp.netns, inp.service, inp.ifname, inp.labels, client_name=args.client_name)
+        )
     finally:
         client.close_channel()
-    summary = _conn_summary(conn)
     if args.output == "json":
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(_conn_summary(conn), indent=2))
     else:
-        print(f"connected {summary['id']}: {summary['interface']} {','.join(summary['client_ips'])} "  # type: ignore[arg-type]
-              f"-> {summary['endpoint']} {','.join(summary['endpoint_ips'])}")  # type: ignore[arg-type]
+        ip = conn.context.ip_context
+        print(
+            f"connected {conn.id}: {conn.mechanism.parameters.get('name', '')} {','.join(ip.src_ip_addrs)} "
+            f"-> {conn.network_service_endpoint_name} {','.join(ip.dst_ip_addrs)}"
+        )
     return 0
 
 
@@ -130,8 +134,12 @@ def cmd_get(args: argparse.Namespace) -> int:
             if args.output == "json":
                 print(json.dumps([MessageToDict(s) for s in services], indent=2))
             else:
-                print(_table([{"name": s.name, "payload": s.payload, "matches": len(s.matches)} for s in services],
-                             ["name", "payload", "matches"]))
+                print(
+                    _table(
+                        [{"name": s.name, "payload": s.payload, "matches": len(s.matches)} for s in services],
+                        ["name", "payload", "matches"],
+                    )
+                )
         else:
             estub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
             eps = [r.network_service_endpoint for r in estub.Find(NetworkServiceEndpointQuery(), timeout=args.timeout)]
@@ -158,8 +166,12 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
 
     try:
         inp = EndpointInput(
-            netns=args.netns, name=args.name, service=args.service, cidr=args.cidr,
-            payload=args.payload, labels=_labels(args.label),
+            netns=args.netns,
+            name=args.name,
+            service=args.service,
+            cidr=args.cidr,
+            payload=args.payload,
+            labels=_labels(args.label),
         )
     except ValidationError as exc:
         raise CliError(_validation_message(exc)) from exc
@@ -174,8 +186,14 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
     setns(inp.netns, flags=0)
     logs.configure(args.log_level)
     config = EndpointConfig(
-        name=inp.name, service=inp.service, payload=inp.payload, labels=inp.labels, cidr=inp.cidr,
-        listen=listen, registry=_agent(args), lifetime=args.lifetime,
+        name=inp.name,
+        service=inp.service,
+        payload=inp.payload,
+        labels=inp.labels,
+        cidr=inp.cidr,
+        listen=listen,
+        registry=_agent(args),
+        lifetime=args.lifetime,
     )
 
     async def run() -> None:

@@ -73,7 +73,7 @@ class AgentClient:
                 if event.type == INITIAL_STATE_TRANSFER:
                     return dict(event.connections)
         finally:
-            stream.cancel()
+            stream.cancel()  # type: ignore[no-untyped-call]
         return {}
 
     def find(self, conn_id: str) -> Connection | None:
@@ -99,4 +99,4 @@ class AgentClient:
         return True
 
 
-__all__ = ["AgentClient", "kernel_request", "grpc"]
+__all__ = ["AgentClient", "grpc", "kernel_request"]

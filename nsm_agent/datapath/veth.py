@@ -5,6 +5,7 @@ Every function here runs on the netlink thread (see netlink.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
 
@@ -157,15 +158,11 @@ def remove(nl: NetlinkThread, wire: VethWire) -> None:
 
 def _update_side(ipr: IPRoute, index: int, old: SidePlan, new: SidePlan) -> None:
     for route in set(old.routes) - set(new.routes):
-        try:
+        with contextlib.suppress(NetlinkError):
             ipr.route("del", **_route_args(index, route))
-        except NetlinkError:
-            pass
     for addr in set(old.addrs) - set(new.addrs):
-        try:
+        with contextlib.suppress(NetlinkError):
             ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-        except NetlinkError:
-            pass
     _configure(ipr, index, new)
 
 

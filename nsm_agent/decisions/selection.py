@@ -54,11 +54,7 @@ def _match_candidates(
             filled[key] = v
         if ok:
             selectors.append(filled)
-    return [
-        ep
-        for ep in endpoints
-        if any(_selector_applies(sel, _endpoint_labels(ep, service)) for sel in selectors)
-    ]
+    return [ep for ep in endpoints if any(_selector_applies(sel, _endpoint_labels(ep, service)) for sel in selectors)]
 
 
 def candidates(

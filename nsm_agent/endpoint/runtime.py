@@ -10,6 +10,12 @@ import grpc
 import structlog
 from pydantic import BaseModel, Field
 
+from nsm_agent.endpoint.ipam import PointToPointPool
+from nsm_agent.endpoint.steps import KernelAnswer, PointToPointIpam
+from nsm_agent.pipeline.begin import Begin
+from nsm_agent.pipeline.chain import Chain
+from nsm_agent.pipeline.update_path import UpdatePath
+from nsm_agent.service import NetworkServiceServer
 from nsm_api import networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_api.registry_pb2 import (
     NetworkService,
@@ -17,12 +23,6 @@ from nsm_api.registry_pb2 import (
     NetworkServiceLabels,
     NetworkServiceQuery,
 )
-from nsm_agent.endpoint.ipam import PointToPointPool
-from nsm_agent.endpoint.steps import KernelAnswer, PointToPointIpam
-from nsm_agent.pipeline.begin import Begin
-from nsm_agent.pipeline.chain import Chain
-from nsm_agent.pipeline.update_path import UpdatePath
-from nsm_agent.service import NetworkServiceServer
 from nsm_common.grpcutil import aio_channel, aio_server, bind_all, remove_unix_sockets
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
@@ -74,7 +74,8 @@ class EndpointRuntime:
             delay = 1.0
             try:
                 existing = [
-                    r async for r in services.Find(
+                    r
+                    async for r in services.Find(
                         NetworkServiceQuery(network_service=NetworkService(name=self.config.service)), timeout=5
                     )
                 ]
@@ -118,6 +119,6 @@ class EndpointRuntime:
                     NetworkServiceEndpoint(name=self.config.name), timeout=3
                 )
                 log.info("endpoint unregistered", name=self.config.name)
-            await channel.close()
+            await channel.close(None)
             await server.stop(grace=1.0)
             remove_unix_sockets([self.config.listen])

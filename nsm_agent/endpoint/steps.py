@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 import grpc
 
+from nsm_agent.endpoint.ipam import Lease, PointToPointPool, PoolExhausted
+from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.connectioncontext_pb2 import Route
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-
-from nsm_agent.endpoint.ipam import Lease, PointToPointPool, PoolExhausted
-from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_common.errors import NsmError, invalid
 
 
@@ -66,8 +66,8 @@ class PointToPointIpam(Step):
         await nxt.close(conn, call)
 
 
-def _excluded(lease: Lease, excluded: list[str] | object) -> bool:
-    nets = [ipaddress.ip_network(p, strict=False) for p in excluded]  # type: ignore[attr-defined]
+def _excluded(lease: Lease, excluded: Iterable[str]) -> bool:
+    nets = [ipaddress.ip_network(p, strict=False) for p in excluded]
     return any(a.version == n.version and a in n for a in (lease.endpoint, lease.client) for n in nets)
 
 

@@ -48,9 +48,7 @@ def parse_netns(params: Mapping[str, str]) -> NetnsSpec:
         if path.startswith(("/proc/self", "/proc/thread-self")):
             raise invalid(f"inodeURL {url!r}: /proc/self names the agent's own namespace, not the pod's")
         if not (_PROC_NS.match(path) or _NAMED_NS.match(path)):
-            raise invalid(
-                f"inodeURL {url!r}: expected file:///proc/PID/ns/net or file:///var/run/netns/NAME"
-            )
+            raise invalid(f"inodeURL {url!r}: expected file:///proc/PID/ns/net or file:///var/run/netns/NAME")
         m = _NAMED_NS.match(path)
         if m and m.group(1) in (".", ".."):
             raise invalid(f"inodeURL {url!r}: bad namespace name")

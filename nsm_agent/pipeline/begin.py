@@ -12,10 +12,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_api.connection_pb2 import RESELECT_REQUESTED, UP, Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-
-from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_common.timeutil import now, ts_seconds
 
 log = structlog.get_logger("nsm.agent")
@@ -112,7 +111,7 @@ class Begin(Step):
             self._forget(own)
             try:
                 await rec.nxt.close(_copy(rec.conn), Call())
-            except Exception as exc:  # noqa: BLE001 - expiry must not die with one connection
+            except Exception as exc:
                 log.warning("closing an expired connection failed", id=own, error=str(exc))
         self._locks.pop(own, None)
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from nsm_agent.netns.resolve import NetnsRef
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
-
-from nsm_agent.netns.resolve import NetnsRef
 
 
 @dataclass

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nsm_api.connection_pb2 import Connection, Mechanism
-from nsm_api.networkservice_pb2 import NetworkServiceRequest
-
 from nsm_agent.datapath import veth
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import chosen_ifname
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import parse_netns
 from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_api.connection_pb2 import Connection, Mechanism
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.errors import invalid
 
 
@@ -44,7 +43,8 @@ class ClientNetns(Step):
         ours = previous is not None and previous.ns.key == ns.key and previous.ifname == ifname
         try:
             if not ours and await self.netlink.run(lambda nl: veth.ifname_in_use(nl, ns, ifname)):
-                raise invalid(f"interface name {ifname!r} is already used in network namespace {mech.parameters.get('inodeURL') or ns.path}")
+                where = mech.parameters.get("inodeURL") or ns.path
+                raise invalid(f"interface name {ifname!r} is already used in network namespace {where}")
             call.client_ns = ns
             call.client_ifname = ifname
             reply = await nxt.request(request, call)

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
+from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-
-from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_common.errors import NsmError, from_rpc_error
 from nsm_common.grpcutil import aio_channel
 from nsm_common.urls import UrlError, parse_address
@@ -31,7 +30,7 @@ class ConnectEndpoint(Step):
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._downstream: dict[str, _Downstream] = {}
 
-    def _stub(self, url: str) -> networkservice_pb2_grpc.NetworkServiceStub:
+    def _stub(self, url: str) -> networkservice_pb2_grpc.NetworkServiceAsyncStub:
         channel = self._channels.get(url)
         if channel is None:
             channel = self._channels[url] = aio_channel(parse_address(url))
@@ -78,4 +77,4 @@ class ConnectEndpoint(Step):
 
     async def aclose(self) -> None:
         for channel in self._channels.values():
-            await channel.close()
+            await channel.close(None)

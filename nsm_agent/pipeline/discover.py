@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from nsm_api.connection_pb2 import Connection
-from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_api.registry_pb2 import NetworkServiceEndpoint
-
 from nsm_agent.decisions.selection import candidates
 from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_agent.registry_client import RegistryClient
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_api.registry_pb2 import NetworkServiceEndpoint
 from nsm_common.errors import not_found
 
 
@@ -24,9 +23,7 @@ class Discover(Step):
             raise not_found(f"network service {name!r} not found in the registry")
         call.service = service
         if conn.network_service_endpoint_name:
-            found = await self.registry.find_endpoints(
-                NetworkServiceEndpoint(name=conn.network_service_endpoint_name)
-            )
+            found = await self.registry.find_endpoints(NetworkServiceEndpoint(name=conn.network_service_endpoint_name))
             if found:
                 call.endpoint = found[0]
             elif not call.refresh:

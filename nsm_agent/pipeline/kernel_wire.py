@@ -10,9 +10,6 @@ from __future__ import annotations
 import grpc
 import structlog
 
-from nsm_api.connection_pb2 import Connection
-from nsm_api.networkservice_pb2 import NetworkServiceRequest
-
 from nsm_agent.datapath import veth
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import chosen_ifname, ifname_problem
@@ -20,6 +17,8 @@ from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
 from nsm_agent.netns.resolve import NetnsResolver
 from nsm_agent.netns.spec import parse_netns
 from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.errors import NsmError, invalid
 
 log = structlog.get_logger("nsm.agent")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import grpc
 import structlog
 
-from nsm_api.connection_pb2 import Connection
-from nsm_api.networkservice_pb2 import NetworkServiceRequest
-
 from nsm_agent.decisions.selection import RoundRobin
 from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.errors import NsmError
 
 log = structlog.get_logger("nsm.agent")

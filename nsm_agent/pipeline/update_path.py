@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from nsm_api.connection_pb2 import Connection
-from nsm_api.networkservice_pb2 import NetworkServiceRequest
-
 from nsm_agent.decisions import path
 from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.timeutil import now
 
 

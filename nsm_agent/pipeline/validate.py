@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from nsm_api.connection_pb2 import Connection, Mechanism
-from nsm_api.networkservice_pb2 import NetworkServiceRequest
-
 from nsm_agent.decisions.names import ifname_problem
 from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_api.connection_pb2 import Connection, Mechanism
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.errors import invalid, not_found
 
 KERNEL = "KERNEL"

@@ -1,0 +1,184 @@
+"""Namespaces, daemons and clean-up for a mesh on this machine."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True)
+
+
+def links(netns: str) -> list[str]:
+    """Interface names in a namespace."""
+    out = run("ip", "-n", netns, "-o", "link", "show").stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines() if line.strip()]
+
+
+def addresses(netns: str) -> list[str]:
+    out = run("ip", "-n", netns, "-o", "addr", "show").stdout
+    return [line.split()[3] for line in out.splitlines() if " inet" in line]
+
+
+def ping(netns: str, address: str, count: int = 1, timeout: float = 2) -> bool:
+    res = run(
+        "ip", "netns", "exec", netns, "ping", "-c", str(count), "-i", "0.2", "-W", str(timeout), address, check=False
+    )
+    return res.returncode == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+
+
+@dataclass
+class Testbed:
+    prefix: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:5])
+    namespaces: list[str] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)
+    dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="nsm-bed-")))
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+    # Namespaces -------------------------------------------------------------------
+    def netns(self, short: str) -> str:
+        """Create `PREFIX-short` from this (the host's) mount namespace."""
+        name = f"{self.prefix}-{short}"
+        run("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    # Processes --------------------------------------------------------------------
+    def start(self, name: str, argv: list[str], netns: str | None = None, env: dict[str, str] | None = None) -> Proc:
+        log = self.dir / f"{name}.log"
+        cmd = (["ip", "netns", "exec", netns] if netns else []) + argv
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(log, "ab") as out:
+            popen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def wait_for(self, proc: Proc, text: str, timeout: float = 20) -> None:
+        """Wait until the process logs `text`; fail with its log if it dies first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in proc.output():
+                return
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.output()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{proc.name} did not log {text!r} within {timeout}s:\n{proc.output()}")
+
+    def registry(self, netns: str, port: int = 5002, extra: list[str] | None = None) -> tuple[Proc, str]:
+        url = f"tcp://127.0.0.1:{port}"
+        proc = self.start("registry", [str(BIN / "nsm-registry"), "--listen", url, *(extra or [])], netns=netns)
+        self.wait_for(proc, "registry serving")
+        return proc, url
+
+    def agent(self, netns: str, name: str, registry_url: str, extra: list[str] | None = None) -> tuple[Proc, str]:
+        sock = self.dir / f"{name}.sock"
+        state = self.dir / f"{name}-state"
+        proc = self.start(
+            f"agent-{name}",
+            [
+                str(BIN / "nsm-agent"),
+                "--name",
+                name,
+                "--registry",
+                registry_url,
+                "--listen",
+                f"unix://{sock}",
+                "--state-dir",
+                str(state),
+                *(extra or []),
+            ],
+            netns=netns,
+        )
+        self.wait_for(proc, "agent serving")
+        return proc, f"unix://{sock}"
+
+    def endpoint(
+        self, netns: str, name: str, service: str, cidr: str, agent_url: str, extra: list[str] | None = None
+    ) -> tuple[Proc, str]:
+        sock = self.dir / f"ep-{name}.sock"
+        proc = self.start(
+            f"endpoint-{name}",
+            [
+                str(BIN / "nsmctl"),
+                "endpoint",
+                "--agent",
+                agent_url,
+                "--netns",
+                netns,
+                "--name",
+                name,
+                "--service",
+                service,
+                "--cidr",
+                cidr,
+                "--listen",
+                f"unix://{sock}",
+                *(extra or []),
+            ],
+        )
+        self.wait_for(proc, "endpoint registered")
+        return proc, f"unix://{sock}"
+
+    def nsmctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return run(str(BIN / "nsmctl"), *args, check=check)
+
+    # Clean-up ---------------------------------------------------------------------
+    def cleanup(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+        for ns in reversed(self.namespaces):
+            run("ip", "netns", "del", ns, check=False)
+        self.namespaces.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
