@@ -38,8 +38,8 @@ def parse_address(url: str, default_port: int | None = None) -> Address:
         raise UrlError("empty address; expected unix:///PATH or tcp://HOST:PORT")
     parts = urlsplit(url)
     if parts.scheme == "unix":
-        path = parts.path if not parts.netloc else "/" + parts.netloc + parts.path
-        if not path.startswith("/"):
+        path = parts.path
+        if parts.netloc or not path.startswith("/"):
             raise UrlError(f"{url!r}: a unix address needs an absolute path (unix:///PATH)")
         return Address("unix", path=path)
     if parts.scheme == "tcp":
