@@ -73,6 +73,7 @@ class Proc:
 
 @dataclass
 class Testbed:
+    __test__ = False  # not a pytest test class
     prefix: str = field(default_factory=lambda: "t" + uuid.uuid4().hex[:5])
     namespaces: list[str] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
@@ -115,11 +116,16 @@ class Testbed:
             time.sleep(0.05)
         raise TimeoutError(f"{proc.name} did not log {text!r} within {timeout}s:\n{proc.output()}")
 
-    def registry(self, netns: str, port: int = 5002, extra: list[str] | None = None) -> tuple[Proc, str]:
-        url = f"tcp://127.0.0.1:{port}"
-        proc = self.start("registry", [str(BIN / "nsm-registry"), "--listen", url, *(extra or [])], netns=netns)
+    def registry(self, netns: str | None, port: int = 5002, extra: list[str] | None = None) -> tuple[Proc, str]:
+        """A registry in `netns` on tcp://127.0.0.1:PORT there, and on a unix socket anyone here can reach.
+
+        Returns the unix URL (for tests and agents alike).
+        """
+        sock = f"unix://{self.dir}/registry.sock"
+        listen = ["--listen", sock] + (["--listen", f"tcp://127.0.0.1:{port}"] if netns else [])
+        proc = self.start("registry", [str(BIN / "nsm-registry"), *listen, *(extra or [])], netns=netns)
         self.wait_for(proc, "registry serving")
-        return proc, url
+        return proc, sock
 
     def agent(self, netns: str, name: str, registry_url: str, extra: list[str] | None = None) -> tuple[Proc, str]:
         sock = self.dir / f"{name}.sock"

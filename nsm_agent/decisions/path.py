@@ -53,8 +53,7 @@ def enter(
     cap = at + max_lifetime
     caller.expires.CopyFrom(ts_from(min(asked, cap) if asked > 0 else at + default_lifetime))
     if index + 1 < len(segments) and segments[index + 1].name == my_name:
-        mine = segments[index + 1]  # a refresh: keep our segment and its id
-        del segments[index + 2 :]
+        mine = segments[index + 1]  # a refresh: keep our segment, its id, and the hops after us
     else:
         del segments[index + 1 :]
         mine = segments.add(name=my_name, id=new_id or str(uuid.uuid4()))

@@ -44,7 +44,7 @@ def test_refresh_reuses_the_hops_segment_and_id() -> None:
     path.leave(conn, caller)
     path.enter(conn, "agent", NOW + 5, 600, 600, new_id="a-2")
     assert conn.id == "a-1"
-    assert [s.id for s in conn.path.path_segments] == ["c-1", "a-1"]
+    assert [s.id for s in conn.path.path_segments] == ["c-1", "a-1", "e-1"]  # later hops are kept
 
 
 def test_empty_path_makes_segment_zero() -> None:

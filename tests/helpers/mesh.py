@@ -1,0 +1,41 @@
+"""Helpers shared by the integration and conformance tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from nsm_agent.client.runtime import AgentClient
+from nsm_common.urls import parse_address
+from testbed.bed import Proc, Testbed
+
+HERE = Path(__file__).resolve().parent
+
+
+def raw_endpoint(
+    bed: Testbed, pod: str, name: str, service: str, agent: str, mode: str = "good", prefix: str = "10.70.0"
+) -> tuple[Proc, Path]:
+    """Start tests/helpers/raw_endpoint.py; returns it and its journal of Requests and Closes."""
+    journal = bed.dir / f"{name}.journal"
+    journal.touch()
+    proc = bed.start(
+        f"raw-{name}",
+        [
+            sys.executable, str(HERE / "raw_endpoint.py"), "--mode", mode, "--name", name, "--service", service,
+            "--netns", f"/var/run/netns/{pod}", "--listen", f"unix://{bed.dir}/{name}.sock",
+            "--registry", agent, "--journal", str(journal), "--prefix", prefix,
+        ],
+    )
+    bed.wait_for(proc, "raw endpoint registered")
+    return proc, journal
+
+
+def agent_client(url: str, timeout: float = 15.0) -> AgentClient:
+    return AgentClient(parse_address(url), timeout=timeout)
+
+
+def ifindex(netns: str, ifname: str) -> int:
+    from testbed.bed import run
+
+    out = run("ip", "-n", netns, "-o", "link", "show", ifname).stdout
+    return int(out.split(":")[0])

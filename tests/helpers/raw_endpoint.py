@@ -1,0 +1,109 @@
+"""An endpoint written only against the NSM v1 wire definitions (no project code
+but the generated stubs), as someone else's endpoint would be.
+
+Modes:
+  good      point-to-point IPAM, answers KERNEL with inode://DEV/INO (conformance)
+  hang      never answers a Request (deadline)
+  crash     exits the process in the middle of a Request
+  bad-cidr  answers with a malformed address
+Every Request and Close is appended to --journal as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from nsm_api import networkservice_pb2_grpc, registry_pb2_grpc
+from nsm_api.connection_pb2 import Connection, Mechanism, PathSegment
+from nsm_api.connectioncontext_pb2 import Route
+from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
+
+
+class Endpoint(networkservice_pb2_grpc.NetworkServiceServicer):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        st = os.stat(args.netns)
+        self.inode_url = f"inode://{st.st_dev}/{st.st_ino}"
+        self.next = 1
+        self.leases: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def log(self, line: str) -> None:
+        with open(self.args.journal, "a") as f:
+            f.write(line + "\n")
+
+    def Request(self, request, context):  # type: ignore[no-untyped-def]
+        conn = Connection()
+        conn.CopyFrom(request.connection)
+        self.log(f"request {conn.id}")
+        if self.args.mode == "hang":
+            time.sleep(3600)
+        if self.args.mode == "crash":
+            os._exit(3)
+        # Our own segment, per the path rules.
+        index = conn.path.index
+        segs = conn.path.path_segments
+        if index + 1 < len(segs) and segs[index + 1].name == self.args.name:
+            mine = segs[index + 1]
+        else:
+            mine = segs.add()
+            mine.CopyFrom(PathSegment(name=self.args.name, id=f"{self.args.name}-{conn.id}"))
+        with self.lock:
+            n = self.leases.setdefault(conn.id, self.next)
+            if n == self.next:
+                self.next += 2
+        ip = conn.context.ip_context
+        del ip.src_ip_addrs[:], ip.dst_ip_addrs[:], ip.src_routes[:], ip.dst_routes[:]
+        base = self.args.prefix
+        if self.args.mode == "bad-cidr":
+            ip.src_ip_addrs.append(f"{base}.{n + 1}.300/32")
+        else:
+            ip.src_ip_addrs.append(f"{base}.{n + 1}/32")
+        ip.dst_ip_addrs.append(f"{base}.{n}/32")
+        ip.src_routes.append(Route(prefix=f"{base}.{n}/32"))
+        ip.dst_routes.append(Route(prefix=f"{base}.{n + 1}/32"))
+        conn.mechanism.CopyFrom(Mechanism(cls="LOCAL", type="KERNEL", parameters={"inodeURL": self.inode_url}))
+        return conn
+
+    def Close(self, request, context):  # type: ignore[no-untyped-def]
+        self.log(f"close {request.id}")
+        with self.lock:
+            self.leases.pop(request.id, None)
+        return Empty()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--mode", default="good")
+    p.add_argument("--name", required=True)
+    p.add_argument("--service", required=True)
+    p.add_argument("--netns", required=True, help="path of the namespace this endpoint serves from")
+    p.add_argument("--listen", required=True, help="unix:///PATH")
+    p.add_argument("--registry", required=True, help="unix:///PATH of the agent or registry")
+    p.add_argument("--journal", required=True)
+    p.add_argument("--prefix", default="10.70.0", help="first three octets of the addresses it hands out")
+    args = p.parse_args()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(Endpoint(args), server)
+    server.add_insecure_port(args.listen)
+    server.start()
+    channel = grpc.insecure_channel(args.registry)
+    registry_pb2_grpc.NetworkServiceRegistryStub(channel).Register(NetworkService(name=args.service), timeout=5)
+    # Upstream endpoints register without an expiration; the registry picks one.
+    granted = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel).Register(
+        NetworkServiceEndpoint(name=args.name, network_service_names=[args.service], url=args.listen), timeout=5
+    )
+    print(f"raw endpoint registered, expires {granted.expiration_time.seconds}", flush=True)
+    server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The registry over real gRPC: Register, Find (with watch), Unregister, expiry."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from nsm_api import registry_pb2_grpc
+from nsm_api.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceEndpointResponse,
+    NetworkServiceLabels,
+    NetworkServiceQuery,
+)
+from nsm_common.grpcutil import sync_channel
+from nsm_common.timeutil import ts_from, ts_seconds
+from nsm_common.urls import parse_address
+from testbed.bed import Testbed
+
+MAX = 3.0
+
+
+class Registry:
+    def __init__(self, url: str) -> None:
+        self.channel = sync_channel(parse_address(url))
+        self.ns = registry_pb2_grpc.NetworkServiceRegistryStub(self.channel)
+        self.nse = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(self.channel)
+
+    def endpoints(self, query: NetworkServiceEndpoint | None = None) -> list[NetworkServiceEndpoint]:
+        q = NetworkServiceEndpointQuery(network_service_endpoint=query or NetworkServiceEndpoint())
+        return [r.network_service_endpoint for r in self.nse.Find(q, timeout=5)]
+
+    def watch(self, query: NetworkServiceEndpoint | None = None) -> tuple[queue.Queue[NetworkServiceEndpointResponse], grpc.Future]:  # type: ignore[type-arg]
+        q: queue.Queue[NetworkServiceEndpointResponse] = queue.Queue()
+        stream = self.nse.Find(
+            NetworkServiceEndpointQuery(network_service_endpoint=query or NetworkServiceEndpoint(), watch=True)
+        )
+
+        def pump() -> None:
+            try:
+                for resp in stream:
+                    q.put(resp)
+            except grpc.RpcError:
+                pass
+
+        threading.Thread(target=pump, daemon=True).start()
+        return q, stream
+
+
+@pytest.fixture
+def reg(bed: Testbed) -> Iterator[Registry]:
+    _, url = bed.registry(None, extra=["--max-expiration", str(MAX)])
+    r = Registry(url)
+    yield r
+    r.channel.close()
+
+
+def test_service_register_find_unregister(reg: Registry) -> None:
+    stored = reg.ns.Register(NetworkService(name="web"), timeout=5)
+    assert stored.payload == "IP"  # empty is stored as IP
+    reg.ns.Register(NetworkService(name="l2", payload="ETHERNET"), timeout=5)
+    found = [r.network_service.name for r in reg.ns.Find(NetworkServiceQuery(), timeout=5)]
+    assert sorted(found) == ["l2", "web"]
+    only = [r.network_service.name for r in reg.ns.Find(NetworkServiceQuery(network_service=NetworkService(payload="ETHERNET")), timeout=5)]
+    assert only == ["l2"]
+    reg.ns.Unregister(NetworkService(name="web"), timeout=5)
+    assert [r.network_service.name for r in reg.ns.Find(NetworkServiceQuery(), timeout=5)] == ["l2"]
+
+
+def test_bad_registrations_are_refused(reg: Registry) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        reg.ns.Register(NetworkService(name=""), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "name is empty" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        reg.ns.Register(NetworkService(name="x", payload="BOGUS"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "BOGUS" in info.value.details()
+    with pytest.raises(grpc.RpcError) as info:
+        reg.nse.Register(NetworkServiceEndpoint(name="e", network_service_names=[""]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reg.endpoints() == []
+
+
+def test_endpoint_expiration_is_capped_and_initial_time_kept(reg: Registry) -> None:
+    t0 = time.time()
+    first = reg.nse.Register(NetworkServiceEndpoint(name="ep", network_service_names=["web"], url="unix:///x"), timeout=5)
+    assert t0 + MAX - 1 <= ts_seconds(first.expiration_time) <= time.time() + MAX + 0.01
+    initial = ts_seconds(first.initial_registration_time)
+    time.sleep(0.2)
+    longer = reg.nse.Register(
+        NetworkServiceEndpoint(name="ep", network_service_names=["web"], expiration_time=ts_from(time.time() + 3600)), timeout=5
+    )
+    assert ts_seconds(longer.expiration_time) <= time.time() + MAX + 0.01
+    assert ts_seconds(longer.initial_registration_time) == initial
+    shorter_at = time.time() + 1
+    shorter = reg.nse.Register(
+        NetworkServiceEndpoint(name="ep", network_service_names=["web"], expiration_time=ts_from(shorter_at)), timeout=5
+    )
+    assert ts_seconds(shorter.expiration_time) == pytest.approx(shorter_at, abs=0.01)
+    assert len(reg.endpoints()) == 1  # updated in place
+
+
+def test_empty_name_gets_a_generated_one(reg: Registry) -> None:
+    a = reg.nse.Register(NetworkServiceEndpoint(network_service_names=["web"]), timeout=5)
+    b = reg.nse.Register(NetworkServiceEndpoint(network_service_names=["web"]), timeout=5)
+    assert a.name and b.name and a.name != b.name
+    assert sorted(e.name for e in reg.endpoints()) == sorted([a.name, b.name])
+
+
+def test_find_matches_the_query(reg: Registry) -> None:
+    reg.nse.Register(
+        NetworkServiceEndpoint(
+            name="a",
+            network_service_names=["web", "db"],
+            network_service_labels={"web": NetworkServiceLabels(labels={"zone": "z1"})},
+            url="tcp://10.0.0.1:5001",
+        ),
+        timeout=5,
+    )
+    reg.nse.Register(NetworkServiceEndpoint(name="b", network_service_names=["web"], url="unix:///b.sock"), timeout=5)
+
+    def names(q: NetworkServiceEndpoint) -> list[str]:
+        return sorted(e.name for e in reg.endpoints(q))
+
+    assert names(NetworkServiceEndpoint(network_service_names=["web"])) == ["a", "b"]
+    assert names(NetworkServiceEndpoint(network_service_names=["web", "db"])) == ["a"]
+    assert names(NetworkServiceEndpoint(network_service_labels={"web": NetworkServiceLabels(labels={"zone": "z1"})})) == ["a"]
+    assert names(NetworkServiceEndpoint(url="b.sock")) == ["b"]
+    assert names(NetworkServiceEndpoint(name="c")) == []
+
+
+def test_watch_streams_current_then_changes_then_expiry(reg: Registry) -> None:
+    reg.nse.Register(NetworkServiceEndpoint(name="old", network_service_names=["web"]), timeout=5)
+    events, stream = reg.watch(NetworkServiceEndpoint(network_service_names=["web"]))
+    try:
+        first = events.get(timeout=5)
+        assert first.network_service_endpoint.name == "old" and not first.deleted
+        reg.nse.Register(NetworkServiceEndpoint(name="other-svc", network_service_names=["db"]), timeout=5)
+        reg.nse.Register(NetworkServiceEndpoint(name="new", network_service_names=["web"]), timeout=5)
+        got = events.get(timeout=5)
+        assert got.network_service_endpoint.name == "new" and not got.deleted  # "db" was filtered out
+        reg.nse.Unregister(NetworkServiceEndpoint(name="new"), timeout=5)
+        gone = events.get(timeout=5)
+        assert gone.network_service_endpoint.name == "new" and gone.deleted
+        # "old" is never registered again: it expires within MAX seconds and watchers hear of it.
+        t0 = time.time()
+        expired = events.get(timeout=MAX + 3)
+        assert expired.network_service_endpoint.name == "old" and expired.deleted
+        assert time.time() - t0 <= MAX + 1.5
+        assert "old" not in [e.name for e in reg.endpoints()]
+        assert events.empty()
+    finally:
+        stream.cancel()
+
+
+def test_non_watch_find_ends(reg: Registry) -> None:
+    reg.nse.Register(NetworkServiceEndpoint(name="x", network_service_names=["web"]), timeout=5)
+    start = time.time()
+    assert [e.name for e in reg.endpoints()] == ["x"]
+    assert time.time() - start < 2
