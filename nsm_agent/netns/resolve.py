@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import grpc
+
 from nsm_agent.netns.spec import NetnsSpec
-from nsm_common.errors import invalid, not_found
+from nsm_common.errors import NsmError, invalid, not_found
 
 NAMED_DIRS = ("/var/run/netns", "/run/netns")
 
@@ -35,6 +37,30 @@ def _stat(path: str) -> os.stat_result | None:
         return None
 
 
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The command name may hold spaces and parentheses: split after the last ')'.
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def host_netns() -> os.stat_result | None:
+    """The host's namespace: PID 1's, or where PID 1 is hidden, the topmost readable ancestor's."""
+    st = _stat("/proc/1/ns/net")
+    if st is not None:
+        return st
+    found = None
+    pid = os.getpid()
+    while pid > 1:
+        st = _stat(f"/proc/{pid}/ns/net")
+        if st is not None:
+            found = st
+        pid = _parent(pid)
+    return found
+
+
 class NetnsResolver:
     """Finds namespaces by path or inode; refuses the agent's own and the host's."""
 
@@ -42,16 +68,19 @@ class NetnsResolver:
         own = os.stat("/proc/self/ns/net")
         self.nsfs_dev = own.st_dev
         self.forbidden = {(own.st_dev, own.st_ino): "the agent's own network namespace"}
-        host = _stat("/proc/1/ns/net")
+        host = host_netns()
         if host is not None:
             self.forbidden.setdefault((host.st_dev, host.st_ino), "the host's network namespace")
         self._by_inode: dict[int, str] = {}
 
     def resolve(self, spec: NetnsSpec) -> NetnsRef:
         if spec.path:
-            st = _stat(spec.path)
-            if st is None:
-                raise not_found(f"network namespace {spec.path} does not exist")
+            try:
+                st = os.stat(spec.path)
+            except PermissionError as exc:
+                raise NsmError(grpc.StatusCode.PERMISSION_DENIED, f"the agent may not open {spec.path}") from exc
+            except OSError as exc:
+                raise not_found(f"network namespace {spec.path} does not exist") from exc
             ref = NetnsRef(spec.path, st.st_dev, st.st_ino)
             if st.st_dev != self.nsfs_dev:
                 raise invalid(f"{spec.path} is not a network namespace")

@@ -21,9 +21,24 @@ def raw_endpoint(
     proc = bed.start(
         f"raw-{name}",
         [
-            sys.executable, str(HERE / "raw_endpoint.py"), "--mode", mode, "--name", name, "--service", service,
-            "--netns", f"/var/run/netns/{pod}", "--listen", f"unix://{bed.dir}/{name}.sock",
-            "--registry", agent, "--journal", str(journal), "--prefix", prefix,
+            sys.executable,
+            str(HERE / "raw_endpoint.py"),
+            "--mode",
+            mode,
+            "--name",
+            name,
+            "--service",
+            service,
+            "--netns",
+            f"/var/run/netns/{pod}",
+            "--listen",
+            f"unix://{bed.dir}/{name}.sock",
+            "--registry",
+            agent,
+            "--journal",
+            str(journal),
+            "--prefix",
+            prefix,
         ],
     )
     bed.wait_for(proc, "raw endpoint registered")

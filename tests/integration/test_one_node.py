@@ -133,7 +133,9 @@ def test_endpoint_registers_through_the_agent_and_unregisters_on_exit(mesh: Mesh
     stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
     via_agent = [r.network_service_endpoint.name for r in stub.Find(NetworkServiceEndpointQuery(), timeout=5)]
     assert via_agent == ["ep1"]
-    found = list(stub.Find(NetworkServiceEndpointQuery(network_service_endpoint=NetworkServiceEndpoint(name="ep1")), timeout=5))
+    found = list(
+        stub.Find(NetworkServiceEndpointQuery(network_service_endpoint=NetworkServiceEndpoint(name="ep1")), timeout=5)
+    )
     assert found[0].network_service_endpoint.url.startswith("unix://")
     proc.stop()
     assert registry_endpoints(mesh.registry) == []

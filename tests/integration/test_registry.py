@@ -37,7 +37,9 @@ class Registry:
         q = NetworkServiceEndpointQuery(network_service_endpoint=query or NetworkServiceEndpoint())
         return [r.network_service_endpoint for r in self.nse.Find(q, timeout=5)]
 
-    def watch(self, query: NetworkServiceEndpoint | None = None) -> tuple[queue.Queue[NetworkServiceEndpointResponse], grpc.Future]:  # type: ignore[type-arg]
+    def watch(
+        self, query: NetworkServiceEndpoint | None = None
+    ) -> tuple[queue.Queue[NetworkServiceEndpointResponse], grpc.Future]:  # type: ignore[type-arg]
         q: queue.Queue[NetworkServiceEndpointResponse] = queue.Queue()
         stream = self.nse.Find(
             NetworkServiceEndpointQuery(network_service_endpoint=query or NetworkServiceEndpoint(), watch=True)
@@ -68,7 +70,10 @@ def test_service_register_find_unregister(reg: Registry) -> None:
     reg.ns.Register(NetworkService(name="l2", payload="ETHERNET"), timeout=5)
     found = [r.network_service.name for r in reg.ns.Find(NetworkServiceQuery(), timeout=5)]
     assert sorted(found) == ["l2", "web"]
-    only = [r.network_service.name for r in reg.ns.Find(NetworkServiceQuery(network_service=NetworkService(payload="ETHERNET")), timeout=5)]
+    only = [
+        r.network_service.name
+        for r in reg.ns.Find(NetworkServiceQuery(network_service=NetworkService(payload="ETHERNET")), timeout=5)
+    ]
     assert only == ["l2"]
     reg.ns.Unregister(NetworkService(name="web"), timeout=5)
     assert [r.network_service.name for r in reg.ns.Find(NetworkServiceQuery(), timeout=5)] == ["l2"]
@@ -89,12 +94,15 @@ def test_bad_registrations_are_refused(reg: Registry) -> None:
 
 def test_endpoint_expiration_is_capped_and_initial_time_kept(reg: Registry) -> None:
     t0 = time.time()
-    first = reg.nse.Register(NetworkServiceEndpoint(name="ep", network_service_names=["web"], url="unix:///x"), timeout=5)
+    first = reg.nse.Register(
+        NetworkServiceEndpoint(name="ep", network_service_names=["web"], url="unix:///x"), timeout=5
+    )
     assert t0 + MAX - 1 <= ts_seconds(first.expiration_time) <= time.time() + MAX + 0.01
     initial = ts_seconds(first.initial_registration_time)
     time.sleep(0.2)
     longer = reg.nse.Register(
-        NetworkServiceEndpoint(name="ep", network_service_names=["web"], expiration_time=ts_from(time.time() + 3600)), timeout=5
+        NetworkServiceEndpoint(name="ep", network_service_names=["web"], expiration_time=ts_from(time.time() + 3600)),
+        timeout=5,
     )
     assert ts_seconds(longer.expiration_time) <= time.time() + MAX + 0.01
     assert ts_seconds(longer.initial_registration_time) == initial
@@ -130,7 +138,9 @@ def test_find_matches_the_query(reg: Registry) -> None:
 
     assert names(NetworkServiceEndpoint(network_service_names=["web"])) == ["a", "b"]
     assert names(NetworkServiceEndpoint(network_service_names=["web", "db"])) == ["a"]
-    assert names(NetworkServiceEndpoint(network_service_labels={"web": NetworkServiceLabels(labels={"zone": "z1"})})) == ["a"]
+    assert names(
+        NetworkServiceEndpoint(network_service_labels={"web": NetworkServiceLabels(labels={"zone": "z1"})})
+    ) == ["a"]
     assert names(NetworkServiceEndpoint(url="b.sock")) == ["b"]
     assert names(NetworkServiceEndpoint(name="c")) == []
 

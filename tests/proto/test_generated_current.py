@@ -10,7 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 MODULES = ["connectioncontext", "connection", "networkservice", "registry"]
 
 # Lines that name the generator's version, not the contract.
-VERSION_LINE = re.compile(r"(Protobuf Python Version|GRPC_GENERATED_VERSION|ValidateProtobufRuntimeVersion|^\s*\d+,\s*$|^\s*'',\s*$)")
+VERSION_LINE = re.compile(
+    r"(Protobuf Python Version|GRPC_GENERATED_VERSION|ValidateProtobufRuntimeVersion|^\s*\d+,\s*$|^\s*'',\s*$)"
+)
 
 
 def _normal(text: str) -> list[str]:
@@ -18,7 +20,9 @@ def _normal(text: str) -> list[str]:
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, str(REPO / "scripts" / "gen_proto.py"), str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "gen_proto.py"), str(tmp_path)], check=True, capture_output=True
+    )
     fresh = sorted(p.name for p in (tmp_path / "nsm_api").iterdir())
     committed = sorted(p.name for p in (REPO / "nsm_api").iterdir() if p.is_file())
     assert fresh == committed, "nsm_api/ holds other files than the generator makes: run scripts/gen-proto"

@@ -118,7 +118,10 @@ MESSAGES: dict[str, list[tuple[int, str, str, str | None, str | None]]] = {
         (6, "initial_registration_time", M, "google.protobuf.Timestamp", None),
         (7, "path_ids", S, None, R),
     ],
-    "registry.NetworkServiceQuery": [(1, "network_service", M, "registry.NetworkService", None), (2, "watch", B, None, None)],
+    "registry.NetworkServiceQuery": [
+        (1, "network_service", M, "registry.NetworkService", None),
+        (2, "watch", B, None, None),
+    ],
     "registry.NetworkServiceEndpointQuery": [
         (1, "network_service_endpoint", M, "registry.NetworkServiceEndpoint", None),
         (2, "watch", B, None, None),
@@ -235,9 +238,7 @@ def test_services_and_methods(service: str) -> None:
             if s.full_name == service:
                 found = s
     assert found is not None, f"service {service} is missing"
-    got = {
-        m.name: (m.input_type.full_name, m.output_type.full_name, m.server_streaming) for m in found.methods
-    }
+    got = {m.name: (m.input_type.full_name, m.output_type.full_name, m.server_streaming) for m in found.methods}
     assert got == SERVICES[service]
     for m in found.methods:
         assert not m.client_streaming

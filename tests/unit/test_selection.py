@@ -37,7 +37,10 @@ def test_first_applicable_match_wins_and_routes_are_alternatives() -> None:
         matches=[
             Match(
                 source_selector={"app": "fe"},
-                routes=[Destination(destination_selector={"color": "blue"}), Destination(destination_selector={"zone": "z2"})],
+                routes=[
+                    Destination(destination_selector={"color": "blue"}),
+                    Destination(destination_selector={"zone": "z2"}),
+                ],
             ),
             Match(routes=[Destination(destination_selector={"color": "red"})]),
         ],
