@@ -97,6 +97,10 @@ class Testbed:
     # Processes --------------------------------------------------------------------
     def start(self, name: str, argv: list[str], netns: str | None = None, env: dict[str, str] | None = None) -> Proc:
         log = self.dir / f"{name}.log"
+        restarts = 1
+        while log.exists():  # a restart gets a log of its own, so waits see only its lines
+            restarts += 1
+            log = self.dir / f"{name}.{restarts}.log"
         cmd = (["ip", "netns", "exec", netns] if netns else []) + argv
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         with open(log, "ab") as out:

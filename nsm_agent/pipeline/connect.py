@@ -53,10 +53,17 @@ class ConnectEndpoint(Step):
         if known is not None and known.url == url:
             down.mechanism.CopyFrom(known.mechanism)
         prefs = [Mechanism(cls="LOCAL", type="KERNEL")]
+        message = NetworkServiceRequest(connection=down, mechanism_preferences=prefs)
         try:
-            reply: Connection = await stub.Request(
-                NetworkServiceRequest(connection=down, mechanism_preferences=prefs), timeout=self.timeout
-            )
+            try:
+                reply: Connection = await stub.Request(message, timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                # A cached channel to an endpoint that restarted waits out its
+                # reconnect backoff; one fresh channel finds the new process now.
+                await self._forget(url)
+                reply = await self._stub(url).Request(message, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, f"endpoint {name!r} at {url}") from exc
         self._downstream[conn.id] = _Downstream(url, reply.mechanism)
@@ -74,6 +81,11 @@ class ConnectEndpoint(Step):
                 # The endpoint may be gone; its own expiry frees what it held.
                 log.warning("endpoint close failed", id=conn.id, url=known.url, error=exc.details())
         await nxt.close(conn, call)
+
+    async def _forget(self, url: str) -> None:
+        channel = self._channels.pop(url, None)
+        if channel is not None:
+            await channel.close(None)
 
     async def aclose(self) -> None:
         for channel in self._channels.values():
