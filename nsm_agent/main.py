@@ -9,6 +9,7 @@ import signal
 import structlog
 
 from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.local_endpoints import LocalEndpoints
 from nsm_agent.monitor import ConnectionEvents, Monitor, MonitorService
 from nsm_agent.netns.resolve import NetnsResolver
 from nsm_agent.pipeline.begin import Begin
@@ -17,18 +18,24 @@ from nsm_agent.pipeline.client_netns import ClientNetns
 from nsm_agent.pipeline.connect import ConnectEndpoint
 from nsm_agent.pipeline.discover import Discover
 from nsm_agent.pipeline.kernel_wire import KernelWire
-from nsm_agent.pipeline.select import Select
+from nsm_agent.pipeline.remote_mechanism import RemoteMechanismClient, RemoteMechanismServer
+from nsm_agent.pipeline.select import Locator, Select
+from nsm_agent.pipeline.tunnel_wire import TunnelWire
 from nsm_agent.pipeline.update_path import UpdatePath
 from nsm_agent.pipeline.validate import ValidateRequest
 from nsm_agent.registry_client import RegistryClient
 from nsm_agent.registry_proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.service import NetworkServiceServer
 from nsm_agent.settings import AgentSettings, parse_settings
+from nsm_agent.tunnels import VniBook, find_underlay
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 
 log = structlog.get_logger("nsm.agent")
+
+# REMOTE mechanisms this build can carry; the setting orders and filters them.
+SUPPORTED_REMOTE = ("VXLAN",)
 
 
 async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
@@ -37,18 +44,29 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     resolver = NetnsResolver()
     registry = RegistryClient(settings.registry)
     events = ConnectionEvents()
+    local = LocalEndpoints(settings.state_dir)
+    try:
+        underlay = await netlink.run(lambda nl: find_underlay(nl, settings.tunnel_ip))
+    except ValueError as exc:
+        raise SystemExit(f"nsm-agent: {exc}") from exc
+    vnis = VniBook(settings.vxlan_port)
+    own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
+    remote = tuple(m for m in settings.remote_mechanisms if m in SUPPORTED_REMOTE)
     begin = Begin()
     connect = ConnectEndpoint(settings.request_timeout)
     chain = Chain(
         [
-            ValidateRequest(),
+            ValidateRequest(remote),
             UpdatePath(settings.name, settings.default_lifetime, settings.max_lifetime),
             begin,
             Monitor(events),
             ClientNetns(resolver, netlink),
+            RemoteMechanismServer(netlink, underlay, vnis),
             Discover(registry),
-            Select(),
+            Select(Locator(own_urls, local)),
+            TunnelWire(settings.name, resolver, netlink),
             KernelWire(settings.name, resolver, netlink),
+            RemoteMechanismClient(netlink, underlay, vnis, list(remote)),
             connect,
         ]
     )
@@ -57,7 +75,9 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
     connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(events), server)
     registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(ServiceRegistryProxy(registry), server)
-    registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(EndpointRegistryProxy(registry), server)
+    registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
+        EndpointRegistryProxy(registry, local, settings.public_url), server
+    )
     bind_all(server, settings.listen)
     await server.start()
     log.info(
@@ -65,6 +85,10 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         name=settings.name,
         listen=[str(a) for a in settings.listen],
         registry=str(settings.registry),
+        public_url=settings.public_url or "none (no tcp listen address)",
+        tunnel_ip=underlay.ip if underlay else "none",
+        underlay_mtu=underlay.mtu if underlay else 0,
+        remote_mechanisms=list(remote),
     )
     try:
         await stop.wait()

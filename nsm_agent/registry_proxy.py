@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
+from nsm_agent.local_endpoints import LocalEndpoints
 from nsm_agent.registry_client import RegistryClient
 from nsm_api import registry_pb2_grpc
 from nsm_api.registry_pb2 import (
@@ -58,18 +59,33 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
 
 
 class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
-    def __init__(self, registry: RegistryClient) -> None:
+    """Registers local endpoints under this agent's public URL, remembering their own."""
+
+    def __init__(self, registry: RegistryClient, local: LocalEndpoints, public_url: str) -> None:
         self.registry = registry
+        self.local = local
+        self.public_url = public_url
         self.where = f"registry at {registry.address}"
 
     async def Register(  # type: ignore[override]
         self, request: NetworkServiceEndpoint, context: Ctx
     ) -> NetworkServiceEndpoint:
+        record = NetworkServiceEndpoint()
+        record.CopyFrom(request)
+        own_url = request.url
+        if self.public_url and own_url and own_url != self.public_url:
+            record.url = self.public_url
         try:
-            return await self.registry.endpoints.Register(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+            stored: NetworkServiceEndpoint = await self.registry.endpoints.Register(
+                record, timeout=context.time_remaining()
+            )
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
             raise
+        if record.url != own_url:
+            self.local.put(stored.name, own_url)
+            stored.url = own_url  # the endpoint sees the address it gave
+        return stored
 
     async def Find(  # type: ignore[override]
         self, request: NetworkServiceEndpointQuery, context: Ctx
@@ -82,7 +98,9 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
 
     async def Unregister(self, request: NetworkServiceEndpoint, context: Ctx) -> Empty:  # type: ignore[override]
         try:
-            return await self.registry.endpoints.Unregister(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+            done: Empty = await self.registry.endpoints.Unregister(request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
             raise
+        self.local.remove(request.name)
+        return done

@@ -22,10 +22,20 @@ class AgentSettings(BaseModel):
     state_dir: Path = Path("/var/lib/nsm")
     tunnel_ip: str = ""
     remote_mechanisms: list[str] = Field(default_factory=lambda: list(REMOTE_MECHANISMS))
+    vxlan_port: int = Field(default=4789, ge=1, le=65535)
     request_timeout: float = Field(default=5.0, gt=0)
     default_lifetime: float = Field(default=600.0, gt=0)
     max_lifetime: float = Field(default=600.0, gt=0)
     log_level: str = "info"
+
+    @property
+    def public_url(self) -> str:
+        """The URL other agents reach this one at: its first TCP listen address."""
+        for addr in self.listen:
+            if addr.scheme == "tcp":
+                host = self.tunnel_ip if addr.host in ("0.0.0.0", "::") and self.tunnel_ip else addr.host
+                return str(Address("tcp", host=host, port=addr.port))
+        return ""
 
     @field_validator("remote_mechanisms")
     @classmethod
@@ -65,6 +75,12 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
         help="env NSM_REMOTE_MECHANISMS",
     )
     p.add_argument(
+        "--vxlan-port",
+        type=int,
+        default=int(_env("NSM_VXLAN_PORT", "4789")),
+        help="UDP port of the VXLAN tunnels (env NSM_VXLAN_PORT)",
+    )
+    p.add_argument(
         "--request-timeout",
         type=float,
         default=float(_env("NSM_REQUEST_TIMEOUT", "5")),
@@ -93,6 +109,7 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
             state_dir=Path(args.state_dir),
             tunnel_ip=args.tunnel_ip,
             remote_mechanisms=split_list(args.remote_mechanisms),
+            vxlan_port=args.vxlan_port,
             request_timeout=args.request_timeout,
             default_lifetime=args.default_lifetime,
             max_lifetime=args.max_lifetime,

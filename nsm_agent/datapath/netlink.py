@@ -33,6 +33,7 @@ class NetlinkThread:
         self._thread_id: int | None = None
         self._sockets: dict[tuple[int, int], IPRoute] = {}
         self._refs: dict[tuple[int, int], int] = {}
+        self._node: IPRoute | None = None
 
     async def run(self, fn: Callable[[NetlinkThread], T]) -> T:
         """Run `fn(self)` on the netlink thread and await its result."""
@@ -59,6 +60,13 @@ class NetlinkThread:
             self._sockets[ns.key] = ipr
         return ipr
 
+    def node(self) -> IPRoute:
+        """The socket in the agent's own (the node's) namespace, where the underlay is."""
+        self._check_thread()
+        if self._node is None:
+            self._node = IPRoute()
+        return self._node
+
     def hold(self, ns: NetnsRef) -> None:
         """Keep the socket to `ns` open for a wire that lives there."""
         self._check_thread()
@@ -82,6 +90,8 @@ class NetlinkThread:
         def _close(_: NetlinkThread) -> None:
             for ipr in self._sockets.values():
                 ipr.close()
+            if self._node is not None:
+                self._node.close()
             self._sockets.clear()
             self._refs.clear()
 

@@ -5,30 +5,15 @@ Every function here runs on the netlink thread (see netlink.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, replace
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from nsm_agent.datapath.links import EEXIST, WireError, configure, delete_link, ours, update_side
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.decisions.wireplan import RoutePlan, SidePlan, WirePlan
+from nsm_agent.decisions.wireplan import WirePlan
 from nsm_agent.netns.resolve import NetnsRef
-
-IFA_F_NODAD = 0x02
-RTNH_F_ONLINK = 0x04
-RT_SCOPE_LINK = 253
-EEXIST = 17
-ENODEV = 19
-
-
-class WireError(RuntimeError):
-    """Building the wire failed; `user_error` when the Request asked for the impossible."""
-
-    def __init__(self, message: str, user_error: bool = False) -> None:
-        super().__init__(message)
-        self.user_error = user_error
 
 
 @dataclass(frozen=True)
@@ -41,39 +26,12 @@ class VethWire:
     ep_ifname: str
     ep_index: int
     plan: WirePlan
+    client_mac: str = ""
+    ep_mac: str = ""
 
 
 def ifname_in_use(nl: NetlinkThread, ns: NetnsRef, name: str) -> bool:
     return bool(nl.socket(ns).link_lookup(ifname=name))
-
-
-def _configure(ipr: IPRoute, index: int, side: SidePlan) -> None:
-    for addr in side.addrs:
-        flags = IFA_F_NODAD if addr.version == 6 else 0
-        try:
-            ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen, flags=flags)
-        except NetlinkError as exc:
-            if exc.code != EEXIST:
-                raise
-    ipr.link("set", index=index, state="up")
-    for route in side.routes:
-        _add_route(ipr, index, route)
-
-
-def _route_args(index: int, route: RoutePlan) -> dict[str, object]:
-    args: dict[str, object] = {"dst": str(route.dst), "oif": index}
-    if route.gateway is None:
-        args["scope"] = RT_SCOPE_LINK
-    else:
-        args["gateway"] = str(route.gateway)
-        args["flags"] = RTNH_F_ONLINK
-    if route.dst.version == 6:
-        args["family"] = 10
-    return args
-
-
-def _add_route(ipr: IPRoute, index: int, route: RoutePlan) -> None:
-    ipr.route("replace", **_route_args(index, route))
 
 
 def build(
@@ -113,30 +71,16 @@ def build(
         e_index = ipr_e.link_lookup(ifname=ep_ifname)[0]
         ipr_c.link("set", index=c_index, ifalias=alias)
         ipr_e.link("set", index=e_index, ifalias=alias)
-        _configure(ipr_c, c_index, plan.client)
-        _configure(ipr_e, e_index, plan.endpoint)
+        configure(ipr_c, c_index, plan.client)
+        configure(ipr_e, e_index, plan.endpoint)
+        c_mac = str(ipr_c.get_links(c_index)[0].get("address"))
+        e_mac = str(ipr_e.get_links(e_index)[0].get("address"))
     except Exception as exc:
-        _delete_link(ipr_c, c_index)
+        delete_link(ipr_c, c_index)
         raise WireError(f"configuring veth {client_ifname}: {exc}") from exc
     nl.hold(client_ns)
     nl.hold(ep_ns)
-    return VethWire(alias, client_ns, client_ifname, c_index, ep_ns, ep_ifname, e_index, plan)
-
-
-def _delete_link(ipr: IPRoute, index: int) -> None:
-    try:
-        ipr.link("del", index=index)
-    except NetlinkError as exc:
-        if exc.code != ENODEV:
-            raise
-
-
-def _ours(ipr: IPRoute, index: int, alias: str) -> bool:
-    try:
-        link = ipr.get_links(index)[0]
-    except NetlinkError:
-        return False
-    return bool(link.get("ifalias") == alias)
+    return VethWire(alias, client_ns, client_ifname, c_index, ep_ns, ep_ifname, e_index, plan, c_mac, e_mac)
 
 
 def remove(nl: NetlinkThread, wire: VethWire) -> None:
@@ -147,23 +91,13 @@ def remove(nl: NetlinkThread, wire: VethWire) -> None:
                 ipr = nl.socket(ns)
             except OSError:
                 continue  # the namespace is gone, and the link with it
-            if _ours(ipr, index, wire.alias):
-                _delete_link(ipr, index)
+            if ours(ipr, index, wire.alias):
+                delete_link(ipr, index)
                 break
     finally:
         nl.unhold(wire.client_ns)
         nl.unhold(wire.ep_ns)
         nl.trim()
-
-
-def _update_side(ipr: IPRoute, index: int, old: SidePlan, new: SidePlan) -> None:
-    for route in set(old.routes) - set(new.routes):
-        with contextlib.suppress(NetlinkError):
-            ipr.route("del", **_route_args(index, route))
-    for addr in set(old.addrs) - set(new.addrs):
-        with contextlib.suppress(NetlinkError):
-            ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-    _configure(ipr, index, new)
 
 
 def update(nl: NetlinkThread, wire: VethWire, plan: WirePlan) -> VethWire:
@@ -175,15 +109,15 @@ def update(nl: NetlinkThread, wire: VethWire, plan: WirePlan) -> VethWire:
     if plan.mtu != wire.plan.mtu and plan.mtu:
         ipr_c.link("set", index=wire.client_index, mtu=plan.mtu)
         ipr_e.link("set", index=wire.ep_index, mtu=plan.mtu)
-    _update_side(ipr_c, wire.client_index, wire.plan.client, plan.client)
-    _update_side(ipr_e, wire.ep_index, wire.plan.endpoint, plan.endpoint)
+    update_side(ipr_c, wire.client_index, wire.plan.client, plan.client)
+    update_side(ipr_e, wire.ep_index, wire.plan.endpoint, plan.endpoint)
     return replace(wire, plan=plan)
 
 
 def alive(nl: NetlinkThread, wire: VethWire) -> bool:
     """Both ends still exist with our alias."""
     try:
-        return _ours(nl.socket(wire.client_ns), wire.client_index, wire.alias) and _ours(
+        return ours(nl.socket(wire.client_ns), wire.client_index, wire.alias) and ours(
             nl.socket(wire.ep_ns), wire.ep_index, wire.alias
         )
     except OSError:

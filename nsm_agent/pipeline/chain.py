@@ -27,6 +27,28 @@ class Call:
     service: NetworkService | None = None
     candidates: list[NetworkServiceEndpoint] = field(default_factory=list)
     endpoint: NetworkServiceEndpoint | None = None
+    # Where the chosen endpoint is reached: its own socket on this node, or
+    # the agent of its node (remote).
+    endpoint_url: str = ""
+    endpoint_remote: bool = False
+    # What this agent offers the next hop (REMOTE mechanisms for another agent).
+    downstream_prefs: list[Mechanism] = field(default_factory=list)
+    # Set when the caller is another agent: the REMOTE mechanism it offered,
+    # and the tunnel this agent agreed to.
+    remote_offer: Mechanism | None = None
+    tunnel: Tunnel | None = None
+
+
+@dataclass
+class Tunnel:
+    """This node's end of an agreed tunnel to the other node."""
+
+    type: str
+    vni: int
+    local_ip: str
+    remote_ip: str
+    port: int
+    mtu: int
 
 
 class Next:

@@ -33,7 +33,8 @@ class ClientNetns(Step):
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
-        assert call.client_mechanism is not None
+        if call.client_mechanism is None:
+            return await nxt.request(request, call)  # the caller is another agent
         mech = Mechanism()
         mech.CopyFrom(call.client_mechanism)
         mech.cls = "LOCAL"

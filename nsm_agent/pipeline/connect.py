@@ -39,7 +39,7 @@ class ConnectEndpoint(Step):
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         known = self._downstream.get(conn.id)
-        url = call.endpoint.url if call.endpoint is not None else (known.url if known else "")
+        url = call.endpoint_url or (known.url if known else "")
         name = conn.network_service_endpoint_name
         if not url:
             raise NsmError(grpc.StatusCode.UNAVAILABLE, f"endpoint {name!r} has no URL in the registry")
@@ -52,7 +52,7 @@ class ConnectEndpoint(Step):
         down.ClearField("mechanism")
         if known is not None and known.url == url:
             down.mechanism.CopyFrom(known.mechanism)
-        prefs = [Mechanism(cls="LOCAL", type="KERNEL")]
+        prefs = call.downstream_prefs or [Mechanism(cls="LOCAL", type="KERNEL")]
         message = NetworkServiceRequest(connection=down, mechanism_preferences=prefs)
         try:
             try:

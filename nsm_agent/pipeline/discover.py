@@ -22,6 +22,7 @@ class Discover(Step):
         if service is None:
             raise not_found(f"network service {name!r} not found in the registry")
         call.service = service
+        conn.payload = service.payload or "IP"
         if conn.network_service_endpoint_name:
             found = await self.registry.find_endpoints(NetworkServiceEndpoint(name=conn.network_service_endpoint_name))
             if found:

@@ -11,10 +11,11 @@ import grpc
 import structlog
 
 from nsm_agent.datapath import veth
+from nsm_agent.datapath.links import WireError
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import chosen_ifname, ifname_problem
 from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
-from nsm_agent.netns.resolve import NetnsResolver
+from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import parse_netns
 from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_api.connection_pb2 import Connection
@@ -24,7 +25,31 @@ from nsm_common.errors import NsmError, invalid
 log = structlog.get_logger("nsm.agent")
 
 
+def endpoint_netns(resolver: NetnsResolver, reply: Connection, conn_id: str, endpoint: str) -> tuple[NetnsRef, str]:
+    """The endpoint's namespace and interface name, from the KERNEL mechanism it answered with."""
+    mech = reply.mechanism
+    if mech.type != "KERNEL":
+        raise NsmError(
+            grpc.StatusCode.INTERNAL, f"endpoint {endpoint} answered with mechanism {mech.type!r}, not KERNEL"
+        )
+    try:
+        ns = resolver.resolve(parse_netns(mech.parameters))
+    except NsmError as exc:
+        raise NsmError(exc.code, f"endpoint {endpoint}: {exc.message}") from exc
+    ifname = mech.parameters.get("name") or chosen_ifname(conn_id, "nse-")
+    problem = ifname_problem(ifname)
+    if problem:
+        raise NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint}: {problem}")
+    return ns, ifname
+
+
+def bad_context(endpoint: str, exc: ContextError) -> NsmError:
+    return NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint} replied with a bad context: {exc}")
+
+
 class KernelWire(Step):
+    """Both pods on this node: one veth pair between them."""
+
     def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
         self.agent_name = agent_name
         self.resolver = resolver
@@ -34,6 +59,8 @@ class KernelWire(Step):
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn_id = request.connection.id
         reply = await nxt.request(request, call)
+        if call.client_ns is None or call.endpoint_remote:
+            return reply  # one side is on another node: the tunnel step builds this side
         endpoint = reply.network_service_endpoint_name or "the endpoint"
         try:
             wire = await self._build(conn_id, reply, call, endpoint)
@@ -41,6 +68,8 @@ class KernelWire(Step):
             await nxt.close(reply, call)
             raise
         self.wires[conn_id] = wire
+        eth = reply.context.ethernet_context
+        eth.src_mac, eth.dst_mac = wire.client_mac, wire.ep_mac
         return reply
 
     async def _build(self, conn_id: str, reply: Connection, call: Call, endpoint: str) -> veth.VethWire:
@@ -48,20 +77,8 @@ class KernelWire(Step):
         try:
             plan = plan_ip_wire(reply.context)
         except ContextError as exc:
-            raise NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint} replied with a bad context: {exc}") from exc
-        mech = reply.mechanism
-        if mech.type != "KERNEL":
-            raise NsmError(
-                grpc.StatusCode.INTERNAL, f"endpoint {endpoint} answered with mechanism {mech.type!r}, not KERNEL"
-            )
-        try:
-            ep_ns = self.resolver.resolve(parse_netns(mech.parameters))
-        except NsmError as exc:
-            raise NsmError(exc.code, f"endpoint {endpoint}: {exc.message}") from exc
-        ep_ifname = mech.parameters.get("name") or chosen_ifname(conn_id, "nse-")
-        problem = ifname_problem(ep_ifname)
-        if problem:
-            raise NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint}: {problem}")
+            raise bad_context(endpoint, exc) from exc
+        ep_ns, ep_ifname = endpoint_netns(self.resolver, reply, conn_id, endpoint)
         client_ns, client_ifname = call.client_ns, call.client_ifname
         old = self.wires.get(conn_id)
         alias = f"nsm:{self.agent_name}:{conn_id}"
@@ -81,7 +98,7 @@ class KernelWire(Step):
 
         try:
             wire = await self.netlink.run(apply)
-        except veth.WireError as exc:
+        except WireError as exc:
             if exc.user_error:
                 raise invalid(str(exc)) from exc
             raise NsmError(grpc.StatusCode.INTERNAL, str(exc)) from exc

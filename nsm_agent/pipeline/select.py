@@ -6,9 +6,11 @@ import grpc
 import structlog
 
 from nsm_agent.decisions.selection import RoundRobin
+from nsm_agent.local_endpoints import LocalEndpoints
 from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_api.registry_pb2 import NetworkServiceEndpoint
 from nsm_common.errors import NsmError
 
 log = structlog.get_logger("nsm.agent")
@@ -26,19 +28,45 @@ TRY_NEXT = {
 }
 
 
+class Locator:
+    """Where an endpoint is reached: on this node, or through the agent of its node."""
+
+    def __init__(self, own_urls: set[str], local: LocalEndpoints) -> None:
+        self.own_urls = own_urls
+        self.local = local
+
+    def locate(self, endpoint: NetworkServiceEndpoint, call: Call) -> None:
+        if endpoint.url in self.own_urls:
+            url = self.local.get(endpoint.name)
+            if url is None:
+                raise NsmError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"endpoint {endpoint.name!r} is registered at this agent's URL but never registered through it",
+                )
+            call.endpoint_url, call.endpoint_remote = url, False
+        elif endpoint.url.startswith("unix://"):
+            call.endpoint_url, call.endpoint_remote = endpoint.url, False  # registered straight, on this node
+        else:
+            call.endpoint_url, call.endpoint_remote = endpoint.url, True
+
+
 class Select(Step):
-    def __init__(self) -> None:
+    def __init__(self, locator: Locator) -> None:
         self.round_robin = RoundRobin()
+        self.locator = locator
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         if conn.network_service_endpoint_name:
+            if call.endpoint is not None:
+                self.locator.locate(call.endpoint, call)
             return await nxt.request(request, call)
         failures: list[tuple[str, NsmError]] = []
         for endpoint in self.round_robin.order(conn.network_service, call.candidates):
             conn.network_service_endpoint_name = endpoint.name
             call.endpoint = endpoint
             try:
+                self.locator.locate(endpoint, call)
                 return await nxt.request(request, call)
             except NsmError as exc:
                 if exc.code not in TRY_NEXT:

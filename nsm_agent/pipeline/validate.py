@@ -22,18 +22,26 @@ def pick_kernel(request: NetworkServiceRequest, supported: tuple[str, ...]) -> M
         if pref.type in supported:
             return pref
     offered = ", ".join(repr(p.type) for p in prefs)
-    raise invalid(f"mechanism type {offered} is not supported; this agent serves pods with {', '.join(supported)}")
+    raise invalid(f"mechanism type {offered} is not supported; this agent takes {', '.join(supported)}")
 
 
 class ValidateRequest(Step):
-    def __init__(self, supported: tuple[str, ...] = (KERNEL,)) -> None:
-        self.supported = supported
+    """KERNEL from pods on this node; REMOTE mechanisms from other agents."""
+
+    def __init__(self, remote: tuple[str, ...] = ()) -> None:
+        self.supported = (KERNEL, *remote)
+        self.remote = remote
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         if not conn.network_service:
             raise not_found("network service '' not found: the request names no network service")
         mech = pick_kernel(request, self.supported)
+        if mech.type in self.remote:
+            if mech.cls and mech.cls != "REMOTE":
+                raise invalid(f"mechanism {mech.type} must have cls REMOTE, not {mech.cls!r}")
+            call.remote_offer = mech
+            return await nxt.request(request, call)
         if mech.cls and mech.cls != "LOCAL":
             raise invalid(f"mechanism {mech.type} must have cls LOCAL, not {mech.cls!r}")
         name = mech.parameters.get("name", "")

@@ -1,0 +1,107 @@
+"""This node's end of a tunnel: a VXLAN device in the pod on this node.
+
+On the client's node it goes into the client's pod with the client's side of
+the context; on the endpoint's node, into the endpoint's pod with the endpoint's
+side. Either way it is born in the node's namespace, where the underlay is.
+"""
+
+from __future__ import annotations
+
+import grpc
+import structlog
+
+from nsm_agent.datapath import vxlan
+from nsm_agent.datapath.links import WireError
+from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
+from nsm_agent.netns.resolve import NetnsResolver
+from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.pipeline.kernel_wire import bad_context, endpoint_netns
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.errors import NsmError, invalid
+
+log = structlog.get_logger("nsm.agent")
+
+
+class TunnelWire(Step):
+    def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
+        self.agent_name = agent_name
+        self.resolver = resolver
+        self.netlink = netlink
+        self.wires: dict[str, vxlan.VxlanWire] = {}
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn_id = request.connection.id
+        reply = await nxt.request(request, call)
+        if call.tunnel is None:
+            return reply
+        try:
+            await self._build(conn_id, reply, call)
+        except BaseException:
+            await nxt.close(reply, call)
+            raise
+        return reply
+
+    async def _build(self, conn_id: str, reply: Connection, call: Call) -> None:
+        tunnel = call.tunnel
+        assert tunnel is not None
+        endpoint = reply.network_service_endpoint_name or "the endpoint"
+        mtu = min(m for m in (reply.context.MTU, tunnel.mtu) if m) if (reply.context.MTU or tunnel.mtu) else 0
+        reply.context.MTU = mtu
+        try:
+            plan = plan_ip_wire(reply.context)
+        except ContextError as exc:
+            raise bad_context(endpoint, exc) from exc
+        client_side = call.client_ns is not None
+        if client_side:
+            assert call.client_ns is not None
+            ns, ifname, side = call.client_ns, call.client_ifname, plan.client
+        else:
+            ns, ifname = endpoint_netns(self.resolver, reply, conn_id, endpoint)
+            side = plan.endpoint
+        old = self.wires.get(conn_id)
+        alias = f"nsm:{self.agent_name}:{conn_id}"
+
+        def apply(nl: NetlinkThread) -> vxlan.VxlanWire:
+            if old is not None and old.ns.key == ns.key and old.vni == tunnel.vni and vxlan.alive(nl, old):
+                return vxlan.update(nl, old, side, mtu)
+            if old is not None:
+                vxlan.remove(nl, old)
+            return vxlan.build(
+                nl, alias, ns, ifname, tunnel.vni, tunnel.local_ip, tunnel.remote_ip, tunnel.port, side, mtu
+            )
+
+        try:
+            wire = await self.netlink.run(apply)
+        except vxlan.VniTaken as exc:
+            raise NsmError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+        except WireError as exc:
+            if exc.user_error:
+                raise invalid(str(exc)) from exc
+            raise NsmError(grpc.StatusCode.INTERNAL, str(exc)) from exc
+        self.wires[conn_id] = wire
+        eth = reply.context.ethernet_context
+        if client_side:
+            eth.src_mac = wire.mac
+        else:
+            eth.dst_mac = wire.mac
+        if old is None or old.index != wire.index:
+            log.info(
+                "tunnel up",
+                id=conn_id,
+                type=tunnel.type,
+                vni=tunnel.vni,
+                pod=f"{ns.path}:{ifname}",
+                remote=tunnel.remote_ip,
+                mtu=mtu,
+            )
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        wire = self.wires.pop(conn.id, None)
+        try:
+            if wire is not None:
+                await self.netlink.run(lambda nl: vxlan.remove(nl, wire))
+                log.info("tunnel removed", id=conn.id, vni=wire.vni)
+        finally:
+            await nxt.close(conn, call)
