@@ -1,0 +1,113 @@
+"""Several nodes on one underlay, each with its own agent: the multi-node test bed.
+
+    python -m testbed.cluster --nodes 3 [--ipv6] [--mtu 1500]
+
+builds it, prints how to reach it, and removes it all on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from testbed.bed import Testbed, run
+
+UNDERLAY = {4: ("192.0.2.{}", 24, "192.0.2.254"), 6: ("2001:db8::{}", 64, "2001:db8::fe")}
+
+
+@dataclass
+class Node:
+    name: str
+    netns: str
+    tunnel_ip: str
+    agent: str  # unix:// URL of its agent
+
+
+@dataclass
+class Cluster:
+    bed: Testbed
+    family: int = 4
+    mtu: int = 1500
+    nodes: list[Node] = field(default_factory=list)
+    registry: str = ""  # unix:// URL
+    registry_tcp: str = ""
+    underlay_ns: str = ""
+
+    @classmethod
+    def build(
+        cls, bed: Testbed, nodes: int = 2, family: int = 4, mtu: int = 1500, agent_args: list[str] | None = None
+    ) -> Cluster:
+        cluster = cls(bed, family, mtu)
+        cluster._underlay()
+        for i in range(1, nodes + 1):
+            cluster.add_node(i, agent_args)
+        return cluster
+
+    def _addr(self, host: str) -> list[str]:
+        pattern, plen, _ = UNDERLAY[self.family]
+        return [f"{pattern.format(host)}/{plen}"] + (["nodad"] if self.family == 6 else [])
+
+    def _underlay(self) -> None:
+        self.underlay_ns = self.bed.netns("ul")
+        ns = self.underlay_ns
+        run("ip", "-n", ns, "link", "add", "br0", "mtu", str(self.mtu), "type", "bridge")
+        _, _, reg_ip = UNDERLAY[self.family]
+        plen = UNDERLAY[self.family][1]
+        run("ip", "-n", ns, "addr", "add", f"{reg_ip}/{plen}", *(["nodad"] if self.family == 6 else []), "dev", "br0")
+        run("ip", "-n", ns, "link", "set", "br0", "up")
+        host = f"[{reg_ip}]" if self.family == 6 else reg_ip
+        _, self.registry = self.bed.registry(ns, extra=["--listen", f"tcp://{host}:5002"])
+        self.registry_tcp = f"tcp://{host}:5002"
+
+    def add_node(self, i: int, agent_args: list[str] | None = None) -> Node:
+        ns = self.bed.netns(f"node{i}")
+        port = f"{self.bed.prefix}-n{i}"[-15:]
+        run("ip", "link", "add", port, "netns", self.underlay_ns, "mtu", str(self.mtu), "type", "veth",
+            "peer", "name", "eth0", "netns", ns, "mtu", str(self.mtu))  # fmt: skip
+        run("ip", "-n", self.underlay_ns, "link", "set", port, "master", "br0", "up")
+        run("ip", "-n", ns, "addr", "add", *self._addr(str(i)), "dev", "eth0")
+        run("ip", "-n", ns, "link", "set", "eth0", "up")
+        tunnel_ip = UNDERLAY[self.family][0].format(i)
+        host = f"[{tunnel_ip}]" if self.family == 6 else tunnel_ip
+        _, agent = self.bed.agent(
+            ns,
+            f"node{i}",
+            self.registry_tcp,
+            extra=["--listen", f"tcp://{host}:5001", "--tunnel-ip", tunnel_ip, *(agent_args or [])],
+        )
+        node = Node(f"node{i}", ns, tunnel_ip, agent)
+        self.nodes.append(node)
+        return node
+
+    def pod(self, node: Node, short: str) -> str:
+        """A pod is a namespace; which node it is "on" is which agent it asks."""
+        return self.bed.netns(f"{node.name}-{short}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Build a multi-node mesh test bed in namespaces")
+    p.add_argument("--nodes", type=int, default=2)
+    p.add_argument("--ipv6", action="store_true", help="IPv6 underlay")
+    p.add_argument("--mtu", type=int, default=1500)
+    args = p.parse_args(argv)
+    bed = Testbed()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        cluster = Cluster.build(bed, args.nodes, 6 if args.ipv6 else 4, args.mtu)
+        print(f"registry: {cluster.registry} ({cluster.registry_tcp} on the underlay)")
+        for node in cluster.nodes:
+            print(f"{node.name}: namespace {node.netns}, tunnel {node.tunnel_ip}, agent {node.agent}")
+        print(f"logs: {bed.dir}; Ctrl-C removes everything", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        bed.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
