@@ -41,6 +41,14 @@ def ping(netns: str, address: str, count: int = 1, timeout: float = 2) -> bool:
     return res.returncode == 0
 
 
+def ping_df(netns: str, address: str, size: int) -> tuple[bool, str]:
+    """One ping of `size` payload bytes with Don't Fragment set; (answered, output)."""
+    res = run(
+        "ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(size), address, check=False
+    )
+    return res.returncode == 0, res.stdout + res.stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

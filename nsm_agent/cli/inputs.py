@@ -47,20 +47,27 @@ class ConnectInput(NetnsInput):
 class EndpointInput(NetnsInput):
     name: str = Field(min_length=1)
     service: str = Field(min_length=1)
-    cidr: str
+    cidrs: list[str] = Field(min_length=1)
     payload: str = "IP"
     labels: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("cidr")
+    @field_validator("cidrs")
     @classmethod
-    def _cidr(cls, value: str) -> str:
-        try:
-            net = ipaddress.ip_network(value, strict=False)
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a CIDR such as 10.60.0.0/24") from exc
-        if net.num_addresses < 4 and net.version == 4:
-            raise ValueError(f"{value!r} is too small for a point-to-point pool")
-        return str(net)
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        out: list[str] = []
+        families: set[int] = set()
+        for value in values:
+            try:
+                net = ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a CIDR such as 10.60.0.0/24 or fd00:60::/64") from exc
+            if net.num_addresses < 4:
+                raise ValueError(f"{value!r} is too small for a point-to-point pool")
+            if net.version in families:
+                raise ValueError(f"give at most one pool per address family ({value!r})")
+            families.add(net.version)
+            out.append(str(net))
+        return out
 
     @field_validator("payload")
     @classmethod

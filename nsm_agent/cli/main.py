@@ -38,10 +38,14 @@ def _agent(args: argparse.Namespace) -> Address:
         raise CliError(f"--agent: {exc}") from exc
 
 
+FLAG_OF_FIELD = {"cidrs": "cidr", "labels": "label"}
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        field = "--" + ".".join(str(p) for p in err["loc"]).replace("_", "-")
+        name = FLAG_OF_FIELD.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else "input"
+        field = "--" + name.replace("_", "-")
         parts.append(f"{field}: {err['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
@@ -169,7 +173,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
             netns=args.netns,
             name=args.name,
             service=args.service,
-            cidr=args.cidr,
+            cidrs=args.cidr,
             payload=args.payload,
             labels=_labels(args.label),
         )
@@ -190,7 +194,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
         service=inp.service,
         payload=inp.payload,
         labels=inp.labels,
-        cidr=inp.cidr,
+        cidrs=inp.cidrs,
         listen=listen,
         registry=_agent(args),
         lifetime=args.lifetime,
@@ -236,7 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--netns", required=True, help="the endpoint's pod: ip netns name, namespace path, or PID")
     e.add_argument("--name", required=True)
     e.add_argument("--service", required=True)
-    e.add_argument("--cidr", required=True, help="pool for point-to-point addresses, e.g. 10.60.0.0/24")
+    e.add_argument(
+        "--cidr",
+        required=True,
+        action="append",
+        help="pool for point-to-point addresses, e.g. 10.60.0.0/24; once more with an IPv6 pool for dual stack",
+    )
     e.add_argument("--payload", default="IP")
     e.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
     e.add_argument("--listen", help="unix:///PATH of the endpoint's own socket")

@@ -35,7 +35,7 @@ class EndpointConfig(BaseModel):
     service: str = Field(min_length=1, max_length=253)
     payload: str = "IP"
     labels: dict[str, str] = Field(default_factory=dict)
-    cidr: str
+    cidrs: list[str] = Field(min_length=1)
     listen: Address
     registry: Address  # the node agent (or the registry itself)
     lifetime: float = Field(default=600.0, gt=0)
@@ -45,14 +45,14 @@ class EndpointConfig(BaseModel):
 class EndpointRuntime:
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
-        self.pool = PointToPointPool(config.cidr)
+        self.pools = [PointToPointPool(c) for c in config.cidrs]
         st = os.stat("/proc/self/ns/net")
         self.begin = Begin()
         self.chain = Chain(
             [
                 UpdatePath(config.name, config.lifetime, config.lifetime),
                 self.begin,
-                PointToPointIpam(self.pool),
+                PointToPointIpam(self.pools),
                 KernelAnswer(st.st_dev, st.st_ino),
             ]
         )
@@ -104,7 +104,7 @@ class EndpointRuntime:
             name=self.config.name,
             service=self.config.service,
             listen=str(self.config.listen),
-            cidr=self.config.cidr,
+            cidrs=self.config.cidrs,
         )
         channel = aio_channel(self.config.registry)
         registering = asyncio.create_task(self._register_loop(channel))

@@ -16,54 +16,73 @@ from nsm_common.errors import NsmError, invalid
 
 
 class PointToPointIpam(Step):
-    """Two host addresses per connection, and routes from each side to the other."""
+    """Two host addresses per connection from each pool (one pool per family for
+    dual stack), and routes from each side to the other."""
 
-    def __init__(self, pool: PointToPointPool) -> None:
-        self.pool = pool
+    def __init__(self, pools: list[PointToPointPool]) -> None:
+        self.pools = pools
 
-    def _lease(self, conn: Connection) -> Lease:
+    def _held(self, conn_id: str) -> bool:
+        return any(conn_id in pool.leases for pool in self.pools)
+
+    def _lease(self, pool: PointToPointPool, conn: Connection) -> Lease:
+        ip = conn.context.ip_context
+        if conn.id not in pool.leases:
+            # A refresh after our restart brings back the addresses we gave.
+            ours_dst = [a for a in ip.dst_ip_addrs if _within(a, pool)]
+            ours_src = [a for a in ip.src_ip_addrs if _within(a, pool)]
+            if len(ours_dst) == 1 and len(ours_src) == 1:
+                adopted = pool.adopt(conn.id, ours_dst[0], ours_src[0])
+                if adopted is not None and not _excluded(adopted, ip.excluded_prefixes):
+                    return adopted
+                if adopted is not None:
+                    pool.free(conn.id)
+        try:
+            return pool.allocate(conn.id, ip.excluded_prefixes)
+        except PoolExhausted as exc:
+            raise NsmError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn = request.connection
         ip = conn.context.ip_context
         for prefix in ip.excluded_prefixes:
             try:
                 ipaddress.ip_network(prefix, strict=False)
             except ValueError as exc:
                 raise invalid(f"excluded_prefixes: {prefix!r} is not a valid CIDR") from exc
-        if conn.id not in self.pool.leases and len(ip.dst_ip_addrs) == 1 and len(ip.src_ip_addrs) == 1:
-            # A refresh after our restart brings back the addresses we gave.
-            adopted = self.pool.adopt(conn.id, ip.dst_ip_addrs[0], ip.src_ip_addrs[0])
-            if adopted is not None and not _excluded(adopted, ip.excluded_prefixes):
-                return adopted
-            if adopted is not None:
-                self.pool.free(conn.id)
+        fresh = not self._held(conn.id)
         try:
-            return self.pool.allocate(conn.id, ip.excluded_prefixes)
-        except PoolExhausted as exc:
-            raise NsmError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
-
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
-        conn = request.connection
-        fresh = conn.id not in self.pool.leases
-        lease = self._lease(conn)
-        ep_cidr, client_cidr = lease.cidrs()
-        ip = conn.context.ip_context
-        del ip.src_ip_addrs[:]
-        del ip.dst_ip_addrs[:]
-        del ip.src_routes[:]
-        del ip.dst_routes[:]
-        ip.src_ip_addrs.append(client_cidr)
-        ip.dst_ip_addrs.append(ep_cidr)
-        ip.src_routes.append(Route(prefix=ep_cidr))
-        ip.dst_routes.append(Route(prefix=client_cidr))
-        try:
+            leases = [self._lease(pool, conn) for pool in self.pools]
+            del ip.src_ip_addrs[:]
+            del ip.dst_ip_addrs[:]
+            del ip.src_routes[:]
+            del ip.dst_routes[:]
+            for lease in leases:
+                ep_cidr, client_cidr = lease.cidrs()
+                ip.src_ip_addrs.append(client_cidr)
+                ip.dst_ip_addrs.append(ep_cidr)
+                ip.src_routes.append(Route(prefix=ep_cidr))
+                ip.dst_routes.append(Route(prefix=client_cidr))
             return await nxt.request(request, call)
         except BaseException:
             if fresh:
-                self.pool.free(conn.id)
+                self._free(conn.id)
             raise
 
+    def _free(self, conn_id: str) -> None:
+        for pool in self.pools:
+            pool.free(conn_id)
+
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
-        self.pool.free(conn.id)
+        self._free(conn.id)
         await nxt.close(conn, call)
+
+
+def _within(cidr: str, pool: PointToPointPool) -> bool:
+    try:
+        return ipaddress.ip_interface(cidr).ip in pool.network
+    except ValueError:
+        return False
 
 
 def _excluded(lease: Lease, excluded: Iterable[str]) -> bool:

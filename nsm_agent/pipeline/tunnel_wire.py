@@ -81,6 +81,10 @@ class TunnelWire(Step):
                 raise invalid(str(exc)) from exc
             raise NsmError(grpc.StatusCode.INTERNAL, str(exc)) from exc
         self.wires[conn_id] = wire
+        # Say on this hop's segment which tunnel carries the connection.
+        own = reply.path.path_segments[reply.path.index] if reply.path.path_segments else None
+        if own is not None:
+            own.metrics.update({"tunnel": tunnel.type, "vni": str(tunnel.vni), "remote": tunnel.remote_ip})
         eth = reply.context.ethernet_context
         if client_side:
             eth.src_mac = wire.mac

@@ -1,0 +1,98 @@
+"""Pods on different nodes, over VXLAN: each payload, each address family, both underlays."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import pytest
+
+from nsm_agent.client.runtime import kernel_request
+from nsm_api.connection_pb2 import Connection
+from testbed.bed import Testbed, links, ping, ping_df, run
+from testbed.cluster import Cluster
+from tests.conftest import only_lo
+from tests.helpers.mesh import agent_client
+
+POOLS = {"v4": ["10.81.0.0/24"], "v6": ["fd00:81::/64"], "dual": ["10.81.0.0/24", "fd00:81::/64"]}
+
+
+@pytest.fixture(params=[4, 6], ids=["v4-underlay", "v6-underlay"])
+def cluster(bed: Testbed, request: pytest.FixtureRequest) -> Cluster:
+    return Cluster.build(bed, nodes=2, family=request.param)
+
+
+def node_links(cluster: Cluster) -> dict[str, list[str]]:
+    return {n.name: sorted(links(n.netns)) for n in cluster.nodes}
+
+
+def peers(conn: Connection) -> list[str]:
+    return [a.split("/")[0] for a in conn.context.ip_context.dst_ip_addrs]
+
+
+@pytest.mark.parametrize("payload", ["IP", "ETHERNET"])
+@pytest.mark.parametrize("pools", sorted(POOLS))
+def test_vxlan_across_nodes(cluster: Cluster, payload: str, pools: str) -> None:
+    bed = cluster.bed
+    n1, n2 = cluster.nodes
+    before = node_links(cluster)
+    ep_pod = cluster.pod(n2, "ep")
+    extra = ["--payload", payload]
+    for cidr in POOLS[pools][1:]:
+        extra += ["--cidr", cidr]
+    bed.endpoint(ep_pod, "ep1", "svc", POOLS[pools][0], n2.agent, extra=extra)
+    pod = cluster.pod(n1, "c1")
+    client = agent_client(n1.agent)
+    conn = client.request(kernel_request(f"/var/run/netns/{pod}", "svc", "nsm-1"))
+    assert conn.payload == payload
+    assert [s.name for s in conn.path.path_segments] == ["nsmctl", "node1", "node2", "ep1"]
+    assert conn.path.path_segments[1].metrics["tunnel"] == "VXLAN"
+    vni = int(conn.path.path_segments[1].metrics["vni"])
+    assert conn.path.path_segments[2].metrics["vni"] == str(vni)
+    overhead = 50 if cluster.family == 4 else 70
+    assert cluster.mtu - overhead == conn.context.MTU
+    assert run("ip", "-n", pod, "-o", "link", "show", "nsm-1").stdout.count(f"mtu {conn.context.MTU} ") == 1
+    assert len(peers(conn)) == len(POOLS[pools])
+    for peer in peers(conn):
+        assert ping(pod, peer, count=2), f"no answer from {peer}"
+        # Exactly the MTU crosses with DF set; one byte more is refused, not dropped.
+        header = 28 if ipaddress.ip_address(peer).version == 4 else 48
+        ok, out = ping_df(pod, peer, conn.context.MTU - header)
+        assert ok, out
+        ok, out = ping_df(pod, peer, conn.context.MTU - header + 1)
+        assert not ok and ("message too long" in out.lower() or "frag needed" in out.lower()), out
+    # One Ethernet segment: the client has learnt the endpoint's MAC (ARP or ND).
+    neigh = run("ip", "-n", pod, "neigh", "show", "dev", "nsm-1").stdout.lower()
+    assert conn.context.ethernet_context.dst_mac.lower() in neigh
+    assert conn.context.ethernet_context.src_mac
+    client.close(conn)
+    assert only_lo(pod) and only_lo(ep_pod)
+    assert node_links(cluster) == before
+    assert client.connections() == {} and agent_client(n2.agent).connections() == {}
+    client.close_channel()
+
+
+def test_a_hundred_connections_between_two_nodes(bed: Testbed) -> None:
+    cluster = Cluster.build(bed, nodes=2)
+    n1, n2 = cluster.nodes
+    ep_pod = cluster.pod(n2, "ep")
+    bed.endpoint(ep_pod, "ep1", "svc", "10.82.0.0/16", n2.agent)
+    pods = [cluster.pod(n1, f"c{i}") for i in range(10)]
+    client = agent_client(n1.agent)
+    conns = []
+    start = time.monotonic()
+    for i in range(100):
+        pod = pods[i % 10]
+        conns.append((pod, client.request(kernel_request(f"/var/run/netns/{pod}", "svc", f"nsm-{i // 10}"))))
+    took = time.monotonic() - start
+    vnis = {c.path.path_segments[1].metrics["vni"] for _, c in conns}
+    assert len(vnis) == 100
+    assert len(links(ep_pod)) == 101
+    for pod, conn in conns[::9]:
+        assert ping(pod, peers(conn)[0])
+    for _, conn in conns:
+        client.close(conn)
+    assert only_lo(ep_pod) and all(only_lo(p) for p in pods)
+    assert client.connections() == {}
+    print(f"100 cross-node connections set up in {took:.1f}s")
+    client.close_channel()
