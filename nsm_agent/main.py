@@ -9,6 +9,8 @@ import signal
 import structlog
 
 from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.datapath.wireguard import WireGuardDevice
+from nsm_agent.decisions.tunnel import WIREGUARD_OVERHEAD
 from nsm_agent.local_endpoints import LocalEndpoints
 from nsm_agent.monitor import ConnectionEvents, Monitor, MonitorService
 from nsm_agent.netns.resolve import NetnsResolver
@@ -18,7 +20,7 @@ from nsm_agent.pipeline.client_netns import ClientNetns
 from nsm_agent.pipeline.connect import ConnectEndpoint
 from nsm_agent.pipeline.discover import Discover
 from nsm_agent.pipeline.kernel_wire import KernelWire
-from nsm_agent.pipeline.remote_mechanism import RemoteMechanismClient, RemoteMechanismServer
+from nsm_agent.pipeline.remote_mechanism import RemoteMechanismClient, RemoteMechanismServer, TunnelKinds
 from nsm_agent.pipeline.select import Locator, Select
 from nsm_agent.pipeline.tunnel_wire import TunnelWire
 from nsm_agent.pipeline.update_path import UpdatePath
@@ -28,14 +30,12 @@ from nsm_agent.registry_proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.service import NetworkServiceServer
 from nsm_agent.settings import AgentSettings, parse_settings
 from nsm_agent.tunnels import VniBook, find_underlay
+from nsm_agent.wireguard.keys import load_or_create
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 
 log = structlog.get_logger("nsm.agent")
-
-# REMOTE mechanisms this build can carry; the setting orders and filters them.
-SUPPORTED_REMOTE = ("VXLAN",)
 
 
 async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
@@ -50,23 +50,29 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     except ValueError as exc:
         raise SystemExit(f"nsm-agent: {exc}") from exc
     vnis = VniBook(settings.vxlan_port)
+    wireguard = None
+    if underlay is not None:
+        keys = load_or_create(settings.state_dir)
+        wg_mtu = underlay.mtu - WIREGUARD_OVERHEAD[underlay.family]
+        wireguard = WireGuardDevice(keys, settings.wireguard_port, wg_mtu)
+    kinds = TunnelKinds(netlink, underlay, vnis, wireguard)
     own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
-    remote = tuple(m for m in settings.remote_mechanisms if m in SUPPORTED_REMOTE)
+    remote = tuple(m for m in settings.remote_mechanisms if m in kinds.supported())
     begin = Begin()
     connect = ConnectEndpoint(settings.request_timeout)
     chain = Chain(
         [
-            ValidateRequest(remote),
+            ValidateRequest(kinds.supported()),
             UpdatePath(settings.name, settings.default_lifetime, settings.max_lifetime),
             begin,
             Monitor(events),
             ClientNetns(resolver, netlink),
-            RemoteMechanismServer(netlink, underlay, vnis),
+            RemoteMechanismServer(kinds),
             Discover(registry),
             Select(Locator(own_urls, local)),
             TunnelWire(settings.name, resolver, netlink),
             KernelWire(settings.name, resolver, netlink),
-            RemoteMechanismClient(netlink, underlay, vnis, list(remote)),
+            RemoteMechanismClient(kinds, list(remote)),
             connect,
         ]
     )
@@ -99,6 +105,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         # connections for the agent's next start and the expiry of each hop.
         await begin.close_all()
         await connect.aclose()
+        if wireguard is not None:
+            await netlink.run(wireguard.remove)
         await registry.close()
         netlink.close()
         remove_unix_sockets(settings.listen)

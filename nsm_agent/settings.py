@@ -23,6 +23,7 @@ class AgentSettings(BaseModel):
     tunnel_ip: str = ""
     remote_mechanisms: list[str] = Field(default_factory=lambda: list(REMOTE_MECHANISMS))
     vxlan_port: int = Field(default=4789, ge=1, le=65535)
+    wireguard_port: int = Field(default=51820, ge=1, le=65535)
     request_timeout: float = Field(default=5.0, gt=0)
     default_lifetime: float = Field(default=600.0, gt=0)
     max_lifetime: float = Field(default=600.0, gt=0)
@@ -75,6 +76,12 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
         help="env NSM_REMOTE_MECHANISMS",
     )
     p.add_argument(
+        "--wireguard-port",
+        type=int,
+        default=int(_env("NSM_WIREGUARD_PORT", "51820")),
+        help="UDP port of this node's WireGuard device (env NSM_WIREGUARD_PORT)",
+    )
+    p.add_argument(
         "--vxlan-port",
         type=int,
         default=int(_env("NSM_VXLAN_PORT", "4789")),
@@ -110,6 +117,7 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
             tunnel_ip=args.tunnel_ip,
             remote_mechanisms=split_list(args.remote_mechanisms),
             vxlan_port=args.vxlan_port,
+            wireguard_port=args.wireguard_port,
             request_timeout=args.request_timeout,
             default_lifetime=args.default_lifetime,
             max_lifetime=args.max_lifetime,

@@ -1,9 +1,13 @@
 """Agreeing a tunnel between two agents.
 
 The client's agent offers REMOTE mechanisms with its side filled in (address,
-port, a VNI free on its node, MTU); the endpoint's agent takes the first it
-supports, keeps the VNI if it is free on its node too (or proposes another),
-and fills in its side. Refreshes keep what was agreed.
+port, public key for WireGuard, a VNI free on its node, MTU); the endpoint's
+agent takes the first it supports, keeps the VNI if it is free on its node too
+(or proposes another), and fills in its side. Refreshes keep what was agreed.
+
+Both kinds carry each connection as its own VXLAN device: straight over the
+underlay (VXLAN), or between the nodes' inner addresses inside the node's one
+WireGuard device (WIREGUARD; the `vni` parameter is our extension).
 """
 
 from __future__ import annotations
@@ -14,7 +18,16 @@ import grpc
 import structlog
 
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.decisions.tunnel import VXLAN, VXLAN_OVERHEAD, parse_vxlan, pod_mtu
+from nsm_agent.datapath.wireguard import WireGuardDevice, WireGuardError
+from nsm_agent.decisions.tunnel import (
+    VXLAN,
+    VXLAN_OVERHEAD,
+    WIREGUARD,
+    WIREGUARD_OVERHEAD,
+    parse_public_key,
+    parse_vxlan,
+    pod_mtu,
+)
 from nsm_agent.pipeline.chain import Call, Next, Step, Tunnel
 from nsm_agent.tunnels import Underlay, VniBook
 from nsm_api.connection_pb2 import Connection, Mechanism
@@ -24,33 +37,96 @@ from nsm_common.errors import NsmError, invalid
 log = structlog.get_logger("nsm.agent")
 
 VNI_ATTEMPTS = 3
+WIREGUARD_PORT = 51820
 
 
 @dataclass
 class _Agreed:
     mechanism: Mechanism
     tunnel: Tunnel
+    peer_key: str = ""  # WireGuard: the other node's public key
 
 
-def _mtu(underlay: Underlay) -> int:
-    return pod_mtu(underlay.mtu, underlay.family, VXLAN_OVERHEAD)
+class TunnelKinds:
+    """What this node can offer and accept, and the state both sides share."""
+
+    def __init__(
+        self, netlink: NetlinkThread, underlay: Underlay | None, vnis: VniBook, wireguard: WireGuardDevice | None
+    ) -> None:
+        self.netlink = netlink
+        self.underlay = underlay
+        self.vnis = vnis
+        self.wireguard = wireguard
+
+    def supported(self) -> tuple[str, ...]:
+        return (VXLAN, WIREGUARD) if self.wireguard is not None else (VXLAN,)
+
+    def mtu(self, kind: str) -> int:
+        assert self.underlay is not None
+        if kind == VXLAN:
+            return pod_mtu(self.underlay.mtu, self.underlay.family, VXLAN_OVERHEAD)
+        # VXLAN between IPv6 inner addresses, inside WireGuard over the underlay.
+        return pod_mtu(self.underlay.mtu, self.underlay.family, WIREGUARD_OVERHEAD) - VXLAN_OVERHEAD[6]
+
+    def my_side(self, kind: str, vni: int, prefix: str) -> dict[str, str]:
+        assert self.underlay is not None
+        side = {f"{prefix}_ip": self.underlay.ip, "vni": str(vni), "MTU": str(self.mtu(kind))}
+        if kind == VXLAN:
+            side[f"{prefix}_port"] = str(self.vnis.port)
+        else:
+            assert self.wireguard is not None
+            side[f"{prefix}_port"] = str(self.wireguard.port)
+            side[f"{prefix}_public_key"] = self.wireguard.keys.public
+        return side
+
+    async def tunnel(self, conn_id: str, kind: str, params: dict[str, str], peer: str, vni: int, mtu: int) -> Tunnel:
+        """Set up what the tunnel to the peer node needs; `peer` is "src" or "dst"."""
+        assert self.underlay is not None
+        vx = parse_vxlan(params, need_dst=True, default_port=self.vnis.port)
+        remote_ip = vx.src_ip if peer == "src" else vx.dst_ip
+        assert remote_ip is not None
+        if remote_ip.version != self.underlay.family:
+            raise invalid(f"{peer}_ip {remote_ip} is IPv{remote_ip.version}; this node tunnels from {self.underlay.ip}")
+        if kind == VXLAN:
+            port = vx.src_port if peer == "src" else vx.dst_port
+            if port != self.vnis.port:
+                raise invalid(f"{peer}_port {port}: this node's VXLAN port is {self.vnis.port}")
+            return Tunnel(VXLAN, vni, self.underlay.ip, str(remote_ip), self.vnis.port, mtu)
+        wg = self.wireguard
+        assert wg is not None
+        parse_public_key(params, f"{peer}_public_key")
+        key = params[f"{peer}_public_key"]
+        port = int(params.get(f"{peer}_port") or WIREGUARD_PORT)
+        try:
+            inner = await self.netlink.run(lambda nl: wg.use_peer(nl, conn_id, key, str(remote_ip), port))
+        except WireGuardError as exc:
+            raise NsmError(grpc.StatusCode.UNAVAILABLE, f"WireGuard: {exc}") from exc
+        return Tunnel(WIREGUARD, vni, str(wg.inner), inner, self.vnis.port, mtu)
+
+    async def release(self, conn_id: str, agreed: _Agreed) -> None:
+        self.vnis.release(agreed.tunnel.vni, conn_id)
+        wg = self.wireguard
+        if agreed.peer_key and wg is not None:
+            await self.netlink.run(lambda nl: wg.release(nl, conn_id, agreed.peer_key))
+
+
+def _no_underlay() -> NsmError:
+    return NsmError(grpc.StatusCode.UNAVAILABLE, "this agent has no tunnel address (--tunnel-ip)")
 
 
 class RemoteMechanismServer(Step):
     """On the endpoint's node: answer another agent's offer."""
 
-    def __init__(self, netlink: NetlinkThread, underlay: Underlay | None, vnis: VniBook) -> None:
-        self.netlink = netlink
-        self.underlay = underlay
-        self.vnis = vnis
+    def __init__(self, kinds: TunnelKinds) -> None:
+        self.kinds = kinds
         self._agreed: dict[str, _Agreed] = {}
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         offer = call.remote_offer
         if offer is None:
             return await nxt.request(request, call)
-        if self.underlay is None:
-            raise NsmError(grpc.StatusCode.UNAVAILABLE, "this agent has no tunnel address (--tunnel-ip)")
+        if self.kinds.underlay is None:
+            raise _no_underlay()
         conn_id = request.connection.id
         known = self._agreed.get(conn_id)
         if known is not None and known.mechanism.type == offer.type:
@@ -62,36 +138,33 @@ class RemoteMechanismServer(Step):
             reply = await nxt.request(request, call)
         except BaseException:
             if fresh:
-                self.vnis.release(agreed.tunnel.vni, conn_id)
+                await self.kinds.release(conn_id, agreed)
             raise
         if fresh and known is not None:
-            self.vnis.release(known.tunnel.vni, conn_id)
+            await self.kinds.release(conn_id, known)
         self._agreed[conn_id] = agreed
         reply.mechanism.CopyFrom(agreed.mechanism)
         return reply
 
     async def _agree(self, conn_id: str, offer: Mechanism) -> _Agreed:
-        assert self.underlay is not None
-        if offer.type != VXLAN:
-            raise invalid(f"mechanism {offer.type} is not supported here")
-        params = parse_vxlan(offer.parameters, need_dst=False, default_port=self.vnis.port)
-        assert params.src_ip is not None
-        if params.src_ip.version != self.underlay.family:
-            raise invalid(
-                f"src_ip {params.src_ip} is IPv{params.src_ip.version}; this node tunnels from {self.underlay.ip}"
-            )
-        if params.src_port != self.vnis.port:
-            raise invalid(f"src_port {params.src_port}: this node's VXLAN port is {self.vnis.port}")
-        vni = await self.netlink.run(lambda nl: self.vnis.reserve(nl, conn_id, params.vni))
-        mtu = min(x for x in (params.mtu, _mtu(self.underlay)) if x)
+        if offer.type not in self.kinds.supported():
+            raise invalid(f"mechanism {offer.type} is not supported by this agent")
+        params = parse_vxlan(offer.parameters, need_dst=False, default_port=self.kinds.vnis.port)
+        if offer.type == WIREGUARD:
+            parse_public_key(offer.parameters, "src_public_key")
+        vni = await self.kinds.netlink.run(lambda nl: self.kinds.vnis.reserve(nl, conn_id, params.vni))
+        mtu = min(x for x in (params.mtu, self.kinds.mtu(offer.type)) if x)
         mech = Mechanism()
         mech.CopyFrom(offer)
         mech.cls = "REMOTE"
-        mech.parameters.update(
-            {"dst_ip": self.underlay.ip, "dst_port": str(self.vnis.port), "vni": str(vni), "MTU": str(mtu)}
-        )
-        tunnel = Tunnel(VXLAN, vni, self.underlay.ip, str(params.src_ip), self.vnis.port, mtu)
-        return _Agreed(mech, tunnel)
+        mech.parameters.update(self.kinds.my_side(offer.type, vni, "dst"))
+        mech.parameters["MTU"] = str(mtu)
+        try:
+            tunnel = await self.kinds.tunnel(conn_id, offer.type, dict(mech.parameters), "src", vni, mtu)
+        except BaseException:
+            self.kinds.vnis.release(vni, conn_id)
+            raise
+        return _Agreed(mech, tunnel, offer.parameters.get("src_public_key", "") if offer.type == WIREGUARD else "")
 
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         agreed = self._agreed.pop(conn.id, None)
@@ -99,89 +172,76 @@ class RemoteMechanismServer(Step):
             await nxt.close(conn, call)
         finally:
             if agreed is not None:
-                self.vnis.release(agreed.tunnel.vni, conn.id)
+                await self.kinds.release(conn.id, agreed)
 
 
 class RemoteMechanismClient(Step):
     """On the client's node: offer tunnels to the endpoint's agent, and check its answer."""
 
-    def __init__(self, netlink: NetlinkThread, underlay: Underlay | None, vnis: VniBook, offer: list[str]) -> None:
-        self.netlink = netlink
-        self.underlay = underlay
-        self.vnis = vnis
-        self.offer = offer
+    def __init__(self, kinds: TunnelKinds, offer: list[str]) -> None:
+        self.kinds = kinds
+        self.offer = [k for k in offer if k in kinds.supported()]
         self._agreed: dict[str, _Agreed] = {}
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         if not call.endpoint_remote:
             return await nxt.request(request, call)
-        if self.underlay is None:
-            raise NsmError(grpc.StatusCode.UNAVAILABLE, "this agent has no tunnel address (--tunnel-ip)")
+        if self.kinds.underlay is None:
+            raise _no_underlay()
         conn_id = request.connection.id
         known = self._agreed.get(conn_id)
         if known is not None:
             call.downstream_prefs = [known.mechanism]
             reply = await nxt.request(request, call)
-            return self._accept(conn_id, reply, call, known.tunnel.vni)
+            return await self._accept(conn_id, reply, call, known.tunnel.vni, nxt, known)
+        vnis = self.kinds.vnis
         for _ in range(VNI_ATTEMPTS):
-            proposal = await self.netlink.run(lambda nl: self.vnis.reserve(nl, conn_id))
-            call.downstream_prefs = self._prefs(proposal)
+            proposal = await self.kinds.netlink.run(lambda nl: vnis.reserve(nl, conn_id))
+            call.downstream_prefs = [
+                Mechanism(cls="REMOTE", type=kind, parameters=self.kinds.my_side(kind, proposal, "src"))
+                for kind in self.offer
+            ]
             try:
                 reply = await nxt.request(request, call)
             except BaseException:
-                self.vnis.release(proposal, conn_id)
+                vnis.release(proposal, conn_id)
                 raise
             try:
                 chosen = parse_vxlan(reply.mechanism.parameters, need_dst=True).vni
             except NsmError as exc:
-                self.vnis.release(proposal, conn_id)
+                vnis.release(proposal, conn_id)
                 await nxt.close(reply, call)
                 raise NsmError(grpc.StatusCode.INTERNAL, f"the endpoint's agent answered: {exc.message}") from exc
             if chosen == proposal or await self._take(conn_id, chosen):
                 if chosen != proposal:
-                    self.vnis.release(proposal, conn_id)
-                return self._accept(conn_id, reply, call, chosen)
+                    vnis.release(proposal, conn_id)
+                return await self._accept(conn_id, reply, call, chosen, nxt, None)
             # The other node chose a VNI taken here: give it back and ask again.
-            self.vnis.release(proposal, conn_id)
+            vnis.release(proposal, conn_id)
             await nxt.close(reply, call)
         raise NsmError(grpc.StatusCode.RESOURCE_EXHAUSTED, "no VNI free on both nodes was found")
 
     async def _take(self, conn_id: str, vni: int) -> bool:
-        return await self.netlink.run(lambda nl: self.vnis.take(nl, conn_id, vni))
+        return await self.kinds.netlink.run(lambda nl: self.kinds.vnis.take(nl, conn_id, vni))
 
-    def _prefs(self, vni: int) -> list[Mechanism]:
-        assert self.underlay is not None
-        prefs = []
-        for kind in self.offer:
-            if kind != VXLAN:
-                continue
-            prefs.append(
-                Mechanism(
-                    cls="REMOTE",
-                    type=VXLAN,
-                    parameters={
-                        "src_ip": self.underlay.ip,
-                        "src_port": str(self.vnis.port),
-                        "vni": str(vni),
-                        "MTU": str(_mtu(self.underlay)),
-                    },
-                )
-            )
-        return prefs
-
-    def _accept(self, conn_id: str, reply: Connection, call: Call, vni: int) -> Connection:
-        assert self.underlay is not None
+    async def _accept(
+        self, conn_id: str, reply: Connection, call: Call, vni: int, nxt: Next, known: _Agreed | None
+    ) -> Connection:
         mech = reply.mechanism
         try:
+            if mech.type not in self.offer:
+                raise invalid(f"mechanism {mech.type!r}, which was not offered")
             params = parse_vxlan(mech.parameters, need_dst=True)
+            tunnel = await self.kinds.tunnel(conn_id, mech.type, dict(mech.parameters), "dst", vni, params.mtu)
         except NsmError as exc:
-            self.vnis.release(vni, conn_id)
+            if known is None:
+                self.kinds.vnis.release(vni, conn_id)
+            await nxt.close(reply, call)
             raise NsmError(grpc.StatusCode.INTERNAL, f"the endpoint's agent answered: {exc.message}") from exc
-        assert params.dst_ip is not None
         stored = Mechanism()
         stored.CopyFrom(mech)
-        tunnel = Tunnel(VXLAN, vni, self.underlay.ip, str(params.dst_ip), params.dst_port, params.mtu)
-        self._agreed[conn_id] = _Agreed(stored, tunnel)
+        peer_key = mech.parameters.get("dst_public_key", "") if mech.type == WIREGUARD else ""
+        self._agreed[conn_id] = _Agreed(stored, tunnel, peer_key)
         call.tunnel = tunnel
         return reply
 
@@ -191,4 +251,4 @@ class RemoteMechanismClient(Step):
             await nxt.close(conn, call)
         finally:
             if agreed is not None:
-                self.vnis.release(agreed.tunnel.vni, conn.id)
+                await self.kinds.release(conn.id, agreed)

@@ -1,0 +1,177 @@
+"""One WireGuard device per node, one peer per other node.
+
+The kernel module when this kernel has it, else `wireguard-go` started (and
+supervised) by the agent in the node's namespace, where the underlay is. `wg`
+configures either. Connections ride inside as VXLAN devices between the nodes'
+inner addresses, so one device carries any number of connections, overlapping
+address ranges and L2 payloads alike. Spawns happen only when a peer node
+appears or goes: never per connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from pyroute2.netlink.exceptions import NetlinkError
+
+from nsm_agent.datapath.links import IFA_F_NODAD
+from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.wireguard.keys import KeyPair, device_name, inner_address
+
+log = structlog.get_logger("nsm.agent")
+
+SOCKET_DIR = "/var/run/wireguard"
+
+
+class WireGuardError(RuntimeError):
+    pass
+
+
+@dataclass
+class Peer:
+    public_key: str
+    endpoint_ip: str
+    endpoint_port: int
+    users: set[str] = field(default_factory=set)  # connection ids
+
+
+class WireGuardDevice:
+    """Runs on the netlink thread (its methods take the NetlinkThread)."""
+
+    def __init__(self, keys: KeyPair, port: int, mtu: int, wireguard_go: str = "wireguard-go") -> None:
+        self.keys = keys
+        self.port = port
+        self.mtu = mtu
+        self.name = device_name(keys.public)
+        self.inner = inner_address(keys.public)
+        self.wireguard_go = wireguard_go
+        self.process: subprocess.Popen[bytes] | None = None
+        self.implementation = ""
+        self.peers: dict[str, Peer] = {}
+
+    # Device ----------------------------------------------------------------------
+    def _exists(self, nl: NetlinkThread) -> bool:
+        return bool(nl.node().link_lookup(ifname=self.name))
+
+    def _create(self, nl: NetlinkThread) -> None:
+        try:
+            nl.node().link("add", ifname=self.name, kind="wireguard")
+            self.implementation = "kernel module"
+        except NetlinkError:
+            self._start_userspace(nl)
+            self.implementation = "wireguard-go"
+        log.info("wireguard device created", device=self.name, implementation=self.implementation)
+
+    def _start_userspace(self, nl: NetlinkThread) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{SOCKET_DIR}/{self.name}.sock")  # left by a killed predecessor
+        try:
+            self.process = subprocess.Popen(
+                [self.wireguard_go, "-f", self.name],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "WG_PROCESS_FOREGROUND": "1"},
+            )
+        except OSError as exc:
+            raise WireGuardError(f"cannot start {self.wireguard_go}: {exc}") from exc
+        deadline = time.monotonic() + 5
+        while not self._exists(nl):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self._stop_userspace()
+                raise WireGuardError(f"{self.wireguard_go} did not create {self.name}")
+            time.sleep(0.01)
+
+    def _stop_userspace(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(3)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait(3)
+            self.process = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{SOCKET_DIR}/{self.name}.sock")
+
+    def _wg(self, *args: str) -> None:
+        res = subprocess.run(["wg", "set", self.name, *args], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise WireGuardError(f"wg set {self.name} {' '.join(args)}: {res.stderr.strip()}")
+
+    def ensure(self, nl: NetlinkThread) -> None:
+        """The device exists, keyed, addressed and up; a crashed wireguard-go is restarted."""
+        crashed = self.process is not None and self.process.poll() is not None
+        if crashed:
+            log.warning("wireguard-go exited; restarting it", device=self.name, code=self.process.returncode)  # type: ignore[union-attr]
+            self._stop_userspace()
+        if self._exists(nl) and not crashed:
+            return
+        self._create(nl)
+        try:
+            self._wg("private-key", str(self.keys.private_path), "listen-port", str(self.port))
+            ipr = nl.node()
+            index = ipr.link_lookup(ifname=self.name)[0]
+            ipr.link("set", index=index, mtu=self.mtu, ifalias=f"nsm:wireguard:{self.keys.public}")
+            ipr.addr("add", index=index, address=str(self.inner), prefixlen=128, flags=IFA_F_NODAD)
+            ipr.link("set", index=index, state="up")
+            for peer in self.peers.values():
+                self._configure_peer(nl, peer)
+        except Exception:
+            self.remove(nl)
+            raise
+
+    def remove(self, nl: NetlinkThread) -> None:
+        index = nl.node().link_lookup(ifname=self.name)
+        if index:
+            with contextlib.suppress(NetlinkError):
+                nl.node().link("del", index=index[0])
+        self._stop_userspace()
+        if self.implementation:
+            log.info("wireguard device removed", device=self.name)
+        self.implementation = ""
+
+    # Peers ------------------------------------------------------------------------
+    def _configure_peer(self, nl: NetlinkThread, peer: Peer) -> None:
+        host = f"[{peer.endpoint_ip}]" if ":" in peer.endpoint_ip else peer.endpoint_ip
+        inner = str(inner_address(peer.public_key))
+        self._wg(
+            "peer", peer.public_key, "endpoint", f"{host}:{peer.endpoint_port}",
+            "allowed-ips", f"{inner}/128", "persistent-keepalive", "25",
+        )  # fmt: skip
+        index = nl.node().link_lookup(ifname=self.name)[0]
+        nl.node().route("replace", dst=f"{inner}/128", oif=index, family=10)
+
+    def use_peer(self, nl: NetlinkThread, conn_id: str, public_key: str, ip: str, port: int) -> str:
+        """Make sure the peer node is configured; returns its inner address."""
+        self.ensure(nl)
+        peer = self.peers.get(public_key)
+        if peer is None or (peer.endpoint_ip, peer.endpoint_port) != (ip, port):
+            users = peer.users if peer is not None else set()
+            peer = Peer(public_key, ip, port, users)
+            self._configure_peer(nl, peer)
+            self.peers[public_key] = peer
+            log.info("wireguard peer configured", device=self.name, endpoint=f"{ip}:{port}")
+        peer.users.add(conn_id)
+        return str(inner_address(public_key))
+
+    def release(self, nl: NetlinkThread, conn_id: str, public_key: str) -> None:
+        """Forget a connection; a peer no connection needs goes, and the device with the last."""
+        peer = self.peers.get(public_key)
+        if peer is None:
+            return
+        peer.users.discard(conn_id)
+        if peer.users:
+            return
+        del self.peers[public_key]
+        if self._exists(nl):
+            with contextlib.suppress(WireGuardError):
+                self._wg("peer", public_key, "remove")
+        if not self.peers:
+            self.remove(nl)

@@ -1,0 +1,1 @@
+"""WireGuard between nodes: keys, and the device that carries the tunnels."""
