@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import time
 
 import pytest
@@ -17,9 +18,19 @@ from tests.helpers.mesh import agent_client
 POOLS = {"v4": ["10.81.0.0/24"], "v6": ["fd00:81::/64"], "dual": ["10.81.0.0/24", "fd00:81::/64"]}
 
 
+@pytest.fixture(params=["VXLAN", "WIREGUARD"])
+def mechanism(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(params=[4, 6], ids=["v4-underlay", "v6-underlay"])
-def cluster(bed: Testbed, request: pytest.FixtureRequest) -> Cluster:
-    return Cluster.build(bed, nodes=2, family=request.param)
+def cluster(bed: Testbed, request: pytest.FixtureRequest, mechanism: str) -> Cluster:
+    return Cluster.build(bed, nodes=2, family=request.param, agent_args=["--remote-mechanisms", mechanism])
+
+
+# Outer headers: VXLAN straight over the underlay; WireGuard over the underlay
+# carrying VXLAN between the nodes' IPv6 inner addresses.
+OVERHEAD = {("VXLAN", 4): 50, ("VXLAN", 6): 70, ("WIREGUARD", 4): 60 + 70, ("WIREGUARD", 6): 80 + 70}
 
 
 def node_links(cluster: Cluster) -> dict[str, list[str]]:
@@ -32,7 +43,7 @@ def peers(conn: Connection) -> list[str]:
 
 @pytest.mark.parametrize("payload", ["IP", "ETHERNET"])
 @pytest.mark.parametrize("pools", sorted(POOLS))
-def test_vxlan_across_nodes(cluster: Cluster, payload: str, pools: str) -> None:
+def test_across_nodes(cluster: Cluster, mechanism: str, payload: str, pools: str) -> None:
     bed = cluster.bed
     n1, n2 = cluster.nodes
     before = node_links(cluster)
@@ -46,10 +57,10 @@ def test_vxlan_across_nodes(cluster: Cluster, payload: str, pools: str) -> None:
     conn = client.request(kernel_request(f"/var/run/netns/{pod}", "svc", "nsm-1"))
     assert conn.payload == payload
     assert [s.name for s in conn.path.path_segments] == ["nsmctl", "node1", "node2", "ep1"]
-    assert conn.path.path_segments[1].metrics["tunnel"] == "VXLAN"
+    assert conn.path.path_segments[1].metrics["tunnel"] == mechanism
     vni = int(conn.path.path_segments[1].metrics["vni"])
     assert conn.path.path_segments[2].metrics["vni"] == str(vni)
-    overhead = 50 if cluster.family == 4 else 70
+    overhead = OVERHEAD[(mechanism, cluster.family)]
     assert cluster.mtu - overhead == conn.context.MTU
     assert run("ip", "-n", pod, "-o", "link", "show", "nsm-1").stdout.count(f"mtu {conn.context.MTU} ") == 1
     assert len(peers(conn)) == len(POOLS[pools])
@@ -67,13 +78,15 @@ def test_vxlan_across_nodes(cluster: Cluster, payload: str, pools: str) -> None:
     assert conn.context.ethernet_context.src_mac
     client.close(conn)
     assert only_lo(pod) and only_lo(ep_pod)
-    assert node_links(cluster) == before
+    assert node_links(cluster) == before  # for WireGuard: the device went with its last connection
+    assert not any(n.startswith("nsmwg") for n in os.listdir("/var/run/wireguard")) or mechanism == "VXLAN"
     assert client.connections() == {} and agent_client(n2.agent).connections() == {}
     client.close_channel()
 
 
-def test_a_hundred_connections_between_two_nodes(bed: Testbed) -> None:
-    cluster = Cluster.build(bed, nodes=2)
+@pytest.mark.parametrize("mechanism", ["VXLAN", "WIREGUARD"])
+def test_a_hundred_connections_between_two_nodes(bed: Testbed, mechanism: str) -> None:
+    cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", mechanism])
     n1, n2 = cluster.nodes
     ep_pod = cluster.pod(n2, "ep")
     bed.endpoint(ep_pod, "ep1", "svc", "10.82.0.0/16", n2.agent)
@@ -87,6 +100,9 @@ def test_a_hundred_connections_between_two_nodes(bed: Testbed) -> None:
     took = time.monotonic() - start
     vnis = {c.path.path_segments[1].metrics["vni"] for _, c in conns}
     assert len(vnis) == 100
+    assert {c.path.path_segments[1].metrics["tunnel"] for _, c in conns} == {mechanism}
+    wg_devices = [n for n in links(n1.netns) if n.startswith("nsmwg")]
+    assert len(wg_devices) == (1 if mechanism == "WIREGUARD" else 0)  # one device per node, whatever the count
     assert len(links(ep_pod)) == 101
     for pod, conn in conns[::9]:
         assert ping(pod, peers(conn)[0])
@@ -94,5 +110,6 @@ def test_a_hundred_connections_between_two_nodes(bed: Testbed) -> None:
         client.close(conn)
     assert only_lo(ep_pod) and all(only_lo(p) for p in pods)
     assert client.connections() == {}
-    print(f"100 cross-node connections set up in {took:.1f}s")
+    assert not [n for n in links(n1.netns) if n.startswith("nsmwg")]
+    print(f"100 cross-node {mechanism} connections set up in {took:.1f}s")
     client.close_channel()
