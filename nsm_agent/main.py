@@ -54,7 +54,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     if underlay is not None:
         keys = load_or_create(settings.state_dir)
         wg_mtu = underlay.mtu - WIREGUARD_OVERHEAD[underlay.family]
-        wireguard = WireGuardDevice(keys, settings.wireguard_port, wg_mtu)
+        wireguard = WireGuardDevice(keys, settings.wireguard_port, wg_mtu, settings.wireguard_go)
     kinds = TunnelKinds(netlink, underlay, vnis, wireguard)
     own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
     remote = tuple(m for m in settings.remote_mechanisms if m in kinds.supported())

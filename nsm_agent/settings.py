@@ -24,6 +24,7 @@ class AgentSettings(BaseModel):
     remote_mechanisms: list[str] = Field(default_factory=lambda: list(REMOTE_MECHANISMS))
     vxlan_port: int = Field(default=4789, ge=1, le=65535)
     wireguard_port: int = Field(default=51820, ge=1, le=65535)
+    wireguard_go: str = "wireguard-go"
     request_timeout: float = Field(default=5.0, gt=0)
     default_lifetime: float = Field(default=600.0, gt=0)
     max_lifetime: float = Field(default=600.0, gt=0)
@@ -82,6 +83,11 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
         help="UDP port of this node's WireGuard device (env NSM_WIREGUARD_PORT)",
     )
     p.add_argument(
+        "--wireguard-go",
+        default=_env("NSM_WIREGUARD_GO", "wireguard-go"),
+        help="userspace WireGuard, used where the kernel has no module (env NSM_WIREGUARD_GO)",
+    )
+    p.add_argument(
         "--vxlan-port",
         type=int,
         default=int(_env("NSM_VXLAN_PORT", "4789")),
@@ -118,6 +124,7 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
             remote_mechanisms=split_list(args.remote_mechanisms),
             vxlan_port=args.vxlan_port,
             wireguard_port=args.wireguard_port,
+            wireguard_go=args.wireguard_go,
             request_timeout=args.request_timeout,
             default_lifetime=args.default_lifetime,
             max_lifetime=args.max_lifetime,
