@@ -55,9 +55,9 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         keys = load_or_create(settings.state_dir)
         wg_mtu = underlay.mtu - WIREGUARD_OVERHEAD[underlay.family]
         wireguard = WireGuardDevice(keys, settings.wireguard_port, wg_mtu, settings.wireguard_go)
-    kinds = TunnelKinds(netlink, underlay, vnis, wireguard)
+    kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms)
     own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
-    remote = tuple(m for m in settings.remote_mechanisms if m in kinds.supported())
+    remote = kinds.supported()
     begin = Begin()
     connect = ConnectEndpoint(settings.request_timeout)
     chain = Chain(

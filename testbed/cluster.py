@@ -63,6 +63,7 @@ class Cluster:
         self.registry_tcp = f"tcp://{host}:5002"
 
     def add_node(self, i: int, agent_args: list[str] | None = None) -> Node:
+        """Node `i` (1-based: its underlay address ends in i) with its agent."""
         ns = self.bed.netns(f"node{i}")
         port = f"{self.bed.prefix}-n{i}"[-15:]
         run("ip", "link", "add", port, "netns", self.underlay_ns, "mtu", str(self.mtu), "type", "veth",

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -57,6 +58,14 @@ def _labels(items: list[str] | None) -> dict[str, str]:
         raise CliError(f"--label: {exc}") from exc
 
 
+def _tunnel(conn: Connection) -> str:
+    """How the connection crosses: the first hop's tunnel, or a veth on one node."""
+    for seg in conn.path.path_segments:
+        if "tunnel" in seg.metrics:
+            return f"{seg.metrics['tunnel']} vni {seg.metrics.get('vni', '?')}"
+    return "veth"
+
+
 def _conn_summary(conn: Connection) -> dict[str, object]:
     ip = conn.context.ip_context
     return {
@@ -68,6 +77,8 @@ def _conn_summary(conn: Connection) -> dict[str, object]:
         "client_ips": list(ip.src_ip_addrs),
         "endpoint_ips": list(ip.dst_ip_addrs),
         "state": "UP" if conn.state == 0 else "DOWN",
+        "wire": _tunnel(conn),
+        "mtu": conn.context.MTU,
     }
 
 
@@ -131,7 +142,11 @@ def cmd_get(args: argparse.Namespace) -> int:
                 print(json.dumps([MessageToDict(c) for c in conns], indent=2))
             else:
                 rows = [_conn_summary(c) for c in conns]
-                print(_table(rows, ["id", "service", "endpoint", "interface", "client_ips", "endpoint_ips", "state"]))
+                print(
+                    _table(
+                        rows, ["id", "service", "endpoint", "interface", "client_ips", "endpoint_ips", "wire", "state"]
+                    )
+                )
         elif args.kind == "services":
             stub = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
             services = [r.network_service for r in stub.Find(NetworkServiceQuery(), timeout=args.timeout)]
@@ -155,7 +170,7 @@ def cmd_get(args: argparse.Namespace) -> int:
                         "name": e.name,
                         "services": list(e.network_service_names),
                         "url": e.url,
-                        "expires": int(ts_seconds(e.expiration_time)),
+                        "expires": f"in {max(0, int(ts_seconds(e.expiration_time) - time.time()))}s",
                     }
                     for e in eps
                 ]

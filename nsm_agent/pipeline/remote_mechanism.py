@@ -51,15 +51,23 @@ class TunnelKinds:
     """What this node can offer and accept, and the state both sides share."""
 
     def __init__(
-        self, netlink: NetlinkThread, underlay: Underlay | None, vnis: VniBook, wireguard: WireGuardDevice | None
+        self,
+        netlink: NetlinkThread,
+        underlay: Underlay | None,
+        vnis: VniBook,
+        wireguard: WireGuardDevice | None,
+        enabled: list[str],
     ) -> None:
         self.netlink = netlink
         self.underlay = underlay
         self.vnis = vnis
         self.wireguard = wireguard
+        self.enabled = enabled
 
     def supported(self) -> tuple[str, ...]:
-        return (VXLAN, WIREGUARD) if self.wireguard is not None else (VXLAN,)
+        """The kinds this agent offers and accepts, in its preferred order."""
+        able = (VXLAN, WIREGUARD) if self.wireguard is not None else (VXLAN,)
+        return tuple(k for k in self.enabled if k in able)
 
     def mtu(self, kind: str) -> int:
         assert self.underlay is not None
