@@ -113,3 +113,44 @@ def test_a_hundred_connections_between_two_nodes(bed: Testbed, mechanism: str) -
     assert not [n for n in links(n1.netns) if n.startswith("nsmwg")]
     print(f"100 cross-node {mechanism} connections set up in {took:.1f}s")
     client.close_channel()
+
+
+@pytest.mark.parametrize("mechanism", ["VXLAN", "WIREGUARD"])
+def test_refresh_across_nodes_keeps_vni_and_interface(bed: Testbed, mechanism: str) -> None:
+    cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", mechanism])
+    n1, n2 = cluster.nodes
+    ep_pod = cluster.pod(n2, "ep")
+    bed.endpoint(ep_pod, "ep1", "svc", "10.86.0.0/24", n2.agent)
+    pod = cluster.pod(n1, "c1")
+    client = agent_client(n1.agent)
+    req = kernel_request(f"/var/run/netns/{pod}", "svc", "nsm-1")
+    first = client.request(req)
+    index = run("ip", "-n", pod, "-o", "link", "show", "nsm-1").stdout.split(":")[0]
+    ep_links = links(ep_pod)
+    req.connection.CopyFrom(first)
+    again = client.request(req)
+    assert again.path.path_segments[1].metrics["vni"] == first.path.path_segments[1].metrics["vni"]
+    assert run("ip", "-n", pod, "-o", "link", "show", "nsm-1").stdout.split(":")[0] == index
+    assert links(ep_pod) == ep_links
+    assert ping(pod, peers(again)[0])
+    client.close(again)
+    assert only_lo(pod) and only_lo(ep_pod)
+
+
+def test_overlapping_ranges_both_ways_over_one_wireguard_pair(bed: Testbed) -> None:
+    """Endpoints on both nodes hand out the same range; clients on each node reach the other node's."""
+    cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", "WIREGUARD"])
+    n1, n2 = cluster.nodes
+    bed.endpoint(cluster.pod(n1, "ep"), "ep-a", "svc-a", "10.90.0.0/24", n1.agent)
+    bed.endpoint(cluster.pod(n2, "ep"), "ep-b", "svc-b", "10.90.0.0/24", n2.agent)
+    c1, c2 = cluster.pod(n1, "c"), cluster.pod(n2, "c")
+    conn1 = agent_client(n1.agent).request(kernel_request(f"/var/run/netns/{c1}", "svc-b", "nsm-1"))
+    conn2 = agent_client(n2.agent).request(kernel_request(f"/var/run/netns/{c2}", "svc-a", "nsm-1"))
+    assert conn1.context.ip_context.src_ip_addrs == conn2.context.ip_context.src_ip_addrs  # the same addresses
+    assert ping(c1, peers(conn1)[0]) and ping(c2, peers(conn2)[0])
+    for node in (n1, n2):
+        assert len([n for n in links(node.netns) if n.startswith("nsmwg")]) == 1
+    agent_client(n1.agent).close(conn1)
+    agent_client(n2.agent).close(conn2)
+    assert only_lo(c1) and only_lo(c2)
+    assert sorted(links(n1.netns)) == ["eth0", "lo"] and sorted(links(n2.netns)) == ["eth0", "lo"]
