@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 
 import structlog
 
@@ -33,6 +31,7 @@ from nsm_agent.tunnels import VniBook, find_underlay
 from nsm_agent.wireguard.keys import load_or_create
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
+from nsm_common.daemon import run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 
 log = structlog.get_logger("nsm.agent")
@@ -117,15 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     logs.configure(settings.log_level)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    run_until_signal(lambda stop: serve(settings, stop))
 
 
 if __name__ == "__main__":

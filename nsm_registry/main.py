@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 
 import structlog
 
 from nsm_api import registry_pb2_grpc
 from nsm_common import logs
+from nsm_common.daemon import run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 from nsm_registry.memory_store import MemoryStore
 from nsm_registry.server import EndpointRegistry, ServiceRegistry, run_expiry
@@ -43,15 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     logs.configure(settings.log_level)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    run_until_signal(lambda stop: serve(settings, stop))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +20,7 @@ from nsm_api import registry_pb2_grpc
 from nsm_api.connection_pb2 import Connection
 from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
 from nsm_common import logs
+from nsm_common.daemon import run_until_signal
 from nsm_common.grpcutil import sync_channel
 from nsm_common.timeutil import ts_seconds
 from nsm_common.urls import Address, UrlError, parse_address
@@ -215,15 +213,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
         lifetime=args.lifetime,
     )
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await EndpointRuntime(config).serve(stop)
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    run_until_signal(EndpointRuntime(config).serve)
     return 0
 
 

@@ -118,16 +118,28 @@ class TunnelKinds:
             await self.netlink.run(lambda nl: wg.release(nl, conn_id, agreed.peer_key))
 
 
-def _no_underlay() -> NsmError:
-    return NsmError(grpc.StatusCode.UNAVAILABLE, "this agent has no tunnel address (--tunnel-ip)")
-
-
-class RemoteMechanismServer(Step):
-    """On the endpoint's node: answer another agent's offer."""
+class _TunnelStep(Step):
+    """Keeps what was agreed per connection, and gives it back on Close."""
 
     def __init__(self, kinds: TunnelKinds) -> None:
         self.kinds = kinds
         self._agreed: dict[str, _Agreed] = {}
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        agreed = self._agreed.pop(conn.id, None)
+        try:
+            await nxt.close(conn, call)
+        finally:
+            if agreed is not None:
+                await self.kinds.release(conn.id, agreed)
+
+
+def _no_underlay() -> NsmError:
+    return NsmError(grpc.StatusCode.UNAVAILABLE, "this agent has no tunnel address (--tunnel-ip)")
+
+
+class RemoteMechanismServer(_TunnelStep):
+    """On the endpoint's node: answer another agent's offer."""
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         offer = call.remote_offer
@@ -174,22 +186,13 @@ class RemoteMechanismServer(Step):
             raise
         return _Agreed(mech, tunnel, offer.parameters.get("src_public_key", "") if offer.type == WIREGUARD else "")
 
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
-        agreed = self._agreed.pop(conn.id, None)
-        try:
-            await nxt.close(conn, call)
-        finally:
-            if agreed is not None:
-                await self.kinds.release(conn.id, agreed)
 
-
-class RemoteMechanismClient(Step):
+class RemoteMechanismClient(_TunnelStep):
     """On the client's node: offer tunnels to the endpoint's agent, and check its answer."""
 
     def __init__(self, kinds: TunnelKinds, offer: list[str]) -> None:
-        self.kinds = kinds
+        super().__init__(kinds)
         self.offer = [k for k in offer if k in kinds.supported()]
-        self._agreed: dict[str, _Agreed] = {}
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         if not call.endpoint_remote:
@@ -252,11 +255,3 @@ class RemoteMechanismClient(Step):
         self._agreed[conn_id] = _Agreed(stored, tunnel, peer_key)
         call.tunnel = tunnel
         return reply
-
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
-        agreed = self._agreed.pop(conn.id, None)
-        try:
-            await nxt.close(conn, call)
-        finally:
-            if agreed is not None:
-                await self.kinds.release(conn.id, agreed)
