@@ -17,6 +17,7 @@ from nsm_agent.pipeline.chain import Chain
 from nsm_agent.pipeline.client_netns import ClientNetns
 from nsm_agent.pipeline.connect import ConnectEndpoint
 from nsm_agent.pipeline.discover import Discover
+from nsm_agent.pipeline.journal import Journal, JournalStore
 from nsm_agent.pipeline.kernel_wire import KernelWire
 from nsm_agent.pipeline.remote_mechanism import RemoteMechanismClient, RemoteMechanismServer, TunnelKinds
 from nsm_agent.pipeline.select import Locator, Select
@@ -25,6 +26,7 @@ from nsm_agent.pipeline.update_path import UpdatePath
 from nsm_agent.pipeline.validate import ValidateRequest
 from nsm_agent.registry_client import RegistryClient
 from nsm_agent.registry_proxy import EndpointRegistryProxy, ServiceRegistryProxy
+from nsm_agent.restore import restore
 from nsm_agent.service import NetworkServiceServer
 from nsm_agent.settings import AgentSettings, parse_settings
 from nsm_agent.tunnels import VniBook, find_underlay
@@ -58,14 +60,16 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
     remote = kinds.supported()
     begin = Begin()
+    journal = JournalStore(settings.state_dir)
     connect = ConnectEndpoint(settings.request_timeout)
     chain = Chain(
         [
             ValidateRequest(kinds.supported()),
             UpdatePath(settings.name, settings.default_lifetime, settings.max_lifetime),
             begin,
+            Journal(journal),
             Monitor(events),
-            ClientNetns(resolver, netlink),
+            ClientNetns(settings.name, resolver, netlink),
             RemoteMechanismServer(kinds),
             Discover(registry),
             Select(Locator(own_urls, local)),
@@ -95,17 +99,19 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         underlay_mtu=underlay.mtu if underlay else 0,
         remote_mechanisms=list(remote),
     )
+    kept, undone = await restore(journal, chain, settings.name, resolver, netlink, settings.request_timeout)
+    if kept or undone:
+        log.info("carried on after restart", connections=kept, interrupted_requests_undone=undone)
+    if wireguard is not None:
+        await netlink.run(wireguard.reconcile)
     try:
         await stop.wait()
     finally:
         await server.stop(grace=1.0)
         await service.drain()
-        # A graceful stop removes what this agent built; a crash leaves the
-        # connections for the agent's next start and the expiry of each hop.
-        await begin.close_all()
+        # Connections outlive the agent: the kernel carries their traffic, and
+        # the next start carries on from the journal. Stopping serves no one.
         await connect.aclose()
-        if wireguard is not None:
-            await netlink.run(wireguard.remove)
         await registry.close()
         netlink.close()
         remove_unix_sockets(settings.listen)

@@ -197,6 +197,11 @@ class Testbed:
             proc.stop()
         self.procs.clear()
         for ns in reversed(self.namespaces):
+            # Whatever still runs inside (wireguard-go outlives its agent on purpose)
+            # would keep the namespace alive after its name is gone.
+            for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
             run("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -80,3 +80,15 @@ def update_side(ipr: IPRoute, index: int, old: SidePlan, new: SidePlan) -> None:
         with contextlib.suppress(NetlinkError):
             ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
     configure(ipr, index, new)
+
+
+def find_by_alias(ipr: IPRoute, alias: str) -> list[int]:
+    return [int(link["index"]) for link in ipr.get_links() if link.get("ifalias") == alias]
+
+
+def delete_by_alias(ipr: IPRoute, alias: str) -> int:
+    """Delete every link carrying `alias`; returns how many went."""
+    found = find_by_alias(ipr, alias)
+    for index in found:
+        delete_link(ipr, index)
+    return len(found)

@@ -12,7 +12,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from nsm_agent.datapath.links import EEXIST, WireError, configure, delete_link, ours, update_side
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.decisions.wireplan import WirePlan
+from nsm_agent.decisions.wireplan import SidePlan, WirePlan
 from nsm_agent.netns.resolve import NetnsRef
 
 
@@ -30,8 +30,10 @@ class VethWire:
     ep_mac: str = ""
 
 
-def ifname_in_use(nl: NetlinkThread, ns: NetnsRef, name: str) -> bool:
-    return bool(nl.socket(ns).link_lookup(ifname=name))
+def ifname_in_use(nl: NetlinkThread, ns: NetnsRef, name: str, unless_alias: str = "") -> bool:
+    """Someone else's interface has this name (one marked `unless_alias` is ours from before a restart)."""
+    ipr = nl.socket(ns)
+    return any(not (unless_alias and ours(ipr, i, unless_alias)) for i in ipr.link_lookup(ifname=name))
 
 
 def build(
@@ -122,3 +124,27 @@ def alive(nl: NetlinkThread, wire: VethWire) -> bool:
         )
     except OSError:
         return False
+
+
+def adopt(
+    nl: NetlinkThread,
+    alias: str,
+    client_ns: NetnsRef,
+    client_ifname: str,
+    ep_ns: NetnsRef,
+    ep_ifname: str,
+    plan: WirePlan,
+) -> VethWire | None:
+    """A pair this agent built before a restart, if both ends are still there (then brought to `plan`)."""
+    ipr_c, ipr_e = nl.socket(client_ns), nl.socket(ep_ns)
+    c = [i for i in ipr_c.link_lookup(ifname=client_ifname) if ours(ipr_c, i, alias)]
+    e = [i for i in ipr_e.link_lookup(ifname=ep_ifname) if ours(ipr_e, i, alias)]
+    if not (c and e):
+        return None
+    c_mac = str(ipr_c.get_links(c[0])[0].get("address"))
+    e_mac = str(ipr_e.get_links(e[0])[0].get("address"))
+    empty = WirePlan(client=SidePlan((), ()), endpoint=SidePlan((), ()), mtu=0)
+    wire = VethWire(alias, client_ns, client_ifname, c[0], ep_ns, ep_ifname, e[0], empty, c_mac, e_mac)
+    nl.hold(client_ns)
+    nl.hold(ep_ns)
+    return update(nl, wire, plan)

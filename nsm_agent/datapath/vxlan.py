@@ -123,3 +123,25 @@ def update(nl: NetlinkThread, wire: VxlanWire, side: SidePlan, mtu: int) -> Vxla
     if side != wire.side:
         update_side(pod, wire.index, wire.side, side)
     return replace(wire, side=side, mtu=mtu)
+
+
+def adopt(
+    nl: NetlinkThread, alias: str, ns: NetnsRef, ifname: str, vni: int, side: SidePlan, mtu: int
+) -> VxlanWire | None:
+    """A device this agent built before a restart, if it is there with the agreed VNI."""
+    pod = nl.socket(ns)
+    for index in pod.link_lookup(ifname=ifname):
+        if not ours(pod, index, alias):
+            continue
+        link = pod.get_links(index)[0]
+        info = link.get("IFLA_LINKINFO")
+        data = info.get("IFLA_INFO_DATA") if info is not None else None
+        if data is None or data.get("IFLA_VXLAN_ID") != vni:
+            delete_link(pod, index)  # a stale tunnel: the agreement changed
+            return None
+        nl.hold(ns)
+        wire = VxlanWire(
+            alias, ns, ifname, index, vni, SidePlan((), ()), int(link.get("mtu")), str(link.get("address"))
+        )
+        return update(nl, wire, side, mtu)
+    return None

@@ -77,6 +77,9 @@ class WireGuardDevice:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
                 env={**os.environ, "WG_PROCESS_FOREGROUND": "1"},
+                # Its own session: it outlives a restart of the agent, and so
+                # does the traffic it carries.
+                start_new_session=True,
             )
         except OSError as exc:
             raise WireGuardError(f"cannot start {self.wireguard_go}: {exc}") from exc
@@ -136,6 +139,11 @@ class WireGuardDevice:
         if self.implementation:
             log.info("wireguard device removed", device=self.name)
         self.implementation = ""
+
+    def reconcile(self, nl: NetlinkThread) -> None:
+        """After a restart: a device no connection needs goes (an earlier run may have left it)."""
+        if not self.peers and self._exists(nl):
+            self.remove(nl)
 
     # Peers ------------------------------------------------------------------------
     def _configure_peer(self, nl: NetlinkThread, peer: Peer) -> None:

@@ -28,3 +28,8 @@ def ifname_problem(name: str) -> str | None:
 def chosen_ifname(connection_id: str, prefix: str = "nsm-") -> str:
     """A stable interface name for a connection, unique in practice (<= 15 bytes)."""
     return (prefix + hashlib.sha1(connection_id.encode()).hexdigest())[:IFNAMSIZ]
+
+
+def wire_alias(agent: str, connection_id: str) -> str:
+    """The interface alias that marks what an agent built for a connection (found again after a restart)."""
+    return f"nsm:{agent}:{connection_id}"

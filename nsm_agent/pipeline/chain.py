@@ -7,7 +7,7 @@ Steps keep their own per-connection state, keyed by this hop's connection id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nsm_agent.netns.resolve import NetnsRef
@@ -37,6 +37,8 @@ class Call:
     # and the tunnel this agent agreed to.
     remote_offer: Mechanism | None = None
     tunnel: Tunnel | None = None
+    # Steps that reach outside the agent note where first (see journal.py).
+    note: Callable[[str, str], None] = field(default=lambda key, value: None)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from nsm_agent.datapath import veth
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.decisions.names import chosen_ifname
+from nsm_agent.decisions.names import chosen_ifname, wire_alias
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import parse_netns
 from nsm_agent.pipeline.chain import Call, Next, Step
@@ -26,7 +26,8 @@ class _Side:
 
 
 class ClientNetns(Step):
-    def __init__(self, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
+    def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
+        self.agent_name = agent_name
         self.resolver = resolver
         self.netlink = netlink
         self._sides: dict[str, _Side] = {}
@@ -43,7 +44,8 @@ class ClientNetns(Step):
         previous = self._sides.get(conn.id)
         ours = previous is not None and previous.ns.key == ns.key and previous.ifname == ifname
         try:
-            if not ours and await self.netlink.run(lambda nl: veth.ifname_in_use(nl, ns, ifname)):
+            alias = wire_alias(self.agent_name, conn.id)
+            if not ours and await self.netlink.run(lambda nl: veth.ifname_in_use(nl, ns, ifname, alias)):
                 where = mech.parameters.get("inodeURL") or ns.path
                 raise invalid(f"interface name {ifname!r} is already used in network namespace {where}")
             call.client_ns = ns

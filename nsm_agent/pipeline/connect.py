@@ -54,6 +54,7 @@ class ConnectEndpoint(Step):
             down.mechanism.CopyFrom(known.mechanism)
         prefs = call.downstream_prefs or [Mechanism(cls="LOCAL", type="KERNEL")]
         message = NetworkServiceRequest(connection=down, mechanism_preferences=prefs)
+        call.note("downstream", url)
         try:
             try:
                 reply: Connection = await stub.Request(message, timeout=self.timeout)

@@ -13,7 +13,7 @@ import structlog
 from nsm_agent.datapath import veth
 from nsm_agent.datapath.links import WireError
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.decisions.names import chosen_ifname, ifname_problem
+from nsm_agent.decisions.names import chosen_ifname, ifname_problem, wire_alias
 from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import parse_netns
@@ -81,7 +81,9 @@ class KernelWire(Step):
         ep_ns, ep_ifname = endpoint_netns(self.resolver, reply, conn_id, endpoint)
         client_ns, client_ifname = call.client_ns, call.client_ifname
         old = self.wires.get(conn_id)
-        alias = f"nsm:{self.agent_name}:{conn_id}"
+        alias = wire_alias(self.agent_name, conn_id)
+        call.note("netns", client_ns.path)
+        call.note("netns", ep_ns.path)
 
         def apply(nl: NetlinkThread) -> veth.VethWire:
             if (
@@ -94,6 +96,10 @@ class KernelWire(Step):
                 return veth.update(nl, old, plan)
             if old is not None:
                 veth.remove(nl, old)
+            else:
+                adopted = veth.adopt(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
+                if adopted is not None:
+                    return adopted  # built before this agent restarted
             return veth.build(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
 
         try:

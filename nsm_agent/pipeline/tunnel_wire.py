@@ -13,6 +13,7 @@ import structlog
 from nsm_agent.datapath import vxlan
 from nsm_agent.datapath.links import WireError
 from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.decisions.names import wire_alias
 from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
 from nsm_agent.netns.resolve import NetnsResolver
 from nsm_agent.pipeline.chain import Call, Next, Step
@@ -61,13 +62,18 @@ class TunnelWire(Step):
             ns, ifname = endpoint_netns(self.resolver, reply, conn_id, endpoint)
             side = plan.endpoint
         old = self.wires.get(conn_id)
-        alias = f"nsm:{self.agent_name}:{conn_id}"
+        alias = wire_alias(self.agent_name, conn_id)
+        call.note("netns", ns.path)
 
         def apply(nl: NetlinkThread) -> vxlan.VxlanWire:
             if old is not None and old.ns.key == ns.key and old.vni == tunnel.vni and vxlan.alive(nl, old):
                 return vxlan.update(nl, old, side, mtu)
             if old is not None:
                 vxlan.remove(nl, old)
+            else:
+                adopted = vxlan.adopt(nl, alias, ns, ifname, tunnel.vni, side, mtu)
+                if adopted is not None:
+                    return adopted  # built before this agent restarted
             return vxlan.build(
                 nl, alias, ns, ifname, tunnel.vni, tunnel.local_ip, tunnel.remote_ip, tunnel.port, side, mtu
             )
