@@ -9,6 +9,7 @@ import structlog
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.datapath.wireguard import WireGuardDevice
 from nsm_agent.decisions.tunnel import WIREGUARD_OVERHEAD
+from nsm_agent.endpoint_watch import EndpointWatch
 from nsm_agent.local_endpoints import LocalEndpoints
 from nsm_agent.monitor import ConnectionEvents, Monitor, MonitorService
 from nsm_agent.netns.resolve import NetnsResolver
@@ -61,7 +62,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     remote = kinds.supported()
     begin = Begin()
     journal = JournalStore(settings.state_dir)
-    connect = ConnectEndpoint(settings.request_timeout)
+    watch = EndpointWatch(events.mark_down)
+    connect = ConnectEndpoint(settings.request_timeout, watch)
     chain = Chain(
         [
             ValidateRequest(kinds.supported()),
@@ -111,6 +113,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         await service.drain()
         # Connections outlive the agent: the kernel carries their traffic, and
         # the next start carries on from the journal. Stopping serves no one.
+        await watch.aclose()
         await connect.aclose()
         await registry.close()
         netlink.close()

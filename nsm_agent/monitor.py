@@ -10,6 +10,7 @@ from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_api import connection_pb2_grpc
 from nsm_api.connection_pb2 import (
     DELETE,
+    DOWN,
     INITIAL_STATE_TRANSFER,
     UPDATE,
     Connection,
@@ -45,6 +46,14 @@ class ConnectionEvents:
         stored.CopyFrom(conn)
         self.current[conn.id] = stored
         self._publish(UPDATE, stored)
+
+    def mark_down(self, conn_ids: list[str]) -> None:
+        """Tell watchers these connections are DOWN (their endpoint is gone)."""
+        for cid in conn_ids:
+            conn = self.current.get(cid)
+            if conn is not None and conn.state != DOWN:
+                conn.state = DOWN
+                self._publish(UPDATE, conn)
 
     def delete(self, conn: Connection) -> None:
         old = self.current.pop(conn.id, None)

@@ -18,6 +18,7 @@ from nsm_agent.client.runtime import AgentClient, kernel_request
 from nsm_agent.settings import DEFAULT_SOCKET
 from nsm_api import registry_pb2_grpc
 from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
 from nsm_common import logs
 from nsm_common.daemon import run_until_signal
@@ -96,11 +97,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
         inp = ConnectInput(netns=args.netns, service=args.service, ifname=args.ifname or "", labels=_labels(args.label))
     except ValidationError as exc:
         raise CliError(_validation_message(exc)) from exc
+    request = kernel_request(inp.netns, inp.service, inp.ifname, inp.labels, client_name=args.client_name)
+    if args.watch:
+        return _connect_and_keep(args, request, inp.netns)
     client = AgentClient(_agent(args), timeout=args.timeout)
     try:
-        conn = client.request(
-            kernel_request(inp.netns, inp.service, inp.ifname, inp.labels, client_name=args.client_name)
-        )
+        conn = client.request(request)
     finally:
         client.close_channel()
     if args.output == "json":
@@ -111,6 +113,22 @@ def cmd_connect(args: argparse.Namespace) -> int:
             f"connected {conn.id}: {conn.mechanism.parameters.get('name', '')} {','.join(ip.src_ip_addrs)} "
             f"-> {conn.network_service_endpoint_name} {','.join(ip.dst_ip_addrs)}"
         )
+    return 0
+
+
+def _connect_and_keep(args: argparse.Namespace, request: NetworkServiceRequest, netns: str) -> int:
+    """Connect, then refresh and heal until SIGINT/SIGTERM, then close."""
+    from nsm_agent.client.keeper import Keeper
+
+    def event(what: str, conn: Connection | None) -> None:
+        line: dict[str, object] = {"event": what, "at": round(time.time(), 3)}
+        if conn is not None:
+            line.update(_conn_summary(conn))
+        print(json.dumps(line), flush=True)
+
+    keeper = Keeper(_agent(args), request, netns, probe_interval=args.probe_interval, on_event=event,
+                    timeout=args.timeout)  # fmt: skip
+    run_until_signal(keeper.run)
     return 0
 
 
@@ -231,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ifname", help="interface name in the pod (default: chosen)")
     c.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
     c.add_argument("--client-name", default="nsmctl")
+    c.add_argument("--watch", action="store_true", help="stay: refresh, heal, and close on SIGINT/SIGTERM")
+    c.add_argument("--probe-interval", type=float, default=0.2, help="seconds between data-plane probes (--watch)")
     c.set_defaults(func=cmd_connect)
 
     x = sub.add_parser("close", parents=[common], help="close a connection by id")

@@ -73,7 +73,8 @@ class Begin(Step):
             if rec is not None and conn.state == RESELECT_REQUESTED:
                 log.info("reselect requested", id=own, old_endpoint=rec.conn.network_service_endpoint_name)
                 self._forget(own)
-                await rec.nxt.close(_copy(rec.conn), Call())
+                call.avoid.add(rec.conn.network_service_endpoint_name)
+                await rec.nxt.close(_copy(rec.conn), Call(reselecting=True))
                 rec = None
             if conn.state == RESELECT_REQUESTED:
                 conn.network_service_endpoint_name = ""

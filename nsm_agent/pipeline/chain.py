@@ -21,6 +21,10 @@ class Call:
     """What steps learn about one Request or Close and hand to later steps."""
 
     refresh: bool = False
+    # Closing the old path of a reselect: a dead peer must not hold up the new one.
+    reselecting: bool = False
+    # Endpoints to try last (the one a reselect moves away from).
+    avoid: set[str] = field(default_factory=set)
     client_mechanism: Mechanism | None = None
     client_ns: NetnsRef | None = None
     client_ifname: str = ""

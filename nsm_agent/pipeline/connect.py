@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import grpc
 import structlog
 
+from nsm_agent.endpoint_watch import EndpointWatch
 from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
@@ -25,10 +27,12 @@ class _Downstream:
 
 
 class ConnectEndpoint(Step):
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, watch: EndpointWatch | None = None) -> None:
         self.timeout = timeout
+        self.watch = watch
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._downstream: dict[str, _Downstream] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     def _stub(self, url: str) -> networkservice_pb2_grpc.NetworkServiceAsyncStub:
         channel = self._channels.get(url)
@@ -67,21 +71,34 @@ class ConnectEndpoint(Step):
                 reply = await self._stub(url).Request(message, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc, f"endpoint {name!r} at {url}") from exc
+        if known is not None and known.url != url and self.watch is not None:
+            self.watch.forget(known.url, conn.id)
         self._downstream[conn.id] = _Downstream(url, reply.mechanism)
+        if self.watch is not None:
+            self.watch.watch(url, conn.id, self._channels[url])
         return reply
 
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         known = self._downstream.pop(conn.id, None)
+        if known is not None and self.watch is not None:
+            self.watch.forget(known.url, conn.id)
         if known is not None:
             down = Connection()
             down.CopyFrom(conn)
             down.mechanism.CopyFrom(known.mechanism)
-            try:
-                await self._stub(known.url).Close(down, timeout=self.timeout)
-            except grpc.aio.AioRpcError as exc:
-                # The endpoint may be gone; its own expiry frees what it held.
-                log.warning("endpoint close failed", id=conn.id, url=known.url, error=exc.details())
+            closing = asyncio.ensure_future(self._close_downstream(known.url, down))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+            if not call.reselecting:
+                await asyncio.shield(closing)
         await nxt.close(conn, call)
+
+    async def _close_downstream(self, url: str, down: Connection) -> None:
+        try:
+            await self._stub(url).Close(down, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            # The endpoint may be gone; its own expiry frees what it held.
+            log.warning("endpoint close failed", id=down.id, url=url, error=exc.details())
 
     async def _forget(self, url: str) -> None:
         channel = self._channels.pop(url, None)

@@ -62,7 +62,9 @@ class Select(Step):
                 self.locator.locate(call.endpoint, call)
             return await nxt.request(request, call)
         failures: list[tuple[str, NsmError]] = []
-        for endpoint in self.round_robin.order(conn.network_service, call.candidates):
+        ordered = self.round_robin.order(conn.network_service, call.candidates)
+        ordered.sort(key=lambda ep: ep.name in call.avoid)  # stable: round robin order otherwise
+        for endpoint in ordered:
             conn.network_service_endpoint_name = endpoint.name
             call.endpoint = endpoint
             try:
