@@ -32,13 +32,14 @@ class RegistryClient:
     async def close(self) -> None:
         await self.channel.close(None)
 
-    async def _retry(self, what: str, fn):  # type: ignore[no-untyped-def]
+    async def _retry(self, what: str, fn, attempts: int | None = None):  # type: ignore[no-untyped-def]
         delay = 0.1
-        for attempt in range(1, self.attempts + 1):
+        attempts = attempts or self.attempts
+        for attempt in range(1, attempts + 1):
             try:
                 return await fn()
             except grpc.aio.AioRpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == self.attempts:
+                if exc.code() not in RETRYABLE or attempt == attempts:
                     raise NsmError(
                         exc.code(), f"registry at {self.address} {what}: {exc.details()} (after {attempt} attempts)"
                     ) from exc
@@ -56,7 +57,9 @@ class RegistryClient:
 
         return await self._retry("could not find services", call)  # type: ignore[no-any-return]
 
-    async def find_endpoints(self, query: NetworkServiceEndpoint) -> list[NetworkServiceEndpoint]:
+    async def find_endpoints(
+        self, query: NetworkServiceEndpoint, attempts: int | None = None
+    ) -> list[NetworkServiceEndpoint]:
         async def call() -> list[NetworkServiceEndpoint]:
             out = []
             async for resp in self.endpoints.Find(
@@ -66,4 +69,4 @@ class RegistryClient:
                     out.append(resp.network_service_endpoint)
             return out
 
-        return await self._retry("could not find endpoints", call)  # type: ignore[no-any-return]
+        return await self._retry("could not find endpoints", call, attempts)  # type: ignore[no-any-return]

@@ -21,6 +21,11 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # Without a pool of its own, a new channel inherits the reconnect backoff of
     # an old one to the same address (a restarted endpoint would stay "down").
     ("grpc.use_local_subchannel_pool", 1),
+    # A peer that restarts (registry, agent, endpoint) is found again within a
+    # couple of seconds, not after gRPC's default backoff of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 10_000),

@@ -8,7 +8,7 @@ from nsm_agent.registry_client import RegistryClient
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint
-from nsm_common.errors import not_found
+from nsm_common.errors import NsmError, not_found
 
 
 class Discover(Step):
@@ -18,6 +18,17 @@ class Discover(Step):
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         name = conn.network_service
+        if call.refresh and conn.network_service_endpoint_name:
+            # A refresh needs no registry: the wire and the endpoint are known.
+            # While the registry is away (or refilling after a restart) it goes on.
+            try:
+                found = await self.registry.find_endpoints(
+                    NetworkServiceEndpoint(name=conn.network_service_endpoint_name), attempts=1
+                )
+                call.endpoint = found[0] if found else None
+            except NsmError:
+                call.endpoint = None
+            return await nxt.request(request, call)
         service = await self.registry.find_service(name)
         if service is None:
             raise not_found(f"network service {name!r} not found in the registry")
@@ -25,13 +36,11 @@ class Discover(Step):
         conn.payload = service.payload or "IP"
         if conn.network_service_endpoint_name:
             found = await self.registry.find_endpoints(NetworkServiceEndpoint(name=conn.network_service_endpoint_name))
-            if found:
-                call.endpoint = found[0]
-            elif not call.refresh:
+            if not found:
                 raise not_found(
                     f"network service endpoint {conn.network_service_endpoint_name!r} not found in the registry"
                 )
-            # On a refresh, the connect step still knows the endpoint's address.
+            call.endpoint = found[0]
             return await nxt.request(request, call)
         endpoints = await self.registry.find_endpoints(NetworkServiceEndpoint(network_service_names=[name]))
         if not endpoints:

@@ -51,16 +51,21 @@ class Locator:
 
 
 class Select(Step):
+    """Round robin over the candidates; remembers where each connection's endpoint is."""
+
     def __init__(self, locator: Locator) -> None:
         self.round_robin = RoundRobin()
         self.locator = locator
+        self._located: dict[str, tuple[str, bool]] = {}  # connection id -> (url, remote)
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         if conn.network_service_endpoint_name:
             if call.endpoint is not None:
                 self.locator.locate(call.endpoint, call)
-            return await nxt.request(request, call)
+            elif conn.id in self._located:  # a refresh while the registry cannot say
+                call.endpoint_url, call.endpoint_remote = self._located[conn.id]
+            return self._remember(conn.id, call, await nxt.request(request, call))
         failures: list[tuple[str, NsmError]] = []
         ordered = self.round_robin.order(conn.network_service, call.candidates)
         ordered.sort(key=lambda ep: ep.name in call.avoid)  # stable: round robin order otherwise
@@ -69,7 +74,7 @@ class Select(Step):
             call.endpoint = endpoint
             try:
                 self.locator.locate(endpoint, call)
-                return await nxt.request(request, call)
+                return self._remember(conn.id, call, await nxt.request(request, call))
             except NsmError as exc:
                 if exc.code not in TRY_NEXT:
                     raise
@@ -84,3 +89,11 @@ class Select(Step):
             failures[-1][1].code,
             f"no endpoint of network service {conn.network_service!r} could serve the request ({detail})",
         )
+
+    def _remember(self, conn_id: str, call: Call, reply: Connection) -> Connection:
+        self._located[conn_id] = (call.endpoint_url, call.endpoint_remote)
+        return reply
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        self._located.pop(conn.id, None)
+        await nxt.close(conn, call)
