@@ -12,11 +12,12 @@ from pydantic import BaseModel, Field
 
 from nsm_agent.endpoint.ipam import PointToPointPool
 from nsm_agent.endpoint.steps import KernelAnswer, PointToPointIpam
+from nsm_agent.monitor import ConnectionEvents, Monitor, MonitorService
 from nsm_agent.pipeline.begin import Begin
 from nsm_agent.pipeline.chain import Chain
 from nsm_agent.pipeline.update_path import UpdatePath
 from nsm_agent.service import NetworkServiceServer
-from nsm_api import networkservice_pb2_grpc, registry_pb2_grpc
+from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_api.registry_pb2 import (
     NetworkService,
     NetworkServiceEndpoint,
@@ -48,10 +49,13 @@ class EndpointRuntime:
         self.pools = [PointToPointPool(c) for c in config.cidrs]
         st = os.stat("/proc/self/ns/net")
         self.begin = Begin()
+        # Its own Monitor service: what this endpoint holds, for clients and checks.
+        self.events = ConnectionEvents()
         self.chain = Chain(
             [
                 UpdatePath(config.name, config.lifetime, config.lifetime),
                 self.begin,
+                Monitor(self.events),
                 PointToPointIpam(self.pools),
                 KernelAnswer(st.st_dev, st.st_ino),
             ]
@@ -97,6 +101,7 @@ class EndpointRuntime:
     async def serve(self, stop: asyncio.Event) -> None:
         server = aio_server()
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServiceServer(self.chain), server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(self.events), server)
         bind_all(server, [self.config.listen])
         await server.start()
         log.info(

@@ -67,11 +67,15 @@ class Select(Step):
                 call.endpoint_url, call.endpoint_remote = self._located[conn.id]
             return self._remember(conn.id, call, await nxt.request(request, call))
         failures: list[tuple[str, NsmError]] = []
+        # What one attempt learns must not leak into the next (a remote
+        # candidate's tunnel offer sent to a local one).
+        arrived_with = call.tunnel
         ordered = self.round_robin.order(conn.network_service, call.candidates)
         ordered.sort(key=lambda ep: ep.name in call.avoid)  # stable: round robin order otherwise
         for endpoint in ordered:
             conn.network_service_endpoint_name = endpoint.name
             call.endpoint = endpoint
+            call.tunnel, call.downstream_prefs = arrived_with, []
             try:
                 self.locator.locate(endpoint, call)
                 return self._remember(conn.id, call, await nxt.request(request, call))

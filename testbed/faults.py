@@ -1,0 +1,266 @@
+"""Seeded fault injection against a two-node mesh.
+
+    python -m testbed.faults --seed 7 --ops 1000
+
+Random but replayable (the same seed gives the same schedule) interleavings of
+connect, refresh, close, endpoint kill and restart, agent `kill -9` and restart,
+and underlay link down and up. Then it quiesces (links up, endpoints back,
+every connection refreshed, or reselected where its endpoint is gone) and checks
+the invariant: what the kernel has equals what the agents report equals what the
+endpoints hold and the journals say; no leaked interface, process or registry
+entry; every surviving client pings its endpoint. Prints the violations (none
+expected) and exits non-zero when there are any.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_api.connection_pb2 import RESELECT_REQUESTED, Connection
+from nsm_common.urls import parse_address
+from testbed.bed import Proc, Testbed, links, ping, run
+from testbed.cluster import Cluster, Node
+
+SERVICE = "svc"
+
+
+@dataclass
+class Endpoint:
+    name: str
+    node: Node
+    pod: str
+    cidr: str
+    proc: Proc | None = None
+
+
+@dataclass
+class World:
+    bed: Testbed
+    cluster: Cluster
+    endpoints: list[Endpoint]
+    pods: dict[str, Node]  # client pod -> its node
+    conns: dict[str, Connection] = field(default_factory=dict)  # client pod -> connection
+    log: list[str] = field(default_factory=list)
+
+    def client(self, node: Node) -> AgentClient:
+        return AgentClient(parse_address(node.agent), timeout=10)
+
+    def agent_proc(self, node: Node) -> Proc:
+        return [p for p in self.bed.procs if p.name == f"agent-{node.name}" and p.alive()][-1]
+
+
+def build(bed: Testbed) -> World:
+    cluster = Cluster.build(bed, nodes=0)
+    n1 = cluster.add_node(1, AGENT_ARGS[1])
+    n2 = cluster.add_node(2, AGENT_ARGS[2])
+    endpoints = [
+        Endpoint("ep-a", n1, cluster.pod(n1, "ep-a"), "10.97.0.0/24"),
+        Endpoint("ep-b", n2, cluster.pod(n2, "ep-b"), "10.98.0.0/24"),
+    ]
+    for ep in endpoints:
+        start_endpoint(bed, ep)
+    pods = {cluster.pod(node, f"c{i}"): node for node in (n1, n2) for i in range(3)}
+    return World(bed, cluster, endpoints, pods)
+
+
+AGENT_ARGS = {1: ["--remote-mechanisms", "VXLAN"], 2: ["--remote-mechanisms", "WIREGUARD,VXLAN"]}
+
+
+def start_endpoint(bed: Testbed, ep: Endpoint) -> None:
+    ep.proc, _ = bed.endpoint(ep.pod, ep.name, SERVICE, ep.cidr, ep.node.agent)
+
+
+def restart_agent(world: World, node: Node) -> None:
+    proc = world.agent_proc(node)
+    os.kill(proc.popen.pid, signal.SIGKILL)
+    proc.popen.wait(5)
+    i = int(node.name.removeprefix("node"))
+    host = node.tunnel_ip
+    world.bed.agent(node.netns, node.name, world.cluster.registry_tcp,
+                    extra=["--listen", f"tcp://{host}:5001", "--tunnel-ip", host, *AGENT_ARGS[i]])  # fmt: skip
+
+
+def request(world: World, pod: str, reselect: bool = False) -> None:
+    node = world.pods[pod]
+    client = world.client(node)
+    try:
+        req = kernel_request(f"/var/run/netns/{pod}", SERVICE, "nsm-1")
+        if pod in world.conns:
+            req.connection.CopyFrom(world.conns[pod])
+            if reselect:
+                req.connection.state = RESELECT_REQUESTED
+        world.conns[pod] = client.request(req)
+    finally:
+        client.close_channel()
+
+
+def close(world: World, pod: str) -> None:
+    client = world.client(world.pods[pod])
+    try:
+        client.close(world.conns.pop(pod))
+    finally:
+        client.close_channel()
+
+
+def step(world: World, rng: random.Random) -> str:
+    kind = rng.choices(
+        ["connect", "refresh", "close", "kill-endpoint", "restart-endpoint", "restart-agent", "link-flap"],
+        weights=[30, 15, 20, 8, 8, 8, 6],
+    )[0]
+    pods = sorted(world.pods)
+    if kind == "connect":
+        free = [p for p in pods if p not in world.conns]
+        if not free:
+            return "connect: no free pod"
+        pod = rng.choice(free)
+        return _try(f"connect {pod}", lambda: request(world, pod))
+    if kind in ("refresh", "close"):
+        used = sorted(world.conns)
+        if not used:
+            return f"{kind}: nothing connected"
+        pod = rng.choice(used)
+        return _try(f"{kind} {pod}", lambda: request(world, pod) if kind == "refresh" else close(world, pod))
+    if kind == "kill-endpoint":
+        alive = [e for e in world.endpoints if e.proc is not None and e.proc.alive()]
+        if not alive:
+            return "kill-endpoint: none alive"
+        ep = rng.choice(alive)
+        assert ep.proc is not None
+        os.kill(ep.proc.popen.pid, signal.SIGKILL)
+        ep.proc.popen.wait(5)
+        return f"kill-endpoint {ep.name}"
+    if kind == "restart-endpoint":
+        dead = [e for e in world.endpoints if e.proc is None or not e.proc.alive()]
+        if not dead:
+            return "restart-endpoint: none dead"
+        ep = rng.choice(dead)
+        start_endpoint(world.bed, ep)
+        return f"restart-endpoint {ep.name}"
+    node = rng.choice(world.cluster.nodes)
+    if kind == "restart-agent":
+        restart_agent(world, node)
+        return f"restart-agent {node.name}"
+    run("ip", "-n", node.netns, "link", "set", "eth0", "down")
+    time.sleep(rng.uniform(0.05, 0.3))
+    run("ip", "-n", node.netns, "link", "set", "eth0", "up")
+    return f"link-flap {node.name}"
+
+
+def _try(what: str, fn: object) -> str:
+    try:
+        fn()  # type: ignore[operator]
+        return what
+    except grpc.RpcError as exc:
+        return f"{what}: {exc.code().name}"  # type: ignore[attr-defined]
+
+
+def quiesce(world: World) -> None:
+    for ep in world.endpoints:
+        if ep.proc is None or not ep.proc.alive():
+            start_endpoint(world.bed, ep)
+    for node in world.cluster.nodes:
+        run("ip", "-n", node.netns, "link", "set", "eth0", "up")
+    for pod in sorted(world.conns):
+        peer = world.conns[pod].context.ip_context.dst_ip_addrs[0].split("/")[0]
+        if _try("refresh", lambda pod=pod: request(world, pod)) == "refresh" and ping(pod, peer, timeout=1):
+            continue
+        if _try("reselect", lambda pod=pod: request(world, pod, reselect=True)) != "reselect":
+            world.log.append(f"quiesce: {pod} could not be healed; closing it")
+            _try("close", lambda pod=pod: close(world, pod))
+
+
+def check(world: World) -> list[str]:
+    problems: list[str] = []
+    reported: dict[str, Connection] = {}
+    for node in world.cluster.nodes:
+        client = world.client(node)
+        try:
+            for conn in client.connections().values():
+                if conn.path.path_segments[0].name == "nsmctl":
+                    reported[conn.path.path_segments[0].id] = conn
+        finally:
+            client.close_channel()
+    ours = {c.path.path_segments[0].id: pod for pod, c in world.conns.items()}
+    if set(reported) != set(ours):
+        problems.append(f"agents report {sorted(reported)}, clients hold {sorted(ours)}")
+    for pod in sorted(world.pods):
+        want = ["lo", "nsm-1"] if pod in world.conns else ["lo"]
+        if sorted(links(pod)) != want:
+            problems.append(f"{pod} has {sorted(links(pod))}, expected {want}")
+    for ep in world.endpoints:
+        serving = [c for c in world.conns.values() if c.network_service_endpoint_name == ep.name]
+        if len(links(ep.pod)) != 1 + len(serving):
+            problems.append(f"{ep.pod} has {links(ep.pod)} for {len(serving)} connections")
+        held = AgentClient(parse_address(f"unix://{world.bed.dir}/ep-{ep.name}.sock"), timeout=5)
+        try:
+            leases = len(held.connections())
+        finally:
+            held.close_channel()
+        if leases != len(serving):
+            problems.append(f"endpoint {ep.name} holds {leases} connections, {len(serving)} use it")
+    for node in world.cluster.nodes:
+        extra = [n for n in links(node.netns) if n not in ("lo", "eth0") and not n.startswith("nsmwg")]
+        if extra:
+            problems.append(f"{node.netns} has leftover links {extra}")
+        journal = world.bed.dir / f"{node.name}-state" / "connections"
+        entries = len(list(journal.glob("*.json")))
+        held_here = sum(1 for c in reported.values() if c.path.path_segments[1].name == node.name)
+        remote_here = sum(
+            1 for c in reported.values() if len(c.path.path_segments) > 3 and c.path.path_segments[2].name == node.name
+        )
+        if entries != held_here + remote_here:
+            problems.append(f"{node.name} journal has {entries} entries for {held_here + remote_here} connections")
+    registry = world.bed.nsmctl("get", "endpoints", "--agent", world.cluster.nodes[0].agent).stdout
+    for ep in world.endpoints:
+        if ep.name not in registry:
+            problems.append(f"{ep.name} missing from the registry")
+    for pod, conn in sorted(world.conns.items()):
+        peer = conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
+        if not ping(pod, peer, count=2):
+            problems.append(f"{pod} does not reach {conn.network_service_endpoint_name} at {peer}")
+    return problems
+
+
+def run_faults(bed: Testbed, seed: int, ops: int, verbose: bool = False) -> tuple[list[str], list[str]]:
+    """Returns (the schedule as run, the invariant's violations)."""
+    rng = random.Random(seed)
+    world = build(bed)
+    for i in range(ops):
+        done = step(world, rng)
+        world.log.append(f"{i:4d} {done}")
+        if verbose:
+            print(world.log[-1], flush=True)
+    quiesce(world)
+    return world.log, check(world)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Seeded fault injection against a two-node mesh")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--ops", type=int, default=200)
+    args = p.parse_args(argv)
+    bed = Testbed()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        started = time.monotonic()
+        _, problems = run_faults(bed, args.seed, args.ops, verbose=True)
+        print(f"{args.ops} operations, seed {args.seed}, {time.monotonic() - started:.0f} s")
+        for problem in problems:
+            print(f"VIOLATION: {problem}")
+        print("invariant holds" if not problems else f"{len(problems)} violations")
+        return 1 if problems else 0
+    finally:
+        bed.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
