@@ -137,3 +137,65 @@ def test_a_veth_between_two_pods_from_an_interrupted_request_is_removed(bed: Tes
     bed.wait_for(proc, "interrupted_requests_undone=1")
     assert sorted(links(a)) == ["keep0", "lo"] and only_lo(b)
     assert store.entries() == []
+
+
+def test_hundred_connections_survive_kill_9_mid_request(bed: Testbed) -> None:
+    """90 local and 10 WireGuard connections, a 10 ms ping on each, the agent killed
+    in the middle of a Request and started again: no ping lost, nothing doubled,
+    nothing left of the interrupted Request."""
+    import threading
+
+    args = ["--remote-mechanisms", "WIREGUARD"]
+    cluster = Cluster.build(bed, nodes=2, agent_args=args)
+    n1, n2 = cluster.nodes
+    bed.endpoint(cluster.pod(n1, "ep"), "ep-local", "local", "10.99.0.0/16", n1.agent)
+    bed.endpoint(cluster.pod(n2, "ep"), "ep-remote", "remote", "10.100.0.0/16", n2.agent)
+    slow_pod = cluster.pod(n1, "slow")
+    _, slow_journal = raw_endpoint(bed, slow_pod, "slow", "slow", n1.agent, mode="hang")
+    pods = [cluster.pod(n1, f"c{i}") for i in range(10)]
+    client = agent_client(n1.agent)
+    conns = []
+    for i in range(100):
+        service = "remote" if i % 10 == 0 else "local"
+        pod = pods[i % 10]
+        conns.append((pod, client.request(kernel_request(f"/var/run/netns/{pod}", service, f"nsm-{i // 10}"))))
+    assert sum(1 for _, c in conns if c.path.path_segments[1].metrics.get("tunnel") == "WIREGUARD") == 10
+    pings = [start_ping(bed, pod, c.context.ip_context.dst_ip_addrs[0].split("/")[0], 8) for pod, c in conns]
+    time.sleep(1)
+
+    victim = cluster.pod(n1, "victim")
+    failed: list[Exception] = []
+
+    def interrupted() -> None:
+        try:
+            agent_client(n1.agent, timeout=30).request(kernel_request(f"/var/run/netns/{victim}", "slow", "nsm-1"))
+        except Exception as exc:
+            failed.append(exc)
+
+    asker = threading.Thread(target=interrupted)
+    asker.start()
+    deadline = time.monotonic() + 10
+    while "request " not in slow_journal.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    extra = ["--listen", f"tcp://{n1.tunnel_ip}:5001", "--tunnel-ip", n1.tunnel_ip, *args]
+    new = restart_agent(cluster, n1, agent_proc(bed, "node1"), extra)
+    bed.wait_for(new, "carried on after restart", timeout=60)
+    asker.join(30)
+    assert failed
+    for p in pings:
+        sent, got = lost(p)
+        assert sent == got, f"lost {sent - got} of {sent} pings"
+    assert "close " in slow_journal.read_text() and only_lo(victim) and only_lo(slow_pod)
+    assert [d for d in links(n1.netns) if d.startswith("nsmwg")] and len(
+        [d for d in links(n1.netns) if d.startswith("nsmwg")]
+    ) == 1
+    for pod in pods:
+        assert sorted(links(pod)) == sorted(["lo"] + [f"nsm-{j}" for j in range(10)])
+    client = agent_client(n1.agent)
+    assert len(client.connections()) == 100
+    pod, conn = conns[0]
+    req = kernel_request(f"/var/run/netns/{pod}", conn.network_service, conn.mechanism.parameters["name"])
+    req.connection.CopyFrom(conn)
+    time.sleep(1.1)
+    again = client.request(req)
+    assert again.path.path_segments[1].expires.seconds > conn.path.path_segments[1].expires.seconds
