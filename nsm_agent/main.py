@@ -27,7 +27,7 @@ from nsm_agent.pipeline.update_path import UpdatePath
 from nsm_agent.pipeline.validate import ValidateRequest
 from nsm_agent.registry_client import RegistryClient
 from nsm_agent.registry_proxy import EndpointRegistryProxy, ServiceRegistryProxy
-from nsm_agent.restore import restore
+from nsm_agent.restore import journal_closer, restore
 from nsm_agent.service import NetworkServiceServer
 from nsm_agent.settings import AgentSettings, parse_settings
 from nsm_agent.tunnels import VniBook, find_underlay
@@ -60,8 +60,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms)
     own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
     remote = kinds.supported()
-    begin = Begin()
     journal = JournalStore(settings.state_dir)
+    begin = Begin(journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout))
     watch = EndpointWatch(events.mark_down)
     connect = ConnectEndpoint(settings.request_timeout, watch)
     chain = Chain(
@@ -101,7 +101,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         underlay_mtu=underlay.mtu if underlay else 0,
         remote_mechanisms=list(remote),
     )
-    kept, undone = await restore(journal, chain, settings.name, resolver, netlink, settings.request_timeout)
+    kept, undone = await restore(journal, chain, begin, settings.name, resolver, netlink, settings.request_timeout)
     if kept or undone:
         log.info("carried on after restart", connections=kept, interrupted_requests_undone=undone)
     if wireguard is not None:

@@ -8,6 +8,9 @@ Unfinished intents are undone from their notes.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+
 import grpc
 import structlog
 
@@ -16,13 +19,15 @@ from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import wire_alias
 from nsm_agent.netns.resolve import NetnsResolver
 from nsm_agent.netns.spec import NetnsSpec
-from nsm_agent.pipeline.chain import Chain
+from nsm_agent.pipeline.begin import Begin
+from nsm_agent.pipeline.chain import Call, Chain
 from nsm_agent.pipeline.journal import DONE, Entry, JournalStore
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.errors import NsmError
 from nsm_common.grpcutil import aio_channel
+from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import parse_address
 
 log = structlog.get_logger("nsm.agent")
@@ -78,19 +83,128 @@ async def undo_intent(
 
 
 async def restore(
-    store: JournalStore, chain: Chain, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread, timeout: float
+    store: JournalStore,
+    chain: Chain,
+    begin: Begin,
+    agent_name: str,
+    resolver: NetnsResolver,
+    netlink: NetlinkThread,
+    timeout: float,
 ) -> tuple[int, int]:
-    """Returns (connections carried on, interrupted requests undone)."""
+    """Returns (connections carried on, interrupted requests undone).
+
+    A connection whose next hop is unreachable right now (an endpoint or agent
+    restarting too) is not torn down: it is tried again until it succeeds or
+    its caller's lifetime runs out, and its client's refresh may come first.
+    """
     kept = undone = 0
-    for entry in store.entries():
-        if entry.state == DONE and entry.reply is not None:
-            try:
-                await chain.request(replay_request(entry))
-                kept += 1
-                continue
-            except NsmError as exc:
-                log.warning("a connection could not be carried on after restart", id=entry.conn_id, error=exc.message)
-        await undo_intent(entry, agent_name, resolver, netlink, timeout)
-        store.delete(entry.conn_id)
-        undone += 1
+    pending = []
+    entries = store.entries()
+    begin.hold([e.conn_id for e in entries])
+    for entry in entries:
+        try:
+            outcome = await _carry_on(entry, chain, store)
+        except Exception:  # one bad entry must not stop the others, nor the agent
+            log.exception("restoring a connection failed", id=entry.conn_id)
+            outcome = "undo"
+        if outcome == "kept":
+            kept += 1
+        elif outcome == "retry":
+            pending.append(entry)
+        elif outcome == "undo":
+            await _undo(entry, store, agent_name, resolver, netlink, timeout)
+            undone += 1
+        begin.release(entry.conn_id)
+    if pending:
+        task = asyncio.get_running_loop().create_task(
+            _retry(pending, store, chain, agent_name, resolver, netlink, timeout)
+        )
+        _background.add(task)
+        task.add_done_callback(_background.discard)
     return kept, undone
+
+
+_background: set[asyncio.Task[None]] = set()
+RETRY_EVERY = 1.0
+
+
+async def _carry_on(entry: Entry, chain: Chain, store: JournalStore) -> str:
+    if entry.state != DONE or entry.reply is None:
+        return "undo"
+
+    def still_wanted() -> bool:
+        current = store.read(entry.conn_id)
+        return current is not None and current.reply == entry.reply
+
+    try:
+        await chain.request(replay_request(entry), Call(replay=still_wanted))
+        return "kept"
+    except NsmError as exc:
+        if exc.code == grpc.StatusCode.CANCELLED:
+            return "gone"
+        if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _expired(entry):
+            log.info("a connection's next hop is away; trying again", id=entry.conn_id, error=exc.message)
+            return "retry"
+        log.warning("a connection could not be carried on after restart", id=entry.conn_id, error=exc.message)
+        return "undo"
+
+
+def _expired(entry: Entry) -> bool:
+    assert entry.reply is not None
+    path = entry.reply.path
+    caller = path.path_segments[path.index - 1] if path.index > 0 else path.path_segments[path.index]
+    return ts_seconds(caller.expires) <= now()
+
+
+async def _undo(
+    entry: Entry, store: JournalStore, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread, timeout: float
+) -> None:
+    try:
+        await undo_intent(entry, agent_name, resolver, netlink, timeout)
+    except Exception:
+        log.exception("undoing an interrupted request failed", id=entry.conn_id)
+    store.delete(entry.conn_id)
+
+
+async def _retry(
+    pending: list[Entry],
+    store: JournalStore,
+    chain: Chain,
+    agent_name: str,
+    resolver: NetnsResolver,
+    netlink: NetlinkThread,
+    timeout: float,
+) -> None:
+    while pending:
+        await asyncio.sleep(RETRY_EVERY)
+        still = []
+        for entry in pending:
+            current = store.read(entry.conn_id)
+            if current is None or current.reply != entry.reply:
+                continue  # closed, or refreshed by its client meanwhile
+            try:
+                outcome = await _carry_on(entry, chain, store)
+            except Exception:
+                log.exception("restoring a connection failed", id=entry.conn_id)
+                outcome = "undo"
+            if outcome == "retry":
+                still.append(entry)
+            elif outcome == "undo":
+                await _undo(entry, store, agent_name, resolver, netlink, timeout)
+            elif outcome == "kept":
+                log.info("carried on after restart", connections=1, id=entry.conn_id)
+        pending = still
+
+
+def journal_closer(
+    store: JournalStore, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread, timeout: float
+) -> Callable[[Connection], Awaitable[None]]:
+    """Close of a connection known only to the journal (not yet carried on after a restart)."""
+
+    async def close(conn: Connection) -> None:
+        entry = store.read(conn.id)
+        if entry is not None:
+            log.info("closing a connection not yet carried on after restart", id=conn.id)
+            await _undo(entry, store, agent_name, resolver, netlink, timeout)
+
+    return close

@@ -72,11 +72,18 @@ def build(bed: Testbed) -> World:
     return World(bed, cluster, endpoints, pods)
 
 
-AGENT_ARGS = {1: ["--remote-mechanisms", "VXLAN"], 2: ["--remote-mechanisms", "WIREGUARD,VXLAN"]}
+# Short lifetimes: what a failed best-effort Close leaves at a peer that was
+# restarting at that moment expires, as designed, within the quiesce period.
+LIFETIME = 4.0
+LIFETIMES = ["--default-lifetime", str(LIFETIME), "--max-lifetime", str(LIFETIME)]
+AGENT_ARGS = {
+    1: ["--remote-mechanisms", "VXLAN", *LIFETIMES],
+    2: ["--remote-mechanisms", "WIREGUARD,VXLAN", *LIFETIMES],
+}
 
 
 def start_endpoint(bed: Testbed, ep: Endpoint) -> None:
-    ep.proc, _ = bed.endpoint(ep.pod, ep.name, SERVICE, ep.cidr, ep.node.agent)
+    ep.proc, _ = bed.endpoint(ep.pod, ep.name, SERVICE, ep.cidr, ep.node.agent, extra=["--lifetime", str(LIFETIME)])
 
 
 def restart_agent(world: World, node: Node) -> None:
@@ -96,6 +103,8 @@ def request(world: World, pod: str, reselect: bool = False) -> None:
         req = kernel_request(f"/var/run/netns/{pod}", SERVICE, "nsm-1")
         if pod in world.conns:
             req.connection.CopyFrom(world.conns[pod])
+            # Each hop stamps its own segment: the client asks for a new lifetime.
+            req.connection.path.path_segments[0].expires.FromSeconds(int(time.time() + 600))
             if reselect:
                 req.connection.state = RESELECT_REQUESTED
         world.conns[pod] = client.request(req)
@@ -155,27 +164,41 @@ def step(world: World, rng: random.Random) -> str:
     return f"link-flap {node.name}"
 
 
-def _try(what: str, fn: object) -> str:
+def _try(what: str, fn: object, detail: bool = False) -> str:
     try:
         fn()  # type: ignore[operator]
         return what
     except grpc.RpcError as exc:
-        return f"{what}: {exc.code().name}"  # type: ignore[attr-defined]
+        more = f" {exc.details()}" if detail else ""  # type: ignore[attr-defined]
+        return f"{what}: {exc.code().name}{more}"  # type: ignore[attr-defined]
 
 
 def quiesce(world: World) -> None:
+    """Links up, endpoints back, orphans expired, every connection refreshed (or reselected)."""
     for ep in world.endpoints:
         if ep.proc is None or not ep.proc.alive():
             start_endpoint(world.bed, ep)
     for node in world.cluster.nodes:
         run("ip", "-n", node.netns, "link", "set", "eth0", "up")
+    # Orphans expire; the connections the clients hold are refreshed meanwhile.
+    until = time.monotonic() + LIFETIME + 1.5
+    while time.monotonic() < until:
+        _refresh_all(world)
+        time.sleep(LIFETIME / 4)
+    _refresh_all(world)
+
+
+def _refresh_all(world: World) -> None:
     for pod in sorted(world.conns):
         peer = world.conns[pod].context.ip_context.dst_ip_addrs[0].split("/")[0]
-        if _try("refresh", lambda pod=pod: request(world, pod)) == "refresh" and ping(pod, peer, timeout=1):
+        refreshed = _try("refresh", lambda pod=pod: request(world, pod), detail=True)
+        if refreshed == "refresh" and ping(pod, peer, timeout=1):
             continue
-        if _try("reselect", lambda pod=pod: request(world, pod, reselect=True)) != "reselect":
+        reselected = _try("reselect", lambda pod=pod: request(world, pod, reselect=True), detail=True)
+        world.log.append(f"quiesce {pod}: {refreshed}; {reselected}")
+        if reselected != "reselect":
             world.log.append(f"quiesce: {pod} could not be healed; closing it")
-            _try("close", lambda pod=pod: close(world, pod))
+            world.log.append(_try("close", lambda pod=pod: close(world, pod), detail=True))
 
 
 def check(world: World) -> list[str]:
@@ -252,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         started = time.monotonic()
-        _, problems = run_faults(bed, args.seed, args.ops, verbose=True)
+        log, problems = run_faults(bed, args.seed, args.ops, verbose=True)
         print(f"{args.ops} operations, seed {args.seed}, {time.monotonic() - started:.0f} s")
+        for line in log[args.ops :]:
+            print(line)
         for problem in problems:
             print(f"VIOLATION: {problem}")
         print("invariant holds" if not problems else f"{len(problems)} violations")

@@ -51,7 +51,9 @@ def enter(
         )
     asked = ts_seconds(caller.expires) if caller.HasField("expires") else 0.0
     cap = at + max_lifetime
-    caller.expires.CopyFrom(ts_from(min(asked, cap) if asked > 0 else at + default_lifetime))
+    # No ask, or a stale one (a caller refreshing with the connection exactly as
+    # returned): the default lifetime.
+    caller.expires.CopyFrom(ts_from(min(asked, cap) if asked > at else min(at + default_lifetime, cap)))
     if index + 1 < len(segments) and segments[index + 1].name == my_name:
         mine = segments[index + 1]  # a refresh: keep our segment, its id, and the hops after us
     else:

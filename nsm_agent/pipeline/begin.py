@@ -8,13 +8,16 @@ caller stops refreshing is closed by this hop when the caller's segment expires.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import grpc
 import structlog
 
 from nsm_agent.pipeline.chain import Call, Next, Step
 from nsm_api.connection_pb2 import RESELECT_REQUESTED, UP, Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.errors import NsmError
 from nsm_common.timeutil import now, ts_seconds
 
 log = structlog.get_logger("nsm.agent")
@@ -42,11 +45,31 @@ def _expires(conn: Connection) -> float:
 
 
 class Begin(Step):
-    def __init__(self) -> None:
+    def __init__(self, on_unknown_close: Callable[[Connection], Awaitable[None]] | None = None) -> None:
+        # Called for a Close of an id this agent holds no record of: after a
+        # restart, a connection may live only in the journal for a while.
+        self.on_unknown_close = on_unknown_close
         self._records: dict[str, _Record] = {}
         self._by_caller: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._expiring: set[asyncio.Task[None]] = set()
+        # Ids the agent is carrying on after a restart: others wait their turn.
+        self._restoring: dict[str, asyncio.Event] = {}
+
+    def hold(self, conn_ids: list[str]) -> None:
+        """Until `release`, Requests and Closes of these ids wait (the journal replays them first)."""
+        for cid in conn_ids:
+            self._restoring.setdefault(cid, asyncio.Event())
+
+    def release(self, conn_id: str) -> None:
+        event = self._restoring.pop(conn_id, None)
+        if event is not None:
+            event.set()
+
+    async def _wait_restored(self, conn_id: str, call: Call) -> None:
+        event = self._restoring.get(conn_id)
+        if event is not None and call.replay is None:
+            await event.wait()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -68,7 +91,10 @@ class Begin(Step):
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         own = conn.id
+        await self._wait_restored(own, call)
         async with self._lock(own):
+            if call.replay is not None and not call.replay():
+                raise NsmError(grpc.StatusCode.CANCELLED, "closed while the agent was restarting")
             rec = self._records.get(own)
             if rec is not None and conn.state == RESELECT_REQUESTED:
                 log.info("reselect requested", id=own, old_endpoint=rec.conn.network_service_endpoint_name)
@@ -120,9 +146,12 @@ class Begin(Step):
         own = conn.id
         if own not in self._records and own in self._by_caller:
             own = self._by_caller[own]
+        await self._wait_restored(own, call)
         async with self._lock(own):
             rec = self._forget(own)
             if rec is None:
+                if self.on_unknown_close is not None:
+                    await self.on_unknown_close(conn)
                 return  # Close of an unknown id succeeds
             await nxt.close(_copy(rec.conn), call)
         self._locks.pop(own, None)

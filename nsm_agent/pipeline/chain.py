@@ -41,6 +41,9 @@ class Call:
     # and the tunnel this agent agreed to.
     remote_offer: Mechanism | None = None
     tunnel: Tunnel | None = None
+    # Set when the agent carries on a journalled connection after a restart:
+    # says whether it is still wanted (its client may have closed it meanwhile).
+    replay: Callable[[], bool] | None = None
     # Steps that reach outside the agent note where first (see journal.py).
     note: Callable[[str, str], None] = field(default=lambda key, value: None)
 
@@ -91,8 +94,8 @@ class Chain:
     def __init__(self, steps: Sequence[Step]) -> None:
         self.steps = list(steps)
 
-    async def request(self, request: NetworkServiceRequest) -> Connection:
-        return await Next(self.steps, 0).request(request, Call())
+    async def request(self, request: NetworkServiceRequest, call: Call | None = None) -> Connection:
+        return await Next(self.steps, 0).request(request, call or Call())
 
     async def close(self, conn: Connection) -> None:
         await Next(self.steps, 0).close(conn, Call())

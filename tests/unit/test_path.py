@@ -74,3 +74,9 @@ def test_find_own_id_on_close() -> None:
     path.leave(conn, caller)
     assert path.find_own_id(conn, "agent") == "a-1"
     assert path.find_own_id(conn, "someone-else") is None
+
+
+def test_a_stale_ask_gets_the_default_lifetime() -> None:
+    conn = client_conn(expires_in=-5)
+    path.enter(conn, "agent", NOW, default_lifetime=30, max_lifetime=60)
+    assert ts_seconds(conn.path.path_segments[0].expires) == pytest.approx(NOW + 30)
