@@ -101,6 +101,8 @@ class Prober:
                 else:
                     sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
                 sock.setblocking(False)
+                # One reply per target arrives in a burst each interval: room for thousands.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             finally:
                 setns(home, flags=0)
                 os.close(target)
