@@ -83,6 +83,16 @@ class MemoryStore:
         self._endpoint_hub.publish(EndpointEvent(_copy(stored), deleted=False))
         return _copy(stored)
 
+    async def register_endpoint(
+        self, endpoint: NetworkServiceEndpoint, keep_initial: bool = True
+    ) -> NetworkServiceEndpoint:
+        old = self._endpoints.get(endpoint.name)
+        record = NetworkServiceEndpoint()
+        record.CopyFrom(endpoint)
+        if keep_initial and old is not None and old.HasField("initial_registration_time"):
+            record.initial_registration_time.CopyFrom(old.initial_registration_time)
+        return await self.put_endpoint(record)
+
     async def get_endpoint(self, name: str) -> NetworkServiceEndpoint | None:
         found = self._endpoints.get(name)
         return _copy(found) if found is not None else None

@@ -21,6 +21,8 @@ from nsm_api.registry_pb2 import (
 )
 from nsm_common.grpcutil import Ctx
 from nsm_common.timeutil import now, ts_from, ts_seconds
+from nsm_registry.etcd_store import StoreUnavailable
+from nsm_registry.guard import store_errors_unavailable
 from nsm_registry.matching import endpoint_matches, service_matches
 from nsm_registry.store import EndpointEvent, ServiceEvent, Store
 from nsm_registry.validation import validate_endpoint, validate_service
@@ -38,6 +40,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
     def __init__(self, store: Store) -> None:
         self.store = store
 
+    @store_errors_unavailable
     async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
         problem = validate_service(request)
         if problem:
@@ -50,6 +53,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         log.info("service registered", name=stored.name, payload=stored.payload)
         return stored
 
+    @store_errors_unavailable
     async def Find(  # type: ignore[override]
         self, request: NetworkServiceQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceResponse]:
@@ -68,6 +72,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
+    @store_errors_unavailable
     async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is empty")
@@ -80,10 +85,8 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
     def __init__(self, store: Store, max_expiration: float) -> None:
         self.store = store
         self.max_expiration = max_expiration
-        # Registrations of one name are applied one at a time so that
-        # initial_registration_time is kept across concurrent re-registrations.
-        self._lock = asyncio.Lock()
 
+    @store_errors_unavailable
     async def Register(  # type: ignore[override]
         self, request: NetworkServiceEndpoint, context: Ctx
     ) -> NetworkServiceEndpoint:
@@ -98,13 +101,8 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         limit = at + self.max_expiration
         asked = ts_seconds(endpoint.expiration_time) if endpoint.HasField("expiration_time") else 0.0
         endpoint.expiration_time.CopyFrom(ts_from(min(asked, limit) if asked > 0 else limit))
-        async with self._lock:
-            existing = await self.store.get_endpoint(endpoint.name)
-            if existing is not None and existing.HasField("initial_registration_time"):
-                endpoint.initial_registration_time.CopyFrom(existing.initial_registration_time)
-            else:
-                endpoint.initial_registration_time.CopyFrom(ts_from(at))
-            stored = await self.store.put_endpoint(endpoint)
+        endpoint.initial_registration_time.CopyFrom(ts_from(at))  # the store keeps an earlier one
+        stored = await self.store.register_endpoint(endpoint)
         log.info(
             "endpoint registered",
             name=stored.name,
@@ -114,6 +112,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         )
         return stored
 
+    @store_errors_unavailable
     async def Find(  # type: ignore[override]
         self, request: NetworkServiceEndpointQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
@@ -129,10 +128,13 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
                     if not request.watch:
                         return
                 elif isinstance(item, EndpointEvent) and endpoint_matches(query, item.endpoint):
+                    if not item.deleted and not _live(item.endpoint, now()):
+                        continue  # never serve a record past its expiration_time
                     yield NetworkServiceEndpointResponse(network_service_endpoint=item.endpoint, deleted=item.deleted)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
+    @store_errors_unavailable
     async def Unregister(self, request: NetworkServiceEndpoint, context: Ctx) -> Empty:  # type: ignore[override]
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is empty")
@@ -145,8 +147,12 @@ async def run_expiry(store: Store, poll: float = 0.25) -> None:
     """Remove endpoints that were not registered again before their expiration_time."""
     while True:
         at = now()
-        for endpoint in await store.expire_endpoints(at):
-            log.info("endpoint expired", name=endpoint.name)
-        nxt = await store.next_expiry()
+        nxt = None
+        try:
+            for endpoint in await store.expire_endpoints(at):
+                log.info("endpoint expired", name=endpoint.name)
+            nxt = await store.next_expiry()
+        except StoreUnavailable as exc:
+            log.warning("store unavailable; expiry waits", error=str(exc))
         delay = poll if nxt is None else min(poll, max(0.0, nxt - now()))
         await asyncio.sleep(delay)

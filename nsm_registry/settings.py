@@ -8,6 +8,7 @@ import os
 from pydantic import BaseModel, Field, field_validator
 
 from nsm_common.urls import Address, parse_address, split_list
+from nsm_registry.etcd_store import parse_etcd_url
 
 DEFAULT_PORT = 5002
 
@@ -22,7 +23,7 @@ class RegistrySettings(BaseModel):
     @classmethod
     def _store(cls, value: str) -> str:
         if value != "memory":
-            raise ValueError(f"unknown store {value!r}; this build supports 'memory'")
+            parse_etcd_url(value)  # raises with a message naming the problem
         return value
 
 
@@ -31,7 +32,11 @@ def parse_settings(argv: list[str] | None = None) -> RegistrySettings:
     parser.add_argument(
         "--listen", action="append", help="tcp://HOST:PORT or unix:///PATH (repeatable; env NSM_LISTEN_ON)"
     )
-    parser.add_argument("--store", default=os.environ.get("NSM_STORE", "memory"), help="memory (env NSM_STORE)")
+    parser.add_argument(
+        "--store",
+        default=os.environ.get("NSM_STORE", "memory"),
+        help="memory, or etcd://HOST:PORT[,HOST:PORT...] (env NSM_STORE)",
+    )
     parser.add_argument(
         "--max-expiration",
         type=float,

@@ -128,14 +128,16 @@ class Testbed:
             time.sleep(0.05)
         raise TimeoutError(f"{proc.name} did not log {text!r} within {timeout}s:\n{proc.output()}")
 
-    def registry(self, netns: str | None, port: int = 5002, extra: list[str] | None = None) -> tuple[Proc, str]:
+    def registry(
+        self, netns: str | None, port: int = 5002, extra: list[str] | None = None, name: str = "registry"
+    ) -> tuple[Proc, str]:
         """A registry in `netns` on tcp://127.0.0.1:PORT there, and on a unix socket anyone here can reach.
 
         Returns the unix URL (for tests and agents alike).
         """
-        sock = f"unix://{self.dir}/registry.sock"
+        sock = f"unix://{self.dir}/{name}.sock"
         listen = ["--listen", sock] + (["--listen", f"tcp://127.0.0.1:{port}"] if netns else [])
-        proc = self.start("registry", [str(BIN / "nsm-registry"), *listen, *(extra or [])], netns=netns)
+        proc = self.start(name, [str(BIN / "nsm-registry"), *listen, *(extra or [])], netns=netns)
         self.wait_for(proc, "registry serving")
         return proc, sock
 

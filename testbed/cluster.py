@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from testbed.bed import Testbed, run
+from testbed.etcd import start_etcd
 
 UNDERLAY = {4: ("192.0.2.{}", 24, "192.0.2.254"), 6: ("2001:db8::{}", 64, "2001:db8::fe")}
 
@@ -35,13 +36,21 @@ class Cluster:
     registry: str = ""  # unix:// URL
     registry_tcp: str = ""
     underlay_ns: str = ""
+    store: str = "memory"
 
     @classmethod
     def build(
-        cls, bed: Testbed, nodes: int = 2, family: int = 4, mtu: int = 1500, agent_args: list[str] | None = None
+        cls,
+        bed: Testbed,
+        nodes: int = 2,
+        family: int = 4,
+        mtu: int = 1500,
+        agent_args: list[str] | None = None,
+        etcd: bool = False,
     ) -> Cluster:
+        """`etcd`: the registry keeps its records in an etcd started beside it."""
         cluster = cls(bed, family, mtu)
-        cluster._underlay()
+        cluster._underlay(etcd)
         for i in range(1, nodes + 1):
             cluster.add_node(i, agent_args)
         return cluster
@@ -50,16 +59,19 @@ class Cluster:
         pattern, plen, _ = UNDERLAY[self.family]
         return [f"{pattern.format(host)}/{plen}"] + (["nodad"] if self.family == 6 else [])
 
-    def _underlay(self) -> None:
+    def _underlay(self, etcd: bool) -> None:
         self.underlay_ns = self.bed.netns("ul")
         ns = self.underlay_ns
+        if etcd:
+            self.store = start_etcd(self.bed, netns=ns).url
         run("ip", "-n", ns, "link", "add", "br0", "mtu", str(self.mtu), "type", "bridge")
         _, _, reg_ip = UNDERLAY[self.family]
         plen = UNDERLAY[self.family][1]
         run("ip", "-n", ns, "addr", "add", f"{reg_ip}/{plen}", *(["nodad"] if self.family == 6 else []), "dev", "br0")
         run("ip", "-n", ns, "link", "set", "br0", "up")
         host = f"[{reg_ip}]" if self.family == 6 else reg_ip
-        _, self.registry = self.bed.registry(ns, extra=["--listen", f"tcp://{host}:5002"])
+        extra = ["--listen", f"tcp://{host}:5002", "--store", self.store]
+        _, self.registry = self.bed.registry(ns, extra=extra)
         self.registry_tcp = f"tcp://{host}:5002"
 
     def add_node(self, i: int, agent_args: list[str] | None = None) -> Node:
@@ -93,12 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--ipv6", action="store_true", help="IPv6 underlay")
     p.add_argument("--mtu", type=int, default=1500)
+    p.add_argument("--etcd", action="store_true", help="the registry stores in an etcd of its own")
     args = p.parse_args(argv)
     bed = Testbed()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        cluster = Cluster.build(bed, args.nodes, 6 if args.ipv6 else 4, args.mtu)
-        print(f"registry: {cluster.registry} ({cluster.registry_tcp} on the underlay)")
+        cluster = Cluster.build(bed, args.nodes, 6 if args.ipv6 else 4, args.mtu, etcd=args.etcd)
+        print(f"registry: {cluster.registry} ({cluster.registry_tcp} on the underlay), store {cluster.store}")
         for node in cluster.nodes:
             print(f"{node.name}: namespace {node.netns}, tunnel {node.tunnel_ip}, agent {node.agent}")
         print(f"logs: {bed.dir}; Ctrl-C removes everything", flush=True)

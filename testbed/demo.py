@@ -26,16 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run a Network Service Mesh demo in namespaces")
     parser.add_argument("--hold", type=float, default=0, help="seconds to keep the mesh up before removing it")
     parser.add_argument("--ipv6", action="store_true", help="IPv6 underlay")
+    parser.add_argument("--etcd", action="store_true", help="the registry stores in etcd (started on the underlay)")
     args = parser.parse_args(argv)
     bed = Testbed()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         say(f"building 3 nodes on an IPv{6 if args.ipv6 else 4} underlay (namespaces {bed.prefix}-*)")
-        cluster = Cluster.build(bed, nodes=0, family=6 if args.ipv6 else 4)
+        cluster = Cluster.build(bed, nodes=0, family=6 if args.ipv6 else 4, etcd=args.etcd)
         node1 = cluster.add_node(1, ["--remote-mechanisms", "WIREGUARD,VXLAN"])
         node2 = cluster.add_node(2, ["--remote-mechanisms", "VXLAN"])
         node3 = cluster.add_node(3, ["--remote-mechanisms", "WIREGUARD"])
-        print(f"registry on the underlay at {cluster.registry_tcp}")
+        print(f"registry on the underlay at {cluster.registry_tcp}, store: {cluster.store}")
         for node in cluster.nodes:
             print(f"{node.name}: tunnel address {node.tunnel_ip}, agent {node.agent}")
 

@@ -23,6 +23,7 @@ from nsm_common.grpcutil import sync_channel
 from nsm_common.timeutil import ts_from, ts_seconds
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed
+from testbed.etcd import start_etcd
 
 MAX = 3.0
 
@@ -56,9 +57,15 @@ class Registry:
         return q, stream
 
 
+@pytest.fixture(params=["memory", "etcd"])
+def store(bed: Testbed, request: pytest.FixtureRequest) -> str:
+    """Every test here runs against both stores: one shared suite."""
+    return "memory" if request.param == "memory" else start_etcd(bed).url
+
+
 @pytest.fixture
-def reg(bed: Testbed) -> Iterator[Registry]:
-    _, url = bed.registry(None, extra=["--max-expiration", str(MAX)])
+def reg(bed: Testbed, store: str) -> Iterator[Registry]:
+    _, url = bed.registry(None, extra=["--max-expiration", str(MAX), "--store", store])
     r = Registry(url)
     yield r
     r.channel.close()
@@ -89,6 +96,15 @@ def test_bad_registrations_are_refused(reg: Registry) -> None:
     with pytest.raises(grpc.RpcError) as info:
         reg.nse.Register(NetworkServiceEndpoint(name="e", network_service_names=[""]), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as info:
+        reg.nse.Register(NetworkServiceEndpoint(name="e" * 254, network_service_names=["web"]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 253" in info.value.details()
+    labels = {"web": NetworkServiceLabels(labels={f"k{i}": "v" for i in range(65)})}
+    with pytest.raises(grpc.RpcError) as info:
+        reg.nse.Register(
+            NetworkServiceEndpoint(name="e", network_service_names=["web"], network_service_labels=labels), timeout=5
+        )
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "labels" in info.value.details()
     assert reg.endpoints() == []
 
 
@@ -174,3 +190,21 @@ def test_non_watch_find_ends(reg: Registry) -> None:
     start = time.time()
     assert [e.name for e in reg.endpoints()] == ["x"]
     assert time.time() - start < 2
+
+
+def test_concurrent_registration_of_one_name(reg: Registry) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def register(i: int) -> NetworkServiceEndpoint:
+        return reg.nse.Register(  # type: ignore[no-any-return]
+            NetworkServiceEndpoint(name="same", network_service_names=["web"], url=f"unix:///e{i}.sock"), timeout=10
+        )
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(register, range(16)))
+    stored = reg.endpoints()
+    assert [e.name for e in stored] == ["same"]
+    assert stored[0].url in {r.url for r in results}
+    assert {ts_seconds(r.initial_registration_time) for r in results} == {
+        ts_seconds(stored[0].initial_registration_time)
+    }
