@@ -117,6 +117,12 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         self, request: NetworkServiceEndpointQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
         query = request.network_service_endpoint
+        if query.name and not request.watch:
+            # One record by name: no need to walk them all.
+            found = await self.store.get_endpoint(query.name)
+            if found is not None and _live(found, now()) and endpoint_matches(query, found):
+                yield NetworkServiceEndpointResponse(network_service_endpoint=found)
+            return
         stream = self.store.watch_endpoints()
         try:
             async for item in stream:
