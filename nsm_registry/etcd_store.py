@@ -26,6 +26,7 @@ from aetcd import utils
 
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
 from nsm_common.timeutil import now, ts_from, ts_seconds
+from nsm_registry.hub import Hub, watch_hub
 from nsm_registry.store import EndpointEvent, ServiceEvent
 
 log = structlog.get_logger("nsm.registry")
@@ -52,6 +53,101 @@ def parse_etcd_url(url: str) -> list[tuple[str, int]]:
     return out
 
 
+class _Mirror:
+    """This replica's copy of one prefix, kept by one etcd watch.
+
+    Lists, lookups and every Find watcher are served from here: one etcd watch
+    per replica instead of one per client, and a snapshot costs no round trip.
+    Writes wait until the mirror has seen them, so a replica reads its own writes.
+    """
+
+    def __init__(self, store: EtcdStore, prefix: bytes, kind: Any, make_event: Any) -> None:
+        self.store = store
+        self.prefix = prefix
+        self.kind = kind
+        self.make_event = make_event
+        self.records: dict[bytes, tuple[Any, int]] = {}  # key -> (record, mod_revision)
+        self.revision = 0
+        self.hub = Hub()
+        self.ready = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def wait_ready(self) -> None:
+        self.start()
+        try:
+            await asyncio.wait_for(self.ready.wait(), timeout=self.store.timeout)
+        except TimeoutError as exc:
+            raise StoreUnavailable("etcd did not answer in time") from exc
+
+    async def seen(self, revision: int) -> None:
+        """Until the mirror has applied `revision`."""
+        try:
+            async with self._progress:
+                await asyncio.wait_for(self._progress.wait_for(lambda: self.revision >= revision), self.store.timeout)
+        except TimeoutError as exc:
+            raise StoreUnavailable("etcd's watch fell behind a write") from exc
+
+    async def _advance(self, revision: int) -> None:
+        async with self._progress:
+            self.revision = max(self.revision, revision)
+            self._progress.notify_all()
+
+    async def _load(self) -> None:
+        res = await self.store._do(lambda c: c.get_prefix(self.prefix))
+        fresh = {kv.key: (self.kind.FromString(kv.value), kv.mod_revision) for kv in res}
+        if self.ready.is_set():  # a re-list after a gap: tell watchers what changed
+            for key, (record, _) in self.records.items():
+                if key not in fresh:
+                    self.hub.publish(self.make_event(record, True))
+            for key, (record, rev) in fresh.items():
+                if self.records.get(key, (None, 0))[1] != rev:
+                    self.hub.publish(self.make_event(record, False))
+        self.records = fresh
+        await self._advance(res.header.revision)
+        self.ready.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not self.ready.is_set():
+                    await self._load()
+                client = await self.store._c()
+                watch = await client.watch(
+                    self.prefix,
+                    range_end=utils.prefix_range_end(self.prefix),
+                    start_revision=self.revision + 1,
+                    prev_kv=True,
+                )
+                async for event in watch:
+                    # Resumed after the last revision applied: nothing lost, nothing twice.
+                    key, rev = event.kv.key, event.kv.mod_revision
+                    if event.kind == "DELETE":
+                        old = self.records.pop(key, None)
+                        record = old[0] if old else self.kind(name=key[len(self.prefix) :].decode())
+                        self.hub.publish(self.make_event(record, True))
+                    else:
+                        record = self.kind.FromString(event.kv.value)
+                        self.records[key] = (record, rev)
+                        self.hub.publish(self.make_event(record, False))
+                    await self._advance(rev)
+            except asyncio.CancelledError:
+                raise
+            except aetcd.exceptions.RevisionCompactedError:
+                await self._load()  # re-list, and tell watchers the difference
+            except Exception as exc:
+                log.warning("etcd watch broke; resuming", prefix=self.prefix.decode(), error=str(exc))
+                await self.store._reset()
+                await asyncio.sleep(RETRY)
+
+    def values(self) -> list[Any]:
+        return [record for record, _ in self.records.values()]
+
+
 class EtcdStore:
     def __init__(self, members: list[tuple[str, int]], timeout: float = 5.0) -> None:
         self.members = members
@@ -59,6 +155,8 @@ class EtcdStore:
         self._client: aetcd.Client | None = None
         self._next = 0
         self._leases: dict[int, int] = {}  # expiry second -> lease id
+        self._services = _Mirror(self, SERVICES, NetworkService, ServiceEvent)
+        self._endpoints = _Mirror(self, ENDPOINTS, NetworkServiceEndpoint, EndpointEvent)
 
     async def _c(self) -> aetcd.Client:
         if self._client is not None:
@@ -100,16 +198,21 @@ class EtcdStore:
 
     # Services ---------------------------------------------------------------------
     async def put_service(self, service: NetworkService) -> NetworkService:
-        await self._do(lambda c: c.put(SERVICES + service.name.encode(), service.SerializeToString()))
+        await self._services.wait_ready()
+        res = await self._do(lambda c: c.put(SERVICES + service.name.encode(), service.SerializeToString()))
+        await self._services.seen(res.header.revision)
         return NetworkService.FromString(service.SerializeToString())
 
     async def delete_service(self, name: str) -> bool:
+        await self._services.wait_ready()
         res = await self._do(lambda c: c.delete(SERVICES + name.encode()))
+        if res is not None:
+            await self._services.seen(res.header.revision)
         return bool(res and res.deleted)
 
     async def list_services(self) -> list[NetworkService]:
-        res = await self._do(lambda c: c.get_prefix(SERVICES))
-        return [NetworkService.FromString(kv.value) for kv in res]
+        await self._services.wait_ready()
+        return [_copy(s) for s in self._services.values()]
 
     # Endpoints --------------------------------------------------------------------
     async def put_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
@@ -124,6 +227,9 @@ class EtcdStore:
         record = _copy(endpoint)
         expires = ts_seconds(record.expiration_time) if record.HasField("expiration_time") else now()
 
+        written: list[int] = []
+        await self._endpoints.wait_ready()
+
         async def attempt(c: aetcd.Client) -> bool:
             existing = await c.get(key)
             if keep_initial and existing is not None:
@@ -133,26 +239,35 @@ class EtcdStore:
             lease = await self._lease(c, expires)
             t = c.transactions
             compare = [t.mod(key) == existing.mod_revision] if existing is not None else [t.version(key) == 0]
-            ok, _ = await c.transaction(compare, success=[t.put(key, record.SerializeToString(), lease)], failure=[])
+            ok, responses = await c.transaction(
+                compare, success=[t.put(key, record.SerializeToString(), lease)], failure=[]
+            )
+            if ok:
+                written.append(responses[0].response_put.header.revision)
             return bool(ok)
 
         for _ in range(20):  # a concurrent registration of the same name: read again
             if await self._do(attempt):
+                await self._endpoints.seen(written[-1])
                 return NetworkServiceEndpoint.FromString(record.SerializeToString())
             await asyncio.sleep(0.01)
         raise StoreUnavailable(f"endpoint {endpoint.name!r} keeps changing under us")
 
     async def get_endpoint(self, name: str) -> NetworkServiceEndpoint | None:
-        res = await self._do(lambda c: c.get(ENDPOINTS + name.encode()))
-        return NetworkServiceEndpoint.FromString(res.value) if res is not None else None
+        await self._endpoints.wait_ready()
+        found = self._endpoints.records.get(ENDPOINTS + name.encode())
+        return _copy(found[0]) if found is not None else None
 
     async def delete_endpoint(self, name: str) -> bool:
+        await self._endpoints.wait_ready()
         res = await self._do(lambda c: c.delete(ENDPOINTS + name.encode()))
+        if res is not None:
+            await self._endpoints.seen(res.header.revision)
         return bool(res and res.deleted)
 
     async def list_endpoints(self) -> list[NetworkServiceEndpoint]:
-        res = await self._do(lambda c: c.get_prefix(ENDPOINTS))
-        return [NetworkServiceEndpoint.FromString(kv.value) for kv in res]
+        await self._endpoints.wait_ready()
+        return [_copy(e) for e in self._endpoints.values()]
 
     async def _lease(self, c: aetcd.Client, expires: float) -> int:
         """A lease ending a second after `expires`, shared by all records ending in the same second.
@@ -170,47 +285,25 @@ class EtcdStore:
         return lease
 
     # Watches ----------------------------------------------------------------------
-    async def _watch(self, prefix: bytes, kind: Any) -> AsyncIterator[Any]:
-        res = await self._do(lambda c: c.get_prefix(prefix))
-        yield [kind.FromString(kv.value) for kv in res]
-        start = res.header.revision + 1
-        while True:
-            try:
-                client = await self._c()
-                watch = await client.watch(
-                    prefix, range_end=utils.prefix_range_end(prefix), start_revision=start, prev_kv=True
-                )
-                async for event in watch:
-                    # Resume after the last event seen: nothing lost, nothing twice.
-                    start = event.kv.mod_revision + 1
-                    deleted = event.kind == "DELETE"
-                    raw = event.prev_kv.value if deleted and event.prev_kv is not None else event.kv.value
-                    record = kind.FromString(raw) if raw else kind(name=event.kv.key[len(prefix) :].decode())
-                    yield record, deleted
-            except (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError, StoreUnavailable):
-                await self._reset()
-                await asyncio.sleep(RETRY)
-            except aetcd.exceptions.RevisionCompactedError as exc:
-                raise StoreUnavailable(f"etcd compacted past revision {start}: find again") from exc
-
     async def watch_services(self) -> AsyncIterator[list[NetworkService] | ServiceEvent]:
-        async for item in self._watch(SERVICES, NetworkService):
-            yield item if isinstance(item, list) else ServiceEvent(item[0], deleted=item[1])
+        await self._services.wait_ready()
+        async for item in watch_hub(self._services.hub, self._services.values()):
+            yield item  # type: ignore[misc]
 
     async def watch_endpoints(self) -> AsyncIterator[list[NetworkServiceEndpoint] | EndpointEvent]:
-        async for item in self._watch(ENDPOINTS, NetworkServiceEndpoint):
-            yield item if isinstance(item, list) else EndpointEvent(item[0], deleted=item[1])
+        await self._endpoints.wait_ready()
+        async for item in watch_hub(self._endpoints.hub, self._endpoints.values()):
+            yield item  # type: ignore[misc]
 
     # Expiry -----------------------------------------------------------------------
     async def expire_endpoints(self, at: float) -> list[NetworkServiceEndpoint]:
-        res = await self._do(lambda c: c.get_prefix(ENDPOINTS))
+        await self._endpoints.wait_ready()
         expired = []
-        for kv in res:
-            record = NetworkServiceEndpoint.FromString(kv.value)
+        for key, (record, revision) in list(self._endpoints.records.items()):
             if not record.HasField("expiration_time") or ts_seconds(record.expiration_time) > at:
                 continue
 
-            async def remove(c: aetcd.Client, key: bytes = kv.key, rev: int = kv.mod_revision) -> bool:
+            async def remove(c: aetcd.Client, key: bytes = key, rev: int = revision) -> bool:
                 t = c.transactions
                 ok, _ = await c.transaction([t.mod(key) == rev], success=[t.delete(key)], failure=[])
                 return bool(ok)
@@ -223,6 +316,10 @@ class EtcdStore:
         return None  # polled: another replica may have registered anything
 
     async def close(self) -> None:
+        for mirror in (self._services, self._endpoints):
+            if mirror.task is not None:
+                mirror.task.cancel()
+            mirror.hub.publish(ConnectionAbortedError("registry store closed"))
         await self._reset()
 
 

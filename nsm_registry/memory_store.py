@@ -2,51 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
 from nsm_common.timeutil import ts_seconds
+from nsm_registry.hub import Hub, watch_hub
 from nsm_registry.store import EndpointEvent, ServiceEvent
 
 T = TypeVar("T")
-
-# A watcher slower than this many pending events is cut off rather than
-# letting the registry's memory grow without bound.
-MAX_PENDING_EVENTS = 10_000
-
-
-class _Hub:
-    """Fan-out of change events to watchers, in order, without gaps."""
-
-    def __init__(self) -> None:
-        self.queues: set[asyncio.Queue[object]] = set()
-
-    def publish(self, event: object) -> None:
-        for q in list(self.queues):
-            if q.qsize() >= MAX_PENDING_EVENTS:
-                self.queues.discard(q)
-                q.put_nowait(OverflowError("watcher too slow"))
-            else:
-                q.put_nowait(event)
-
-
-async def _watch(hub: _Hub, snapshot: list[T]) -> AsyncIterator[object]:
-    # Subscribing and taking the snapshot happen in one step of the event loop,
-    # so no change can fall between them.
-    queue: asyncio.Queue[object] = asyncio.Queue()
-    hub.queues.add(queue)
-    try:
-        yield snapshot
-        while True:
-            item = await queue.get()
-            if isinstance(item, Exception):
-                raise item
-            yield item
-    finally:
-        hub.queues.discard(queue)
 
 
 class MemoryStore:
@@ -54,8 +19,8 @@ class MemoryStore:
         self._services: dict[str, NetworkService] = {}
         self._endpoints: dict[str, NetworkServiceEndpoint] = {}
         self._expiry_heap: list[tuple[float, str]] = []
-        self._service_hub = _Hub()
-        self._endpoint_hub = _Hub()
+        self._service_hub = Hub()
+        self._endpoint_hub = Hub()
 
     async def put_service(self, service: NetworkService) -> NetworkService:
         stored = NetworkService()
@@ -108,11 +73,12 @@ class MemoryStore:
         return [_copy(e) for e in self._endpoints.values()]
 
     async def watch_services(self) -> AsyncIterator[list[NetworkService] | ServiceEvent]:
-        async for item in _watch(self._service_hub, [_copy(s) for s in self._services.values()]):
+        # Records are replaced, never changed in place: a snapshot may share them.
+        async for item in watch_hub(self._service_hub, list(self._services.values())):
             yield item  # type: ignore[misc]
 
     async def watch_endpoints(self) -> AsyncIterator[list[NetworkServiceEndpoint] | EndpointEvent]:
-        async for item in _watch(self._endpoint_hub, [_copy(e) for e in self._endpoints.values()]):
+        async for item in watch_hub(self._endpoint_hub, list(self._endpoints.values())):
             yield item  # type: ignore[misc]
 
     async def expire_endpoints(self, now: float) -> list[NetworkServiceEndpoint]:
