@@ -3,7 +3,8 @@
 import pytest
 
 from nsm_api.registry_pb2 import Destination, Match, NetworkService, NetworkServiceEndpoint, NetworkServiceLabels
-from nsm_registry.validation import MAX_LABELS, MAX_SERVICES, validate_endpoint, validate_service
+from nsm_common.names import MAX_LABELS
+from nsm_registry.validation import MAX_SERVICES, validate_endpoint, validate_service
 
 
 @pytest.mark.parametrize("name", ["web", "a.b-c", "x" * 253, "svc@cluster-2.example", "0"])

@@ -1,0 +1,1 @@
+"""Kubernetes glue: the pod annotation, the admission webhook, the pod's client runtime."""
