@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -116,19 +117,63 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_event(what: str, conn: Connection | None) -> None:
+    """One JSON line per event of a kept connection."""
+    line: dict[str, object] = {"event": what, "at": round(time.time(), 3)}
+    if conn is not None:
+        line.update(_conn_summary(conn))
+    print(json.dumps(line), flush=True)
+
+
 def _connect_and_keep(args: argparse.Namespace, request: NetworkServiceRequest, netns: str) -> int:
     """Connect, then refresh and heal until SIGINT/SIGTERM, then close."""
     from nsm_agent.client.keeper import Keeper
 
-    def event(what: str, conn: Connection | None) -> None:
-        line: dict[str, object] = {"event": what, "at": round(time.time(), 3)}
-        if conn is not None:
-            line.update(_conn_summary(conn))
-        print(json.dumps(line), flush=True)
-
-    keeper = Keeper(_agent(args), request, netns, probe_interval=args.probe_interval, on_event=event,
+    keeper = Keeper(_agent(args), request, netns, probe_interval=args.probe_interval, on_event=_print_event,
                     timeout=args.timeout)  # fmt: skip
     run_until_signal(keeper.run)
+    return 0
+
+
+def cmd_pod(args: argparse.Namespace) -> int:
+    """The pod's client, as the webhook injects it: connect what the annotation asks
+    (init container, --once), or keep those connections (sidecar, --watch)."""
+    import uuid
+
+    from nsm_agent.k8s.annotation import AnnotationError, parse
+
+    value = args.services or os.environ.get("NSM_NETWORK_SERVICES", "")
+    try:
+        entries = parse(value)
+    except AnnotationError as exc:
+        raise CliError(f"--services: {exc}") from exc
+    pod = f"{os.environ.get('NSM_POD_NAMESPACE', 'default')}/{os.environ.get('NSM_POD_NAME', os.uname().nodename)}"
+    own = "/proc/self/ns/net"
+    st = os.stat(own)
+    requests = []
+    for entry in entries:
+        # The same id in the init container and the sidecar: the sidecar adopts.
+        cid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"networkservicemesh.io/{pod}/{entry.ifname}"))
+        req = kernel_request(own, entry.service, entry.ifname, entry.labels, client_name=pod, conn_id=cid)
+        # A PID means nothing on the node: name the namespace by its inode.
+        req.mechanism_preferences[0].parameters["inodeURL"] = f"inode://{st.st_dev}/{st.st_ino}"
+        requests.append(req)
+    if args.once:
+        client = AgentClient(_agent(args), timeout=args.timeout)
+        try:
+            for req in requests:
+                conn = client.request(req)
+                print(json.dumps({"event": "connected", **_conn_summary(conn)}), flush=True)
+        finally:
+            client.close_channel()
+        return 0
+    from nsm_agent.client.keeper import Keeper
+
+    async def keep_all(stop: asyncio.Event) -> None:
+        keepers = [Keeper(_agent(args), r, own, on_event=_print_event, timeout=args.timeout) for r in requests]
+        await asyncio.gather(*(k.run(stop) for k in keepers))
+
+    run_until_signal(keep_all)
     return 0
 
 
@@ -252,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--watch", action="store_true", help="stay: refresh, heal, and close on SIGINT/SIGTERM")
     c.add_argument("--probe-interval", type=float, default=0.2, help="seconds between data-plane probes (--watch)")
     c.set_defaults(func=cmd_connect)
+
+    pd = sub.add_parser("pod", parents=[common], help="a pod's client: connect its annotation's services")
+    mode = pd.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--once", action="store_true", help="connect and exit (init container)")
+    mode.add_argument("--watch", action="store_true", help="adopt, refresh, heal, close on exit (sidecar)")
+    pd.add_argument("--services", help="the annotation's value (default: env NSM_NETWORK_SERVICES)")
+    pd.set_defaults(func=cmd_pod)
 
     x = sub.add_parser("close", parents=[common], help="close a connection by id")
     x.add_argument("id")

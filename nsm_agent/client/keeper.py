@@ -89,10 +89,28 @@ class Keeper:
             self._prober.watch(self.key, self.netns_path, self._peer())
         return conn
 
+    async def adopt(self) -> Connection | None:
+        """Take over a connection made earlier under this id (an init container's), if the agent has it."""
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=self.key)])
+        stream = self._monitor.MonitorConnections(selector, timeout=self.timeout)
+        try:
+            async for event in stream:
+                for conn in event.connections.values():
+                    found = Connection()
+                    found.CopyFrom(conn)
+                    found.path.index, found.id = 0, found.path.path_segments[0].id
+                    return found
+                return None
+        finally:
+            stream.cancel()
+        return None
+
     async def connect(self) -> Connection:
         async with self._lock:
+            self.conn = await self.adopt()
+            adopted = self.conn is not None
             conn = await self._ask()
-        self.on_event("connected", conn)
+        self.on_event("adopted" if adopted else "connected", conn)
         return conn
 
     async def run(self, stop: asyncio.Event) -> None:
