@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Provision one VM: the project's own setup, then the agent (and on node1 the
+# registry) as systemd services on the private network.
+set -euo pipefail
+name="$1" ip="$2" registry_ip="$3"
+
+cd /nsm
+./scripts/setup
+bin=/nsm/.venv/bin
+
+if [[ "$name" == "node1" ]]; then
+  cat > /etc/systemd/system/nsm-registry.service <<UNIT
+[Unit]
+Description=nsm-py registry
+After=network-online.target
+[Service]
+ExecStart=$bin/nsm-registry --listen tcp://$ip:5002
+Restart=always
+[Install]
+WantedBy=multi-user.target
+UNIT
+fi
+
+cat > /etc/systemd/system/nsm-agent.service <<UNIT
+[Unit]
+Description=nsm-py node agent
+After=network-online.target
+[Service]
+ExecStart=$bin/nsm-agent --name $name --registry tcp://$registry_ip:5002 --tunnel-ip $ip \
+  --listen unix:///var/lib/networkservicemesh/nsm.io.sock --listen tcp://$ip:5001
+Restart=always
+KillMode=process
+[Install]
+WantedBy=multi-user.target
+UNIT
+
+systemctl daemon-reload
+if [[ "$name" == "node1" ]]; then systemctl enable --now nsm-registry; fi
+systemctl enable --now nsm-agent
