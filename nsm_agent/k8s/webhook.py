@@ -8,10 +8,9 @@ the host, and the environment. A malformed annotation is refused with a message
 naming the problem; pods without one, and pods in system namespaces, pass
 untouched. A body that is not JSON or not a pod review gets HTTP 400.
 
-Not covered here: reading the namespace's annotation from the API server (the
-namespace annotation is honoured when the review carries it in
-`request.object.metadata.annotations` of the pod's namespace via
-`NSM_NAMESPACE_ANNOTATIONS`, see below); no API server runs on the test machines.
+A namespace's annotation applies to its pods that have none of their own; the
+webhook keeps namespace annotations current from the API server (namespaces.py)
+when it runs in a cluster.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ import os
 import ssl
 import sys
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,9 +38,8 @@ SOCKET_DIR = "/var/lib/networkservicemesh"
 class WebhookConfig:
     image: str = "nsm-py:latest"
     socket_dir: str = SOCKET_DIR
-    # Namespace annotations known to the webhook (name -> annotation value),
-    # e.g. from a ConfigMap or a watch; a pod's own annotation wins.
-    namespace_annotations: tuple[tuple[str, str], ...] = ()
+    # The annotation of a namespace (kept by a watch); a pod's own annotation wins.
+    namespace_annotation: Callable[[str], str | None] = field(default=lambda namespace: None)
 
 
 class BadReview(ValueError):
@@ -84,7 +83,7 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
     if namespace in SYSTEM_NAMESPACES:
         return out
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(ANNOTATION) or dict(config.namespace_annotations).get(namespace)
+    value = annotations.get(ANNOTATION) or config.namespace_annotation(namespace)
     if not value:
         return out
     try:
@@ -170,7 +169,15 @@ def main(argv: list[str] | None = None) -> None:
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if not path or not os.path.exists(path):
             p.error(f"{flag}: {path or '(not given)'} does not exist")
-    server = serve(addr.host, addr.port, args.tls_cert, args.tls_key, WebhookConfig(image=args.image))
+    config = WebhookConfig(image=args.image)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):  # in a cluster: namespace annotations from the API
+        from lightkube import Client
+
+        from nsm_agent.k8s.namespaces import NamespaceAnnotations
+
+        watcher = NamespaceAnnotations(Client()).start()
+        config = WebhookConfig(image=args.image, namespace_annotation=watcher.get)
+    server = serve(addr.host, addr.port, args.tls_cert, args.tls_key, config)
     print(f"nsm-webhook serving https://{addr.host}:{addr.port}/mutate", flush=True)
     try:
         threading.Event().wait()

@@ -71,7 +71,9 @@ def pod_review(annotations: dict[str, str] | None, namespace: str = "apps", kind
 def test_webhook_over_https(tmp_path: Path) -> None:
     cert, key = self_signed(tmp_path)
     port = free_port()
-    server = serve("127.0.0.1", port, str(cert), str(key), WebhookConfig(image="nsm-py:test"))
+    namespaces = {"annotated": "kernel://from-namespace"}
+    config = WebhookConfig(image="nsm-py:test", namespace_annotation=namespaces.get)
+    server = serve("127.0.0.1", port, str(cert), str(key), config)
     context = ssl.create_default_context(cafile=str(cert))
     context.check_hostname = False
 
@@ -105,6 +107,11 @@ def test_webhook_over_https(tmp_path: Path) -> None:
         for untouched in (pod_review(None), pod_review({"networkservicemesh.io": "kernel://web"}, "kube-system")):
             code, out = post(json.dumps(untouched).encode())
             assert code == 200 and out["response"]["allowed"] is True and "patch" not in out["response"]  # type: ignore[operator,index]
+
+        code, out = post(json.dumps(pod_review(None, "annotated")).encode())
+        patch = json.loads(base64.b64decode(out["response"]["patch"]))  # type: ignore[index]
+        init = next(p["value"] for p in patch if p["path"] == "/spec/initContainers/-")
+        assert {e["name"]: e.get("value") for e in init["env"]}["NSM_NETWORK_SERVICES"] == "kernel://from-namespace"
 
         assert post(b"{not json")[0] == 400
         assert post(json.dumps({"kind": "Something"}).encode())[0] == 400
