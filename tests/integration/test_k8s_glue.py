@@ -127,21 +127,38 @@ def test_webhook_cli_names_bad_flags(tmp_path: Path) -> None:
 
 
 def test_pod_client_init_then_sidecar(bed: Testbed) -> None:
+    """The injected containers' entry points, environment and socket, in the pod's
+    network namespace and each under its own PID namespace, as a kubelet runs them."""
     mesh = make_mesh(bed)
-    bed.endpoint(bed.netns("ep"), "ep1", "svc", "10.101.0.0/24", mesh.agent)
+    eps = {name: bed.endpoint(bed.netns(name), name, "svc", cidr, mesh.agent)[0]
+           for name, cidr in (("ep1", "10.101.0.0/24"), ("ep2", "10.102.0.0/24"))}  # fmt: skip
     pod = bed.netns("app")
     env = {"NSM_NETWORK_SERVICES": "kernel://svc/nsm-1, kernel://svc?app=x", "NSM_POD_NAME": "app-0",
            "NSM_POD_NAMESPACE": "apps", "NSM_CONNECT_TO": mesh.agent}  # fmt: skip
-    init = bed.start("init", [str(BIN / "nsmctl"), "pod", "--once"], netns=pod, env=env)
+    container = ["unshare", "--pid", "--fork", "--mount-proc", str(BIN / "nsmctl"), "pod"]
+    init = bed.start("init", [*container, "--once"], netns=pod, env=env)
     assert init.popen.wait(30) == 0, init.output()
     assert sorted(links(pod)) == ["lo", "nsm-1", "nsm-2"]
+    first = {
+        json.loads(line)["interface"]: json.loads(line) for line in init.output().splitlines() if line.startswith("{")
+    }
     before = {name: ifindex(pod, name) for name in ("nsm-1", "nsm-2")}
-    sidecar = bed.start("sidecar", [str(BIN / "nsmctl"), "pod", "--watch"], netns=pod, env=env)
+    sidecar = bed.start("sidecar", [*container, "--watch"], netns=pod, env=env)
     deadline = time.monotonic() + 20
     while sidecar.output().count('"adopted"') < 2:
         assert time.monotonic() < deadline, sidecar.output()
         time.sleep(0.1)
+    adopted = [json.loads(line) for line in sidecar.output().splitlines() if '"adopted"' in line]
+    assert {a["id"] for a in adopted} == {f["id"] for f in first.values()}  # the same connections
     assert {name: ifindex(pod, name) for name in ("nsm-1", "nsm-2")} == before  # adopted, not rebuilt
-    os.kill(sidecar.popen.pid, signal.SIGTERM)
-    sidecar.popen.wait(20)
+    # Heal: the endpoint serving nsm-1 dies; the sidecar moves nsm-1 to the other one.
+    serving = first["nsm-1"]["endpoint"]
+    os.kill(eps[str(serving)].popen.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while '"healed' not in sidecar.output():
+        assert time.monotonic() < deadline, sidecar.output()
+        time.sleep(0.1)
+    healed = [json.loads(line) for line in sidecar.output().splitlines() if '"healed' in line][-1]
+    assert healed["interface"] in ("nsm-1", "nsm-2") and healed["endpoint"] != serving
+    sidecar.stop()
     assert links(pod) == ["lo"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = [
-    "vagrant/provision.sh", "vagrant/check-links.sh", "scripts/setup", "scripts/test", "scripts/demo",
+    "vagrant/provision.sh", "vagrant/e2e.sh", "scripts/setup", "scripts/test", "scripts/demo",
     "scripts/lint", "scripts/gen-proto", ".ci/run",
 ]  # fmt: skip
 
@@ -28,3 +28,27 @@ def test_vagrantfile_validates() -> None:
 def test_shell_scripts_pass_shellcheck() -> None:
     res = subprocess.run(["shellcheck", *SCRIPTS], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
+
+
+def test_units_and_e2e_call_commands_that_exist() -> None:
+    import re
+    import shutil
+
+    provision = (ROOT / "vagrant" / "provision.sh").read_text()
+    e2e = (ROOT / "vagrant" / "e2e.sh").read_text()
+    project = set(re.findall(r"\$bin/(nsm[a-z-]*)", provision + e2e)) | set(re.findall(r'"\$bin/(nsm[a-z-]*)"', e2e))
+    assert {"nsm-registry", "nsm-agent", "nsmctl"} <= project
+    venv_bin = Path(__import__("sys").executable).parent
+    for command in project:
+        assert (venv_bin / command).exists(), f"{command} is not installed by the project"
+    for command in ("ip", "ping", "ssh", "ssh-keygen", "systemctl", "journalctl", "python3", "install"):
+        if command in provision + e2e:
+            assert shutil.which(command) or command in ("systemctl", "journalctl"), f"{command} missing"
+    # Every nsmctl subcommand and flag used exists.
+    from nsm_agent.cli.main import build_parser
+
+    for line in re.findall(r"nsmctl\"? ([a-z]+ [^\n]*)", e2e):
+        sub = line.split()[0]
+        assert sub in {"connect", "endpoint", "get", "close", "pod"}, sub
+    help_text = build_parser().format_help()
+    assert "endpoint" in help_text and "connect" in help_text
