@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = [
     "vagrant/provision.sh", "vagrant/e2e.sh", "scripts/setup", "scripts/test", "scripts/demo",
-    "scripts/lint", "scripts/gen-proto", ".ci/run",
+    "scripts/lint", "scripts/gen-proto", "scripts/bench", ".ci/run",
 ]  # fmt: skip
 
 
