@@ -45,6 +45,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     netlink = NetlinkThread()
     resolver = NetnsResolver()
     registry = RegistryClient(settings.registry)
+    registry.watch()
     events = ConnectionEvents()
     local = LocalEndpoints(settings.state_dir)
     try:

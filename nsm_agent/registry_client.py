@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 
+from nsm_agent.registry_cache import RegistryCache
 from nsm_api import registry_pb2_grpc
 from nsm_api.registry_pb2 import (
     NetworkService,
@@ -28,8 +29,16 @@ class RegistryClient:
         self.channel = aio_channel(address)
         self.services = registry_pb2_grpc.NetworkServiceRegistryStub(self.channel)
         self.endpoints = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(self.channel)
+        self.cache: RegistryCache | None = None
+
+    def watch(self) -> None:
+        """Keep a watched copy of the registry and answer from it when it can."""
+        self.cache = RegistryCache(self.channel)
+        self.cache.start()
 
     async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.aclose()
         await self.channel.close(None)
 
     async def _retry(self, what: str, fn, attempts: int | None = None):  # type: ignore[no-untyped-def]
@@ -48,6 +57,10 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
     async def find_service(self, name: str) -> NetworkService | None:
+        cached = self.cache.service(name) if self.cache is not None else None
+        if cached is not None:
+            return cached
+
         async def call() -> NetworkService | None:
             query = NetworkServiceQuery(network_service=NetworkService(name=name))
             async for resp in self.services.Find(query, timeout=self.timeout):
@@ -60,6 +73,10 @@ class RegistryClient:
     async def find_endpoints(
         self, query: NetworkServiceEndpoint, attempts: int | None = None
     ) -> list[NetworkServiceEndpoint]:
+        cached = self.cache.find_endpoints(query) if self.cache is not None else []
+        if cached:
+            return cached
+
         async def call() -> list[NetworkServiceEndpoint]:
             out = []
             async for resp in self.endpoints.Find(
