@@ -45,7 +45,13 @@ class NetlinkThread:
 
     def _enter(self, fn: Callable[[NetlinkThread], T]) -> T:
         self._thread_id = threading.get_ident()
-        return fn(self)
+        try:
+            return fn(self)
+        except BaseException:
+            # A failed operation may have opened sockets no wire holds; an open
+            # socket would keep a deleted namespace alive.
+            self.trim()
+            raise
 
     def _check_thread(self) -> None:
         if threading.get_ident() != self._thread_id:

@@ -45,7 +45,7 @@ class Call:
     # says whether it is still wanted (its client may have closed it meanwhile).
     replay: Callable[[], bool] | None = None
     # Steps that reach outside the agent note where first (see journal.py).
-    note: Callable[[str, str], None] = field(default=lambda key, value: None)
+    note: Callable[..., None] = field(default=lambda key, *values: None)
 
 
 @dataclass

@@ -38,6 +38,9 @@ class JournalStore:
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "connections"
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # Only this agent writes here: after one read at start, memory is the
+        # truth, and a Request costs no file read.
+        self._entries = {e.conn_id: e for e in self._load()}
 
     def _path(self, conn_id: str) -> Path:
         safe = base64.urlsafe_b64encode(conn_id.encode()).decode().rstrip("=")
@@ -55,17 +58,22 @@ class JournalStore:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, path)  # whole entry or the previous one, also on a crash
+        self._entries[entry.conn_id] = _snapshot(entry)
 
     def read(self, conn_id: str) -> Entry | None:
-        try:
-            return self._parse(json.loads(self._path(conn_id).read_text()))
-        except (OSError, ValueError):
-            return None
+        entry = self._entries.get(conn_id)
+        return _snapshot(entry) if entry is not None else None
 
     def delete(self, conn_id: str) -> None:
+        self._entries.pop(conn_id, None)
         self._path(conn_id).unlink(missing_ok=True)
 
     def entries(self) -> list[Entry]:
+        """Everything on disk (read again: this is the start-up view)."""
+        self._entries = {e.conn_id: e for e in self._load()}
+        return [_snapshot(e) for e in self._entries.values()]
+
+    def _load(self) -> list[Entry]:
         out = []
         for path in sorted(self.dir.glob("*.json")):
             try:
@@ -99,10 +107,12 @@ class Journal(Step):
         else:
             entry = existing
 
-        def note(key: str, value: str) -> None:
-            values = entry.notes.setdefault(key, [])
-            if value not in values:
-                values.append(value)
+        def note(key: str, *values: str) -> None:
+            """Record where a step is about to act, in one write for all `values`."""
+            held = entry.notes.setdefault(key, [])
+            new = [v for v in values if v not in held]
+            if new:
+                held.extend(new)
                 self.store.write(entry)
 
         call.note = note
@@ -123,6 +133,16 @@ class Journal(Step):
             await nxt.close(conn, call)
         finally:
             self.store.delete(conn.id)
+
+
+def _snapshot(entry: Entry) -> Entry:
+    """A copy callers may change without changing what the store holds."""
+    reply = None
+    if entry.reply is not None:
+        reply = Connection()
+        reply.CopyFrom(entry.reply)
+    return Entry(entry.conn_id, entry.state, _copy_request(entry.request), reply,
+                 {k: list(v) for k, v in entry.notes.items()})  # fmt: skip
 
 
 def _copy_request(request: NetworkServiceRequest) -> NetworkServiceRequest:

@@ -11,16 +11,15 @@ import grpc
 import structlog
 
 from nsm_agent.datapath import veth
-from nsm_agent.datapath.links import WireError
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import chosen_ifname, ifname_problem, wire_alias
 from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import parse_netns
-from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.pipeline.chain import Call
+from nsm_agent.pipeline.wire_step import WireStep
 from nsm_api.connection_pb2 import Connection
-from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.errors import NsmError, invalid
+from nsm_common.errors import NsmError
 
 log = structlog.get_logger("nsm.agent")
 
@@ -47,33 +46,18 @@ def bad_context(endpoint: str, exc: ContextError) -> NsmError:
     return NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint} replied with a bad context: {exc}")
 
 
-class KernelWire(Step):
+class KernelWire(WireStep[veth.VethWire]):
     """Both pods on this node: one veth pair between them."""
 
-    def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
-        self.agent_name = agent_name
-        self.resolver = resolver
-        self.netlink = netlink
-        self.wires: dict[str, veth.VethWire] = {}
+    def applies(self, call: Call) -> bool:
+        return call.client_ns is not None and not call.endpoint_remote  # else the tunnel step builds
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
-        conn_id = request.connection.id
-        reply = await nxt.request(request, call)
-        if call.client_ns is None or call.endpoint_remote:
-            return reply  # one side is on another node: the tunnel step builds this side
-        endpoint = reply.network_service_endpoint_name or "the endpoint"
-        try:
-            wire = await self._build(conn_id, reply, call, endpoint)
-        except BaseException:
-            await nxt.close(reply, call)
-            raise
-        self.wires[conn_id] = wire
-        eth = reply.context.ethernet_context
-        eth.src_mac, eth.dst_mac = wire.client_mac, wire.ep_mac
-        return reply
+    def remove(self, nl: NetlinkThread, wire: veth.VethWire) -> None:
+        veth.remove(nl, wire)
 
-    async def _build(self, conn_id: str, reply: Connection, call: Call, endpoint: str) -> veth.VethWire:
+    async def build(self, conn_id: str, reply: Connection, call: Call) -> veth.VethWire:
         assert call.client_ns is not None
+        endpoint = reply.network_service_endpoint_name or "the endpoint"
         try:
             plan = plan_ip_wire(reply.context)
         except ContextError as exc:
@@ -82,8 +66,7 @@ class KernelWire(Step):
         client_ns, client_ifname = call.client_ns, call.client_ifname
         old = self.wires.get(conn_id)
         alias = wire_alias(self.agent_name, conn_id)
-        call.note("netns", client_ns.path)
-        call.note("netns", ep_ns.path)
+        call.note("netns", client_ns.path, ep_ns.path)
 
         def apply(nl: NetlinkThread) -> veth.VethWire:
             if (
@@ -102,12 +85,9 @@ class KernelWire(Step):
                     return adopted  # built before this agent restarted
             return veth.build(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
 
-        try:
-            wire = await self.netlink.run(apply)
-        except WireError as exc:
-            if exc.user_error:
-                raise invalid(str(exc)) from exc
-            raise NsmError(grpc.StatusCode.INTERNAL, str(exc)) from exc
+        wire = await self.run(apply)
+        eth = reply.context.ethernet_context
+        eth.src_mac, eth.dst_mac = wire.client_mac, wire.ep_mac
         if old is None or wire.client_index != old.client_index:
             log.info(
                 "wire up",
@@ -116,12 +96,3 @@ class KernelWire(Step):
                 endpoint=f"{ep_ns.path}:{ep_ifname}",
             )
         return wire
-
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
-        wire = self.wires.pop(conn.id, None)
-        try:
-            if wire is not None:
-                await self.netlink.run(lambda nl: veth.remove(nl, wire))
-                log.info("wire removed", id=conn.id)
-        finally:
-            await nxt.close(conn, call)

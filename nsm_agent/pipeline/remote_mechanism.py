@@ -195,12 +195,14 @@ class RemoteMechanismClient(_TunnelStep):
         self.offer = [k for k in offer if k in kinds.supported()]
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn_id = request.connection.id
+        known = self._agreed.get(conn_id)
+        if known is not None:
+            call.endpoint_remote = True  # also on a refresh the registry could not locate
         if not call.endpoint_remote:
             return await nxt.request(request, call)
         if self.kinds.underlay is None:
             raise _no_underlay()
-        conn_id = request.connection.id
-        known = self._agreed.get(conn_id)
         if known is not None:
             call.downstream_prefs = [known.mechanism]
             reply = await nxt.request(request, call)

@@ -51,21 +51,20 @@ class Locator:
 
 
 class Select(Step):
-    """Round robin over the candidates; remembers where each connection's endpoint is."""
+    """Round robin over the candidates, the next one when one fails."""
 
     def __init__(self, locator: Locator) -> None:
         self.round_robin = RoundRobin()
         self.locator = locator
-        self._located: dict[str, tuple[str, bool]] = {}  # connection id -> (url, remote)
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         if conn.network_service_endpoint_name:
             if call.endpoint is not None:
                 self.locator.locate(call.endpoint, call)
-            elif conn.id in self._located:  # a refresh while the registry cannot say
-                call.endpoint_url, call.endpoint_remote = self._located[conn.id]
-            return self._remember(conn.id, call, await nxt.request(request, call))
+            # Otherwise a refresh while the registry cannot say: the tunnel and
+            # connect steps still know where this connection goes.
+            return await nxt.request(request, call)
         failures: list[tuple[str, NsmError]] = []
         # What one attempt learns must not leak into the next (a remote
         # candidate's tunnel offer sent to a local one).
@@ -78,7 +77,7 @@ class Select(Step):
             call.tunnel, call.downstream_prefs = arrived_with, []
             try:
                 self.locator.locate(endpoint, call)
-                return self._remember(conn.id, call, await nxt.request(request, call))
+                return await nxt.request(request, call)
             except NsmError as exc:
                 if exc.code not in TRY_NEXT:
                     raise
@@ -93,11 +92,3 @@ class Select(Step):
             failures[-1][1].code,
             f"no endpoint of network service {conn.network_service!r} could serve the request ({detail})",
         )
-
-    def _remember(self, conn_id: str, call: Call, reply: Connection) -> Connection:
-        self._located[conn_id] = (call.endpoint_url, call.endpoint_remote)
-        return reply
-
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
-        self._located.pop(conn.id, None)
-        await nxt.close(conn, call)

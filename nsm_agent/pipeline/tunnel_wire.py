@@ -7,44 +7,30 @@ side. Either way it is born in the node's namespace, where the underlay is.
 
 from __future__ import annotations
 
-import grpc
 import structlog
 
 from nsm_agent.datapath import vxlan
-from nsm_agent.datapath.links import WireError
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import wire_alias
 from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
-from nsm_agent.netns.resolve import NetnsResolver
-from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.pipeline.chain import Call
 from nsm_agent.pipeline.kernel_wire import bad_context, endpoint_netns
+from nsm_agent.pipeline.wire_step import WireStep
 from nsm_api.connection_pb2 import Connection
-from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.errors import NsmError, invalid
 
 log = structlog.get_logger("nsm.agent")
 
 
-class TunnelWire(Step):
-    def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
-        self.agent_name = agent_name
-        self.resolver = resolver
-        self.netlink = netlink
-        self.wires: dict[str, vxlan.VxlanWire] = {}
+class TunnelWire(WireStep[vxlan.VxlanWire]):
+    removed_message = "tunnel removed"
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
-        conn_id = request.connection.id
-        reply = await nxt.request(request, call)
-        if call.tunnel is None:
-            return reply
-        try:
-            await self._build(conn_id, reply, call)
-        except BaseException:
-            await nxt.close(reply, call)
-            raise
-        return reply
+    def applies(self, call: Call) -> bool:
+        return call.tunnel is not None
 
-    async def _build(self, conn_id: str, reply: Connection, call: Call) -> None:
+    def remove(self, nl: NetlinkThread, wire: vxlan.VxlanWire) -> None:
+        vxlan.remove(nl, wire)
+
+    async def build(self, conn_id: str, reply: Connection, call: Call) -> vxlan.VxlanWire:
         tunnel = call.tunnel
         assert tunnel is not None
         endpoint = reply.network_service_endpoint_name or "the endpoint"
@@ -78,15 +64,7 @@ class TunnelWire(Step):
                 nl, alias, ns, ifname, tunnel.vni, tunnel.local_ip, tunnel.remote_ip, tunnel.port, side, mtu
             )
 
-        try:
-            wire = await self.netlink.run(apply)
-        except vxlan.VniTaken as exc:
-            raise NsmError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
-        except WireError as exc:
-            if exc.user_error:
-                raise invalid(str(exc)) from exc
-            raise NsmError(grpc.StatusCode.INTERNAL, str(exc)) from exc
-        self.wires[conn_id] = wire
+        wire = await self.run(apply)
         # Say on this hop's segment which tunnel carries the connection.
         own = reply.path.path_segments[reply.path.index] if reply.path.path_segments else None
         if own is not None:
@@ -106,12 +84,4 @@ class TunnelWire(Step):
                 remote=tunnel.remote_ip,
                 mtu=mtu,
             )
-
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
-        wire = self.wires.pop(conn.id, None)
-        try:
-            if wire is not None:
-                await self.netlink.run(lambda nl: vxlan.remove(nl, wire))
-                log.info("tunnel removed", id=conn.id, vni=wire.vni)
-        finally:
-            await nxt.close(conn, call)
+        return wire

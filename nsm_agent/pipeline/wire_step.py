@@ -1,0 +1,76 @@
+"""What every wire step shares: build after the answer, undo the answer if
+building fails, remove on Close, turn datapath failures into statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import grpc
+import structlog
+
+from nsm_agent.datapath.links import WireError
+from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.datapath.vxlan import VniTaken
+from nsm_agent.netns.resolve import NetnsResolver
+from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.errors import NsmError, invalid
+
+log = structlog.get_logger("nsm.agent")
+
+W = TypeVar("W")
+
+
+class WireStep(Step, Generic[W]):
+    removed_message = "wire removed"
+
+    def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
+        self.agent_name = agent_name
+        self.resolver = resolver
+        self.netlink = netlink
+        self.wires: dict[str, W] = {}
+
+    def applies(self, call: Call) -> bool:
+        """Whether this step builds this Request's wire (asked once the endpoint answered)."""
+        raise NotImplementedError
+
+    async def build(self, conn_id: str, reply: Connection, call: Call) -> W:
+        """Build (or on a refresh, update or adopt) the wire; may fill in the reply."""
+        raise NotImplementedError
+
+    def remove(self, nl: NetlinkThread, wire: W) -> None:
+        raise NotImplementedError
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        conn_id = request.connection.id
+        reply = await nxt.request(request, call)
+        if not self.applies(call):
+            return reply
+        try:
+            self.wires[conn_id] = await self.build(conn_id, reply, call)
+        except BaseException:
+            await nxt.close(reply, call)  # nothing stays behind at the endpoint either
+            raise
+        return reply
+
+    async def run(self, apply: Callable[[NetlinkThread], W]) -> W:
+        """Run `apply` on the netlink thread; datapath failures become statuses."""
+        try:
+            return await self.netlink.run(apply)
+        except VniTaken as exc:
+            raise NsmError(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+        except WireError as exc:
+            if exc.user_error:
+                raise invalid(str(exc)) from exc
+            raise NsmError(grpc.StatusCode.INTERNAL, str(exc)) from exc
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        wire = self.wires.pop(conn.id, None)
+        try:
+            if wire is not None:
+                await self.netlink.run(lambda nl: self.remove(nl, wire))
+                log.info(self.removed_message, id=conn.id)
+        finally:
+            await nxt.close(conn, call)
