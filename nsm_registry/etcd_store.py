@@ -25,7 +25,7 @@ import structlog
 from aetcd import utils
 
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
-from nsm_common.timeutil import now, ts_from, ts_seconds
+from nsm_common.timeutil import now, ts_seconds
 from nsm_registry.hub import Hub, watch_hub
 from nsm_registry.store import EndpointEvent, ServiceEvent
 
@@ -204,11 +204,7 @@ class EtcdStore:
         return NetworkService.FromString(service.SerializeToString())
 
     async def delete_service(self, name: str) -> bool:
-        await self._services.wait_ready()
-        res = await self._do(lambda c: c.delete(SERVICES + name.encode()))
-        if res is not None:
-            await self._services.seen(res.header.revision)
-        return bool(res and res.deleted)
+        return await self._delete(self._services, name)
 
     async def list_services(self) -> list[NetworkService]:
         await self._services.wait_ready()
@@ -259,10 +255,14 @@ class EtcdStore:
         return _copy(found[0]) if found is not None else None
 
     async def delete_endpoint(self, name: str) -> bool:
-        await self._endpoints.wait_ready()
-        res = await self._do(lambda c: c.delete(ENDPOINTS + name.encode()))
+        return await self._delete(self._endpoints, name)
+
+    async def _delete(self, mirror: _Mirror, name: str) -> bool:
+        """Delete a record and wait until this replica's mirror has seen it gone."""
+        await mirror.wait_ready()
+        res = await self._do(lambda c: c.delete(mirror.prefix + name.encode()))
         if res is not None:
-            await self._endpoints.seen(res.header.revision)
+            await mirror.seen(res.header.revision)
         return bool(res and res.deleted)
 
     async def list_endpoints(self) -> list[NetworkServiceEndpoint]:
@@ -327,6 +327,3 @@ def _copy(msg: Any) -> Any:
     out = type(msg)()
     out.CopyFrom(msg)
     return out
-
-
-__all__ = ["EtcdStore", "StoreUnavailable", "parse_etcd_url", "ts_from"]

@@ -71,11 +71,6 @@ def leave(conn: Connection, caller: CallerPosition) -> None:
     conn.id = caller.id
 
 
-def caller_expires(conn: Connection, caller: CallerPosition) -> float:
-    """When this hop closes the connection unless refreshed."""
-    return ts_seconds(conn.path.path_segments[caller.index].expires)
-
-
 def find_own_id(conn: Connection, my_name: str) -> str | None:
     """On Close: this hop's segment id, from the segment after the caller's."""
     segments = conn.path.path_segments

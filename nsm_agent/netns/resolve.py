@@ -97,10 +97,6 @@ class NetnsResolver:
             raise invalid(f"{spec} is {why}; a connection needs the pod's namespace")
         return ref
 
-    def still_exists(self, ref: NetnsRef) -> bool:
-        st = _stat(ref.path)
-        return st is not None and (st.st_dev, st.st_ino) == ref.key
-
     def _find_inode(self, ino: int, dev: int | None) -> NetnsRef | None:
         if dev is not None and dev != self.nsfs_dev:
             return None

@@ -71,9 +71,6 @@ class Begin(Step):
         if event is not None and call.replay is None:
             await event.wait()
 
-    def __len__(self) -> int:
-        return len(self._records)
-
     def _lock(self, conn_id: str) -> asyncio.Lock:
         lock = self._locks.get(conn_id)
         if lock is None:
@@ -155,13 +152,3 @@ class Begin(Step):
                 return  # Close of an unknown id succeeds
             await nxt.close(_copy(rec.conn), call)
         self._locks.pop(own, None)
-
-    async def close_all(self) -> None:
-        """Close every connection (used on shutdown and in tests)."""
-        for own in list(self._records):
-            rec = self._records.get(own)
-            if rec is not None:
-                await self.close(_copy(rec.conn), Call(), rec.nxt)
-
-    def connections(self) -> list[Connection]:
-        return [_copy(r.conn) for r in self._records.values()]
