@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 
 from pyroute2 import IPRoute
+from pyroute2.netlink import nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
 
+from nsm_agent.datapath import rtnl
 from nsm_agent.decisions.wireplan import RoutePlan, SidePlan
 
 IFA_F_NODAD = 0x02
@@ -38,6 +40,12 @@ def configure(ipr: IPRoute, index: int, side: SidePlan) -> None:
     ipr.link("set", index=index, state="up")
     for route in side.routes:
         _add_route(ipr, index, route)
+
+
+def side_messages(index: int, side: SidePlan) -> list[nlmsg]:
+    """One side's addresses and routes as one batch for `Rtnl.run` (the link must be up first)."""
+    msgs: list[nlmsg] = [rtnl.add_addr(index, addr) for addr in side.addrs]
+    return msgs + [rtnl.replace_route(index, route) for route in side.routes]
 
 
 def _route_args(index: int, route: RoutePlan) -> dict[str, object]:

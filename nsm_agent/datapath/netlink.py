@@ -18,6 +18,7 @@ from typing import TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netns import setns
 
+from nsm_agent.datapath.rtnl import Rtnl
 from nsm_agent.netns.resolve import NetnsRef
 
 T = TypeVar("T")
@@ -32,6 +33,7 @@ class NetlinkThread:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._thread_id: int | None = None
         self._sockets: dict[tuple[int, int], IPRoute] = {}
+        self._rtnl: dict[tuple[int, int], Rtnl] = {}
         self._refs: dict[tuple[int, int], int] = {}
         self._node: IPRoute | None = None
 
@@ -62,9 +64,18 @@ class NetlinkThread:
         self._check_thread()
         ipr = self._sockets.get(ns.key)
         if ipr is None:
-            ipr = self._open(ns)
+            ipr = _in_netns(ns, IPRoute)
             self._sockets[ns.key] = ipr
         return ipr
+
+    def rtnl(self, ns: NetnsRef) -> Rtnl:
+        """The cached batching socket bound to `ns` (the Request path's; see rtnl.py)."""
+        self._check_thread()
+        sock = self._rtnl.get(ns.key)
+        if sock is None:
+            sock = _in_netns(ns, Rtnl)
+            self._rtnl[ns.key] = sock
+        return sock
 
     def node(self) -> IPRoute:
         """The socket in the agent's own (the node's) namespace, where the underlay is."""
@@ -91,11 +102,16 @@ class NetlinkThread:
         self._check_thread()
         for key in [k for k in self._sockets if k not in self._refs]:
             self._sockets.pop(key).close()
+        for key in [k for k in self._rtnl if k not in self._refs]:
+            self._rtnl.pop(key).close()
 
     def close(self) -> None:
         def _close(_: NetlinkThread) -> None:
             for ipr in self._sockets.values():
                 ipr.close()
+            for sock in self._rtnl.values():
+                sock.close()
+            self._rtnl.clear()
             if self._node is not None:
                 self._node.close()
             self._sockets.clear()
@@ -104,21 +120,25 @@ class NetlinkThread:
         self.run_sync(_close)
         self._pool.shutdown(wait=True)
 
-    @staticmethod
-    def _open(ns: NetnsRef) -> IPRoute:
-        # Entering the namespace on this thread, opening a plain socket and
-        # leaving costs far less than IPRoute(netns=...), which forks.
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        target = os.open(ns.path, os.O_RDONLY)
+
+S = TypeVar("S", IPRoute, Rtnl)
+
+
+def _in_netns(ns: NetnsRef, factory: Callable[[], S]) -> S:
+    """A socket opened inside `ns` (a netlink socket stays bound to where it was opened)."""
+    # Entering the namespace on this thread, opening a plain socket and
+    # leaving costs far less than IPRoute(netns=...), which forks.
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(ns.path, os.O_RDONLY)
+    try:
+        st = os.fstat(target)
+        if (st.st_dev, st.st_ino) != ns.key:
+            raise FileNotFoundError(f"network namespace {ns.path} was replaced")
+        setns(target, flags=0)
         try:
-            st = os.fstat(target)
-            if (st.st_dev, st.st_ino) != ns.key:
-                raise FileNotFoundError(f"network namespace {ns.path} was replaced")
-            setns(target, flags=0)
-            try:
-                return IPRoute()
-            finally:
-                setns(home, flags=0)
+            return factory()
         finally:
-            os.close(target)
-            os.close(home)
+            setns(home, flags=0)
+    finally:
+        os.close(target)
+        os.close(home)

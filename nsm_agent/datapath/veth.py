@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from nsm_agent.datapath.links import EEXIST, WireError, configure, delete_link, ours, update_side
+from nsm_agent.datapath import rtnl
+from nsm_agent.datapath.links import EEXIST, ENODEV, WireError, ours, side_messages, update_side
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan, WirePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -32,8 +33,16 @@ class VethWire:
 
 def ifname_in_use(nl: NetlinkThread, ns: NetnsRef, name: str, unless_alias: str = "") -> bool:
     """Someone else's interface has this name (one marked `unless_alias` is ours from before a restart)."""
-    ipr = nl.socket(ns)
-    return any(not (unless_alias and ours(ipr, i, unless_alias)) for i in ipr.link_lookup(ifname=name))
+    sock = nl.rtnl(ns)
+    index = sock.link_index(name)
+    return index is not None and not (unless_alias and _ours(sock, index, unless_alias))
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC, as the kernel would pick; ours to know without asking."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
 
 
 def build(
@@ -45,44 +54,43 @@ def build(
     ep_ifname: str,
     plan: WirePlan,
 ) -> VethWire:
-    """Create the pair with each end born in its pod, then address, route and raise both."""
-    ipr_c = nl.socket(client_ns)
-    ipr_e = nl.socket(ep_ns)
-    link_args: dict[str, object] = {}
-    if plan.mtu:
-        link_args["mtu"] = plan.mtu
+    """Create the pair with each end born in its pod, then address, route and raise both.
+
+    Four batches: create, find both ends, configure each end (see rtnl.py).
+    """
+    sock_c = nl.rtnl(client_ns)
+    sock_e = nl.rtnl(ep_ns)
+    c_mac, e_mac = random_mac(), random_mac()
     fd = os.open(ep_ns.path, os.O_RDONLY)
     try:
-        ipr_c.link(
-            "add",
-            ifname=client_ifname,
-            kind="veth",
-            peer={"ifname": ep_ifname, "net_ns_fd": fd, **link_args},
-            **link_args,
-        )
+        sock_c.run(rtnl.new_veth(client_ifname, c_mac, ep_ifname, e_mac, fd, plan.mtu))
     except NetlinkError as exc:
         if exc.code == EEXIST:
-            if ipr_c.link_lookup(ifname=client_ifname):
+            if sock_c.link_index(client_ifname) is not None:
                 raise WireError(f"interface name {client_ifname!r} is already used in {client_ns.path}", True) from exc
             raise WireError(f"interface name {ep_ifname!r} is already used in {ep_ns.path}") from exc
         raise WireError(f"creating veth {client_ifname}: {exc}") from exc
     finally:
         os.close(fd)
-    c_index = ipr_c.link_lookup(ifname=client_ifname)[0]
+    c_index = sock_c.link_index(client_ifname)
+    assert c_index is not None
     try:
-        e_index = ipr_e.link_lookup(ifname=ep_ifname)[0]
-        ipr_c.link("set", index=c_index, ifalias=alias)
-        ipr_e.link("set", index=e_index, ifalias=alias)
-        configure(ipr_c, c_index, plan.client)
-        configure(ipr_e, e_index, plan.endpoint)
-        c_mac = str(ipr_c.get_links(c_index)[0].get("address"))
-        e_mac = str(ipr_e.get_links(e_index)[0].get("address"))
+        e_index = sock_e.link_index(ep_ifname)
+        if e_index is None:
+            raise WireError(f"the veth end {ep_ifname} vanished from {ep_ns.path}")
+        sock_c.run(rtnl.set_link(c_index, alias=alias), *side_messages(c_index, plan.client))
+        sock_e.run(rtnl.set_link(e_index, alias=alias, up=True), *side_messages(e_index, plan.endpoint))
     except Exception as exc:
-        delete_link(ipr_c, c_index)
+        sock_c.batch([rtnl.del_link(c_index)])
         raise WireError(f"configuring veth {client_ifname}: {exc}") from exc
     nl.hold(client_ns)
     nl.hold(ep_ns)
     return VethWire(alias, client_ns, client_ifname, c_index, ep_ns, ep_ifname, e_index, plan, c_mac, e_mac)
+
+
+def _ours(sock: rtnl.Rtnl, index: int, alias: str) -> bool:
+    link = sock.link(index)
+    return link is not None and link.get("ifalias") == alias
 
 
 def remove(nl: NetlinkThread, wire: VethWire) -> None:
@@ -90,11 +98,13 @@ def remove(nl: NetlinkThread, wire: VethWire) -> None:
     try:
         for ns, index in ((wire.client_ns, wire.client_index), (wire.ep_ns, wire.ep_index)):
             try:
-                ipr = nl.socket(ns)
+                sock = nl.rtnl(ns)
             except OSError:
                 continue  # the namespace is gone, and the link with it
-            if ours(ipr, index, wire.alias):
-                delete_link(ipr, index)
+            if _ours(sock, index, wire.alias):
+                reply = sock.batch([rtnl.del_link(index)])[0]
+                if reply.error != -ENODEV:
+                    reply.raise_for_error()
                 break
     finally:
         nl.unhold(wire.client_ns)
@@ -119,8 +129,8 @@ def update(nl: NetlinkThread, wire: VethWire, plan: WirePlan) -> VethWire:
 def alive(nl: NetlinkThread, wire: VethWire) -> bool:
     """Both ends still exist with our alias."""
     try:
-        return ours(nl.socket(wire.client_ns), wire.client_index, wire.alias) and ours(
-            nl.socket(wire.ep_ns), wire.ep_index, wire.alias
+        return _ours(nl.rtnl(wire.client_ns), wire.client_index, wire.alias) and _ours(
+            nl.rtnl(wire.ep_ns), wire.ep_index, wire.alias
         )
     except OSError:
         return False

@@ -44,6 +44,10 @@ class Call:
     # Set when the agent carries on a journalled connection after a restart:
     # says whether it is still wanted (its client may have closed it meanwhile).
     replay: Callable[[], bool] | None = None
+    # The journal held this connection as done before this Request: a wire
+    # step without it in memory (this agent restarted) adopts what the kernel
+    # still has instead of building anew.
+    journalled: bool = False
     # Steps that reach outside the agent note where first (see journal.py).
     note: Callable[..., None] = field(default=lambda key, *values: None)
 

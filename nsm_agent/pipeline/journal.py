@@ -106,6 +106,7 @@ class Journal(Step):
             self.store.write(entry)
         else:
             entry = existing
+            call.journalled = True
 
         def note(key: str, *values: str) -> None:
             """Record where a step is about to act, in one write for all `values`."""

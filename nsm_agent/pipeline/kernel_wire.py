@@ -79,7 +79,7 @@ class KernelWire(WireStep[veth.VethWire]):
                 return veth.update(nl, old, plan)
             if old is not None:
                 veth.remove(nl, old)
-            else:
+            elif call.journalled:
                 adopted = veth.adopt(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
                 if adopted is not None:
                     return adopted  # built before this agent restarted

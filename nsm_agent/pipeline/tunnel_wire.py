@@ -56,7 +56,7 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
                 return vxlan.update(nl, old, side, mtu)
             if old is not None:
                 vxlan.remove(nl, old)
-            else:
+            elif call.journalled:
                 adopted = vxlan.adopt(nl, alias, ns, ifname, tunnel.vni, side, mtu)
                 if adopted is not None:
                     return adopted  # built before this agent restarted

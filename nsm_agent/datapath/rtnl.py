@@ -1,0 +1,251 @@
+"""The hot path's rtnetlink: pyroute2's message classes over one plain socket, in batches.
+
+pyroute2's IPRoute costs about 200 µs of Python per call (request filters, an
+event loop per call) for kernel work of a few µs, and opening one costs about
+as much again. A connection's wire takes a dozen such calls, so on the Request
+path they were most of the set-up time. Here each message is still encoded and
+decoded by pyroute2 (`ifinfmsg`, `ifaddrmsg`, `rtmsg`), but we send several
+in one `send` and read their acknowledgements together: the kernel handles the
+messages of one batch in order, each on its own, and acks each one.
+
+IPRoute stays for rare work (adoption after a restart, VXLAN devices, dumps).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, nlmsg
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+from nsm_agent.decisions.wireplan import IPInterface, RoutePlan
+
+NETLINK_ROUTE = 0
+SOL_NETLINK = 270
+NETLINK_CAP_ACK = 10
+NETLINK_EXT_ACK = 11
+NLMSG_ERROR = 2
+NLM_F_ACK_TLVS = 0x200
+NLMSGERR_ATTR_MSG = 1
+IFF_UP = 0x1
+IFA_F_NODAD = 0x02
+RTNH_F_ONLINK = 0x04
+RT_TABLE_MAIN = 254
+RTPROT_BOOT = 3
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+RTN_UNICAST = 1
+AF_INET6 = 10
+
+_HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
+_ERRNO = struct.Struct("=i")
+_RTATTR = struct.Struct("=HH")
+_IFINDEX = struct.Struct("=i")  # ifinfomsg.ifi_index, after family, pad and type
+_IFINFO_LEN = 16
+
+
+@dataclass
+class Reply:
+    """What the kernel sent back for one request of a batch."""
+
+    error: int = 0  # a negative errno, 0 for success
+    message: str = ""  # the kernel's extended ack text, if any
+    data: list[bytes] = field(default_factory=list)  # whole netlink messages before the ack
+
+    def raise_for_error(self) -> None:
+        if self.error:
+            code = -self.error
+            raise NetlinkError(code, self.message or os.strerror(code))
+
+
+class Rtnl:
+    """One rtnetlink socket, bound to the namespace of the thread that opens it."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_ROUTE)
+        try:
+            self._sock.bind((0, 0))
+            # Errors carry the kernel's text, without a copy of our request.
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+            self._sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._seq = 0
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def batch(self, messages: Sequence[nlmsg]) -> list[Reply]:
+        """Send `messages` in one go; every one is answered (check each Reply)."""
+        first = self._seq + 1
+        out = bytearray()
+        for msg in messages:
+            self._seq += 1
+            msg["header"]["sequence_number"] = self._seq
+            msg["header"]["flags"] |= NLM_F_REQUEST | NLM_F_ACK
+            msg.encode()
+            out += msg.data
+        self._sock.send(out)
+        replies = [Reply() for _ in messages]
+        pending = len(messages)
+        while pending:
+            buf = self._sock.recv(1 << 16)
+            offset = 0
+            while offset + _HEADER.size <= len(buf):
+                length, kind, flags, seq, _ = _HEADER.unpack_from(buf, offset)
+                if length < _HEADER.size:
+                    break
+                index = seq - first
+                if 0 <= index < len(replies):
+                    reply = replies[index]
+                    if kind == NLMSG_ERROR:
+                        reply.error = _ERRNO.unpack_from(buf, offset + _HEADER.size)[0]
+                        if flags & NLM_F_ACK_TLVS:
+                            reply.message = _ack_text(buf, offset, length)
+                        pending -= 1
+                    else:
+                        reply.data.append(bytes(buf[offset : offset + length]))
+                offset += (length + 3) & ~3
+        return replies
+
+    def run(self, *messages: nlmsg) -> list[Reply]:
+        """`batch`, raising the first failure (the rest of the batch has run by then)."""
+        replies = self.batch(messages)
+        for reply in replies:
+            reply.raise_for_error()
+        return replies
+
+    def link_index(self, ifname: str) -> int | None:
+        """The ifindex of `ifname` here, None when there is none."""
+        reply = self.batch([get_link(ifname=ifname)])[0]
+        if reply.error == -errno.ENODEV:
+            return None
+        reply.raise_for_error()
+        return ifindex(reply.data[0])
+
+    def link(self, index: int) -> ifinfmsg | None:
+        """The decoded link `index`, None when there is none."""
+        reply = self.batch([get_link(index=index)])[0]
+        if reply.error == -errno.ENODEV:
+            return None
+        reply.raise_for_error()
+        msg = ifinfmsg(reply.data[0])
+        msg.decode()
+        return msg
+
+
+def _ack_text(buf: bytes, offset: int, length: int) -> str:
+    # With NETLINK_CAP_ACK the error is followed by our request's header only.
+    pos = offset + _HEADER.size + _ERRNO.size + _HEADER.size
+    end = offset + length
+    while pos + _RTATTR.size <= end:
+        size, kind = _RTATTR.unpack_from(buf, pos)
+        if size < _RTATTR.size:
+            break
+        if kind == NLMSGERR_ATTR_MSG:
+            return bytes(buf[pos + _RTATTR.size : pos + size]).rstrip(b"\0").decode(errors="replace")
+        pos += (size + 3) & ~3
+    return ""
+
+
+def ifindex(message: bytes) -> int:
+    """The ifindex in an RTM_NEWLINK message."""
+    return int(_IFINDEX.unpack_from(message, _HEADER.size + 4)[0])
+
+
+# Messages ------------------------------------------------------------------------
+def _link(kind: int, flags: int = 0) -> ifinfmsg:
+    msg = ifinfmsg()
+    msg["header"]["type"] = kind
+    msg["header"]["flags"] = flags
+    return msg
+
+
+def get_link(*, ifname: str = "", index: int = 0) -> ifinfmsg:
+    msg = _link(RTM_GETLINK)
+    msg["index"] = index
+    if ifname:
+        msg["attrs"] = [("IFLA_IFNAME", ifname)]
+    return msg
+
+
+def new_veth(ifname: str, mac: str, peer_ifname: str, peer_mac: str, peer_netns_fd: int, mtu: int = 0) -> ifinfmsg:
+    """A veth pair created with this end up and the peer born in the namespace of `peer_netns_fd`."""
+    common = [("IFLA_MTU", mtu)] if mtu else []
+    peer = {
+        "attrs": [("IFLA_IFNAME", peer_ifname), ("IFLA_ADDRESS", peer_mac), ("IFLA_NET_NS_FD", peer_netns_fd), *common]
+    }
+    veth_data = {"attrs": [("VETH_INFO_PEER", peer)]}
+    msg = _link(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
+    msg["flags"] = msg["change"] = IFF_UP
+    msg["attrs"] = [
+        ("IFLA_IFNAME", ifname),
+        ("IFLA_ADDRESS", mac),
+        *common,
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", veth_data)]}),
+    ]
+    return msg
+
+
+def set_link(index: int, *, up: bool | None = None, alias: str | None = None, mtu: int = 0) -> ifinfmsg:
+    msg = _link(RTM_NEWLINK)
+    msg["index"] = index
+    if up is not None:
+        msg["change"] = IFF_UP
+        msg["flags"] = IFF_UP if up else 0
+    attrs: list[tuple[str, object]] = []
+    if alias is not None:
+        attrs.append(("IFLA_IFALIAS", alias))
+    if mtu:
+        attrs.append(("IFLA_MTU", mtu))
+    msg["attrs"] = attrs
+    return msg
+
+
+def del_link(index: int) -> ifinfmsg:
+    msg = _link(RTM_DELLINK)
+    msg["index"] = index
+    return msg
+
+
+def add_addr(index: int, addr: IPInterface) -> ifaddrmsg:
+    """The address, without duplicate detection for IPv6 (our peer is the only other host)."""
+    msg = ifaddrmsg()
+    msg["header"]["type"] = RTM_NEWADDR
+    msg["header"]["flags"] = NLM_F_CREATE | NLM_F_REPLACE
+    msg["family"] = AF_INET6 if addr.version == 6 else socket.AF_INET
+    msg["prefixlen"] = addr.network.prefixlen
+    msg["index"] = index
+    msg["flags"] = IFA_F_NODAD if addr.version == 6 else 0
+    msg["attrs"] = [("IFA_LOCAL", str(addr.ip)), ("IFA_ADDRESS", str(addr.ip))]
+    return msg
+
+
+def replace_route(index: int, route: RoutePlan) -> rtmsg:
+    msg = rtmsg()
+    msg["header"]["type"] = RTM_NEWROUTE
+    msg["header"]["flags"] = NLM_F_CREATE | NLM_F_REPLACE
+    msg["family"] = AF_INET6 if route.dst.version == 6 else socket.AF_INET
+    msg["dst_len"] = route.dst.prefixlen
+    msg["table"] = RT_TABLE_MAIN
+    msg["proto"] = RTPROT_BOOT
+    msg["type"] = RTN_UNICAST
+    attrs: list[tuple[str, object]] = [("RTA_DST", str(route.dst.network_address)), ("RTA_OIF", index)]
+    if route.gateway is None:
+        msg["scope"] = RT_SCOPE_LINK
+    else:
+        msg["scope"] = RT_SCOPE_UNIVERSE
+        msg["flags"] = RTNH_F_ONLINK
+        attrs.append(("RTA_GATEWAY", str(route.gateway)))
+    msg["attrs"] = attrs
+    return msg
