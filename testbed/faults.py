@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_agent.pipeline.journal import read_log
 from nsm_api.connection_pb2 import RESELECT_REQUESTED, Connection
 from nsm_common.urls import parse_address
 from testbed.bed import Proc, Testbed, links, ping, run
@@ -234,8 +235,7 @@ def check(world: World) -> list[str]:
         extra = [n for n in links(node.netns) if n not in ("lo", "eth0") and not n.startswith("nsmwg")]
         if extra:
             problems.append(f"{node.netns} has leftover links {extra}")
-        journal = world.bed.dir / f"{node.name}-state" / "connections"
-        entries = len(list(journal.glob("*.json")))
+        entries = len(read_log(world.bed.dir / f"{node.name}-state" / "connections.log")[0])
         held_here = sum(1 for c in reported.values() if c.path.path_segments[1].name == node.name)
         remote_here = sum(
             1 for c in reported.values() if len(c.path.path_segments) > 3 and c.path.path_segments[2].name == node.name
