@@ -141,7 +141,10 @@ class Testbed:
         self.wait_for(proc, "registry serving")
         return proc, sock
 
-    def agent(self, netns: str, name: str, registry_url: str, extra: list[str] | None = None) -> tuple[Proc, str]:
+    def agent(
+        self, netns: str, name: str, registry_url: str, extra: list[str] | None = None, wait: bool = True
+    ) -> tuple[Proc, str]:
+        """An agent in `netns`; unless `wait` is False, returns once it serves."""
         sock = self.dir / f"{name}.sock"
         state = self.dir / f"{name}-state"
         proc = self.start(
@@ -160,7 +163,8 @@ class Testbed:
             ],
             netns=netns,
         )
-        self.wait_for(proc, "agent serving")
+        if wait:
+            self.wait_for(proc, "agent serving")
         return proc, f"unix://{sock}"
 
     def endpoint(

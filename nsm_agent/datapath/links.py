@@ -6,6 +6,7 @@ Every function here runs on the netlink thread (see netlink.py).
 from __future__ import annotations
 
 import contextlib
+import os
 
 from pyroute2 import IPRoute
 from pyroute2.netlink import nlmsg
@@ -40,6 +41,13 @@ def configure(ipr: IPRoute, index: int, side: SidePlan) -> None:
     ipr.link("set", index=index, state="up")
     for route in side.routes:
         _add_route(ipr, index, route)
+
+
+def random_mac() -> str:
+    """A locally administered unicast MAC, as the kernel would pick; ours to know without asking."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{o:02x}" for o in octets)
 
 
 def side_messages(index: int, side: SidePlan) -> list[nlmsg]:

@@ -36,6 +36,7 @@ class NetlinkThread:
         self._rtnl: dict[tuple[int, int], Rtnl] = {}
         self._refs: dict[tuple[int, int], int] = {}
         self._node: IPRoute | None = None
+        self._node_rtnl: Rtnl | None = None
 
     async def run(self, fn: Callable[[NetlinkThread], T]) -> T:
         """Run `fn(self)` on the netlink thread and await its result."""
@@ -84,6 +85,13 @@ class NetlinkThread:
             self._node = IPRoute()
         return self._node
 
+    def node_rtnl(self) -> Rtnl:
+        """The batching socket in the agent's own namespace."""
+        self._check_thread()
+        if self._node_rtnl is None:
+            self._node_rtnl = Rtnl()
+        return self._node_rtnl
+
     def hold(self, ns: NetnsRef) -> None:
         """Keep the socket to `ns` open for a wire that lives there."""
         self._check_thread()
@@ -114,6 +122,8 @@ class NetlinkThread:
             self._rtnl.clear()
             if self._node is not None:
                 self._node.close()
+            if self._node_rtnl is not None:
+                self._node_rtnl.close()
             self._sockets.clear()
             self._refs.clear()
 

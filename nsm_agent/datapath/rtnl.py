@@ -14,6 +14,7 @@ IPRoute stays for rare work (adoption after a restart, VXLAN devices, dumps).
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
 import socket
 import struct
@@ -193,6 +194,31 @@ def new_veth(ifname: str, mac: str, peer_ifname: str, peer_mac: str, peer_netns_
         ("IFLA_ADDRESS", mac),
         *common,
         ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", veth_data)]}),
+    ]
+    return msg
+
+
+def new_vxlan(ifname: str, mac: str, vni: int, local: str, remote: str, port: int, mtu: int, netns_fd: int) -> ifinfmsg:
+    """A VXLAN device created up in the namespace of `netns_fd`, its UDP socket staying where the
+    message is sent: born in place, as moving a device between namespaces costs ~20 ms (RCU)."""
+    v6 = ipaddress.ip_address(local).version == 6
+    ends = (
+        [("IFLA_VXLAN_LOCAL6", local), ("IFLA_VXLAN_GROUP6", remote)]
+        if v6
+        else [
+            ("IFLA_VXLAN_LOCAL", local),
+            ("IFLA_VXLAN_GROUP", remote),
+        ]
+    )
+    data = {"attrs": [("IFLA_VXLAN_ID", vni), ("IFLA_VXLAN_PORT", port), *ends]}
+    msg = _link(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL)
+    msg["flags"] = msg["change"] = IFF_UP
+    msg["attrs"] = [
+        ("IFLA_IFNAME", ifname),
+        ("IFLA_ADDRESS", mac),
+        ("IFLA_NET_NS_FD", netns_fd),
+        *([("IFLA_MTU", mtu)] if mtu else []),
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vxlan"), ("IFLA_INFO_DATA", data)]}),
     ]
     return msg
 

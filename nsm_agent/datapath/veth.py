@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nsm_agent.datapath import rtnl
-from nsm_agent.datapath.links import EEXIST, ENODEV, WireError, ours, side_messages, update_side
+from nsm_agent.datapath.links import EEXIST, ENODEV, WireError, ours, random_mac, side_messages, update_side
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan, WirePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -36,13 +36,6 @@ def ifname_in_use(nl: NetlinkThread, ns: NetnsRef, name: str, unless_alias: str 
     sock = nl.rtnl(ns)
     index = sock.link_index(name)
     return index is not None and not (unless_alias and _ours(sock, index, unless_alias))
-
-
-def random_mac() -> str:
-    """A locally administered unicast MAC, as the kernel would pick; ours to know without asking."""
-    octets = bytearray(os.urandom(6))
-    octets[0] = (octets[0] & 0xFE) | 0x02
-    return ":".join(f"{o:02x}" for o in octets)
 
 
 def build(

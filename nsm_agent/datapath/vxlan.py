@@ -1,4 +1,4 @@
-"""A VXLAN device born in the node's namespace (where the underlay is) and moved
+"""A VXLAN device created from the node's namespace (where the underlay is) straight
 into a pod: its UDP socket stays with the node, its interface lives in the pod.
 
 Every function here runs on the netlink thread (see netlink.py).
@@ -6,13 +6,22 @@ Every function here runs on the netlink thread (see netlink.py).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from dataclasses import dataclass, replace
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from nsm_agent.datapath.links import EEXIST, WireError, configure, delete_link, ours, update_side
+from nsm_agent.datapath import rtnl
+from nsm_agent.datapath.links import (
+    EEXIST,
+    ENODEV,
+    WireError,
+    delete_link,
+    ours,
+    random_mac,
+    side_messages,
+    update_side,
+)
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -62,48 +71,44 @@ def build(
     side: SidePlan,
     mtu: int,
 ) -> VxlanWire:
-    node = nl.node()
-    tmp = f"nsmv{vni:x}"[:15]
-    v6 = ipaddress.ip_address(local).version == 6
-    addr_args = {"vxlan_local6": local, "vxlan_group6": remote} if v6 else {"vxlan_local": local, "vxlan_group": remote}
-    try:
-        node.link("add", ifname=tmp, kind="vxlan", vxlan_id=vni, vxlan_port=port, mtu=mtu, **addr_args)
-    except NetlinkError as exc:
-        if exc.code == EEXIST:
-            raise VniTaken(f"VNI {vni} on UDP port {port} is already taken on this node") from exc
-        raise WireError(f"creating VXLAN {vni}: {exc}") from exc
-    index = node.link_lookup(ifname=tmp)[0]
+    """Three batches: create in the pod, find it, alias + address + route (see rtnl.py)."""
+    pod = nl.rtnl(ns)
+    mac = random_mac()
     fd = os.open(ns.path, os.O_RDONLY)
     try:
-        node.link("set", index=index, net_ns_fd=fd, ifname=ifname)
+        nl.node_rtnl().run(rtnl.new_vxlan(ifname, mac, vni, local, remote, port, mtu, fd))
     except NetlinkError as exc:
-        node.link("del", index=index)
-        if exc.code == EEXIST:
+        if exc.code == EEXIST and pod.link_index(ifname) is not None:
             raise WireError(f"interface name {ifname!r} is already used in {ns.path}", True) from exc
-        raise WireError(f"moving VXLAN {vni} into {ns.path}: {exc}") from exc
+        if exc.code == EEXIST:
+            raise VniTaken(f"VNI {vni} on UDP port {port} is already taken on this node") from exc
+        raise WireError(f"creating VXLAN {vni} in {ns.path}: {exc}") from exc
     finally:
         os.close(fd)
-    pod = nl.socket(ns)
-    pod_index = pod.link_lookup(ifname=ifname)[0]
+    index = pod.link_index(ifname)
     try:
-        pod.link("set", index=pod_index, ifalias=alias)
-        configure(pod, pod_index, side)
-        mac = str(pod.get_links(pod_index)[0].get("address"))
+        if index is None:
+            raise WireError(f"the VXLAN device {ifname} vanished from {ns.path}")
+        pod.run(rtnl.set_link(index, alias=alias), *side_messages(index, side))
     except Exception as exc:
-        pod.link("del", index=pod_index)
+        if index is not None:
+            pod.batch([rtnl.del_link(index)])
         raise WireError(f"configuring VXLAN {ifname}: {exc}") from exc
     nl.hold(ns)
-    return VxlanWire(alias, ns, ifname, pod_index, vni, side, mtu, mac)
+    return VxlanWire(alias, ns, ifname, index, vni, side, mtu, mac)
 
 
 def remove(nl: NetlinkThread, wire: VxlanWire) -> None:
     try:
         try:
-            pod = nl.socket(wire.ns)
+            pod = nl.rtnl(wire.ns)
         except OSError:
             return  # the pod is gone, and the device with it
-        if ours(pod, wire.index, wire.alias):
-            delete_link(pod, wire.index)
+        link = pod.link(wire.index)
+        if link is not None and link.get("ifalias") == wire.alias:
+            reply = pod.batch([rtnl.del_link(wire.index)])[0]
+            if reply.error != -ENODEV:
+                reply.raise_for_error()
     finally:
         nl.unhold(wire.ns)
         nl.trim()
@@ -111,9 +116,10 @@ def remove(nl: NetlinkThread, wire: VxlanWire) -> None:
 
 def alive(nl: NetlinkThread, wire: VxlanWire) -> bool:
     try:
-        return ours(nl.socket(wire.ns), wire.index, wire.alias)
+        link = nl.rtnl(wire.ns).link(wire.index)
     except OSError:
         return False
+    return link is not None and link.get("ifalias") == wire.alias
 
 
 def update(nl: NetlinkThread, wire: VxlanWire, side: SidePlan, mtu: int) -> VxlanWire:

@@ -2,46 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 
 import pytest
 
-from testbed.bed import BIN, Proc, Testbed, links, ping, run
+from testbed.bed import Proc, Testbed, links, ping, run
 from testbed.cluster import Cluster
+from testbed.keeper import events, keep, peer, wait_event
 from tests.conftest import make_mesh
-
-
-def events(proc: Proc) -> list[dict[str, object]]:
-    out = []
-    for line in proc.output().splitlines():
-        if line.startswith("{"):
-            out.append(json.loads(line))
-    return out
-
-
-def wait_event(proc: Proc, word: str, after: int = 0, timeout: float = 15) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for e in events(proc)[after:]:
-            if word in str(e["event"]):
-                return e
-        time.sleep(0.02)
-    raise AssertionError(f"no {word!r} event:\n{proc.output()}")
-
-
-def keep(bed: Testbed, agent: str, pod: str, service: str) -> Proc:
-    return bed.start(
-        f"keeper-{pod}",
-        [str(BIN / "nsmctl"), "connect", "--watch", "--agent", agent,
-         "--netns", pod, "--service", service, "--ifname", "nsm-1"],
-    )  # fmt: skip
-
-
-def peer(e: dict[str, object]) -> str:
-    return str(e["endpoint_ips"][0]).split("/")[0]  # type: ignore[index]
 
 
 def time_to_ping(pod: str, fault_at: float, proc: Proc, after: int) -> tuple[float, dict[str, object]]:

@@ -1,0 +1,37 @@
+"""A client pod's keeper (`nsmctl connect --watch`) and the JSON events it prints."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from testbed.bed import BIN, Proc, Testbed
+
+
+def keep(bed: Testbed, agent: str, pod: str, service: str) -> Proc:
+    """Start a keeper asking `agent` for `service` as nsm-1 in `pod`."""
+    return bed.start(
+        f"keeper-{pod}",
+        [str(BIN / "nsmctl"), "connect", "--watch", "--agent", agent,
+         "--netns", pod, "--service", service, "--ifname", "nsm-1"],
+    )  # fmt: skip
+
+
+def events(proc: Proc) -> list[dict[str, object]]:
+    return [json.loads(line) for line in proc.output().splitlines() if line.startswith("{")]
+
+
+def wait_event(proc: Proc, word: str, after: int = 0, timeout: float = 15) -> dict[str, object]:
+    """The first event from number `after` on whose name holds `word`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in events(proc)[after:]:
+            if word in str(e["event"]):
+                return e
+        time.sleep(0.01)
+    raise AssertionError(f"no {word!r} event:\n{proc.output()}")
+
+
+def peer(e: dict[str, object]) -> str:
+    """The endpoint's address in a connected/healed event."""
+    return str(e["endpoint_ips"][0]).split("/")[0]  # type: ignore[index]
