@@ -21,7 +21,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, nlmsg
+from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
@@ -35,6 +35,7 @@ SOL_NETLINK = 270
 NETLINK_CAP_ACK = 10
 NETLINK_EXT_ACK = 11
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
 NLM_F_ACK_TLVS = 0x200
 NLMSGERR_ATTR_MSG = 1
 IFF_UP = 0x1
@@ -109,9 +110,9 @@ class Rtnl:
                 index = seq - first
                 if 0 <= index < len(replies):
                     reply = replies[index]
-                    if kind == NLMSG_ERROR:
+                    if kind in (NLMSG_ERROR, NLMSG_DONE):  # an ack, or a dump's end
                         reply.error = _ERRNO.unpack_from(buf, offset + _HEADER.size)[0]
-                        if flags & NLM_F_ACK_TLVS:
+                        if kind == NLMSG_ERROR and flags & NLM_F_ACK_TLVS:
                             reply.message = _ack_text(buf, offset, length)
                         pending -= 1
                     else:
@@ -143,6 +144,16 @@ class Rtnl:
         msg = ifinfmsg(reply.data[0])
         msg.decode()
         return msg
+
+    def links_of_kind(self, kind: str) -> list[ifinfmsg]:
+        """Every link of this kind here, decoded (the kernel filters, so other links cost nothing)."""
+        reply = self.run(dump_links(kind))[0]
+        out = []
+        for data in reply.data:
+            msg = ifinfmsg(data)
+            msg.decode()
+            out.append(msg)
+        return out
 
 
 def _ack_text(buf: bytes, offset: int, length: int) -> str:
@@ -177,6 +188,12 @@ def get_link(*, ifname: str = "", index: int = 0) -> ifinfmsg:
     msg["index"] = index
     if ifname:
         msg["attrs"] = [("IFLA_IFNAME", ifname)]
+    return msg
+
+
+def dump_links(kind: str) -> ifinfmsg:
+    msg = _link(RTM_GETLINK, NLM_F_DUMP)
+    msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]})]
     return msg
 
 

@@ -46,11 +46,9 @@ class VxlanWire:
 def vnis_in_use(nl: NetlinkThread, port: int) -> set[int]:
     """VNIs of VXLAN devices already in the node's namespace on `port` (another CNI's too)."""
     used: set[int] = set()
-    for link in nl.node().get_links():
+    for link in nl.node_rtnl().links_of_kind("vxlan"):
         info = link.get("IFLA_LINKINFO")
-        if info is None or info.get("IFLA_INFO_KIND") != "vxlan":
-            continue
-        data = info.get("IFLA_INFO_DATA")
+        data = info.get("IFLA_INFO_DATA") if info is not None else None
         if data is None:
             continue
         dev_port = data.get("IFLA_VXLAN_PORT") or 8472

@@ -57,7 +57,7 @@ class WireGuardDevice:
 
     # Device ----------------------------------------------------------------------
     def _exists(self, nl: NetlinkThread) -> bool:
-        return bool(nl.node().link_lookup(ifname=self.name))
+        return nl.node_rtnl().link_index(self.name) is not None
 
     def _create(self, nl: NetlinkThread) -> None:
         try:
@@ -88,7 +88,7 @@ class WireGuardDevice:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self._stop_userspace()
                 raise WireGuardError(f"{self.wireguard_go} did not create {self.name}")
-            time.sleep(0.01)
+            time.sleep(0.002)
 
     def _stop_userspace(self) -> None:
         if self.process is not None:

@@ -1,0 +1,163 @@
+"""The report: one Markdown table of targets, and the plots, from the suite's JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str, str, bool | None]
+
+
+def _met(ok: bool | None) -> str:
+    return {True: "met", False: "**missed**", None: "—"}[ok]
+
+
+def _local(d: dict[str, Any]) -> list[Row]:
+    mesh, bare, ptp = d["mesh"]["p50_ms"], d["bare"]["p50_ms"], d["ptp"]["p50_ms"]
+    return [
+        (f"1 local set-up p50 (N={d['n']})", f"{mesh:.2f} ms", f"bare pyroute2 {bare:.2f} ms; CNI ptp {ptp:.2f} ms",
+         f"{mesh / bare:.2f}× bare, {mesh / ptp:.2f}× ptp", "≤ 1.5× bare and < ptp", mesh <= 1.5 * bare and mesh < ptp),
+        ("1 local set-up p99", f"{d['mesh']['p99_ms']:.2f} ms", f"bare {d['bare']['p99_ms']:.2f} ms; "
+         f"ptp {d['ptp']['p99_ms']:.2f} ms", f"{d['mesh']['p99_ms'] / d['bare']['p99_ms']:.2f}× bare", "—", None),
+    ]  # fmt: skip
+
+
+def _remote(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for kind in ("vxlan", "wireguard"):
+        if kind not in d:
+            continue
+        k = d[kind]
+        mesh, hand = k["mesh"]["p50_ms"], k["hand"]["p50_ms"]
+        rows.append((f"2 remote set-up {kind} p50 (N={d['n']})", f"{mesh:.2f} ms (p99 {k['mesh']['p99_ms']:.1f})",
+                     f"by hand {hand:.2f} ms (p99 {k['hand']['p99_ms']:.1f})", f"{mesh / hand:.2f}×", "≤ 2×",
+                     mesh <= 2 * hand))  # fmt: skip
+    wg = d.get("wireguard", {})
+    if "hand_first_ms" in wg:
+        rows.append(("2 first WireGuard connection of a node pair", f"{wg['mesh_first_ms']:.0f} ms",
+                     f"wireguard-go pair by hand {wg['hand_first_ms']:.0f} ms",
+                     f"{wg['mesh_first_ms'] / wg['hand_first_ms']:.2f}×", "—", None))  # fmt: skip
+    return rows
+
+
+def _scale(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    for key, label in (("one_node", "one node"), ("two_nodes", "two nodes, VXLAN")):
+        s = d[key]
+        kib = max(s["kib_per_connection"].values())
+        per_agent = ", ".join(f"{k} {v:.1f}" for k, v in s["kib_per_connection"].items())
+        rows += [
+            (f"3 {s['n']} connections, {label}: flatness", f"last 50 p50 {s['last50_p50_ms']:.2f} ms",
+             f"first 50 p50 {s['first50_p50_ms']:.2f} ms", f"{s['flatness']:.2f}×", "≤ 1.5×", s["flatness"] <= 1.5),
+            (f"3 {label}: rate", f"{s['per_second']:.0f} connections/s", "—", "—", "≥ 100/s", s["per_second"] >= 100),
+            (f"3 {label}: memory", f"{kib:.1f} KiB/connection ({per_agent})", "—", "—", "≤ 20 KiB",
+             kib <= 20),
+            (f"3 {label}: all closed, nothing left", f"{len(s['leftovers'])} left", "—", "—", "0",
+             not s["leftovers"]),
+        ]  # fmt: skip
+    mesh, bare = d["one_node"]["close_p50_ms"], d["bare_close_p50_ms"]
+    n, total, bare_total = d["one_node"]["n"], d["one_node"]["close_total_s"], d["bare_close_total_s"]
+    rows.append((f"7 close, {n} connections, p50", f"{mesh:.2f} ms ({total:.1f} s in all)",
+                 f"bare pyroute2 {bare:.2f} ms ({bare_total:.1f} s)", f"{mesh / bare:.2f}×", "≤ 1.5×",
+                 mesh <= 1.5 * bare))  # fmt: skip
+    return rows
+
+
+def _throughput(d: dict[str, Any]) -> list[Row]:
+    return [
+        (f"4 throughput {kind} ({d['seconds']} s)", f"{t['mesh_gbps']:.2f} Gbit/s", f"by hand {t['baseline_gbps']:.2f}"
+         " Gbit/s", f"{t['ratio']:.2f}", "≥ 0.95", t["ratio"] >= 0.95)
+        for kind, t in d.items() if isinstance(t, dict)
+    ]  # fmt: skip
+
+
+def _heal(d: dict[str, Any]) -> list[Row]:
+    return [(f"5 heal: pod removed → ping ({d['rounds']} rounds)", f"p50 {d['p50_ms']:.0f} ms, "
+             f"max {max(d['raw']) * 1000:.0f} ms", "—", "—", "p50 ≤ 1 s", d["p50_ms"] <= 1000)]  # fmt: skip
+
+
+def _restart(d: dict[str, Any]) -> list[Row]:
+    return [
+        (f"6 kill -9 + start with {d['connections']} connections: pings",
+         f"{d['pings_lost']} of {d['pings_sent']} lost", "—", "—", "0 lost", d["pings_lost"] == 0),
+        ("6 restart: serving new Requests", f"after {d['serving_after_s']:.2f} s (all carried on after "
+         f"{d['restored_after_s']:.2f} s)", "—", "—", "≤ 2 s", d["serving_after_s"] <= 2),
+    ]  # fmt: skip
+
+
+SECTIONS = (("local", _local), ("remote", _remote), ("scale", _scale), ("throughput", _throughput),
+            ("heal", _heal), ("restart", _restart))  # fmt: skip
+
+
+def write_report(data: dict[str, Any], out: Path) -> str:
+    rows: list[Row] = []
+    for key, fn in SECTIONS:
+        if key in data:
+            rows += fn(data[key])
+    lines = [
+        f"# Benchmark report ({data.get('mode', '?')} run)",
+        "",
+        "Every figure against a baseline measured in the same run on this machine;",
+        "absolute times are for reference only. Made by `./scripts/bench`.",
+        "",
+        "| target | mesh | baseline | ratio | goal | |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {r} | {g} | {_met(ok)} |" for a, b, c, r, g, ok in rows]
+    lines += ["", *_plots(data, out), ""]
+    text = "\n".join(lines)
+    (out / "report.md").write_text(text)
+    return text
+
+
+def _plots(data: dict[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    if "scale" in data:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        for key, label in (("one_node_setup", "one node (veth)"), ("two_nodes_setup", "two nodes (VXLAN)")):
+            values = [x * 1000 for x in data["scale"]["raw"][key]]
+            window = 25
+            smooth = [sorted(values[max(0, i - window) : i + 1])[len(values[max(0, i - window) : i + 1]) // 2]
+                      for i in range(len(values))]  # fmt: skip
+            ax.plot(range(1, len(values) + 1), values, linewidth=0.4, alpha=0.4)
+            ax.plot(range(1, len(values) + 1), smooth, label=f"{label}, running median", linewidth=1.5)
+        ax.set_xlabel("connections held")
+        ax.set_ylabel("set-up latency (ms)")
+        ax.set_title("Set-up latency as connections accumulate")
+        ax.set_ylim(bottom=0)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "setup_latency.png", dpi=100)
+        plt.close(fig)
+        made.append("![set-up latency against connections held](setup_latency.png)")
+    if "local" in data:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        raw = data["local"]["raw"]
+        ax.boxplot([[x * 1000 for x in raw[k]] for k in ("mesh", "bare", "ptp")], showfliers=False)
+        ax.set_xticks([1, 2, 3], ["mesh Request", "bare pyroute2", "CNI ptp"])
+        ax.set_ylabel("ms")
+        ax.set_title("Local KERNEL connection set-up")
+        fig.tight_layout()
+        fig.savefig(out / "local_setup.png", dpi=100)
+        plt.close(fig)
+        made.append("![local set-up](local_setup.png)")
+    if "throughput" in data:
+        tp = {k: v for k, v in data["throughput"].items() if isinstance(v, dict)}
+        fig, ax = plt.subplots(figsize=(7, 4))
+        xs = range(len(tp))
+        ax.bar([x - 0.2 for x in xs], [t["mesh_gbps"] for t in tp.values()], width=0.4, label="mesh")
+        ax.bar([x + 0.2 for x in xs], [t["baseline_gbps"] for t in tp.values()], width=0.4, label="by hand")
+        ax.set_xticks(list(xs), list(tp))
+        ax.set_ylabel("Gbit/s (iperf3, TCP)")
+        ax.set_title("Throughput through the mesh and hand-built links")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "throughput.png", dpi=100)
+        plt.close(fig)
+        made.append("![throughput](throughput.png)")
+    return made

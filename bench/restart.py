@@ -1,0 +1,82 @@
+"""Target 6: `kill -9` of the agent holding N connections, and its start again.
+
+Twenty of the connections carry a ping every 10 ms throughout; the figure is
+how many of those pings went unanswered, and how long after the new agent
+process was started a Request for a new connection was answered.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_common.urls import parse_address
+from testbed.bed import Proc, Testbed, links
+
+SAMPLED = 20
+
+
+def _ping(bed: Testbed, pod: str, address: str, seconds: float) -> Proc:
+    return bed.start(f"ping-{pod}", ["ping", "-i", "0.01", "-c", str(int(seconds / 0.01)), "-W", "1", address],
+                     netns=pod)  # fmt: skip
+
+
+def _answered(proc: Proc) -> tuple[int, int]:
+    proc.popen.wait(120)
+    m = re.search(r"(\d+) packets transmitted, (\d+) received", proc.output())
+    if m is None:
+        raise RuntimeError(proc.output())
+    return int(m.group(1)), int(m.group(2))
+
+
+def restart(bed: Testbed, n: int) -> dict[str, object]:
+    node = bed.netns("node")
+    _, registry = bed.registry(node)
+    agent_proc, agent = bed.agent(node, "node1", registry)
+    bed.endpoint(bed.netns("ep"), "ep1", "rs", "10.160.0.0/16", agent)
+    pods = [bed.netns(f"p{i}") for i in range(n)]
+    client = AgentClient(parse_address(agent), timeout=60)
+    conns = [client.request(kernel_request(f"/var/run/netns/{pod}", "rs", "nsm-1")) for pod in pods]
+    client.close_channel()
+    step = max(1, n // SAMPLED)
+    pings = [
+        _ping(bed, pods[i], conns[i].context.ip_context.dst_ip_addrs[0].split("/")[0], 8) for i in range(0, n, step)
+    ][:SAMPLED]
+    time.sleep(1)
+    os.kill(agent_proc.popen.pid, signal.SIGKILL)
+    agent_proc.popen.wait(10)
+    newcomer = bed.netns("new")
+    started = time.monotonic()
+    new_proc, _ = bed.agent(node, "node1", registry, wait=False)
+    client = AgentClient(parse_address(agent), timeout=2)
+    while True:
+        try:
+            fresh = client.request(kernel_request(f"/var/run/netns/{newcomer}", "rs", "nsm-1"))
+            break
+        except Exception:  # not listening yet
+            if time.monotonic() - started > 60:
+                raise
+            time.sleep(0.01)
+    serving_after = time.monotonic() - started
+    bed.wait_for(new_proc, "carried on after restart", timeout=120)
+    restored_after = time.monotonic() - started
+    sent = received = 0
+    for proc in pings:
+        s, r = _answered(proc)
+        sent, received = sent + s, received + r
+    client = AgentClient(parse_address(agent), timeout=60)
+    for conn in [*conns, fresh]:
+        client.close(conn)
+    client.close_channel()
+    leftovers = [pod for pod in [*pods, newcomer] if links(pod) != ["lo"]]
+    return {
+        "connections": n,
+        "pings_sent": sent,
+        "pings_lost": sent - received,
+        "serving_after_s": serving_after,
+        "restored_after_s": restored_after,
+        "leftovers": leftovers,
+    }

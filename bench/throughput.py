@@ -1,0 +1,79 @@
+"""Target 4: TCP throughput (iperf3) through a mesh connection against a hand-built link
+between the same namespaces (veth) or the same nodes (VXLAN, wireguard-go)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from bench.remote_setup import wireguard_pair
+from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_common.urls import parse_address
+from testbed.bed import Testbed, run
+from testbed.cluster import Cluster
+
+
+def iperf(bed: Testbed, client_ns: str, server_ns: str, address: str, seconds: int) -> float:
+    """Gbit/s received by an iperf3 server in `server_ns` at `address`."""
+    server = bed.start(f"iperf-{server_ns}-{address}", ["iperf3", "-s", "-1", "-B", address], netns=server_ns)
+    time.sleep(0.5)
+    out = run("ip", "netns", "exec", client_ns, "iperf3", "-c", address, "-t", str(seconds), "-J").stdout
+    server.popen.wait(10)
+    return float(json.loads(out)["end"]["sum_received"]["bits_per_second"]) / 1e9
+
+
+def _connect(agent: str, pod: str, service: str) -> str:
+    conn = AgentClient(parse_address(agent)).request(kernel_request(f"/var/run/netns/{pod}", service, "nsm-1"))
+    return conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
+
+
+def _row(mesh: float, bare: float) -> dict[str, float]:
+    return {"mesh_gbps": mesh, "baseline_gbps": bare, "ratio": mesh / bare}
+
+
+def veth(bed: Testbed, seconds: int) -> dict[str, float]:
+    node = bed.netns("tp-node")
+    _, registry = bed.registry(node, name="tp-registry")
+    _, agent = bed.agent(node, "tp", registry)
+    ep, pod = bed.netns("tp-ep"), bed.netns("tp-c")
+    bed.endpoint(ep, "tp-ep", "tp", "10.123.0.0/24", agent)
+    mesh = iperf(bed, pod, ep, _connect(agent, pod, "tp"), seconds)
+    a, b = bed.netns("tp-a"), bed.netns("tp-b")
+    run("ip", "-n", a, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", b)
+    run("ip", "-n", a, "addr", "add", "10.124.0.1/24", "dev", "v0")
+    run("ip", "-n", b, "addr", "add", "10.124.0.2/24", "dev", "v1")
+    run("ip", "-n", a, "link", "set", "v0", "up")
+    run("ip", "-n", b, "link", "set", "v1", "up")
+    return _row(mesh, iperf(bed, a, b, "10.124.0.2", seconds))
+
+
+def vxlan(bed: Testbed, seconds: int) -> dict[str, float]:
+    cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", "VXLAN"])
+    n1, n2 = cluster.nodes
+    ep, pod = cluster.pod(n2, "ep"), cluster.pod(n1, "c")
+    bed.endpoint(ep, "vx-ep", "vx", "10.125.0.0/24", n2.agent)
+    mesh = iperf(bed, pod, ep, _connect(n1.agent, pod, "vx"), seconds)
+    for here, other, addr in ((n1, n2, "10.126.0.1"), (n2, n1, "10.126.0.2")):
+        run("ip", "-n", here.netns, "link", "add", "hvx", "type", "vxlan", "id", "4242", "local", here.tunnel_ip,
+            "remote", other.tunnel_ip, "dstport", "4790")  # fmt: skip
+        run("ip", "-n", here.netns, "link", "set", "hvx", "mtu", "1450", "up")
+        run("ip", "-n", here.netns, "addr", "add", f"{addr}/24", "dev", "hvx")
+    return _row(mesh, iperf(bed, n1.netns, n2.netns, "10.126.0.2", seconds))
+
+
+def wireguard(bed: Testbed, seconds: int) -> dict[str, float]:
+    cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", "WIREGUARD"])
+    n1, n2 = cluster.nodes
+    ep, pod = cluster.pod(n2, "ep"), cluster.pod(n1, "c")
+    bed.endpoint(ep, "wg-ep", "wg", "10.127.0.0/24", n2.agent)
+    mesh = iperf(bed, pod, ep, _connect(n1.agent, pod, "wg"), seconds)
+    pair = wireguard_pair(bed, cluster.nodes)
+    return _row(mesh, iperf(bed, n1.netns, n2.netns, pair.inner[1], seconds))
+
+
+def run_all(bed: Testbed, seconds: int) -> dict[str, dict[str, float]]:
+    out = {}
+    for name, fn in (("veth", veth), ("vxlan", vxlan), ("wireguard", wireguard)):
+        with Testbed(prefix=bed.prefix + name[0]) as sub:
+            out[name] = fn(sub, seconds)
+    return out
