@@ -235,7 +235,7 @@ def check(world: World) -> list[str]:
         extra = [n for n in links(node.netns) if n not in ("lo", "eth0") and not n.startswith("nsmwg")]
         if extra:
             problems.append(f"{node.netns} has leftover links {extra}")
-        entries = len(read_log(world.bed.dir / f"{node.name}-state" / "connections.log")[0])
+        entries = len(read_log(world.bed.dir / f"{node.name}-state" / "connections.log"))
         held_here = sum(1 for c in reported.values() if c.path.path_segments[1].name == node.name)
         remote_here = sum(
             1 for c in reported.values() if len(c.path.path_segments) > 3 and c.path.path_segments[2].name == node.name

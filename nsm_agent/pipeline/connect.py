@@ -73,7 +73,10 @@ class ConnectEndpoint(Step):
             raise from_rpc_error(exc, f"endpoint {name!r} at {url}") from exc
         if known is not None and known.url != url and self.watch is not None:
             self.watch.forget(known.url, conn.id)
-        self._downstream[conn.id] = _Downstream(url, reply.mechanism)
+        # A copy: a sub-message would keep the whole reply alive with it.
+        mechanism = Mechanism()
+        mechanism.CopyFrom(reply.mechanism)
+        self._downstream[conn.id] = _Downstream(url, mechanism)
         if self.watch is not None:
             self.watch.watch(url, conn.id, self._channels[url])
         return reply

@@ -36,6 +36,33 @@ class Entry:
     notes: dict[str, list[str]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """An entry as kept in memory: serialized, a fraction of the parsed messages' size."""
+
+    state: str
+    request: bytes
+    reply: bytes
+    notes: dict[str, tuple[str, ...]]
+
+    def line(self, conn_id: str) -> str:
+        return json.dumps(
+            {
+                "id": conn_id,
+                "state": self.state,
+                "request": base64.b64encode(self.request).decode(),
+                "reply": base64.b64encode(self.reply).decode(),
+                "notes": {k: list(v) for k, v in self.notes.items()},
+            }
+        )
+
+    def entry(self, conn_id: str) -> Entry:
+        """A fresh Entry, the caller's to change."""
+        reply = Connection.FromString(self.reply) if self.reply else None
+        notes = {k: list(v) for k, v in self.notes.items()}
+        return Entry(conn_id, self.state, NetworkServiceRequest.FromString(self.request), reply, notes)
+
+
 class JournalStore:
     """Entries in one append-only log, STATE_DIR/connections.log, a JSON line per change.
 
@@ -50,39 +77,33 @@ class JournalStore:
         self.path = state_dir / "connections.log"
         # Only this agent writes here: after one read at start, memory is the
         # truth, and a Request costs no file read.
-        self._entries: dict[str, Entry] = {}
-        self._lines: dict[str, str] = {}  # each live entry's latest line, for compaction
+        self._stored: dict[str, _Stored] = {}
         self._fd = -1
         self._appended = 0
         self._load()
 
     def write(self, entry: Entry) -> None:
-        line = json.dumps(
-            {
-                "id": entry.conn_id,
-                "state": entry.state,
-                "request": base64.b64encode(entry.request.SerializeToString()).decode(),
-                "reply": base64.b64encode(entry.reply.SerializeToString()).decode() if entry.reply else "",
-                "notes": entry.notes,
-            }
+        stored = _Stored(
+            entry.state,
+            entry.request.SerializeToString(),
+            entry.reply.SerializeToString() if entry.reply is not None else b"",
+            {k: tuple(v) for k, v in entry.notes.items()},
         )
-        self._append(line)
-        self._entries[entry.conn_id] = _snapshot(entry)
-        self._lines[entry.conn_id] = line
+        self._append(stored.line(entry.conn_id))
+        self._stored[entry.conn_id] = stored
 
     def read(self, conn_id: str) -> Entry | None:
-        entry = self._entries.get(conn_id)
-        return _snapshot(entry) if entry is not None else None
+        stored = self._stored.get(conn_id)
+        return stored.entry(conn_id) if stored is not None else None
 
     def delete(self, conn_id: str) -> None:
-        if self._entries.pop(conn_id, None) is not None:
-            self._lines.pop(conn_id, None)
+        if self._stored.pop(conn_id, None) is not None:
             self._append(json.dumps({"id": conn_id, "deleted": True}))
 
     def entries(self) -> list[Entry]:
         """Every entry (read again from the file: this is the start-up view)."""
         self._load()
-        return [_snapshot(e) for e in self._entries.values()]
+        return [stored.entry(conn_id) for conn_id, stored in self._stored.items()]
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -92,52 +113,53 @@ class JournalStore:
     def _append(self, line: str) -> None:
         os.write(self._fd, (line + "\n").encode())
         self._appended += 1
-        if self._appended > 1000 + 2 * len(self._lines):
+        if self._appended > 1000 + 2 * len(self._stored):
             self._compact()
 
     def _load(self) -> None:
         self.close()
-        self._entries, self._lines = read_log(self.path)
+        self._stored = _read(self.path)
         self._compact()
 
     def _compact(self) -> None:
         """Rewrite the log as one line per live entry; whole or not at all, also on a crash."""
         self.close()
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in self._lines.values()))
+        tmp.write_text("".join(stored.line(conn_id) + "\n" for conn_id, stored in self._stored.items()))
         os.replace(tmp, self.path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         self._appended = 0
 
 
-def read_log(path: Path) -> tuple[dict[str, Entry], dict[str, str]]:
-    """The live entries of a journal log, and the line each was read from (safe while an agent writes)."""
-    entries: dict[str, Entry] = {}
-    lines: dict[str, str] = {}
+def read_log(path: Path) -> dict[str, Entry]:
+    """The live entries of a journal log (safe to call while an agent writes it)."""
+    return {conn_id: stored.entry(conn_id) for conn_id, stored in _read(path).items()}
+
+
+def _read(path: Path) -> dict[str, _Stored]:
+    out: dict[str, _Stored] = {}
     try:
         text = path.read_text()
     except FileNotFoundError:
-        text = ""
+        return out
     for line in text.splitlines():
         try:
             data = json.loads(line)
             conn_id = str(data["id"])
             if data.get("deleted"):
-                entries.pop(conn_id, None)
-                lines.pop(conn_id, None)
-            else:
-                entries[conn_id] = _parse(data)
-                lines[conn_id] = line
-        except (ValueError, KeyError, TypeError, DecodeError):
+                out.pop(conn_id, None)
+                continue
+            stored = _Stored(
+                str(data["state"]),
+                base64.b64decode(str(data["request"])),
+                base64.b64decode(str(data["reply"] or "")),
+                {str(k): tuple(str(x) for x in v) for k, v in dict(data.get("notes") or {}).items()},
+            )
+            NetworkServiceRequest.FromString(stored.request)  # a torn or foreign line fails here
+        except (ValueError, KeyError, TypeError, AttributeError, DecodeError):
             continue  # a line torn by a crash
-    return entries, lines
-
-
-def _parse(data: dict[str, object]) -> Entry:
-    request = NetworkServiceRequest.FromString(base64.b64decode(str(data["request"])))
-    reply = Connection.FromString(base64.b64decode(str(data["reply"]))) if data.get("reply") else None
-    notes = {str(k): [str(x) for x in v] for k, v in dict(data.get("notes") or {}).items()}  # type: ignore[call-overload]
-    return Entry(str(data["id"]), str(data["state"]), request, reply, notes)
+        out[conn_id] = stored
+    return out
 
 
 class Journal(Step):
@@ -182,16 +204,6 @@ class Journal(Step):
             await nxt.close(conn, call)
         finally:
             self.store.delete(conn.id)
-
-
-def _snapshot(entry: Entry) -> Entry:
-    """A copy callers may change without changing what the store holds."""
-    reply = None
-    if entry.reply is not None:
-        reply = Connection()
-        reply.CopyFrom(entry.reply)
-    return Entry(entry.conn_id, entry.state, _copy_request(entry.request), reply,
-                 {k: list(v) for k, v in entry.notes.items()})  # fmt: skip
 
 
 def _copy_request(request: NetworkServiceRequest) -> NetworkServiceRequest:
