@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,9 +24,3 @@ def open_in(path: str, factory: Callable[[], T]) -> T:
         setns(home, flags=0)
         os.close(target)
         os.close(home)
-
-
-def raise_fd_limit() -> None:
-    """A thousand namespaces mean a thousand sockets held open at once."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

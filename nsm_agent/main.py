@@ -34,7 +34,7 @@ from nsm_agent.tunnels import VniBook, find_underlay
 from nsm_agent.wireguard.keys import load_or_create
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
-from nsm_common.daemon import run_until_signal
+from nsm_common.daemon import raise_open_file_limit, run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 
 log = structlog.get_logger("nsm.agent")
@@ -125,7 +125,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(argv)
     logs.configure(settings.log_level)
-
+    raise_open_file_limit()
     run_until_signal(lambda stop: serve(settings, stop))
 
 
