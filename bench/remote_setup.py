@@ -24,6 +24,7 @@ from testbed.bed import Testbed, run
 from testbed.cluster import Cluster, Node
 
 WG_PORT = 51900
+WG_MTU = 1440  # the mesh's too over a 1500-byte IPv4 underlay: 1500 - 60
 VXLAN_PORT = 4790  # not the mesh's, so both can run side by side
 
 
@@ -89,7 +90,7 @@ def wireguard_pair(bed: Testbed, nodes: list[Node]) -> WgPair:
             "allowed-ips", f"{inner[1 - i]}/128")  # fmt: skip
         index = socks[i].link_lookup(ifname=f"wgb{i}")[0]
         socks[i].addr("add", index=index, address=inner[i], prefixlen=128, flags=0x02)
-        socks[i].link("set", index=index, state="up", mtu=1420)
+        socks[i].link("set", index=index, state="up", mtu=WG_MTU)
         socks[i].route("replace", dst=f"{inner[1 - i]}/128", oif=index, family=10)
     took = time.perf_counter() - t
     for s in socks:

@@ -48,7 +48,8 @@ def _scale(d: dict[str, Any]) -> list[Row]:
         per_agent = ", ".join(f"{k} {v:.1f}" for k, v in s["kib_per_connection"].items())
         rows += [
             (f"3 {s['n']} connections, {label}: flatness", f"last 50 p50 {s['last50_p50_ms']:.2f} ms",
-             f"first 50 p50 {s['first50_p50_ms']:.2f} ms", f"{s['flatness']:.2f}×", "≤ 1.5×", s["flatness"] <= 1.5),
+             f"first 50 p50 {s['first50_p50_ms']:.2f} ms (bare pyroute2, one node: {d['bare_flatness']:.2f}×)",
+             f"{s['flatness']:.2f}×", "≤ 1.5×", s["flatness"] <= 1.5),
             (f"3 {label}: rate", f"{s['per_second']:.0f} connections/s", "—", "—", "≥ 100/s", s["per_second"] >= 100),
             (f"3 {label}: memory", f"{kib:.1f} KiB/connection ({per_agent})", "—", "—", "≤ 20 KiB",
              kib <= 20),
@@ -64,11 +65,17 @@ def _scale(d: dict[str, Any]) -> list[Row]:
 
 
 def _throughput(d: dict[str, Any]) -> list[Row]:
-    return [
+    rows: list[Row] = [
         (f"4 throughput {kind} ({d['seconds']} s)", f"{t['mesh_gbps']:.2f} Gbit/s", f"by hand {t['baseline_gbps']:.2f}"
          " Gbit/s", f"{t['ratio']:.2f}", "≥ 0.95", t["ratio"] >= 0.95)
         for kind, t in d.items() if isinstance(t, dict)
     ]  # fmt: skip
+    wg = d.get("wireguard", {})
+    if "same_shape_gbps" in wg:
+        rows.append(("4 throughput wireguard, against its own shape", f"{wg['mesh_gbps']:.2f} Gbit/s",
+                     f"VXLAN over wireguard-go by hand {wg['same_shape_gbps']:.2f} Gbit/s",
+                     f"{wg['same_shape_ratio']:.2f}", "≥ 0.95", wg["same_shape_ratio"] >= 0.95))  # fmt: skip
+    return rows
 
 
 def _heal(d: dict[str, Any]) -> list[Row]:

@@ -120,12 +120,13 @@ def run_all(bed: Testbed, n: int) -> dict[str, object]:
     with Testbed(prefix=bed.prefix + "s") as sub:
         local = one_node(sub, n)
     with Testbed(prefix=bed.prefix + "b") as sub:
-        _, bare_close = bare(sub, n)
+        bare_setup, bare_close = bare(sub, n)
     with Testbed(prefix=bed.prefix + "r") as sub:
         remote = two_nodes(sub, n)
     return {
         "one_node": local.report(),
         "two_nodes": remote.report(),
+        "bare_flatness": pct(bare_setup[-50:], 50) / pct(bare_setup[:50], 50),
         "bare_close_p50_ms": pct(bare_close, 50) * 1000,
         "bare_close_total_s": sum(bare_close),
         "raw": {"one_node_setup": local.setup, "two_nodes_setup": remote.setup},

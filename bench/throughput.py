@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from bench.remote_setup import wireguard_pair
+from bench.remote_setup import WG_MTU, wireguard_pair
 from nsm_agent.client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, run
@@ -47,28 +47,41 @@ def veth(bed: Testbed, seconds: int) -> dict[str, float]:
     return _row(mesh, iperf(bed, a, b, "10.124.0.2", seconds))
 
 
+def _hand_vxlan(cluster: Cluster, ends: tuple[str, str], mtu: int, subnet: str) -> str:
+    """A VXLAN between node 1 and node 2 by hand; returns node 2's address on it."""
+    n1, n2 = cluster.nodes
+    for here, local, remote, host in ((n1, ends[0], ends[1], 1), (n2, ends[1], ends[0], 2)):
+        run("ip", "-n", here.netns, "link", "add", "hvx", "type", "vxlan", "id", "4242", "local", local,
+            "remote", remote, "dstport", "4790")  # fmt: skip
+        run("ip", "-n", here.netns, "link", "set", "hvx", "mtu", str(mtu), "up")
+        run("ip", "-n", here.netns, "addr", "add", f"{subnet}.{host}/24", "dev", "hvx")
+    return f"{subnet}.2"
+
+
 def vxlan(bed: Testbed, seconds: int) -> dict[str, float]:
     cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", "VXLAN"])
     n1, n2 = cluster.nodes
     ep, pod = cluster.pod(n2, "ep"), cluster.pod(n1, "c")
     bed.endpoint(ep, "vx-ep", "vx", "10.125.0.0/24", n2.agent)
     mesh = iperf(bed, pod, ep, _connect(n1.agent, pod, "vx"), seconds)
-    for here, other, addr in ((n1, n2, "10.126.0.1"), (n2, n1, "10.126.0.2")):
-        run("ip", "-n", here.netns, "link", "add", "hvx", "type", "vxlan", "id", "4242", "local", here.tunnel_ip,
-            "remote", other.tunnel_ip, "dstport", "4790")  # fmt: skip
-        run("ip", "-n", here.netns, "link", "set", "hvx", "mtu", "1450", "up")
-        run("ip", "-n", here.netns, "addr", "add", f"{addr}/24", "dev", "hvx")
-    return _row(mesh, iperf(bed, n1.netns, n2.netns, "10.126.0.2", seconds))
+    far = _hand_vxlan(cluster, (n1.tunnel_ip, n2.tunnel_ip), 1450, "10.126.0")
+    return _row(mesh, iperf(bed, n1.netns, n2.netns, far, seconds))
 
 
 def wireguard(bed: Testbed, seconds: int) -> dict[str, float]:
+    """Against a plain wireguard-go link (what the issue asks) and against the mesh's own
+    shape built by hand, a VXLAN over a wireguard-go link: the gap between the two is
+    the inner VXLAN's, which lets one WireGuard device carry overlapping ranges."""
     cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", "WIREGUARD"])
     n1, n2 = cluster.nodes
     ep, pod = cluster.pod(n2, "ep"), cluster.pod(n1, "c")
     bed.endpoint(ep, "wg-ep", "wg", "10.127.0.0/24", n2.agent)
     mesh = iperf(bed, pod, ep, _connect(n1.agent, pod, "wg"), seconds)
     pair = wireguard_pair(bed, cluster.nodes)
-    return _row(mesh, iperf(bed, n1.netns, n2.netns, pair.inner[1], seconds))
+    plain = iperf(bed, n1.netns, n2.netns, pair.inner[1], seconds)
+    far = _hand_vxlan(cluster, pair.inner, WG_MTU - 70, "10.128.0")
+    shaped = iperf(bed, n1.netns, n2.netns, far, seconds)
+    return {**_row(mesh, plain), "same_shape_gbps": shaped, "same_shape_ratio": mesh / shaped}
 
 
 def run_all(bed: Testbed, seconds: int) -> dict[str, dict[str, float]]:

@@ -28,7 +28,8 @@ class ConnectionEvents:
     """The current connections of this hop and a fan-out of their changes."""
 
     def __init__(self) -> None:
-        self.current: dict[str, Connection] = {}
+        # Serialized: a parsed message keeps an arena of its own, ~2.5 KiB a connection.
+        self.current: dict[str, bytes] = {}
         self._subscribers: set[asyncio.Queue[ConnectionEvent | None]] = set()
 
     def _publish(self, kind: ConnectionEventType.ValueType, conn: Connection) -> None:
@@ -42,29 +43,32 @@ class ConnectionEvents:
                 q.put_nowait(event)
 
     def update(self, conn: Connection) -> None:
-        stored = Connection()
-        stored.CopyFrom(conn)
-        self.current[conn.id] = stored
-        self._publish(UPDATE, stored)
+        self.current[conn.id] = conn.SerializeToString()
+        self._publish(UPDATE, conn)
 
     def mark_down(self, conn_ids: list[str]) -> None:
         """Tell watchers these connections are DOWN (their endpoint is gone)."""
         for cid in conn_ids:
-            conn = self.current.get(cid)
-            if conn is not None and conn.state != DOWN:
+            wire = self.current.get(cid)
+            if wire is None:
+                continue
+            conn = Connection.FromString(wire)
+            if conn.state != DOWN:
                 conn.state = DOWN
+                self.current[cid] = conn.SerializeToString()
                 self._publish(UPDATE, conn)
 
     def delete(self, conn: Connection) -> None:
         old = self.current.pop(conn.id, None)
-        self._publish(DELETE, old if old is not None else conn)
+        self._publish(DELETE, Connection.FromString(old) if old is not None else conn)
 
     async def stream(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
         queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
         self._subscribers.add(queue)
         try:
             initial = ConnectionEvent(type=INITIAL_STATE_TRANSFER)
-            for cid, conn in self.current.items():
+            for cid, wire in self.current.items():
+                conn = Connection.FromString(wire)
                 if selects(selector, conn):
                     initial.connections[cid].CopyFrom(conn)
             yield initial

@@ -25,16 +25,15 @@ log = structlog.get_logger("nsm.agent")
 
 @dataclass
 class _Record:
-    conn: Connection  # the last reply, at this hop's index
+    conn_wire: bytes  # the last reply, at this hop's index; serialized, a fifth of the parsed size
     caller_id: str
     nxt: Next
     timer: asyncio.TimerHandle | None = None
 
-
-def _copy(conn: Connection) -> Connection:
-    out = Connection()
-    out.CopyFrom(conn)
-    return out
+    @property
+    def conn(self) -> Connection:
+        """A fresh copy of the last reply."""
+        return Connection.FromString(self.conn_wire)
 
 
 def _expires(conn: Connection) -> float:
@@ -97,7 +96,7 @@ class Begin(Step):
                 log.info("reselect requested", id=own, old_endpoint=rec.conn.network_service_endpoint_name)
                 self._forget(own)
                 call.avoid.add(rec.conn.network_service_endpoint_name)
-                await rec.nxt.close(_copy(rec.conn), Call(reselecting=True))
+                await rec.nxt.close(rec.conn, Call(reselecting=True))
                 rec = None
             if conn.state == RESELECT_REQUESTED:
                 conn.network_service_endpoint_name = ""
@@ -111,7 +110,7 @@ class Begin(Step):
             caller_id = conn.path.path_segments[conn.path.index - 1].id if conn.path.index > 0 else own
             if rec is not None and rec.timer is not None:
                 rec.timer.cancel()
-            new = _Record(conn=_copy(reply), caller_id=caller_id, nxt=nxt)
+            new = _Record(conn_wire=reply.SerializeToString(), caller_id=caller_id, nxt=nxt)
             self._records[own] = new
             self._by_caller[caller_id] = own
             self._schedule_expiry(own, new)
@@ -134,7 +133,7 @@ class Begin(Step):
             log.info("connection expired: its client stopped refreshing", id=own)
             self._forget(own)
             try:
-                await rec.nxt.close(_copy(rec.conn), Call())
+                await rec.nxt.close(rec.conn, Call())
             except Exception as exc:
                 log.warning("closing an expired connection failed", id=own, error=str(exc))
         self._locks.pop(own, None)
@@ -150,5 +149,5 @@ class Begin(Step):
                 if self.on_unknown_close is not None:
                     await self.on_unknown_close(conn)
                 return  # Close of an unknown id succeeds
-            await nxt.close(_copy(rec.conn), call)
+            await nxt.close(rec.conn, call)
         self._locks.pop(own, None)

@@ -23,7 +23,13 @@ log = structlog.get_logger("nsm.agent")
 @dataclass
 class _Downstream:
     url: str
-    mechanism: Mechanism
+    # Serialized: a parsed message keeps an arena of its own (and a sub-message
+    # of the reply would keep the whole reply).
+    mechanism_wire: bytes
+
+    @property
+    def mechanism(self) -> Mechanism:
+        return Mechanism.FromString(self.mechanism_wire)
 
 
 class ConnectEndpoint(Step):
@@ -73,10 +79,7 @@ class ConnectEndpoint(Step):
             raise from_rpc_error(exc, f"endpoint {name!r} at {url}") from exc
         if known is not None and known.url != url and self.watch is not None:
             self.watch.forget(known.url, conn.id)
-        # A copy: a sub-message would keep the whole reply alive with it.
-        mechanism = Mechanism()
-        mechanism.CopyFrom(reply.mechanism)
-        self._downstream[conn.id] = _Downstream(url, mechanism)
+        self._downstream[conn.id] = _Downstream(url, reply.mechanism.SerializeToString())
         if self.watch is not None:
             self.watch.watch(url, conn.id, self._channels[url])
         return reply

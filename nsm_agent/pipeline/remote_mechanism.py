@@ -42,9 +42,14 @@ WIREGUARD_PORT = 51820
 
 @dataclass
 class _Agreed:
-    mechanism: Mechanism
+    # Serialized: a parsed message keeps an arena of its own, about 1.2 KiB.
+    mechanism_wire: bytes
     tunnel: Tunnel
     peer_key: str = ""  # WireGuard: the other node's public key
+
+    @property
+    def mechanism(self) -> Mechanism:
+        return Mechanism.FromString(self.mechanism_wire)
 
 
 class TunnelKinds:
@@ -184,7 +189,8 @@ class RemoteMechanismServer(_TunnelStep):
         except BaseException:
             self.kinds.vnis.release(vni, conn_id)
             raise
-        return _Agreed(mech, tunnel, offer.parameters.get("src_public_key", "") if offer.type == WIREGUARD else "")
+        peer_key = offer.parameters.get("src_public_key", "") if offer.type == WIREGUARD else ""
+        return _Agreed(mech.SerializeToString(), tunnel, peer_key)
 
 
 class RemoteMechanismClient(_TunnelStep):
@@ -251,9 +257,7 @@ class RemoteMechanismClient(_TunnelStep):
                 self.kinds.vnis.release(vni, conn_id)
             await nxt.close(reply, call)
             raise NsmError(grpc.StatusCode.INTERNAL, f"the endpoint's agent answered: {exc.message}") from exc
-        stored = Mechanism()
-        stored.CopyFrom(mech)
         peer_key = mech.parameters.get("dst_public_key", "") if mech.type == WIREGUARD else ""
-        self._agreed[conn_id] = _Agreed(stored, tunnel, peer_key)
+        self._agreed[conn_id] = _Agreed(mech.SerializeToString(), tunnel, peer_key)
         call.tunnel = tunnel
         return reply
