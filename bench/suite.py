@@ -91,15 +91,16 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller N and shorter iperf3 runs (under five minutes)")
     p.add_argument("--only", default="", help=f"comma-separated parts of: {', '.join(PARTS)}")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for the report (default: bench/results)")
     args = p.parse_args(argv)
     only = [x for x in args.only.split(",") if x]
     unknown = [x for x in only if x not in PARTS]
     if unknown:
         p.error(f"--only: unknown part(s) {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
     raise_open_file_limit()  # the driver holds a socket per pod for the baselines
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {}
-    report = RESULTS / "report.json"
+    report = args.out / "report.json"
     if only and report.exists():
         data = json.loads(report.read_text())
     data["mode"] = "quick" if args.quick else "full"
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         with Testbed() as bed:
             data[name] = {"mode": data["mode"], **PARTS[name](bed, args.quick)}
     report.write_text(json.dumps(data, indent=1))
-    print(write_report(data, RESULTS))
+    print(write_report(data, args.out))
 
 
 if __name__ == "__main__":
