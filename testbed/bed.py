@@ -202,12 +202,29 @@ class Testbed:
         for proc in reversed(self.procs):
             proc.stop()
         self.procs.clear()
+        # Whatever still runs inside (wireguard-go outlives its agent on purpose)
+        # would keep a namespace alive after its name is gone. TERM first, so
+        # that wireguard-go removes its socket in /var/run/wireguard.
+        left = [
+            int(pid) for ns in self.namespaces for pid in run("ip", "netns", "pids", ns, check=False).stdout.split()
+        ]
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + 3
+            while left and time.monotonic() < deadline:
+                left = [pid for pid in left if os.path.exists(f"/proc/{pid}") and not _zombie(pid)]
+                time.sleep(0.02)
         for ns in reversed(self.namespaces):
-            # Whatever still runs inside (wireguard-go outlives its agent on purpose)
-            # would keep the namespace alive after its name is gone.
-            for pid in run("ip", "netns", "pids", ns, check=False).stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
             run("ip", "netns", "del", ns, check=False)
         self.namespaces.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -18,12 +18,22 @@ def bed() -> Iterator[Testbed]:
     if os.geteuid() != 0:
         pytest.skip("needs root: creates network namespaces and interfaces")
     testbed = Testbed()
+    sockets_before = wireguard_sockets()
     try:
         yield testbed
     finally:
         testbed.cleanup()
         leftover = [n for n in os.listdir("/var/run/netns") if n.startswith(testbed.prefix)]
         assert not leftover, f"namespaces left behind: {leftover}"
+        stale = wireguard_sockets() - sockets_before
+        assert not stale, f"wireguard-go sockets left behind: {sorted(stale)}"
+
+
+def wireguard_sockets() -> set[str]:
+    try:
+        return set(os.listdir("/var/run/wireguard"))
+    except FileNotFoundError:
+        return set()
 
 
 @dataclass

@@ -145,6 +145,17 @@ class Rtnl:
         msg.decode()
         return msg
 
+    def has_alias(self, index: int, alias: str) -> bool:
+        """Link `index` is here and carries `alias` (what marks a link as ours)."""
+        link = self.link(index)
+        return link is not None and link.get("ifalias") == alias
+
+    def delete(self, index: int) -> None:
+        """Delete link `index`; already gone is fine."""
+        reply = self.batch([del_link(index)])[0]
+        if reply.error != -errno.ENODEV:
+            reply.raise_for_error()
+
     def links_of_kind(self, kind: str) -> list[ifinfmsg]:
         """Every link of this kind here, decoded (the kernel filters, so other links cost nothing)."""
         reply = self.run(dump_links(kind))[0]

@@ -5,13 +5,14 @@ Every function here runs on the netlink thread (see netlink.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nsm_agent.datapath import rtnl
-from nsm_agent.datapath.links import EEXIST, ENODEV, WireError, ours, random_mac, side_messages, update_side
+from nsm_agent.datapath.links import EEXIST, WireError, ours, random_mac, side_messages, update_side
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan, WirePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -35,7 +36,7 @@ def ifname_in_use(nl: NetlinkThread, ns: NetnsRef, name: str, unless_alias: str 
     """Someone else's interface has this name (one marked `unless_alias` is ours from before a restart)."""
     sock = nl.rtnl(ns)
     index = sock.link_index(name)
-    return index is not None and not (unless_alias and _ours(sock, index, unless_alias))
+    return index is not None and not (unless_alias and sock.has_alias(index, unless_alias))
 
 
 def build(
@@ -66,7 +67,8 @@ def build(
     finally:
         os.close(fd)
     c_index = sock_c.link_index(client_ifname)
-    assert c_index is not None
+    if c_index is None:
+        raise WireError(f"the veth end {client_ifname} vanished from {client_ns.path}")
     try:
         e_index = sock_e.link_index(ep_ifname)
         if e_index is None:
@@ -74,16 +76,12 @@ def build(
         sock_c.run(rtnl.set_link(c_index, alias=alias), *side_messages(c_index, plan.client))
         sock_e.run(rtnl.set_link(e_index, alias=alias, up=True), *side_messages(e_index, plan.endpoint))
     except Exception as exc:
-        sock_c.batch([rtnl.del_link(c_index)])
+        with contextlib.suppress(NetlinkError, OSError):  # the first failure is the one to report
+            sock_c.delete(c_index)
         raise WireError(f"configuring veth {client_ifname}: {exc}") from exc
     nl.hold(client_ns)
     nl.hold(ep_ns)
     return VethWire(alias, client_ns, client_ifname, c_index, ep_ns, ep_ifname, e_index, plan, c_mac, e_mac)
-
-
-def _ours(sock: rtnl.Rtnl, index: int, alias: str) -> bool:
-    link = sock.link(index)
-    return link is not None and link.get("ifalias") == alias
 
 
 def remove(nl: NetlinkThread, wire: VethWire) -> None:
@@ -94,10 +92,8 @@ def remove(nl: NetlinkThread, wire: VethWire) -> None:
                 sock = nl.rtnl(ns)
             except OSError:
                 continue  # the namespace is gone, and the link with it
-            if _ours(sock, index, wire.alias):
-                reply = sock.batch([rtnl.del_link(index)])[0]
-                if reply.error != -ENODEV:
-                    reply.raise_for_error()
+            if sock.has_alias(index, wire.alias):
+                sock.delete(index)
                 break
     finally:
         nl.unhold(wire.client_ns)
@@ -122,8 +118,8 @@ def update(nl: NetlinkThread, wire: VethWire, plan: WirePlan) -> VethWire:
 def alive(nl: NetlinkThread, wire: VethWire) -> bool:
     """Both ends still exist with our alias."""
     try:
-        return _ours(nl.rtnl(wire.client_ns), wire.client_index, wire.alias) and _ours(
-            nl.rtnl(wire.ep_ns), wire.ep_index, wire.alias
+        return nl.rtnl(wire.client_ns).has_alias(wire.client_index, wire.alias) and nl.rtnl(wire.ep_ns).has_alias(
+            wire.ep_index, wire.alias
         )
     except OSError:
         return False

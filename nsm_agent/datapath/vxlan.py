@@ -6,6 +6,7 @@ Every function here runs on the netlink thread (see netlink.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, replace
 
@@ -14,7 +15,6 @@ from pyroute2.netlink.exceptions import NetlinkError
 from nsm_agent.datapath import rtnl
 from nsm_agent.datapath.links import (
     EEXIST,
-    ENODEV,
     WireError,
     delete_link,
     ours,
@@ -90,7 +90,8 @@ def build(
         pod.run(rtnl.set_link(index, alias=alias), *side_messages(index, side))
     except Exception as exc:
         if index is not None:
-            pod.batch([rtnl.del_link(index)])
+            with contextlib.suppress(NetlinkError, OSError):  # the first failure is the one to report
+                pod.delete(index)
         raise WireError(f"configuring VXLAN {ifname}: {exc}") from exc
     nl.hold(ns)
     return VxlanWire(alias, ns, ifname, index, vni, side, mtu, mac)
@@ -102,11 +103,8 @@ def remove(nl: NetlinkThread, wire: VxlanWire) -> None:
             pod = nl.rtnl(wire.ns)
         except OSError:
             return  # the pod is gone, and the device with it
-        link = pod.link(wire.index)
-        if link is not None and link.get("ifalias") == wire.alias:
-            reply = pod.batch([rtnl.del_link(wire.index)])[0]
-            if reply.error != -ENODEV:
-                reply.raise_for_error()
+        if pod.has_alias(wire.index, wire.alias):
+            pod.delete(wire.index)
     finally:
         nl.unhold(wire.ns)
         nl.trim()
@@ -114,10 +112,9 @@ def remove(nl: NetlinkThread, wire: VxlanWire) -> None:
 
 def alive(nl: NetlinkThread, wire: VxlanWire) -> bool:
     try:
-        link = nl.rtnl(wire.ns).link(wire.index)
+        return nl.rtnl(wire.ns).has_alias(wire.index, wire.alias)
     except OSError:
         return False
-    return link is not None and link.get("ifalias") == wire.alias
 
 
 def update(nl: NetlinkThread, wire: VxlanWire, side: SidePlan, mtu: int) -> VxlanWire:
