@@ -194,8 +194,7 @@ class Journal(Step):
                 self.store.delete(conn_id)  # the steps undid their own work
             raise
         entry.state = DONE
-        entry.reply = Connection()
-        entry.reply.CopyFrom(reply)
+        entry.reply = reply  # the store keeps it serialized, not this object
         self.store.write(entry)
         return reply
 
