@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,12 +106,25 @@ def main(argv: list[str] | None = None) -> None:
     if only and report.exists():
         data = json.loads(report.read_text())
     data["mode"] = "quick" if args.quick else "full"
+    before = _traces()
     for name in only or list(PARTS):
         print(f"== {name}", flush=True)
         with Testbed() as bed:
             data[name] = {"mode": data["mode"], **PARTS[name](bed, args.quick)}
     report.write_text(json.dumps(data, indent=1))
     print(write_report(data, args.out))
+    left = _traces() - before
+    if left:
+        sys.exit(f"left behind: {', '.join(sorted(left))}")
+
+
+def _traces() -> set[str]:
+    """What a run could leave on the machine: namespaces, host links, wireguard-go sockets."""
+    names = {f"netns {n}" for n in os.listdir("/var/run/netns")} if os.path.isdir("/var/run/netns") else set()
+    names |= {f"link {n}" for n in os.listdir("/sys/class/net")}
+    if os.path.isdir("/var/run/wireguard"):
+        names |= {f"socket {n}" for n in os.listdir("/var/run/wireguard")}
+    return names
 
 
 if __name__ == "__main__":
