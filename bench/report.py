@@ -42,7 +42,10 @@ def _remote(d: dict[str, Any]) -> list[Row]:
 
 def _scale(d: dict[str, Any]) -> list[Row]:
     rows: list[Row] = []
-    for key, label in (("one_node", "one node"), ("two_nodes", "two nodes, VXLAN")):
+    for key, label in (("one_node", "one node"), ("two_nodes", "two nodes, VXLAN"),
+                       ("two_nodes_wireguard", "two nodes, WireGuard")):  # fmt: skip
+        if key not in d:
+            continue
         s = d[key]
         kib = max(s["kib_per_connection"].values())
         per_agent = ", ".join(f"{k} {v:.1f}" for k, v in s["kib_per_connection"].items())
@@ -126,8 +129,12 @@ def _plots(data: dict[str, Any], out: Path) -> list[str]:
     made = []
     if "scale" in data:
         fig, ax = plt.subplots(figsize=(8, 4))
-        for key, label in (("one_node_setup", "one node (veth)"), ("two_nodes_setup", "two nodes (VXLAN)")):
-            values = [x * 1000 for x in data["scale"]["raw"][key]]
+        raw = data["scale"]["raw"]
+        for key, label in (("one_node_setup", "one node (veth)"), ("two_nodes_setup", "two nodes (VXLAN)"),
+                           ("two_nodes_wireguard_setup", "two nodes (WireGuard)")):  # fmt: skip
+            if key not in raw:
+                continue
+            values = [x * 1000 for x in raw[key]]
             window = 25
             smooth = [sorted(values[max(0, i - window) : i + 1])[len(values[max(0, i - window) : i + 1]) // 2]
                       for i in range(len(values))]  # fmt: skip

@@ -108,6 +108,7 @@ def two_nodes(bed: Testbed, n: int, mechanism: str = "VXLAN") -> Scale:
     n1, n2 = cluster.nodes
     ep_pod = cluster.pod(n2, "ep")
     bed.endpoint(ep_pod, "ep2", "scale2", "10.141.0.0/16", n2.agent)
+    # Every agent's process tree: wireguard-go runs in a session of its own, but is the agent's child.
     agents = {p.name: p for p in bed.procs if p.name.startswith("agent-")}
     pods = [cluster.pod(n1, f"s{i}") for i in range(n)]
     out = _drive(agents, n1.agent, pods, "scale2", cluster.pod(n1, "warm"))
@@ -123,11 +124,18 @@ def run_all(bed: Testbed, n: int) -> dict[str, object]:
         bare_setup, bare_close = bare(sub, n)
     with Testbed(prefix=bed.prefix + "r") as sub:
         remote = two_nodes(sub, n)
+    with Testbed(prefix=bed.prefix + "w") as sub:
+        wireguard = two_nodes(sub, n, "WIREGUARD")
     return {
         "one_node": local.report(),
         "two_nodes": remote.report(),
+        "two_nodes_wireguard": wireguard.report(),
         "bare_flatness": pct(bare_setup[-50:], 50) / pct(bare_setup[:50], 50),
         "bare_close_p50_ms": pct(bare_close, 50) * 1000,
         "bare_close_total_s": sum(bare_close),
-        "raw": {"one_node_setup": local.setup, "two_nodes_setup": remote.setup},
+        "raw": {
+            "one_node_setup": local.setup,
+            "two_nodes_setup": remote.setup,
+            "two_nodes_wireguard_setup": wireguard.setup,
+        },
     }
