@@ -138,8 +138,8 @@ def _plots(data: dict[str, Any], out: Path) -> list[str]:
             window = 25
             smooth = [sorted(values[max(0, i - window) : i + 1])[len(values[max(0, i - window) : i + 1]) // 2]
                       for i in range(len(values))]  # fmt: skip
-            ax.plot(range(1, len(values) + 1), values, linewidth=0.4, alpha=0.4)
-            ax.plot(range(1, len(values) + 1), smooth, label=f"{label}, running median", linewidth=1.5)
+            (line,) = ax.plot(range(1, len(values) + 1), smooth, label=f"{label}, running median", linewidth=1.5)
+            ax.plot(range(1, len(values) + 1), values, linewidth=0.4, alpha=0.35, color=line.get_color())
         ax.set_xlabel("connections held")
         ax.set_ylabel("set-up latency (ms)")
         ax.set_title("Set-up latency as connections accumulate")
