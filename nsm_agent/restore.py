@@ -66,7 +66,7 @@ async def undo_intent(
             ns = resolver.resolve(NetnsSpec(path=path))
         except NsmError:
             continue  # gone, and what was in it
-        removed = await netlink.run(lambda nl, ns=ns: delete_by_alias(nl.socket(ns), alias))  # type: ignore[misc]
+        removed = await netlink.run(lambda nl, ns=ns: delete_by_alias(nl.rtnl(ns), alias))  # type: ignore[misc]
         if removed:
             log.info("removed what an interrupted request built", id=entry.conn_id, netns=path)
     await netlink.run(lambda nl: nl.trim())

@@ -1,25 +1,19 @@
-"""Netlink steps every wire shares: addresses, routes, marks, deletion.
+"""What every wire shares: errors, MACs, a side's addresses and routes, deletion by alias.
 
 Every function here runs on the netlink thread (see netlink.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 
-from pyroute2 import IPRoute
 from pyroute2.netlink import nlmsg
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from nsm_agent.datapath import rtnl
-from nsm_agent.decisions.wireplan import RoutePlan, SidePlan
+from nsm_agent.decisions.wireplan import SidePlan
 
-IFA_F_NODAD = 0x02
-RTNH_F_ONLINK = 0x04
-RT_SCOPE_LINK = 253
 EEXIST = 17
-ENODEV = 19
 
 
 class WireError(RuntimeError):
@@ -28,19 +22,6 @@ class WireError(RuntimeError):
     def __init__(self, message: str, user_error: bool = False) -> None:
         super().__init__(message)
         self.user_error = user_error
-
-
-def configure(ipr: IPRoute, index: int, side: SidePlan) -> None:
-    for addr in side.addrs:
-        flags = IFA_F_NODAD if addr.version == 6 else 0
-        try:
-            ipr.addr("add", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen, flags=flags)
-        except NetlinkError as exc:
-            if exc.code != EEXIST:
-                raise
-    ipr.link("set", index=index, state="up")
-    for route in side.routes:
-        _add_route(ipr, index, route)
 
 
 def random_mac() -> str:
@@ -56,55 +37,24 @@ def side_messages(index: int, side: SidePlan) -> list[nlmsg]:
     return msgs + [rtnl.replace_route(index, route) for route in side.routes]
 
 
-def _route_args(index: int, route: RoutePlan) -> dict[str, object]:
-    args: dict[str, object] = {"dst": str(route.dst), "oif": index}
-    if route.gateway is None:
-        args["scope"] = RT_SCOPE_LINK
-    else:
-        args["gateway"] = str(route.gateway)
-        args["flags"] = RTNH_F_ONLINK
-    if route.dst.version == 6:
-        args["family"] = 10
-    return args
+def update_side(sock: rtnl.Rtnl, index: int, old: SidePlan, new: SidePlan) -> None:
+    """Bring a live link from `old` to `new`: what went is removed (already gone is fine)."""
+    gone: list[nlmsg] = [rtnl.del_route(index, route) for route in set(old.routes) - set(new.routes)]
+    gone += [rtnl.del_addr(index, addr) for addr in set(old.addrs) - set(new.addrs)]
+    if gone:
+        sock.batch(gone)
+    sock.run(rtnl.set_link(index, up=True), *side_messages(index, new))
 
 
-def _add_route(ipr: IPRoute, index: int, route: RoutePlan) -> None:
-    ipr.route("replace", **_route_args(index, route))
+def owned(sock: rtnl.Rtnl, ifname: str, alias: str) -> ifinfmsg | None:
+    """The link named `ifname` if it carries `alias` (what marks a link as ours)."""
+    link = sock.link(ifname=ifname)
+    return link if link is not None and link.get("ifalias") == alias else None
 
 
-def delete_link(ipr: IPRoute, index: int) -> None:
-    try:
-        ipr.link("del", index=index)
-    except NetlinkError as exc:
-        if exc.code != ENODEV:
-            raise
-
-
-def ours(ipr: IPRoute, index: int, alias: str) -> bool:
-    try:
-        link = ipr.get_links(index)[0]
-    except NetlinkError:
-        return False
-    return bool(link.get("ifalias") == alias)
-
-
-def update_side(ipr: IPRoute, index: int, old: SidePlan, new: SidePlan) -> None:
-    for route in set(old.routes) - set(new.routes):
-        with contextlib.suppress(NetlinkError):
-            ipr.route("del", **_route_args(index, route))
-    for addr in set(old.addrs) - set(new.addrs):
-        with contextlib.suppress(NetlinkError):
-            ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-    configure(ipr, index, new)
-
-
-def find_by_alias(ipr: IPRoute, alias: str) -> list[int]:
-    return [int(link["index"]) for link in ipr.get_links() if link.get("ifalias") == alias]
-
-
-def delete_by_alias(ipr: IPRoute, alias: str) -> int:
+def delete_by_alias(sock: rtnl.Rtnl, alias: str) -> int:
     """Delete every link carrying `alias`; returns how many went."""
-    found = find_by_alias(ipr, alias)
+    found = [int(link["index"]) for link in sock.links() if link.get("ifalias") == alias]
     for index in found:
-        delete_link(ipr, index)
+        sock.delete(index)
     return len(found)

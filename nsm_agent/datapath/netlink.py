@@ -32,8 +32,7 @@ class NetlinkThread:
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._thread_id: int | None = None
-        self._sockets: dict[tuple[int, int], IPRoute] = {}
-        self._rtnl: dict[tuple[int, int], Rtnl] = {}
+        self._sockets: dict[tuple[int, int], Rtnl] = {}
         self._refs: dict[tuple[int, int], int] = {}
         self._node: IPRoute | None = None
         self._node_rtnl: Rtnl | None = None
@@ -60,22 +59,13 @@ class NetlinkThread:
         if threading.get_ident() != self._thread_id:
             raise WrongThread("netlink sockets may only be used on the netlink thread")
 
-    def socket(self, ns: NetnsRef) -> IPRoute:
-        """The cached socket bound to `ns`, opened on first use (netlink thread only)."""
-        self._check_thread()
-        ipr = self._sockets.get(ns.key)
-        if ipr is None:
-            ipr = _in_netns(ns, IPRoute)
-            self._sockets[ns.key] = ipr
-        return ipr
-
     def rtnl(self, ns: NetnsRef) -> Rtnl:
-        """The cached batching socket bound to `ns` (the Request path's; see rtnl.py)."""
+        """The cached socket bound to `ns`, opened on first use (netlink thread only; see rtnl.py)."""
         self._check_thread()
-        sock = self._rtnl.get(ns.key)
+        sock = self._sockets.get(ns.key)
         if sock is None:
-            sock = _in_netns(ns, Rtnl)
-            self._rtnl[ns.key] = sock
+            sock = _in_netns(ns)
+            self._sockets[ns.key] = sock
         return sock
 
     def node(self) -> IPRoute:
@@ -110,16 +100,11 @@ class NetlinkThread:
         self._check_thread()
         for key in [k for k in self._sockets if k not in self._refs]:
             self._sockets.pop(key).close()
-        for key in [k for k in self._rtnl if k not in self._refs]:
-            self._rtnl.pop(key).close()
 
     def close(self) -> None:
         def _close(_: NetlinkThread) -> None:
-            for ipr in self._sockets.values():
-                ipr.close()
-            for sock in self._rtnl.values():
+            for sock in self._sockets.values():
                 sock.close()
-            self._rtnl.clear()
             if self._node is not None:
                 self._node.close()
             if self._node_rtnl is not None:
@@ -131,10 +116,7 @@ class NetlinkThread:
         self._pool.shutdown(wait=True)
 
 
-S = TypeVar("S", IPRoute, Rtnl)
-
-
-def _in_netns(ns: NetnsRef, factory: Callable[[], S]) -> S:
+def _in_netns(ns: NetnsRef) -> Rtnl:
     """A socket opened inside `ns` (a netlink socket stays bound to where it was opened)."""
     # Entering the namespace on this thread, opening a plain socket and
     # leaving costs far less than IPRoute(netns=...), which forks.
@@ -146,7 +128,7 @@ def _in_netns(ns: NetnsRef, factory: Callable[[], S]) -> S:
             raise FileNotFoundError(f"network namespace {ns.path} was replaced")
         setns(target, flags=0)
         try:
-            return factory()
+            return Rtnl()
         finally:
             setns(home, flags=0)
     finally:

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, nlmsg
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
+from pyroute2.netlink.rtnl import (
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+)
 from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
@@ -135,9 +143,9 @@ class Rtnl:
         reply.raise_for_error()
         return ifindex(reply.data[0])
 
-    def link(self, index: int) -> ifinfmsg | None:
-        """The decoded link `index`, None when there is none."""
-        reply = self.batch([get_link(index=index)])[0]
+    def link(self, index: int = 0, ifname: str = "") -> ifinfmsg | None:
+        """The decoded link `index` (or named `ifname`), None when there is none."""
+        reply = self.batch([get_link(index=index, ifname=ifname)])[0]
         if reply.error == -errno.ENODEV:
             return None
         reply.raise_for_error()
@@ -156,8 +164,9 @@ class Rtnl:
         if reply.error != -errno.ENODEV:
             reply.raise_for_error()
 
-    def links_of_kind(self, kind: str) -> list[ifinfmsg]:
-        """Every link of this kind here, decoded (the kernel filters, so other links cost nothing)."""
+    def links(self, kind: str = "") -> list[ifinfmsg]:
+        """Every link here, or every one of `kind`, decoded (the kernel filters by kind, so
+        other links cost nothing)."""
         reply = self.run(dump_links(kind))[0]
         out = []
         for data in reply.data:
@@ -202,9 +211,10 @@ def get_link(*, ifname: str = "", index: int = 0) -> ifinfmsg:
     return msg
 
 
-def dump_links(kind: str) -> ifinfmsg:
+def dump_links(kind: str = "") -> ifinfmsg:
     msg = _link(RTM_GETLINK, NLM_F_DUMP)
-    msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]})]
+    if kind:
+        msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]})]
     return msg
 
 
@@ -274,9 +284,17 @@ def del_link(index: int) -> ifinfmsg:
 
 def add_addr(index: int, addr: IPInterface) -> ifaddrmsg:
     """The address, without duplicate detection for IPv6 (our peer is the only other host)."""
+    return _addr(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, index, addr)
+
+
+def del_addr(index: int, addr: IPInterface) -> ifaddrmsg:
+    return _addr(RTM_DELADDR, 0, index, addr)
+
+
+def _addr(kind: int, flags: int, index: int, addr: IPInterface) -> ifaddrmsg:
     msg = ifaddrmsg()
-    msg["header"]["type"] = RTM_NEWADDR
-    msg["header"]["flags"] = NLM_F_CREATE | NLM_F_REPLACE
+    msg["header"]["type"] = kind
+    msg["header"]["flags"] = flags
     msg["family"] = AF_INET6 if addr.version == 6 else socket.AF_INET
     msg["prefixlen"] = addr.network.prefixlen
     msg["index"] = index
@@ -286,9 +304,17 @@ def add_addr(index: int, addr: IPInterface) -> ifaddrmsg:
 
 
 def replace_route(index: int, route: RoutePlan) -> rtmsg:
+    return _route(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, index, route)
+
+
+def del_route(index: int, route: RoutePlan) -> rtmsg:
+    return _route(RTM_DELROUTE, 0, index, route)
+
+
+def _route(kind: int, flags: int, index: int, route: RoutePlan) -> rtmsg:
     msg = rtmsg()
-    msg["header"]["type"] = RTM_NEWROUTE
-    msg["header"]["flags"] = NLM_F_CREATE | NLM_F_REPLACE
+    msg["header"]["type"] = kind
+    msg["header"]["flags"] = flags
     msg["family"] = AF_INET6 if route.dst.version == 6 else socket.AF_INET
     msg["dst_len"] = route.dst.prefixlen
     msg["table"] = RT_TABLE_MAIN

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nsm_agent.datapath import rtnl
-from nsm_agent.datapath.links import EEXIST, WireError, ours, random_mac, side_messages, update_side
+from nsm_agent.datapath.links import EEXIST, WireError, owned, random_mac, side_messages, update_side
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan, WirePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -105,13 +105,12 @@ def update(nl: NetlinkThread, wire: VethWire, plan: WirePlan) -> VethWire:
     """Bring a live wire to a new plan in place: the interfaces (and ifindexes) stay."""
     if plan == wire.plan:
         return wire
-    ipr_c = nl.socket(wire.client_ns)
-    ipr_e = nl.socket(wire.ep_ns)
+    sock_c, sock_e = nl.rtnl(wire.client_ns), nl.rtnl(wire.ep_ns)
     if plan.mtu != wire.plan.mtu and plan.mtu:
-        ipr_c.link("set", index=wire.client_index, mtu=plan.mtu)
-        ipr_e.link("set", index=wire.ep_index, mtu=plan.mtu)
-    update_side(ipr_c, wire.client_index, wire.plan.client, plan.client)
-    update_side(ipr_e, wire.ep_index, wire.plan.endpoint, plan.endpoint)
+        sock_c.run(rtnl.set_link(wire.client_index, mtu=plan.mtu))
+        sock_e.run(rtnl.set_link(wire.ep_index, mtu=plan.mtu))
+    update_side(sock_c, wire.client_index, wire.plan.client, plan.client)
+    update_side(sock_e, wire.ep_index, wire.plan.endpoint, plan.endpoint)
     return replace(wire, plan=plan)
 
 
@@ -135,15 +134,15 @@ def adopt(
     plan: WirePlan,
 ) -> VethWire | None:
     """A pair this agent built before a restart, if both ends are still there (then brought to `plan`)."""
-    ipr_c, ipr_e = nl.socket(client_ns), nl.socket(ep_ns)
-    c = [i for i in ipr_c.link_lookup(ifname=client_ifname) if ours(ipr_c, i, alias)]
-    e = [i for i in ipr_e.link_lookup(ifname=ep_ifname) if ours(ipr_e, i, alias)]
-    if not (c and e):
+    c = owned(nl.rtnl(client_ns), client_ifname, alias)
+    e = owned(nl.rtnl(ep_ns), ep_ifname, alias)
+    if c is None or e is None:
         return None
-    c_mac = str(ipr_c.get_links(c[0])[0].get("address"))
-    e_mac = str(ipr_e.get_links(e[0])[0].get("address"))
     empty = WirePlan(client=SidePlan((), ()), endpoint=SidePlan((), ()), mtu=0)
-    wire = VethWire(alias, client_ns, client_ifname, c[0], ep_ns, ep_ifname, e[0], empty, c_mac, e_mac)
+    wire = VethWire(
+        alias, client_ns, client_ifname, int(c["index"]), ep_ns, ep_ifname, int(e["index"]), empty,
+        str(c.get("address")), str(e.get("address")),
+    )  # fmt: skip
     nl.hold(client_ns)
     nl.hold(ep_ns)
     return update(nl, wire, plan)

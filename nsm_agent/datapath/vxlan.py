@@ -13,15 +13,7 @@ from dataclasses import dataclass, replace
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nsm_agent.datapath import rtnl
-from nsm_agent.datapath.links import (
-    EEXIST,
-    WireError,
-    delete_link,
-    ours,
-    random_mac,
-    side_messages,
-    update_side,
-)
+from nsm_agent.datapath.links import EEXIST, WireError, owned, random_mac, side_messages, update_side
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -46,7 +38,7 @@ class VxlanWire:
 def vnis_in_use(nl: NetlinkThread, port: int) -> set[int]:
     """VNIs of VXLAN devices already in the node's namespace on `port` (another CNI's too)."""
     used: set[int] = set()
-    for link in nl.node_rtnl().links_of_kind("vxlan"):
+    for link in nl.node_rtnl().links("vxlan"):
         info = link.get("IFLA_LINKINFO")
         data = info.get("IFLA_INFO_DATA") if info is not None else None
         if data is None:
@@ -118,9 +110,9 @@ def alive(nl: NetlinkThread, wire: VxlanWire) -> bool:
 
 
 def update(nl: NetlinkThread, wire: VxlanWire, side: SidePlan, mtu: int) -> VxlanWire:
-    pod = nl.socket(wire.ns)
+    pod = nl.rtnl(wire.ns)
     if mtu != wire.mtu:
-        pod.link("set", index=wire.index, mtu=mtu)
+        pod.run(rtnl.set_link(wire.index, mtu=mtu))
     if side != wire.side:
         update_side(pod, wire.index, wire.side, side)
     return replace(wire, side=side, mtu=mtu)
@@ -130,19 +122,16 @@ def adopt(
     nl: NetlinkThread, alias: str, ns: NetnsRef, ifname: str, vni: int, side: SidePlan, mtu: int
 ) -> VxlanWire | None:
     """A device this agent built before a restart, if it is there with the agreed VNI."""
-    pod = nl.socket(ns)
-    for index in pod.link_lookup(ifname=ifname):
-        if not ours(pod, index, alias):
-            continue
-        link = pod.get_links(index)[0]
-        info = link.get("IFLA_LINKINFO")
-        data = info.get("IFLA_INFO_DATA") if info is not None else None
-        if data is None or data.get("IFLA_VXLAN_ID") != vni:
-            delete_link(pod, index)  # a stale tunnel: the agreement changed
-            return None
-        nl.hold(ns)
-        wire = VxlanWire(
-            alias, ns, ifname, index, vni, SidePlan((), ()), int(link.get("mtu")), str(link.get("address"))
-        )
-        return update(nl, wire, side, mtu)
-    return None
+    pod = nl.rtnl(ns)
+    link = owned(pod, ifname, alias)
+    if link is None:
+        return None
+    index = int(link["index"])
+    info = link.get("IFLA_LINKINFO")
+    data = info.get("IFLA_INFO_DATA") if info is not None else None
+    if data is None or data.get("IFLA_VXLAN_ID") != vni:
+        pod.delete(index)  # a stale tunnel: the agreement changed
+        return None
+    nl.hold(ns)
+    wire = VxlanWire(alias, ns, ifname, index, vni, SidePlan((), ()), int(link.get("mtu")), str(link.get("address")))
+    return update(nl, wire, side, mtu)

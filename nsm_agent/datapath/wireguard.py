@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import structlog
 from pyroute2.netlink.exceptions import NetlinkError
 
-from nsm_agent.datapath.links import IFA_F_NODAD
 from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.datapath.rtnl import IFA_F_NODAD
 from nsm_agent.wireguard.keys import KeyPair, device_name, inner_address
 
 log = structlog.get_logger("nsm.agent")

@@ -18,11 +18,11 @@ def test_socket_reaches_its_namespace_and_no_other_thread_may_use_it(bed: Testbe
     ref = NetnsResolver().resolve(NetnsSpec(path=f"/var/run/netns/{pod}"))
     nl = NetlinkThread()
     try:
-        names = nl.run_sync(lambda t: sorted(link.get("ifname") for link in t.socket(ref).get_links()))
+        names = nl.run_sync(lambda t: sorted(link.get("ifname") for link in t.rtnl(ref).links()))
         assert names == ["lo", "mark0"]
         # A caller on another thread cannot get (and so cannot misuse) the socket.
         with pytest.raises(WrongThread):
-            nl.socket(ref)
+            nl.rtnl(ref)
         host_links = links_of_self()
         assert "mark0" not in host_links
     finally:
@@ -39,7 +39,7 @@ def test_opening_a_missing_namespace_creates_nothing(bed: Testbed) -> None:
     nl = NetlinkThread()
     try:
         with pytest.raises(FileNotFoundError):
-            nl.run_sync(lambda t: t.socket(NetnsRef(ghost, 0, 0)))
+            nl.run_sync(lambda t: t.rtnl(NetnsRef(ghost, 0, 0)))
     finally:
         nl.close()
     assert not os.path.exists(ghost)
@@ -50,7 +50,7 @@ def test_sockets_are_closed_when_no_wire_needs_them(bed: Testbed) -> None:
     ref = NetnsResolver().resolve(NetnsSpec(path=f"/var/run/netns/{pod}"))
     nl = NetlinkThread()
     try:
-        nl.run_sync(lambda t: t.socket(ref))
+        nl.run_sync(lambda t: t.rtnl(ref))
         nl.run_sync(lambda t: t.hold(ref))
         nl.run_sync(lambda t: t.trim())
         assert nl.run_sync(lambda t: ref.key in t._sockets)

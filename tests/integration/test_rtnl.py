@@ -72,8 +72,8 @@ def test_vxlan_created_in_a_pod_keeps_its_socket_where_it_was_asked_for(bed: Tes
     assert caught.value.code == 17 and "VNI" in str(caught.value)
     assert in_pod.link_index("vx0") is not None and on_node.link_index("vx0") is None
     assert "0.0.0.0:4789" in run("ip", "netns", "exec", node, "ss", "-uan").stdout
-    found = in_pod.links_of_kind("vxlan")
+    found = in_pod.links("vxlan")
     assert [link.get("ifname") for link in found] == ["vx0"]
-    assert on_node.links_of_kind("vxlan") == []  # the veth there is filtered out by the kernel
+    assert on_node.links("vxlan") == []  # the veth there is filtered out by the kernel
     on_node.close()
     in_pod.close()
