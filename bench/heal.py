@@ -14,12 +14,11 @@ import time
 
 from testbed.bed import Proc, Testbed, ping, run
 from testbed.keeper import events, keep, peer, wait_event
+from testbed.mesh import one_node
 
 
 def heal_times(bed: Testbed, rounds: int) -> list[float]:
-    node = bed.netns("node")
-    _, registry = bed.registry(node)
-    _, agent = bed.agent(node, "node1", registry)
+    agent = one_node(bed).agent
     endpoints: dict[str, tuple[str, Proc]] = {}
 
     def spare(i: int) -> None:

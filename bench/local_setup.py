@@ -14,15 +14,14 @@ from bench.netns import open_in
 from nsm_agent.client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed
+from testbed.mesh import one_node
 
 CNI = "/usr/lib/cni"
 
 
 def mesh(bed: Testbed, n: int) -> tuple[list[float], list[float]]:
     """Set-up and close times of `n` veth connections, each into a pod of its own."""
-    node = bed.netns("node")
-    _, registry = bed.registry(node)
-    _, agent = bed.agent(node, "node1", registry)
+    agent = one_node(bed).agent
     bed.endpoint(bed.netns("ep"), "ep1", "bench", "10.120.0.0/16", agent)
     pods = [bed.netns(f"m{i}") for i in range(n)]
     client = AgentClient(parse_address(agent), timeout=30)

@@ -16,6 +16,7 @@ import time
 from nsm_agent.client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Proc, Testbed, links
+from testbed.mesh import one_node
 
 SAMPLED = 20
 
@@ -36,9 +37,8 @@ def _answered(proc: Proc) -> tuple[int, int]:
 
 
 def restart(bed: Testbed, n: int) -> dict[str, object]:
-    node = bed.netns("node")
-    _, registry = bed.registry(node)
-    agent_proc, agent = bed.agent(node, "node1", registry)
+    mesh = one_node(bed)
+    agent_proc, agent = mesh.agent_proc, mesh.agent
     bed.endpoint(bed.netns("ep"), "ep1", "rs", "10.160.0.0/16", agent)
     pods = [bed.netns(f"p{i}") for i in range(n)]
     client = AgentClient(parse_address(agent), timeout=60)
@@ -52,7 +52,7 @@ def restart(bed: Testbed, n: int) -> dict[str, object]:
     agent_proc.popen.wait(10)
     newcomer = bed.netns("new")
     started = time.monotonic()
-    new_proc, _ = bed.agent(node, "node1", registry, wait=False)
+    new_proc, _ = bed.agent(mesh.node, "node1", mesh.registry, wait=False)
     client = AgentClient(parse_address(agent), timeout=2)
     while True:
         try:

@@ -17,6 +17,7 @@ from nsm_agent.client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Proc, Testbed, links
 from testbed.cluster import Cluster
+from testbed.mesh import one_node
 
 
 def rss_kib(pid: int) -> int:
@@ -90,20 +91,18 @@ def _drive(agents: dict[str, Proc], agent_url: str, pods: list[str], service: st
     return out
 
 
-def one_node(bed: Testbed, n: int) -> Scale:
-    node = bed.netns("node")
-    _, registry = bed.registry(node)
-    agent_proc, agent = bed.agent(node, "node1", registry)
+def on_one_node(bed: Testbed, n: int) -> Scale:
+    mesh = one_node(bed)
     ep_pod = bed.netns("ep")
-    bed.endpoint(ep_pod, "ep1", "scale", "10.140.0.0/16", agent)
+    bed.endpoint(ep_pod, "ep1", "scale", "10.140.0.0/16", mesh.agent)
     pods = [bed.netns(f"s{i}") for i in range(n)]
-    out = _drive({"agent": agent_proc}, agent, pods, "scale", bed.netns("warm"))
+    out = _drive({"agent": mesh.agent_proc}, mesh.agent, pods, "scale", bed.netns("warm"))
     if links(ep_pod) != ["lo"]:
         out.leftovers.append(f"{ep_pod}: {links(ep_pod)}")
     return out
 
 
-def two_nodes(bed: Testbed, n: int, mechanism: str = "VXLAN") -> Scale:
+def across_two_nodes(bed: Testbed, n: int, mechanism: str = "VXLAN") -> Scale:
     cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", mechanism])
     n1, n2 = cluster.nodes
     ep_pod = cluster.pod(n2, "ep")
@@ -119,13 +118,13 @@ def two_nodes(bed: Testbed, n: int, mechanism: str = "VXLAN") -> Scale:
 
 def run_all(bed: Testbed, n: int) -> dict[str, object]:
     with Testbed(prefix=bed.prefix + "s") as sub:
-        local = one_node(sub, n)
+        local = on_one_node(sub, n)
     with Testbed(prefix=bed.prefix + "b") as sub:
         bare_setup, bare_close = bare(sub, n)
     with Testbed(prefix=bed.prefix + "r") as sub:
-        remote = two_nodes(sub, n)
+        remote = across_two_nodes(sub, n)
     with Testbed(prefix=bed.prefix + "w") as sub:
-        wireguard = two_nodes(sub, n, "WIREGUARD")
+        wireguard = across_two_nodes(sub, n, "WIREGUARD")
     return {
         "one_node": local.report(),
         "two_nodes": remote.report(),

@@ -11,6 +11,7 @@ from nsm_agent.client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, run
 from testbed.cluster import Cluster
+from testbed.mesh import one_node
 
 
 def iperf(bed: Testbed, client_ns: str, server_ns: str, address: str, seconds: int) -> float:
@@ -32,9 +33,7 @@ def _row(mesh: float, bare: float) -> dict[str, float]:
 
 
 def veth(bed: Testbed, seconds: int) -> dict[str, float]:
-    node = bed.netns("tp-node")
-    _, registry = bed.registry(node, name="tp-registry")
-    _, agent = bed.agent(node, "tp", registry)
+    agent = one_node(bed).agent
     ep, pod = bed.netns("tp-ep"), bed.netns("tp-c")
     bed.endpoint(ep, "tp-ep", "tp", "10.123.0.0/24", agent)
     mesh = iperf(bed, pod, ep, _connect(agent, pod, "tp"), seconds)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
 from testbed.bed import Testbed, links
+from testbed.mesh import Mesh, one_node
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces and interfaces")
 
@@ -36,19 +36,8 @@ def wireguard_sockets() -> set[str]:
         return set()
 
 
-@dataclass
-class Mesh:
-    bed: Testbed
-    node: str
-    registry: str  # unix:// URL
-    agent: str  # unix:// URL
-
-
 def make_mesh(bed: Testbed, agent_args: list[str] | None = None) -> Mesh:
-    node = bed.netns("node")
-    _, registry = bed.registry(node, extra=["--max-expiration", "30"])
-    _, agent = bed.agent(node, "node1", registry, extra=agent_args)
-    return Mesh(bed, node, registry, agent)
+    return one_node(bed, agent_args, registry_args=["--max-expiration", "30"])
 
 
 @pytest.fixture
