@@ -10,8 +10,8 @@ from functools import partial
 
 from pyroute2 import IPRoute
 
-from bench.netns import open_in
 from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_agent.netns.enter import inside
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed
 from testbed.mesh import one_node
@@ -46,11 +46,11 @@ def bare(bed: Testbed, n: int) -> tuple[list[float], list[float]]:
     socket open beforehand, each pod's opened once (as the agent does)."""
     ep_path = f"/var/run/netns/{bed.netns('bare-ep')}"
     pods = [f"/var/run/netns/{bed.netns(f'b{i}')}" for i in range(n)]
-    ep = open_in(ep_path, IPRoute)
+    ep = inside(ep_path, IPRoute)
     setup, close, made = [], [], []
     for i, pod_path in enumerate(pods):
         t = time.perf_counter()
-        pod = open_in(pod_path, IPRoute)
+        pod = inside(pod_path, IPRoute)
         fd = os.open(ep_path, os.O_RDONLY)
         pod.link("add", ifname="nsm-1", kind="veth", peer={"ifname": f"e{i}", "net_ns_fd": fd})
         os.close(fd)
@@ -88,7 +88,7 @@ def cni_ptp(bed: Testbed, n: int) -> list[float]:
                "CNI_IFNAME": "eth0", "CNI_PATH": CNI}  # fmt: skip
         t = time.perf_counter()
         ptp = partial(subprocess.run, [f"{CNI}/ptp"], input=conf, env=env, capture_output=True, text=True)
-        res = open_in(node, ptp)
+        res = inside(node, ptp)
         took.append(time.perf_counter() - t)
         if res.returncode != 0:
             raise RuntimeError(f"ptp failed: {res.stdout}{res.stderr}")

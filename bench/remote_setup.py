@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from bench.netns import open_in
 from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_agent.netns.enter import inside
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, run
 from testbed.cluster import Cluster, Node
@@ -77,7 +77,7 @@ def wireguard_pair(bed: Testbed, nodes: list[Node]) -> WgPair:
         path = bed.dir / f"wgb{i}.key"
         path.write_text(private)
         key_files.append(path)
-    socks = [open_in(f"/var/run/netns/{node.netns}", IPRoute) for node in nodes]
+    socks = [inside(f"/var/run/netns/{node.netns}", IPRoute) for node in nodes]
     t = time.perf_counter()
     for i, node in enumerate(nodes):
         bed.start(f"wgb{i}", ["wireguard-go", "-f", f"wgb{i}"], netns=node.netns, env={"WG_PROCESS_FOREGROUND": "1"})
@@ -101,14 +101,14 @@ def wireguard_pair(bed: Testbed, nodes: list[Node]) -> WgPair:
 def by_hand(bed: Testbed, cluster: Cluster, n: int, ends: tuple[str, str], tag: str) -> tuple[list[float], list[float]]:
     """`n` VXLAN pairs between pods of node 1 and node 2 with tunnel ends `ends`."""
     nodes = cluster.nodes[:2]
-    node_socks = [open_in(f"/var/run/netns/{node.netns}", IPRoute) for node in nodes]
+    node_socks = [inside(f"/var/run/netns/{node.netns}", IPRoute) for node in nodes]
     setup, made = [], []
     mtu = 1450 if ":" not in ends[0] else 1370
     for i in range(n):
         pods = [f"/var/run/netns/{cluster.pod(node, f'{tag}{i}')}" for node in nodes]
         t = time.perf_counter()
         for side in (0, 1):
-            pod = open_in(pods[side], IPRoute)
+            pod = inside(pods[side], IPRoute)
             fd = os.open(pods[side], os.O_RDONLY)
             v6 = ":" in ends[side]
             addr_args = {"vxlan_local6": ends[side], "vxlan_group6": ends[1 - side]} if v6 else {

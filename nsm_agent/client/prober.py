@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from pyroute2.netns import setns
+from nsm_agent.netns.enter import inside
 
 ICMP_ECHO, ICMP_REPLY = 8, 0
 ICMP6_ECHO, ICMP6_REPLY = 128, 129
@@ -91,22 +91,8 @@ class Prober:
         key = (netns, version)
         sock = self._sockets.get(key)
         if sock is None:
-            # A socket belongs to the namespace it was opened in: enter, open, leave.
-            home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            target = os.open(netns, os.O_RDONLY)
-            try:
-                setns(target, flags=0)
-                if version == 4:
-                    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-                else:
-                    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-                sock.setblocking(False)
-                # One reply per target arrives in a burst each interval: room for thousands.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            finally:
-                setns(home, flags=0)
-                os.close(target)
-                os.close(home)
+            # A socket belongs to the namespace it was opened in.
+            sock = inside(netns, lambda: _icmp_socket(version))
             self._sockets[key] = sock
         return sock
 
@@ -150,3 +136,14 @@ class Prober:
                 for t in waiting:
                     if t.ident == ident:
                         t.last_reply = now
+
+
+def _icmp_socket(version: int) -> socket.socket:
+    if version == 4:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    else:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setblocking(False)
+    # One reply per target arrives in a burst each interval: room for thousands.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    return sock

@@ -9,16 +9,15 @@ never awaits and never runs gRPC, with one cached socket per namespace.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from pyroute2 import IPRoute
-from pyroute2.netns import setns
 
 from nsm_agent.datapath.rtnl import Rtnl
+from nsm_agent.netns.enter import inside
 from nsm_agent.netns.resolve import NetnsRef
 
 T = TypeVar("T")
@@ -64,7 +63,7 @@ class NetlinkThread:
         self._check_thread()
         sock = self._sockets.get(ns.key)
         if sock is None:
-            sock = _in_netns(ns)
+            sock = inside(ns.path, Rtnl, key=ns.key)
             self._sockets[ns.key] = sock
         return sock
 
@@ -114,23 +113,3 @@ class NetlinkThread:
 
         self.run_sync(_close)
         self._pool.shutdown(wait=True)
-
-
-def _in_netns(ns: NetnsRef) -> Rtnl:
-    """A socket opened inside `ns` (a netlink socket stays bound to where it was opened)."""
-    # Entering the namespace on this thread, opening a plain socket and
-    # leaving costs far less than IPRoute(netns=...), which forks.
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(ns.path, os.O_RDONLY)
-    try:
-        st = os.fstat(target)
-        if (st.st_dev, st.st_ino) != ns.key:
-            raise FileNotFoundError(f"network namespace {ns.path} was replaced")
-        setns(target, flags=0)
-        try:
-            return Rtnl()
-        finally:
-            setns(home, flags=0)
-    finally:
-        os.close(target)
-        os.close(home)

@@ -8,23 +8,23 @@ import os
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
-from bench.netns import open_in
 from nsm_agent.datapath import rtnl
 from nsm_agent.datapath.links import random_mac
 from nsm_agent.decisions.wireplan import RoutePlan
+from nsm_agent.netns.enter import inside
 from testbed.bed import Testbed, run
 from tests.conftest import needs_root
 
 pytestmark = needs_root
 
 
-def inside(path: str) -> rtnl.Rtnl:
-    return open_in(path, rtnl.Rtnl)
+def socket_in(path: str) -> rtnl.Rtnl:
+    return inside(path, rtnl.Rtnl)
 
 
 def test_a_batch_answers_every_message_and_a_failure_does_not_stop_the_rest(bed: Testbed) -> None:
     a, b = bed.netns("a"), bed.netns("b")
-    sock = inside(f"/var/run/netns/{a}")
+    sock = socket_in(f"/var/run/netns/{a}")
     fd = os.open(f"/var/run/netns/{b}", os.O_RDONLY)
     try:
         sock.run(rtnl.new_veth("x0", random_mac(), "y0", random_mac(), fd, 1400))
@@ -61,7 +61,7 @@ def test_vxlan_created_in_a_pod_keeps_its_socket_where_it_was_asked_for(bed: Tes
     run("ip", "-n", node, "link", "add", "u0", "type", "veth", "peer", "name", "u1")
     run("ip", "-n", node, "addr", "add", "192.0.2.1/24", "dev", "u0")
     run("ip", "-n", node, "link", "set", "u0", "up")
-    on_node, in_pod = inside(f"/var/run/netns/{node}"), inside(f"/var/run/netns/{pod}")
+    on_node, in_pod = socket_in(f"/var/run/netns/{node}"), socket_in(f"/var/run/netns/{pod}")
     fd = os.open(f"/var/run/netns/{pod}", os.O_RDONLY)
     try:
         on_node.run(rtnl.new_vxlan("vx0", random_mac(), 4321, "192.0.2.1", "192.0.2.2", 4789, 1450, fd))
