@@ -8,7 +8,8 @@ caller stops refreshing is closed by this hop when the caller's segment expires.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -36,6 +37,12 @@ class _Record:
         return Connection.FromString(self.conn_wire)
 
 
+@dataclass
+class _Held:
+    lock: asyncio.Lock
+    users: int = 0
+
+
 def _expires(conn: Connection) -> float:
     segments = conn.path.path_segments
     index = conn.path.index
@@ -50,7 +57,7 @@ class Begin(Step):
         self.on_unknown_close = on_unknown_close
         self._records: dict[str, _Record] = {}
         self._by_caller: dict[str, str] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _Held] = {}
         self._expiring: set[asyncio.Task[None]] = set()
         # Ids the agent is carrying on after a restart: others wait their turn.
         self._restoring: dict[str, asyncio.Event] = {}
@@ -70,11 +77,21 @@ class Begin(Step):
         if event is not None and call.replay is None:
             await event.wait()
 
-    def _lock(self, conn_id: str) -> asyncio.Lock:
-        lock = self._locks.get(conn_id)
-        if lock is None:
-            lock = self._locks[conn_id] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _lock(self, conn_id: str) -> AsyncIterator[None]:
+        """One Request or Close of an id at a time; the lock goes once nobody holds or awaits it
+        (a failed Request or a Close leaves nothing behind, and nobody gets a second lock)."""
+        held = self._locks.get(conn_id)
+        if held is None:
+            held = self._locks[conn_id] = _Held(asyncio.Lock())
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if not held.users:
+                del self._locks[conn_id]
 
     def _forget(self, conn_id: str) -> _Record | None:
         rec = self._records.pop(conn_id, None)
@@ -136,7 +153,6 @@ class Begin(Step):
                 await rec.nxt.close(rec.conn, Call())
             except Exception as exc:
                 log.warning("closing an expired connection failed", id=own, error=str(exc))
-        self._locks.pop(own, None)
 
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         own = conn.id
@@ -150,4 +166,3 @@ class Begin(Step):
                     await self.on_unknown_close(conn)
                 return  # Close of an unknown id succeeds
             await nxt.close(rec.conn, call)
-        self._locks.pop(own, None)
