@@ -184,9 +184,9 @@ def test_a_failing_endpoint_is_skipped_for_a_working_one(bed: Testbed) -> None:
 
 def test_registry_down_is_unavailable(bed: Testbed) -> None:
     node = bed.netns("node")
-    _, agent = bed.agent(node, "node1", f"unix://{bed.dir}/nobody-listens.sock")
+    proc, agent = bed.agent(node, "node1", f"unix://{bed.dir}/nobody-listens.sock")
     pod = bed.netns("c1")
-    mesh = Mesh(bed, node, "", agent)
+    mesh = Mesh(bed, node, "", agent, proc)
     start = time.monotonic()
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
