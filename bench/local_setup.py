@@ -10,8 +10,8 @@ from functools import partial
 
 from pyroute2 import IPRoute
 
-from nsm_agent.client.runtime import AgentClient, kernel_request
-from nsm_agent.netns.enter import inside
+from nsm_client.runtime import AgentClient, kernel_request
+from nsm_common.netns import inside
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed
 from testbed.mesh import one_node

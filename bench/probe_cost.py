@@ -15,7 +15,7 @@ import resource
 import subprocess
 import time
 
-from nsm_agent.client.prober import Prober
+from nsm_client.prober import Prober
 from testbed.bed import Testbed, run
 
 

@@ -11,14 +11,15 @@ WireGuard link up; that is compared with wireguard-go started and keyed by hand.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from nsm_agent.client.runtime import AgentClient, kernel_request
-from nsm_agent.netns.enter import inside
+from nsm_client.runtime import AgentClient, kernel_request
+from nsm_common.netns import inside
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, run
 from testbed.cluster import Cluster, Node
@@ -91,7 +92,7 @@ def wireguard_pair(bed: Testbed, nodes: list[Node]) -> WgPair:
         index = socks[i].link_lookup(ifname=f"wgb{i}")[0]
         socks[i].addr("add", index=index, address=inner[i], prefixlen=128, flags=0x02)
         socks[i].link("set", index=index, state="up", mtu=WG_MTU)
-        socks[i].route("replace", dst=f"{inner[1 - i]}/128", oif=index, family=10)
+        socks[i].route("replace", dst=f"{inner[1 - i]}/128", oif=index, family=socket.AF_INET6)
     took = time.perf_counter() - t
     for s in socks:
         s.close()

@@ -13,7 +13,7 @@ import re
 import signal
 import time
 
-from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Proc, Testbed, links
 from testbed.mesh import one_node

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from bench.local_setup import bare
 from bench.stats import pct
-from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Proc, Testbed, links
 from testbed.cluster import Cluster

@@ -7,7 +7,7 @@ import json
 import time
 
 from bench.remote_setup import WG_MTU, wireguard_pair
-from nsm_agent.client.runtime import AgentClient, kernel_request
+from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, run
 from testbed.cluster import Cluster

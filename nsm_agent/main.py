@@ -7,33 +7,35 @@ import asyncio
 import structlog
 
 from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.datapath.tunnels import VniBook, find_underlay
 from nsm_agent.datapath.wireguard import WireGuardDevice
 from nsm_agent.decisions.tunnel import WIREGUARD_OVERHEAD
-from nsm_agent.endpoint_watch import EndpointWatch
-from nsm_agent.local_endpoints import LocalEndpoints
-from nsm_agent.monitor import ConnectionEvents, Monitor, MonitorService
 from nsm_agent.netns.resolve import NetnsResolver
-from nsm_agent.pipeline.begin import Begin
-from nsm_agent.pipeline.chain import Chain
+from nsm_agent.pipeline.call import AgentCall
 from nsm_agent.pipeline.client_netns import ClientNetns
 from nsm_agent.pipeline.connect import ConnectEndpoint
 from nsm_agent.pipeline.discover import Discover
-from nsm_agent.pipeline.journal import Journal, JournalStore
+from nsm_agent.pipeline.endpoint_watch import EndpointWatch
+from nsm_agent.pipeline.journal import Journal
 from nsm_agent.pipeline.kernel_wire import KernelWire
 from nsm_agent.pipeline.remote_mechanism import RemoteMechanismClient, RemoteMechanismServer, TunnelKinds
 from nsm_agent.pipeline.select import Locator, Select
 from nsm_agent.pipeline.tunnel_wire import TunnelWire
-from nsm_agent.pipeline.update_path import UpdatePath
 from nsm_agent.pipeline.validate import ValidateRequest
-from nsm_agent.registry_client import RegistryClient
-from nsm_agent.registry_proxy import EndpointRegistryProxy, ServiceRegistryProxy
-from nsm_agent.restore import journal_closer, restore
-from nsm_agent.service import NetworkServiceServer
+from nsm_agent.registry.client import RegistryClient
+from nsm_agent.registry.local_endpoints import LocalEndpoints
+from nsm_agent.registry.proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.settings import AgentSettings, parse_settings
-from nsm_agent.tunnels import VniBook, find_underlay
-from nsm_agent.wireguard.keys import load_or_create
+from nsm_agent.state.journal import JournalFormatError, JournalStore
+from nsm_agent.state.keys import load_or_create
+from nsm_agent.state.restore import journal_closer, restore
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
+from nsm_common.chain.begin import Begin
+from nsm_common.chain.chain import Chain, Step
+from nsm_common.chain.monitor import ConnectionEvents, Monitor, MonitorService
+from nsm_common.chain.server import NetworkServiceServer
+from nsm_common.chain.update_path import UpdatePath
 from nsm_common.daemon import raise_open_file_limit, run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 
@@ -42,6 +44,11 @@ log = structlog.get_logger("nsm.agent")
 
 async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        # First: a journal this agent cannot read stops it before it touches anything.
+        journal = JournalStore(settings.state_dir)
+    except JournalFormatError as exc:
+        raise SystemExit(f"nsm-agent: {exc}") from exc
     netlink = NetlinkThread()
     resolver = NetnsResolver()
     registry = RegistryClient(settings.registry)
@@ -61,27 +68,25 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms)
     own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
     remote = kinds.supported()
-    journal = JournalStore(settings.state_dir)
-    begin = Begin(journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout))
+    begin: Begin[AgentCall] = Begin(journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout))
     watch = EndpointWatch(events.mark_down)
     connect = ConnectEndpoint(settings.request_timeout, watch)
-    chain = Chain(
-        [
-            ValidateRequest(kinds.supported()),
-            UpdatePath(settings.name, settings.default_lifetime, settings.max_lifetime),
-            begin,
-            Journal(journal),
-            Monitor(events),
-            ClientNetns(settings.name, resolver, netlink),
-            RemoteMechanismServer(kinds),
-            Discover(registry),
-            Select(Locator(own_urls, local)),
-            TunnelWire(settings.name, resolver, netlink),
-            KernelWire(settings.name, resolver, netlink),
-            RemoteMechanismClient(kinds, list(remote)),
-            connect,
-        ]
-    )
+    steps: list[Step[AgentCall]] = [
+        ValidateRequest(kinds.supported()),
+        UpdatePath(settings.name, settings.default_lifetime, settings.max_lifetime),
+        begin,
+        Journal(journal),
+        Monitor(events),
+        ClientNetns(settings.name, resolver, netlink),
+        RemoteMechanismServer(kinds),
+        Discover(registry),
+        Select(Locator(own_urls, local)),
+        TunnelWire(settings.name, resolver, netlink),
+        KernelWire(settings.name, resolver, netlink),
+        RemoteMechanismClient(kinds, list(remote)),
+        connect,
+    ]
+    chain = Chain(steps, AgentCall)
     service = NetworkServiceServer(chain)
     server = aio_server()
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)

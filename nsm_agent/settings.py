@@ -9,9 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from nsm_common.urls import Address, parse_address, split_list
+from nsm_common.urls import DEFAULT_SOCKET, Address, parse_address, split_list
 
-DEFAULT_SOCKET = "unix:///var/lib/networkservicemesh/nsm.io.sock"
 REMOTE_MECHANISMS = ("WIREGUARD", "VXLAN")
 
 
@@ -52,7 +51,8 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name, default)
 
 
-def parse_settings(argv: list[str] | None = None) -> AgentSettings:
+def build_parser() -> argparse.ArgumentParser:
+    """`nsm-agent`'s flags, their defaults taken from the environment as it is now."""
     p = argparse.ArgumentParser(prog="nsm-agent", description="Network Service Mesh node agent")
     p.add_argument("--name", default=_env("NSM_NAME", socket.gethostname()), help="node name (env NSM_NAME)")
     p.add_argument(
@@ -111,7 +111,12 @@ def parse_settings(argv: list[str] | None = None) -> AgentSettings:
         default=float(_env("NSM_TOKEN_LIFETIME", "600")),
         help="lifetime this hop gives its own segment, seconds (env NSM_TOKEN_LIFETIME)",
     )
-    p.add_argument("--log-level", default=_env("NSM_LOG_LEVEL", "info"))
+    p.add_argument("--log-level", default=_env("NSM_LOG_LEVEL", "info"), help="env NSM_LOG_LEVEL")
+    return p
+
+
+def parse_settings(argv: list[str] | None = None) -> AgentSettings:
+    p = build_parser()
     args = p.parse_args(argv)
     urls = split_list(args.listen) or split_list(_env("NSM_LISTEN_ON")) or [DEFAULT_SOCKET]
     try:

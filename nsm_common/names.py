@@ -1,4 +1,4 @@
-"""Names and labels every component checks the same way (limits in the README)."""
+"""Names, labels and interface names every component checks the same way (limits in the README)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ MAX_NAME = 253
 MAX_LABEL_KEY = 63
 MAX_LABEL_VALUE = 63
 MAX_LABELS = 64
+IFNAMSIZ = 15  # bytes of an interface name, without the terminating NUL
 
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
@@ -39,4 +40,22 @@ def labels_problem(where: str, labels: Mapping[str, str]) -> str | None:
             return f"{where}: label key {key!r} must be 1 to {MAX_LABEL_KEY} letters, digits, '-', '_', '.', '/'"
         if len(value) > MAX_LABEL_VALUE:
             return f"{where}: label {key!r} has a value of {len(value)} characters; at most {MAX_LABEL_VALUE}"
+    return None
+
+
+def ifname_problem(name: str) -> str | None:
+    """Why the kernel (or we) would refuse `name` as an interface name, or None."""
+    raw = name.encode()
+    if not raw:
+        return "interface name is empty"
+    if len(raw) > IFNAMSIZ:
+        return f"interface name {name!r} is {len(raw)} bytes long; the kernel allows at most {IFNAMSIZ}"
+    if name in (".", "..") or ".." in name:
+        return f"interface name {name!r} must not contain '..'"
+    if "/" in name:
+        return f"interface name {name!r} must not contain '/'"
+    if any(c.isspace() for c in name) or ":" in name:
+        return f"interface name {name!r} must not contain whitespace or ':'"
+    if not name.isprintable():
+        return f"interface name {name!r} must not contain control characters"
     return None

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+# Where a node's agent listens for its pods, and where they look for it (upstream's path).
+DEFAULT_SOCKET = "unix:///var/lib/networkservicemesh/nsm.io.sock"
+
 
 class UrlError(ValueError):
     """An address that is neither `unix:///PATH` nor `tcp://HOST:PORT`."""

@@ -27,30 +27,13 @@ from aetcd import utils
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
 from nsm_common.timeutil import now, ts_seconds
 from nsm_registry.hub import Hub, watch_hub
-from nsm_registry.store import EndpointEvent, ServiceEvent
+from nsm_registry.store import EndpointEvent, ServiceEvent, StoreUnavailable
 
 log = structlog.get_logger("nsm.registry")
 
 SERVICES = b"/nsm/services/"
 ENDPOINTS = b"/nsm/endpoints/"
 RETRY = 0.2
-
-
-class StoreUnavailable(RuntimeError):
-    pass
-
-
-def parse_etcd_url(url: str) -> list[tuple[str, int]]:
-    """`etcd://HOST:PORT[,HOST:PORT...]` → [(host, port), ...]."""
-    if not url.startswith("etcd://"):
-        raise ValueError(f"{url!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
-    out = []
-    for part in url.removeprefix("etcd://").split(","):
-        host, sep, port = part.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"{url!r}: {part!r} is not HOST:PORT")
-        out.append((host.strip("[]"), int(port)))
-    return out
 
 
 class _Mirror:
@@ -206,15 +189,7 @@ class EtcdStore:
     async def delete_service(self, name: str) -> bool:
         return await self._delete(self._services, name)
 
-    async def list_services(self) -> list[NetworkService]:
-        await self._services.wait_ready()
-        return [_copy(s) for s in self._services.values()]
-
     # Endpoints --------------------------------------------------------------------
-    async def put_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
-        stored = await self.register_endpoint(endpoint, keep_initial=False)
-        return stored
-
     async def register_endpoint(
         self, endpoint: NetworkServiceEndpoint, keep_initial: bool = True
     ) -> NetworkServiceEndpoint:

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from nsm_registry.etcd_store import StoreUnavailable
+from nsm_registry.store import StoreUnavailable
 
 
 def store_errors_unavailable(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,17 +10,22 @@ from nsm_api import registry_pb2_grpc
 from nsm_common import logs
 from nsm_common.daemon import run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
-from nsm_registry.etcd_store import EtcdStore, parse_etcd_url
 from nsm_registry.memory_store import MemoryStore
 from nsm_registry.server import EndpointRegistry, ServiceRegistry, run_expiry
-from nsm_registry.settings import RegistrySettings, parse_settings
+from nsm_registry.settings import RegistrySettings, parse_etcd_url, parse_settings
 from nsm_registry.store import Store
 
 log = structlog.get_logger("nsm.registry")
 
 
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
-    store: Store = MemoryStore() if settings.store == "memory" else EtcdStore(parse_etcd_url(settings.store))
+    store: Store
+    if settings.store == "memory":
+        store = MemoryStore()
+    else:
+        from nsm_registry.etcd_store import EtcdStore  # only an etcd registry loads its client
+
+        store = EtcdStore(parse_etcd_url(settings.store))
     server = aio_server()
     registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(ServiceRegistry(store), server)
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(

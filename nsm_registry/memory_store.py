@@ -36,10 +36,7 @@ class MemoryStore:
         self._service_hub.publish(ServiceEvent(_copy(old), deleted=True))
         return True
 
-    async def list_services(self) -> list[NetworkService]:
-        return [_copy(s) for s in self._services.values()]
-
-    async def put_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
+    def _put_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
         stored = NetworkServiceEndpoint()
         stored.CopyFrom(endpoint)
         self._endpoints[stored.name] = stored
@@ -56,7 +53,7 @@ class MemoryStore:
         record.CopyFrom(endpoint)
         if keep_initial and old is not None and old.HasField("initial_registration_time"):
             record.initial_registration_time.CopyFrom(old.initial_registration_time)
-        return await self.put_endpoint(record)
+        return self._put_endpoint(record)
 
     async def get_endpoint(self, name: str) -> NetworkServiceEndpoint | None:
         found = self._endpoints.get(name)

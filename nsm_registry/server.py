@@ -20,16 +20,13 @@ from nsm_api.registry_pb2 import (
     NetworkServiceResponse,
 )
 from nsm_common.grpcutil import Ctx
+from nsm_common.matching import endpoint_matches, service_matches
 from nsm_common.timeutil import now, ts_from, ts_seconds
-from nsm_registry.etcd_store import StoreUnavailable
 from nsm_registry.guard import store_errors_unavailable
-from nsm_registry.matching import endpoint_matches, service_matches
-from nsm_registry.store import EndpointEvent, ServiceEvent, Store
+from nsm_registry.store import EndpointEvent, ServiceEvent, Store, StoreUnavailable
 from nsm_registry.validation import validate_endpoint, validate_service
 
 log = structlog.get_logger("nsm.registry")
-
-PAYLOADS = ("IP", "ETHERNET")
 
 
 def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:

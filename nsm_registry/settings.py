@@ -8,9 +8,21 @@ import os
 from pydantic import BaseModel, Field, field_validator
 
 from nsm_common.urls import Address, parse_address, split_list
-from nsm_registry.etcd_store import parse_etcd_url
 
 DEFAULT_PORT = 5002
+
+
+def parse_etcd_url(url: str) -> list[tuple[str, int]]:
+    """`etcd://HOST:PORT[,HOST:PORT...]` → [(host, port), ...]."""
+    if not url.startswith("etcd://"):
+        raise ValueError(f"{url!r}: expected etcd://HOST:PORT[,HOST:PORT...]")
+    out = []
+    for part in url.removeprefix("etcd://").split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(f"{url!r}: {part!r} is not HOST:PORT")
+        out.append((host.strip("[]"), int(port)))
+    return out
 
 
 class RegistrySettings(BaseModel):
@@ -27,7 +39,8 @@ class RegistrySettings(BaseModel):
         return value
 
 
-def parse_settings(argv: list[str] | None = None) -> RegistrySettings:
+def build_parser() -> argparse.ArgumentParser:
+    """`nsm-registry`'s flags, their defaults taken from the environment as it is now."""
     parser = argparse.ArgumentParser(prog="nsm-registry", description="Network Service Mesh registry")
     parser.add_argument(
         "--listen", action="append", help="tcp://HOST:PORT or unix:///PATH (repeatable; env NSM_LISTEN_ON)"
@@ -43,7 +56,12 @@ def parse_settings(argv: list[str] | None = None) -> RegistrySettings:
         default=float(os.environ.get("NSM_MAX_EXPIRATION", "60")),
         help="longest endpoint registration lifetime in seconds (env NSM_MAX_EXPIRATION)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("NSM_LOG_LEVEL", "info"))
+    parser.add_argument("--log-level", default=os.environ.get("NSM_LOG_LEVEL", "info"), help="env NSM_LOG_LEVEL")
+    return parser
+
+
+def parse_settings(argv: list[str] | None = None) -> RegistrySettings:
+    parser = build_parser()
     args = parser.parse_args(argv)
     urls = split_list(args.listen) or split_list(os.environ.get("NSM_LISTEN_ON")) or [f"tcp://0.0.0.0:{DEFAULT_PORT}"]
     try:

@@ -1,7 +1,7 @@
-"""The store interface the registry server talks to.
+"""The store interface the registry server talks to, and the one failure it may raise.
 
-The memory store implements it now; an etcd store implements the same calls so
-that several registry replicas can share one state.
+The memory store (one process) and the etcd store (several replicas sharing one
+state) implement it.
 """
 
 from __future__ import annotations
@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot answer now (etcd away); the registry says UNAVAILABLE."""
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,6 @@ class Store(Protocol):
 
     async def put_service(self, service: NetworkService) -> NetworkService: ...
     async def delete_service(self, name: str) -> bool: ...
-    async def list_services(self) -> list[NetworkService]: ...
-
-    async def put_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
-        """Insert or replace by name; `expiration_time` is already decided by the caller."""
-        ...
 
     async def register_endpoint(
         self, endpoint: NetworkServiceEndpoint, keep_initial: bool = True

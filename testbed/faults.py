@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from nsm_agent.client.runtime import AgentClient, kernel_request
-from nsm_agent.pipeline.journal import read_log
+from nsm_agent.state.journal import read_log
 from nsm_api.connection_pb2 import RESELECT_REQUESTED, Connection
+from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Proc, Testbed, links, ping, run
 from testbed.cluster import Cluster, Node

@@ -1,1 +1,1 @@
-"""The client runtime: ask the node agent for a connection, close it."""
+"""Kept for those who import the client runtime from here: it lives in `nsm_client` now."""

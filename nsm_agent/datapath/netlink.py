@@ -17,8 +17,8 @@ from typing import TypeVar
 from pyroute2 import IPRoute
 
 from nsm_agent.datapath.rtnl import Rtnl
-from nsm_agent.netns.enter import inside
 from nsm_agent.netns.resolve import NetnsRef
+from nsm_common.netns import inside
 
 T = TypeVar("T")
 

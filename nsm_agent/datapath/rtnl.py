@@ -4,11 +4,14 @@ pyroute2's IPRoute costs about 200 µs of Python per call (request filters, an
 event loop per call) for kernel work of a few µs, and opening one costs about
 as much again. A connection's wire takes a dozen such calls, so on the Request
 path they were most of the set-up time. Here each message is still encoded and
-decoded by pyroute2 (`ifinfmsg`, `ifaddrmsg`, `rtmsg`), but we send several
-in one `send` and read their acknowledgements together: the kernel handles the
-messages of one batch in order, each on its own, and acks each one.
+decoded by pyroute2 (`ifinfmsg`, `ifaddrmsg`, `rtmsg`, `nlmsgerr`), but we send
+several in one `send` and read their acknowledgements together: the kernel
+handles the messages of one batch in order, each on its own, and acks each one.
 
-IPRoute stays for rare work (adoption after a restart, VXLAN devices, dumps).
+Every netlink call in a pod's namespace goes through here (wires, adoption after
+a restart, clean-up of interrupted requests). pyroute2's IPRoute stays for the
+node's own namespace, where calls are rare: underlay discovery, the WireGuard
+device.
 """
 
 from __future__ import annotations
@@ -21,7 +24,21 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, nlmsg
+from pyroute2.netlink import (
+    NETLINK_EXT_ACK,
+    NETLINK_ROUTE,
+    NLM_F_ACK,
+    NLM_F_CREATE,
+    NLM_F_DUMP,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    SOL_NETLINK,
+    nlmsg,
+    nlmsgerr,
+)
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTM_DELADDR,
@@ -31,36 +48,41 @@ from pyroute2.netlink.rtnl import (
     RTM_NEWADDR,
     RTM_NEWLINK,
     RTM_NEWROUTE,
+    rt_proto,
+    rt_scope,
+    rt_type,
 )
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
+from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK, rtmsg
 
 from nsm_agent.decisions.wireplan import IPInterface, RoutePlan
 
-NETLINK_ROUTE = 0
-SOL_NETLINK = 270
+# linux/netlink.h; pyroute2 does not name it. Errors then carry our request's
+# header only, not a copy of the whole request.
 NETLINK_CAP_ACK = 10
-NETLINK_EXT_ACK = 11
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLM_F_ACK_TLVS = 0x200
-NLMSGERR_ATTR_MSG = 1
-IFF_UP = 0x1
-IFA_F_NODAD = 0x02
-RTNH_F_ONLINK = 0x04
-RT_TABLE_MAIN = 254
-RTPROT_BOOT = 3
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
-RTN_UNICAST = 1
-AF_INET6 = 10
+RT_TABLE_MAIN = 254  # linux/rtnetlink.h: the table `ip route` shows
 
+# The batch reader walks the framing itself (one unpack per message, the hot
+# path); what a message says is decoded by pyroute2's classes.
 _HEADER = struct.Struct("=IHHII")  # nlmsghdr: length, type, flags, seq, pid
-_ERRNO = struct.Struct("=i")
-_RTATTR = struct.Struct("=HH")
+_ERRNO = struct.Struct("=i")  # nlmsgerr.error, right after the header
 _IFINDEX = struct.Struct("=i")  # ifinfomsg.ifi_index, after family, pad and type
-_IFINFO_LEN = 16
+
+
+class _CappedAck(nlmsgerr):
+    """An acknowledgement under NETLINK_CAP_ACK: the error, our request's header, then
+    the extended-ack attributes (pyroute2's `nlmsgerr` expects them right after the error)."""
+
+    __slots__ = ()
+    fields = (
+        ("error", "i"),
+        ("request_length", "I"),
+        ("request_type", "H"),
+        ("request_flags", "H"),
+        ("request_seq", "I"),
+        ("request_pid", "I"),
+    )
 
 
 @dataclass
@@ -112,7 +134,7 @@ class Rtnl:
             buf = self._sock.recv(1 << 16)
             offset = 0
             while offset + _HEADER.size <= len(buf):
-                length, kind, flags, seq, _ = _HEADER.unpack_from(buf, offset)
+                length, kind, _, seq, _ = _HEADER.unpack_from(buf, offset)
                 if length < _HEADER.size:
                     break
                 index = seq - first
@@ -120,8 +142,10 @@ class Rtnl:
                     reply = replies[index]
                     if kind in (NLMSG_ERROR, NLMSG_DONE):  # an ack, or a dump's end
                         reply.error = _ERRNO.unpack_from(buf, offset + _HEADER.size)[0]
-                        if kind == NLMSG_ERROR and flags & NLM_F_ACK_TLVS:
-                            reply.message = _ack_text(buf, offset, length)
+                        if reply.error and kind == NLMSG_ERROR:  # only failures carry text worth decoding
+                            ack = _CappedAck(buf, offset=offset)
+                            ack.decode()
+                            reply.message = ack.get_attr("NLMSGERR_ATTR_MSG") or ""
                         pending -= 1
                     else:
                         reply.data.append(bytes(buf[offset : offset + length]))
@@ -174,20 +198,6 @@ class Rtnl:
             msg.decode()
             out.append(msg)
         return out
-
-
-def _ack_text(buf: bytes, offset: int, length: int) -> str:
-    # With NETLINK_CAP_ACK the error is followed by our request's header only.
-    pos = offset + _HEADER.size + _ERRNO.size + _HEADER.size
-    end = offset + length
-    while pos + _RTATTR.size <= end:
-        size, kind = _RTATTR.unpack_from(buf, pos)
-        if size < _RTATTR.size:
-            break
-        if kind == NLMSGERR_ATTR_MSG:
-            return bytes(buf[pos + _RTATTR.size : pos + size]).rstrip(b"\0").decode(errors="replace")
-        pos += (size + 3) & ~3
-    return ""
 
 
 def ifindex(message: bytes) -> int:
@@ -295,7 +305,7 @@ def _addr(kind: int, flags: int, index: int, addr: IPInterface) -> ifaddrmsg:
     msg = ifaddrmsg()
     msg["header"]["type"] = kind
     msg["header"]["flags"] = flags
-    msg["family"] = AF_INET6 if addr.version == 6 else socket.AF_INET
+    msg["family"] = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
     msg["prefixlen"] = addr.network.prefixlen
     msg["index"] = index
     msg["flags"] = IFA_F_NODAD if addr.version == 6 else 0
@@ -315,16 +325,16 @@ def _route(kind: int, flags: int, index: int, route: RoutePlan) -> rtmsg:
     msg = rtmsg()
     msg["header"]["type"] = kind
     msg["header"]["flags"] = flags
-    msg["family"] = AF_INET6 if route.dst.version == 6 else socket.AF_INET
+    msg["family"] = socket.AF_INET6 if route.dst.version == 6 else socket.AF_INET
     msg["dst_len"] = route.dst.prefixlen
     msg["table"] = RT_TABLE_MAIN
-    msg["proto"] = RTPROT_BOOT
-    msg["type"] = RTN_UNICAST
+    msg["proto"] = rt_proto["boot"]
+    msg["type"] = rt_type["unicast"]
     attrs: list[tuple[str, object]] = [("RTA_DST", str(route.dst.network_address)), ("RTA_OIF", index)]
     if route.gateway is None:
-        msg["scope"] = RT_SCOPE_LINK
+        msg["scope"] = rt_scope["link"]
     else:
-        msg["scope"] = RT_SCOPE_UNIVERSE
+        msg["scope"] = rt_scope["universe"]
         msg["flags"] = RTNH_F_ONLINK
         attrs.append(("RTA_GATEWAY", str(route.gateway)))
     msg["attrs"] = attrs

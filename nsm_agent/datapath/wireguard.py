@@ -13,16 +13,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 
 import structlog
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.datapath.rtnl import IFA_F_NODAD
-from nsm_agent.wireguard.keys import KeyPair, device_name, inner_address
+from nsm_agent.state.keys import KeyPair, device_name, inner_address
 
 log = structlog.get_logger("nsm.agent")
 
@@ -154,7 +155,7 @@ class WireGuardDevice:
             "allowed-ips", f"{inner}/128", "persistent-keepalive", "25",
         )  # fmt: skip
         index = nl.node().link_lookup(ifname=self.name)[0]
-        nl.node().route("replace", dst=f"{inner}/128", oif=index, family=10)
+        nl.node().route("replace", dst=f"{inner}/128", oif=index, family=socket.AF_INET6)
 
     def use_peer(self, nl: NetlinkThread, conn_id: str, public_key: str, ip: str, port: int) -> str:
         """Make sure the peer node is configured; returns its inner address."""

@@ -17,7 +17,6 @@ from nsm_common.errors import invalid
 
 VXLAN = "VXLAN"
 WIREGUARD = "WIREGUARD"
-REMOTE_TYPES = (VXLAN, WIREGUARD)
 VNI_MAX = (1 << 24) - 1
 VXLAN_OVERHEAD = {4: 50, 6: 70}
 WIREGUARD_OVERHEAD = {4: 60, 6: 80}

@@ -13,9 +13,10 @@ from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import chosen_ifname, wire_alias
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import parse_netns
-from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.pipeline.call import AgentCall
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.chain import Next, Step
 from nsm_common.errors import invalid
 
 
@@ -25,14 +26,14 @@ class _Side:
     ifname: str
 
 
-class ClientNetns(Step):
+class ClientNetns(Step[AgentCall]):
     def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
         self.agent_name = agent_name
         self.resolver = resolver
         self.netlink = netlink
         self._sides: dict[str, _Side] = {}
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         conn = request.connection
         if call.client_mechanism is None:
             return await nxt.request(request, call)  # the caller is another agent
@@ -60,6 +61,6 @@ class ClientNetns(Step):
         reply.mechanism.CopyFrom(mech)
         return reply
 
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+    async def close(self, conn: Connection, call: AgentCall, nxt: Next[AgentCall]) -> None:
         self._sides.pop(conn.id, None)
         await nxt.close(conn, call)

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
-from nsm_agent.endpoint_watch import EndpointWatch
-from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.pipeline.call import AgentCall
+from nsm_agent.pipeline.endpoint_watch import EndpointWatch
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.chain import Next, Step
 from nsm_common.errors import NsmError, from_rpc_error
 from nsm_common.grpcutil import aio_channel
 from nsm_common.urls import UrlError, parse_address
@@ -32,7 +33,7 @@ class _Downstream:
         return Mechanism.FromString(self.mechanism_wire)
 
 
-class ConnectEndpoint(Step):
+class ConnectEndpoint(Step[AgentCall]):
     def __init__(self, timeout: float, watch: EndpointWatch | None = None) -> None:
         self.timeout = timeout
         self.watch = watch
@@ -46,7 +47,7 @@ class ConnectEndpoint(Step):
             channel = self._channels[url] = aio_channel(parse_address(url))
         return networkservice_pb2_grpc.NetworkServiceStub(channel)
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         conn = request.connection
         known = self._downstream.get(conn.id)
         url = call.endpoint_url or (known.url if known else "")
@@ -84,7 +85,7 @@ class ConnectEndpoint(Step):
             self.watch.watch(url, conn.id, self._channels[url])
         return reply
 
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+    async def close(self, conn: Connection, call: AgentCall, nxt: Next[AgentCall]) -> None:
         known = self._downstream.pop(conn.id, None)
         if known is not None and self.watch is not None:
             self.watch.forget(known.url, conn.id)

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from nsm_agent.decisions.selection import candidates
-from nsm_agent.pipeline.chain import Call, Next, Step
-from nsm_agent.registry_client import RegistryClient
+from nsm_agent.pipeline.call import AgentCall
+from nsm_agent.registry.client import RegistryClient
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint
+from nsm_common.chain.chain import Next, Step
 from nsm_common.errors import NsmError, not_found
 
 
-class Discover(Step):
+class Discover(Step[AgentCall]):
     def __init__(self, registry: RegistryClient) -> None:
         self.registry = registry
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         conn = request.connection
         name = conn.network_service
         if call.refresh and conn.network_service_endpoint_name:

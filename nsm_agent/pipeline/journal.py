@@ -1,174 +1,32 @@
-"""The connection journal: what this agent holds, written down before it acts.
+"""The Journal step: each connection written down before the steps after it act.
 
-One log of changes in STATE_DIR/connections.log. A new connection is written
-as an *intent* before any step acts; steps that reach outside the agent (a
-namespace, an endpoint) add a note first; a Request that completes turns the
-entry into *done* with the reply. After a restart, done entries are requested
-again through the chain (steps adopt what the kernel still has), and intents
-are undone from their notes: so a `kill -9` in the middle of a Request leaves
-nothing behind, even a veth whose ends are both in pods.
+A new connection is an *intent* in the journal (`nsm_agent.state.journal`) before
+any later step acts; steps that reach outside the agent (a namespace, an
+endpoint) add a note first through `call.note`; a Request that completes turns
+the entry into *done* with the reply. After a restart `nsm_agent.state.restore`
+carries on from there.
+
+Reads: the journal's entry for the connection id. Provides: `call.journalled`
+(the journal held it as done: a wire step adopts what the kernel has) and
+`call.note`.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from google.protobuf.message import DecodeError
-
-from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.pipeline.call import AgentCall
+from nsm_agent.state.journal import DONE, INTENT, Entry, JournalStore
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-
-INTENT = "intent"
-DONE = "done"
+from nsm_common.chain.chain import Next, Step
 
 
-@dataclass
-class Entry:
-    conn_id: str
-    state: str
-    request: NetworkServiceRequest
-    reply: Connection | None = None
-    notes: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Stored:
-    """An entry as kept in memory: serialized, a fraction of the parsed messages' size."""
-
-    state: str
-    request: bytes
-    reply: bytes
-    notes: dict[str, tuple[str, ...]]
-
-    def line(self, conn_id: str) -> str:
-        return json.dumps(
-            {
-                "id": conn_id,
-                "state": self.state,
-                "request": base64.b64encode(self.request).decode(),
-                "reply": base64.b64encode(self.reply).decode(),
-                "notes": {k: list(v) for k, v in self.notes.items()},
-            }
-        )
-
-    def entry(self, conn_id: str) -> Entry:
-        """A fresh Entry, the caller's to change."""
-        reply = Connection.FromString(self.reply) if self.reply else None
-        notes = {k: list(v) for k, v in self.notes.items()}
-        return Entry(conn_id, self.state, NetworkServiceRequest.FromString(self.request), reply, notes)
-
-
-class JournalStore:
-    """Entries in one append-only log, STATE_DIR/connections.log, a JSON line per change.
-
-    An append is one `write` (a file per entry cost a create and a rename per
-    change, four times per new connection). The last line a crash tore is
-    ignored: the step that wrote it had not acted yet. The log is rewritten with
-    one line per live entry on start and whenever it has grown well past that.
-    """
-
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path = state_dir / "connections.log"
-        # Only this agent writes here: after one read at start, memory is the
-        # truth, and a Request costs no file read.
-        self._stored: dict[str, _Stored] = {}
-        self._fd = -1
-        self._appended = 0
-        self._load()
-
-    def write(self, entry: Entry) -> None:
-        stored = _Stored(
-            entry.state,
-            entry.request.SerializeToString(),
-            entry.reply.SerializeToString() if entry.reply is not None else b"",
-            {k: tuple(v) for k, v in entry.notes.items()},
-        )
-        self._append(stored.line(entry.conn_id))
-        self._stored[entry.conn_id] = stored
-
-    def read(self, conn_id: str) -> Entry | None:
-        stored = self._stored.get(conn_id)
-        return stored.entry(conn_id) if stored is not None else None
-
-    def delete(self, conn_id: str) -> None:
-        if self._stored.pop(conn_id, None) is not None:
-            self._append(json.dumps({"id": conn_id, "deleted": True}))
-
-    def entries(self) -> list[Entry]:
-        """Every entry (read again from the file: this is the start-up view)."""
-        self._load()
-        return [stored.entry(conn_id) for conn_id, stored in self._stored.items()]
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def _append(self, line: str) -> None:
-        os.write(self._fd, (line + "\n").encode())
-        self._appended += 1
-        if self._appended > 1000 + 2 * len(self._stored):
-            self._compact()
-
-    def _load(self) -> None:
-        self.close()
-        self._stored = _read(self.path)
-        self._compact()
-
-    def _compact(self) -> None:
-        """Rewrite the log as one line per live entry; whole or not at all, also on a crash."""
-        self.close()
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(stored.line(conn_id) + "\n" for conn_id, stored in self._stored.items()))
-        os.replace(tmp, self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        self._appended = 0
-
-
-def read_log(path: Path) -> dict[str, Entry]:
-    """The live entries of a journal log (safe to call while an agent writes it)."""
-    return {conn_id: stored.entry(conn_id) for conn_id, stored in _read(path).items()}
-
-
-def _read(path: Path) -> dict[str, _Stored]:
-    out: dict[str, _Stored] = {}
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return out
-    for line in text.splitlines():
-        try:
-            data = json.loads(line)
-            conn_id = str(data["id"])
-            if data.get("deleted"):
-                out.pop(conn_id, None)
-                continue
-            stored = _Stored(
-                str(data["state"]),
-                base64.b64decode(str(data["request"])),
-                base64.b64decode(str(data["reply"] or "")),
-                {str(k): tuple(str(x) for x in v) for k, v in dict(data.get("notes") or {}).items()},
-            )
-            NetworkServiceRequest.FromString(stored.request)  # a torn or foreign line fails here
-        except (ValueError, KeyError, TypeError, AttributeError, DecodeError):
-            continue  # a line torn by a crash
-        out[conn_id] = stored
-    return out
-
-
-class Journal(Step):
+class Journal(Step[AgentCall]):
     """Sits right after Begin (which serialises each id), so entries never race."""
 
     def __init__(self, store: JournalStore) -> None:
         self.store = store
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         conn_id = request.connection.id
         existing = self.store.read(conn_id)
         if existing is None or existing.state != DONE:
@@ -198,7 +56,7 @@ class Journal(Step):
         self.store.write(entry)
         return reply
 
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+    async def close(self, conn: Connection, call: AgentCall, nxt: Next[AgentCall]) -> None:
         try:
             await nxt.close(conn, call)
         finally:

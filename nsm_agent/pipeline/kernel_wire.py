@@ -12,14 +12,15 @@ import structlog
 
 from nsm_agent.datapath import veth
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.decisions.names import chosen_ifname, ifname_problem, wire_alias
+from nsm_agent.decisions.names import chosen_ifname, wire_alias
 from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import parse_netns
-from nsm_agent.pipeline.chain import Call
+from nsm_agent.pipeline.call import AgentCall
 from nsm_agent.pipeline.wire_step import WireStep
 from nsm_api.connection_pb2 import Connection
 from nsm_common.errors import NsmError
+from nsm_common.names import ifname_problem
 
 log = structlog.get_logger("nsm.agent")
 
@@ -49,13 +50,13 @@ def bad_context(endpoint: str, exc: ContextError) -> NsmError:
 class KernelWire(WireStep[veth.VethWire]):
     """Both pods on this node: one veth pair between them."""
 
-    def applies(self, call: Call) -> bool:
+    def applies(self, call: AgentCall) -> bool:
         return call.client_ns is not None and not call.endpoint_remote  # else the tunnel step builds
 
     def remove(self, nl: NetlinkThread, wire: veth.VethWire) -> None:
         veth.remove(nl, wire)
 
-    async def build(self, conn_id: str, reply: Connection, call: Call) -> veth.VethWire:
+    async def build(self, conn_id: str, reply: Connection, call: AgentCall) -> veth.VethWire:
         assert call.client_ns is not None
         endpoint = reply.network_service_endpoint_name or "the endpoint"
         try:

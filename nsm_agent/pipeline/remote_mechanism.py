@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.datapath.tunnels import Underlay, VniBook
 from nsm_agent.datapath.wireguard import WireGuardDevice, WireGuardError
 from nsm_agent.decisions.tunnel import (
     VXLAN,
@@ -28,10 +29,10 @@ from nsm_agent.decisions.tunnel import (
     parse_vxlan,
     pod_mtu,
 )
-from nsm_agent.pipeline.chain import Call, Next, Step, Tunnel
-from nsm_agent.tunnels import Underlay, VniBook
+from nsm_agent.pipeline.call import AgentCall, Tunnel
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.chain import Next, Step
 from nsm_common.errors import NsmError, invalid
 
 log = structlog.get_logger("nsm.agent")
@@ -123,14 +124,14 @@ class TunnelKinds:
             await self.netlink.run(lambda nl: wg.release(nl, conn_id, agreed.peer_key))
 
 
-class _TunnelStep(Step):
+class _TunnelStep(Step[AgentCall]):
     """Keeps what was agreed per connection, and gives it back on Close."""
 
     def __init__(self, kinds: TunnelKinds) -> None:
         self.kinds = kinds
         self._agreed: dict[str, _Agreed] = {}
 
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+    async def close(self, conn: Connection, call: AgentCall, nxt: Next[AgentCall]) -> None:
         agreed = self._agreed.pop(conn.id, None)
         try:
             await nxt.close(conn, call)
@@ -146,7 +147,7 @@ def _no_underlay() -> NsmError:
 class RemoteMechanismServer(_TunnelStep):
     """On the endpoint's node: answer another agent's offer."""
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         offer = call.remote_offer
         if offer is None:
             return await nxt.request(request, call)
@@ -200,7 +201,7 @@ class RemoteMechanismClient(_TunnelStep):
         super().__init__(kinds)
         self.offer = [k for k in offer if k in kinds.supported()]
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         conn_id = request.connection.id
         known = self._agreed.get(conn_id)
         if known is not None:
@@ -244,7 +245,7 @@ class RemoteMechanismClient(_TunnelStep):
         return await self.kinds.netlink.run(lambda nl: self.kinds.vnis.take(nl, conn_id, vni))
 
     async def _accept(
-        self, conn_id: str, reply: Connection, call: Call, vni: int, nxt: Next, known: _Agreed | None
+        self, conn_id: str, reply: Connection, call: AgentCall, vni: int, nxt: Next[AgentCall], known: _Agreed | None
     ) -> Connection:
         mech = reply.mechanism
         try:

@@ -6,11 +6,12 @@ import grpc
 import structlog
 
 from nsm_agent.decisions.selection import RoundRobin
-from nsm_agent.local_endpoints import LocalEndpoints
-from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.pipeline.call import AgentCall
+from nsm_agent.registry.local_endpoints import LocalEndpoints
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint
+from nsm_common.chain.chain import Next, Step
 from nsm_common.errors import NsmError
 
 log = structlog.get_logger("nsm.agent")
@@ -35,7 +36,7 @@ class Locator:
         self.own_urls = own_urls
         self.local = local
 
-    def locate(self, endpoint: NetworkServiceEndpoint, call: Call) -> None:
+    def locate(self, endpoint: NetworkServiceEndpoint, call: AgentCall) -> None:
         if endpoint.url in self.own_urls:
             url = self.local.get(endpoint.name)
             if url is None:
@@ -50,14 +51,14 @@ class Locator:
             call.endpoint_url, call.endpoint_remote = endpoint.url, True
 
 
-class Select(Step):
+class Select(Step[AgentCall]):
     """Round robin over the candidates, the next one when one fails."""
 
     def __init__(self, locator: Locator) -> None:
         self.round_robin = RoundRobin()
         self.locator = locator
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         conn = request.connection
         if conn.network_service_endpoint_name:
             if call.endpoint is not None:

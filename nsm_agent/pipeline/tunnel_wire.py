@@ -13,7 +13,7 @@ from nsm_agent.datapath import vxlan
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import wire_alias
 from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
-from nsm_agent.pipeline.chain import Call
+from nsm_agent.pipeline.call import AgentCall
 from nsm_agent.pipeline.kernel_wire import bad_context, endpoint_netns
 from nsm_agent.pipeline.wire_step import WireStep
 from nsm_api.connection_pb2 import Connection
@@ -24,13 +24,13 @@ log = structlog.get_logger("nsm.agent")
 class TunnelWire(WireStep[vxlan.VxlanWire]):
     removed_message = "tunnel removed"
 
-    def applies(self, call: Call) -> bool:
+    def applies(self, call: AgentCall) -> bool:
         return call.tunnel is not None
 
     def remove(self, nl: NetlinkThread, wire: vxlan.VxlanWire) -> None:
         vxlan.remove(nl, wire)
 
-    async def build(self, conn_id: str, reply: Connection, call: Call) -> vxlan.VxlanWire:
+    async def build(self, conn_id: str, reply: Connection, call: AgentCall) -> vxlan.VxlanWire:
         tunnel = call.tunnel
         assert tunnel is not None
         endpoint = reply.network_service_endpoint_name or "the endpoint"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from nsm_agent.decisions.names import ifname_problem
-from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.pipeline.call import AgentCall
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.chain import Next, Step
 from nsm_common.errors import invalid, not_found
+from nsm_common.names import ifname_problem
 
 KERNEL = "KERNEL"
 
@@ -25,14 +26,14 @@ def pick_kernel(request: NetworkServiceRequest, supported: tuple[str, ...]) -> M
     raise invalid(f"mechanism type {offered} is not supported; this agent takes {', '.join(supported)}")
 
 
-class ValidateRequest(Step):
+class ValidateRequest(Step[AgentCall]):
     """KERNEL from pods on this node; REMOTE mechanisms from other agents."""
 
     def __init__(self, remote: tuple[str, ...] = ()) -> None:
         self.supported = (KERNEL, *remote)
         self.remote = remote
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         conn = request.connection
         if not conn.network_service:
             raise not_found("network service '' not found: the request names no network service")

@@ -13,9 +13,10 @@ from nsm_agent.datapath.links import WireError
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.datapath.vxlan import VniTaken
 from nsm_agent.netns.resolve import NetnsResolver
-from nsm_agent.pipeline.chain import Call, Next, Step
+from nsm_agent.pipeline.call import AgentCall
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.chain import Next, Step
 from nsm_common.errors import NsmError, invalid
 
 log = structlog.get_logger("nsm.agent")
@@ -23,7 +24,7 @@ log = structlog.get_logger("nsm.agent")
 W = TypeVar("W")
 
 
-class WireStep(Step, Generic[W]):
+class WireStep(Step[AgentCall], Generic[W]):
     removed_message = "wire removed"
 
     def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
@@ -32,18 +33,18 @@ class WireStep(Step, Generic[W]):
         self.netlink = netlink
         self.wires: dict[str, W] = {}
 
-    def applies(self, call: Call) -> bool:
+    def applies(self, call: AgentCall) -> bool:
         """Whether this step builds this Request's wire (asked once the endpoint answered)."""
         raise NotImplementedError
 
-    async def build(self, conn_id: str, reply: Connection, call: Call) -> W:
+    async def build(self, conn_id: str, reply: Connection, call: AgentCall) -> W:
         """Build (or on a refresh, update or adopt) the wire; may fill in the reply."""
         raise NotImplementedError
 
     def remove(self, nl: NetlinkThread, wire: W) -> None:
         raise NotImplementedError
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         conn_id = request.connection.id
         reply = await nxt.request(request, call)
         if not self.applies(call):
@@ -66,7 +67,7 @@ class WireStep(Step, Generic[W]):
                 raise invalid(str(exc)) from exc
             raise NsmError(grpc.StatusCode.INTERNAL, str(exc)) from exc
 
-    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+    async def close(self, conn: Connection, call: AgentCall, nxt: Next[AgentCall]) -> None:
         wire = self.wires.pop(conn.id, None)
         try:
             if wire is not None:

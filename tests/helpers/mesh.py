@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nsm_agent.client.runtime import AgentClient
+from nsm_client.runtime import AgentClient
 from nsm_common.urls import parse_address
 from testbed.bed import Proc, Testbed
 

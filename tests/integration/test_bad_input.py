@@ -9,10 +9,10 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from nsm_agent.client.runtime import kernel_request
 from nsm_api.connection_pb2 import Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkService
+from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, run
 from tests.conftest import Mesh, make_mesh, only_lo
 from tests.helpers.mesh import agent_client, raw_endpoint

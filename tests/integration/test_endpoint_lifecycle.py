@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from nsm_agent.client.runtime import kernel_request
+from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, ping
 from tests.conftest import make_mesh, only_lo
 from tests.helpers.mesh import agent_client

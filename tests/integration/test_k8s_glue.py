@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from nsm_agent.k8s.webhook import WebhookConfig, serve
+from nsm_k8s.webhook import WebhookConfig, serve
 from testbed.bed import BIN, Testbed, free_port, links, run
 from tests.conftest import make_mesh
 from tests.helpers.mesh import ifindex

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from nsm_agent.client.runtime import kernel_request
 from nsm_api.connection_pb2 import Connection
+from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, ping, ping_df, run
 from testbed.cluster import Cluster
 from tests.conftest import only_lo

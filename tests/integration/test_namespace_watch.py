@@ -12,7 +12,7 @@ from typing import Any
 from lightkube import Client
 from lightkube.config.kubeconfig import KubeConfig
 
-from nsm_agent.k8s.namespaces import NamespaceAnnotations
+from nsm_k8s.namespaces import NamespaceAnnotations
 from testbed.bed import free_port
 
 A = "networkservicemesh.io"

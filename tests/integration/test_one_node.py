@@ -5,10 +5,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from nsm_agent.client.runtime import kernel_request
 from nsm_api import registry_pb2_grpc
 from nsm_api.connection_pb2 import DELETE, INITIAL_STATE_TRANSFER, MonitorScopeSelector, PathSegment
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceEndpointQuery
+from nsm_client.runtime import kernel_request
 from nsm_common.grpcutil import sync_channel
 from nsm_common.urls import parse_address
 from testbed.bed import addresses, links, ping

@@ -7,7 +7,7 @@ import os
 import signal
 import time
 
-from nsm_agent.client.runtime import kernel_request
+from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, ping
 from tests.helpers.mesh import agent_client, ifindex
 from tests.integration.test_restart import lost, start_ping

@@ -9,11 +9,11 @@ import uuid
 import grpc
 import pytest
 
-from nsm_agent.client.runtime import kernel_request
 from nsm_api import networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism, Path, PathSegment
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint
+from nsm_client.runtime import kernel_request
 from nsm_common.grpcutil import sync_channel
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, links, run

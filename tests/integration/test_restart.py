@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from nsm_agent.client.runtime import kernel_request
 from nsm_agent.decisions.names import wire_alias
-from nsm_agent.pipeline.journal import INTENT, Entry, JournalStore
+from nsm_agent.state.journal import INTENT, Entry, JournalStore
 from nsm_api.connection_pb2 import Connection
+from nsm_client.runtime import kernel_request
 from testbed.bed import Proc, Testbed, links, run
 from testbed.cluster import Cluster, Node
 from tests.conftest import make_mesh, only_lo

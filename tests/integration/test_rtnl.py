@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 
@@ -11,7 +12,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from nsm_agent.datapath import rtnl
 from nsm_agent.datapath.links import random_mac
 from nsm_agent.decisions.wireplan import RoutePlan
-from nsm_agent.netns.enter import inside
+from nsm_common.netns import inside
 from testbed.bed import Testbed, run
 from tests.conftest import needs_root
 
@@ -47,7 +48,7 @@ def test_a_batch_answers_every_message_and_a_failure_does_not_stop_the_rest(bed:
     assert replies[0].error < 0 and replies[1].error == 0
     with pytest.raises(NetlinkError) as caught:
         replies[0].raise_for_error()
-    assert caught.value.code == 19  # ENODEV
+    assert caught.value.code == errno.ENODEV
     assert "mtu 1300" in run("ip", "-n", a, "link", "show", "x0").stdout
     sock.delete(index)
     sock.delete(index)  # gone already: fine
@@ -69,7 +70,7 @@ def test_vxlan_created_in_a_pod_keeps_its_socket_where_it_was_asked_for(bed: Tes
             on_node.run(rtnl.new_vxlan("vx1", random_mac(), 4321, "192.0.2.1", "192.0.2.2", 4789, 1450, fd))
     finally:
         os.close(fd)
-    assert caught.value.code == 17 and "VNI" in str(caught.value)
+    assert caught.value.code == errno.EEXIST and "VNI" in str(caught.value)
     assert in_pod.link_index("vx0") is not None and on_node.link_index("vx0") is None
     assert "0.0.0.0:4789" in run("ip", "netns", "exec", node, "ss", "-uan").stdout
     found = in_pod.links("vxlan")

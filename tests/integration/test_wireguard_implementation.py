@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from nsm_agent.client.runtime import kernel_request
+from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, run
 from testbed.cluster import Cluster
 from tests.helpers.mesh import agent_client

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nsm_agent.k8s.annotation import AnnotationError, Requested, parse
+from nsm_k8s.annotation import AnnotationError, Requested, parse
 
 
 def test_upstream_examples() -> None:

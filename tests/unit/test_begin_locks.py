@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from nsm_agent.pipeline.begin import Begin
-from nsm_agent.pipeline.chain import Call, Chain, Next, Step
 from nsm_api.connection_pb2 import Connection, Path, PathSegment
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.begin import Begin
+from nsm_common.chain.chain import Call, Chain, Next, Step
 from nsm_common.errors import invalid
 from nsm_common.timeutil import now, ts_from
 
@@ -25,7 +25,7 @@ def request(conn_id: str) -> NetworkServiceRequest:
 
 def test_failed_requests_leave_no_lock_behind() -> None:
     begin = Begin()
-    chain = Chain([begin, Failing()])
+    chain = Chain([begin, Failing()], Call)
 
     async def main() -> None:
         results = await asyncio.gather(*(chain.request(request("a")) for _ in range(3)), return_exceptions=True)
@@ -37,7 +37,7 @@ def test_failed_requests_leave_no_lock_behind() -> None:
 
 def test_a_request_and_its_close_leave_no_lock_behind() -> None:
     begin = Begin()
-    chain = Chain([begin])
+    chain = Chain([begin], Call)
 
     async def main() -> None:
         reply = await chain.request(request("b"))

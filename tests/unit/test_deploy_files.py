@@ -45,7 +45,7 @@ def test_units_and_e2e_call_commands_that_exist() -> None:
         if command in provision + e2e:
             assert shutil.which(command) or command in ("systemctl", "journalctl"), f"{command} missing"
     # Every nsmctl subcommand and flag used exists.
-    from nsm_agent.cli.main import build_parser
+    from nsm_client.cli.main import build_parser
 
     for line in re.findall(r"nsmctl\"? ([a-z]+ [^\n]*)", e2e):
         sub = line.split()[0]

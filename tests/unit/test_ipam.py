@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nsm_agent.endpoint.ipam import PointToPointPool, PoolExhausted
+from nsm_endpoint.ipam import PointToPointPool, PoolExhausted
 
 
 def test_pairs_are_host_addresses_and_idempotent_per_connection() -> None:

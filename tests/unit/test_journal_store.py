@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nsm_agent.pipeline.journal import DONE, INTENT, Entry, JournalStore
+from nsm_agent.state.journal import DONE, INTENT, Entry, JournalStore
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 

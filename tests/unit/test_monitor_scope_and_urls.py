@@ -2,8 +2,8 @@
 
 import pytest
 
-from nsm_agent.decisions.monitor_scope import selects
 from nsm_api.connection_pb2 import Connection, MonitorScopeSelector, Path, PathSegment
+from nsm_common.chain.monitor_scope import selects
 from nsm_common.urls import UrlError, parse_address
 
 CONN = Connection(

@@ -4,9 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nsm_agent.decisions.names import chosen_ifname, ifname_problem
+from nsm_agent.decisions.names import chosen_ifname
 from nsm_agent.netns.spec import NetnsSpec, parse_netns
 from nsm_common.errors import NsmError
+from nsm_common.names import ifname_problem
 
 
 @pytest.mark.parametrize("name", ["nsm-1", "eth0", "a" * 15, "ü" * 7])

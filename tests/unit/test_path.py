@@ -2,8 +2,8 @@
 
 import pytest
 
-from nsm_agent.decisions import path
 from nsm_api.connection_pb2 import Connection, Path, PathSegment
+from nsm_common.chain import path
 from nsm_common.errors import NsmError
 from nsm_common.timeutil import ts_from, ts_seconds
 

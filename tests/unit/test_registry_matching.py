@@ -6,8 +6,8 @@ from nsm_api.registry_pb2 import (
     NetworkServiceEndpoint,
     NetworkServiceLabels,
 )
+from nsm_common.matching import endpoint_matches, service_matches
 from nsm_common.timeutil import ts_from
-from nsm_registry.matching import endpoint_matches, service_matches
 
 
 def test_service_query_fields() -> None:

@@ -1,1 +1,0 @@
-"""`nsmctl`: the command line for people."""

@@ -1,1 +1,0 @@
-"""The endpoint runtime: a network service endpoint in a pod's namespace."""

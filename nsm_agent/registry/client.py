@@ -1,0 +1,89 @@
+"""Questions the agent asks the registry, with retries while it is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from nsm_agent.registry.cache import RegistryCache
+from nsm_api import registry_pb2_grpc
+from nsm_api.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceQuery,
+)
+from nsm_common.errors import NsmError
+from nsm_common.grpcutil import aio_channel
+from nsm_common.urls import Address
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class RegistryClient:
+    def __init__(self, address: Address, timeout: float = 3.0, attempts: int = 3) -> None:
+        self.address = address
+        self.timeout = timeout
+        self.attempts = attempts
+        self.channel = aio_channel(address)
+        self.services = registry_pb2_grpc.NetworkServiceRegistryStub(self.channel)
+        self.endpoints = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(self.channel)
+        self.cache: RegistryCache | None = None
+
+    def watch(self) -> None:
+        """Keep a watched copy of the registry and answer from it when it can."""
+        self.cache = RegistryCache(self.channel)
+        self.cache.start()
+
+    async def close(self) -> None:
+        if self.cache is not None:
+            await self.cache.aclose()
+        await self.channel.close(None)
+
+    async def _retry(self, what: str, fn, attempts: int | None = None):  # type: ignore[no-untyped-def]
+        delay = 0.1
+        attempts = attempts or self.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return await fn()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == attempts:
+                    raise NsmError(
+                        exc.code(), f"registry at {self.address} {what}: {exc.details()} (after {attempt} attempts)"
+                    ) from exc
+            await asyncio.sleep(delay)
+            delay *= 3
+        raise AssertionError("unreachable")
+
+    async def find_service(self, name: str) -> NetworkService | None:
+        cached = self.cache.service(name) if self.cache is not None else None
+        if cached is not None:
+            return cached
+
+        async def call() -> NetworkService | None:
+            query = NetworkServiceQuery(network_service=NetworkService(name=name))
+            async for resp in self.services.Find(query, timeout=self.timeout):
+                if resp.network_service.name == name and not resp.deleted:
+                    return resp.network_service
+            return None
+
+        return await self._retry("could not find services", call)  # type: ignore[no-any-return]
+
+    async def find_endpoints(
+        self, query: NetworkServiceEndpoint, attempts: int | None = None
+    ) -> list[NetworkServiceEndpoint]:
+        cached = self.cache.find_endpoints(query) if self.cache is not None else []
+        if cached:
+            return cached
+
+        async def call() -> list[NetworkServiceEndpoint]:
+            out = []
+            async for resp in self.endpoints.Find(
+                NetworkServiceEndpointQuery(network_service_endpoint=query), timeout=self.timeout
+            ):
+                if not resp.deleted:
+                    out.append(resp.network_service_endpoint)
+            return out
+
+        return await self._retry("could not find endpoints", call, attempts)  # type: ignore[no-any-return]

@@ -1,0 +1,106 @@
+"""Both registry services on the agent's own socket, passed on to the registry.
+
+Endpoints and clients on a node then need only their agent's address, as with
+upstream's per-node manager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from nsm_agent.registry.client import RegistryClient
+from nsm_agent.registry.local_endpoints import LocalEndpoints
+from nsm_api import registry_pb2_grpc
+from nsm_api.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceEndpointResponse,
+    NetworkServiceQuery,
+    NetworkServiceResponse,
+)
+from nsm_common.grpcutil import Ctx
+
+
+async def _relay_error(context: Ctx, exc: grpc.aio.AioRpcError, where: str) -> None:
+    await context.abort(exc.code(), f"{where}: {exc.details()}")
+
+
+class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
+    def __init__(self, registry: RegistryClient) -> None:
+        self.registry = registry
+        self.where = f"registry at {registry.address}"
+
+    async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
+        try:
+            return await self.registry.services.Register(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+            raise
+
+    async def Find(  # type: ignore[override]
+        self, request: NetworkServiceQuery, context: Ctx
+    ) -> AsyncIterator[NetworkServiceResponse]:
+        try:
+            async for resp in self.registry.services.Find(request, timeout=context.time_remaining()):
+                yield resp
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+
+    async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
+        try:
+            return await self.registry.services.Unregister(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+            raise
+
+
+class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
+    """Registers local endpoints under this agent's public URL, remembering their own."""
+
+    def __init__(self, registry: RegistryClient, local: LocalEndpoints, public_url: str) -> None:
+        self.registry = registry
+        self.local = local
+        self.public_url = public_url
+        self.where = f"registry at {registry.address}"
+
+    async def Register(  # type: ignore[override]
+        self, request: NetworkServiceEndpoint, context: Ctx
+    ) -> NetworkServiceEndpoint:
+        record = NetworkServiceEndpoint()
+        record.CopyFrom(request)
+        own_url = request.url
+        if self.public_url and own_url and own_url != self.public_url:
+            record.url = self.public_url
+        try:
+            stored: NetworkServiceEndpoint = await self.registry.endpoints.Register(
+                record, timeout=context.time_remaining()
+            )
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+            raise
+        if record.url != own_url:
+            self.local.put(stored.name, own_url)
+            stored.url = own_url  # the endpoint sees the address it gave
+        return stored
+
+    async def Find(  # type: ignore[override]
+        self, request: NetworkServiceEndpointQuery, context: Ctx
+    ) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        try:
+            async for resp in self.registry.endpoints.Find(request, timeout=context.time_remaining()):
+                yield resp
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+
+    async def Unregister(self, request: NetworkServiceEndpoint, context: Ctx) -> Empty:  # type: ignore[override]
+        try:
+            done: Empty = await self.registry.endpoints.Unregister(request, timeout=context.time_remaining())
+        except grpc.aio.AioRpcError as exc:
+            await _relay_error(context, exc, self.where)
+            raise
+        self.local.remove(request.name)
+        return done

@@ -1,1 +1,0 @@
-"""WireGuard between nodes: keys, and the device that carries the tunnels."""

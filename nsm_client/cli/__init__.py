@@ -1,0 +1,1 @@
+"""`nsmctl`, the command line."""

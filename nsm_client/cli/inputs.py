@@ -1,0 +1,77 @@
+"""CLI input, validated by pydantic so that errors name the bad flag."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import BaseModel, Field, field_validator
+
+from nsm_common.names import ifname_problem
+from nsm_common.netns import netns_path
+
+
+def parse_labels(items: list[str] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{item!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+class NetnsInput(BaseModel):
+    netns: str
+
+    @field_validator("netns")
+    @classmethod
+    def _netns(cls, value: str) -> str:
+        return netns_path(value)
+
+
+class ConnectInput(NetnsInput):
+    service: str = Field(min_length=1)
+    ifname: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("ifname")
+    @classmethod
+    def _ifname(cls, value: str) -> str:
+        if value:
+            problem = ifname_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+
+class EndpointInput(NetnsInput):
+    name: str = Field(min_length=1)
+    service: str = Field(min_length=1)
+    cidrs: list[str] = Field(min_length=1)
+    payload: str = "IP"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, values: list[str]) -> list[str]:
+        out: list[str] = []
+        families: set[int] = set()
+        for value in values:
+            try:
+                net = ipaddress.ip_network(value, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not a CIDR such as 10.60.0.0/24 or fd00:60::/64") from exc
+            if net.num_addresses < 4:
+                raise ValueError(f"{value!r} is too small for a point-to-point pool")
+            if net.version in families:
+                raise ValueError(f"give at most one pool per address family ({value!r})")
+            families.add(net.version)
+            out.append(str(net))
+        return out
+
+    @field_validator("payload")
+    @classmethod
+    def _payload(cls, value: str) -> str:
+        if value not in ("IP", "ETHERNET"):
+            raise ValueError("payload must be IP or ETHERNET")
+        return value

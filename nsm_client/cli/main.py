@@ -1,0 +1,355 @@
+"""`nsmctl`: connect, close, get, and run an endpoint."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+from pydantic import ValidationError
+
+from nsm_api import registry_pb2_grpc
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
+from nsm_client.cli.inputs import ConnectInput, EndpointInput, parse_labels
+from nsm_client.runtime import AgentClient, kernel_request
+from nsm_common import logs
+from nsm_common.daemon import run_until_signal
+from nsm_common.grpcutil import sync_channel
+from nsm_common.timeutil import ts_seconds
+from nsm_common.urls import DEFAULT_SOCKET, Address, UrlError, parse_address
+
+
+class CliError(Exception):
+    pass
+
+
+def agent_address(args: argparse.Namespace) -> Address:
+    """The agent to talk to: --agent, else NSM_CONNECT_TO, else the node's socket."""
+    try:
+        return parse_address(args.agent or os.environ.get("NSM_CONNECT_TO") or DEFAULT_SOCKET, default_port=5001)
+    except UrlError as exc:
+        raise CliError(f"--agent: {exc}") from exc
+
+
+FLAG_OF_FIELD = {"cidrs": "cidr", "labels": "label"}
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        name = FLAG_OF_FIELD.get(str(err["loc"][0]), str(err["loc"][0])) if err["loc"] else "input"
+        field = "--" + name.replace("_", "-")
+        parts.append(f"{field}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def _labels(items: list[str] | None) -> dict[str, str]:
+    try:
+        return parse_labels(items)
+    except ValueError as exc:
+        raise CliError(f"--label: {exc}") from exc
+
+
+def _tunnel(conn: Connection) -> str:
+    """How the connection crosses: the first hop's tunnel, or a veth on one node."""
+    for seg in conn.path.path_segments:
+        if "tunnel" in seg.metrics:
+            return f"{seg.metrics['tunnel']} vni {seg.metrics.get('vni', '?')}"
+    return "veth"
+
+
+def _conn_summary(conn: Connection) -> dict[str, object]:
+    ip = conn.context.ip_context
+    return {
+        "id": conn.path.path_segments[0].id if conn.path.path_segments else conn.id,
+        "service": conn.network_service,
+        "endpoint": conn.network_service_endpoint_name,
+        "interface": conn.mechanism.parameters.get("name", ""),
+        "netns": conn.mechanism.parameters.get("inodeURL", ""),
+        "client_ips": list(ip.src_ip_addrs),
+        "endpoint_ips": list(ip.dst_ip_addrs),
+        "state": "UP" if conn.state == 0 else "DOWN",
+        "wire": _tunnel(conn),
+        "mtu": conn.context.MTU,
+    }
+
+
+def _table(rows: Sequence[dict[str, object]], columns: Sequence[str]) -> str:
+    def cell(v: object) -> str:
+        return ",".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    widths = [max([len(c)] + [len(cell(r.get(c, ""))) for r in rows]) for c in columns]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    for r in rows:
+        lines.append("  ".join(cell(r.get(c, "")).ljust(w) for c, w in zip(columns, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    try:
+        inp = ConnectInput(netns=args.netns, service=args.service, ifname=args.ifname or "", labels=_labels(args.label))
+    except ValidationError as exc:
+        raise CliError(_validation_message(exc)) from exc
+    request = kernel_request(inp.netns, inp.service, inp.ifname, inp.labels, client_name=args.client_name)
+    if args.watch:
+        return _connect_and_keep(args, request, inp.netns)
+    client = AgentClient(agent_address(args), timeout=args.timeout)
+    try:
+        conn = client.request(request)
+    finally:
+        client.close_channel()
+    if args.output == "json":
+        print(json.dumps(_conn_summary(conn), indent=2))
+    else:
+        ip = conn.context.ip_context
+        print(
+            f"connected {conn.id}: {conn.mechanism.parameters.get('name', '')} {','.join(ip.src_ip_addrs)} "
+            f"-> {conn.network_service_endpoint_name} {','.join(ip.dst_ip_addrs)}"
+        )
+    return 0
+
+
+def _print_event(what: str, conn: Connection | None) -> None:
+    """One JSON line per event of a kept connection."""
+    line: dict[str, object] = {"event": what, "at": round(time.time(), 3)}
+    if conn is not None:
+        line.update(_conn_summary(conn))
+    print(json.dumps(line), flush=True)
+
+
+def _connect_and_keep(args: argparse.Namespace, request: NetworkServiceRequest, netns: str) -> int:
+    """Connect, then refresh and heal until SIGINT/SIGTERM, then close."""
+    from nsm_client.keeper import Keeper
+
+    keeper = Keeper(agent_address(args), request, netns, probe_interval=args.probe_interval, on_event=_print_event,
+                    timeout=args.timeout)  # fmt: skip
+    run_until_signal(keeper.run)
+    return 0
+
+
+def cmd_pod(args: argparse.Namespace) -> int:
+    """The pod's client, as the webhook injects it: connect what the annotation asks
+    (init container, --once), or keep those connections (sidecar, --watch)."""
+    import uuid
+
+    from nsm_k8s import AnnotationError, parse
+
+    value = args.services or os.environ.get("NSM_NETWORK_SERVICES", "")
+    try:
+        entries = parse(value)
+    except AnnotationError as exc:
+        raise CliError(f"--services: {exc}") from exc
+    pod = f"{os.environ.get('NSM_POD_NAMESPACE', 'default')}/{os.environ.get('NSM_POD_NAME', os.uname().nodename)}"
+    own = "/proc/self/ns/net"
+    st = os.stat(own)
+    requests = []
+    for entry in entries:
+        # The same id in the init container and the sidecar: the sidecar adopts.
+        cid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"networkservicemesh.io/{pod}/{entry.ifname}"))
+        req = kernel_request(own, entry.service, entry.ifname, entry.labels, client_name=pod, conn_id=cid)
+        # A PID means nothing on the node: name the namespace by its inode.
+        req.mechanism_preferences[0].parameters["inodeURL"] = f"inode://{st.st_dev}/{st.st_ino}"
+        requests.append(req)
+    if args.once:
+        client = AgentClient(agent_address(args), timeout=args.timeout)
+        try:
+            for req in requests:
+                conn = client.request(req)
+                print(json.dumps({"event": "connected", **_conn_summary(conn)}), flush=True)
+        finally:
+            client.close_channel()
+        return 0
+    from nsm_client.keeper import Keeper
+
+    async def keep_all(stop: asyncio.Event) -> None:
+        keepers = [Keeper(agent_address(args), r, own, on_event=_print_event, timeout=args.timeout) for r in requests]
+        await asyncio.gather(*(k.run(stop) for k in keepers))
+
+    run_until_signal(keep_all)
+    return 0
+
+
+def cmd_close(args: argparse.Namespace) -> int:
+    client = AgentClient(agent_address(args), timeout=args.timeout)
+    try:
+        found = client.close_id(args.id)
+    finally:
+        client.close_channel()
+    if not found:
+        raise CliError(f"no connection with id {args.id!r} on this agent")
+    print(f"closed {args.id}")
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    target = agent_address(args)
+    channel = sync_channel(target)
+    try:
+        if args.kind == "connections":
+            client = AgentClient(target, timeout=args.timeout)
+            try:
+                conns = list(client.connections().values())
+            finally:
+                client.close_channel()
+            if args.output == "json":
+                print(json.dumps([MessageToDict(c) for c in conns], indent=2))
+            else:
+                rows = [_conn_summary(c) for c in conns]
+                print(
+                    _table(
+                        rows, ["id", "service", "endpoint", "interface", "client_ips", "endpoint_ips", "wire", "state"]
+                    )
+                )
+        elif args.kind == "services":
+            stub = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
+            services = [r.network_service for r in stub.Find(NetworkServiceQuery(), timeout=args.timeout)]
+            if args.output == "json":
+                print(json.dumps([MessageToDict(s) for s in services], indent=2))
+            else:
+                print(
+                    _table(
+                        [{"name": s.name, "payload": s.payload, "matches": len(s.matches)} for s in services],
+                        ["name", "payload", "matches"],
+                    )
+                )
+        else:
+            estub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+            eps = [r.network_service_endpoint for r in estub.Find(NetworkServiceEndpointQuery(), timeout=args.timeout)]
+            if args.output == "json":
+                print(json.dumps([MessageToDict(e) for e in eps], indent=2))
+            else:
+                rows = [
+                    {
+                        "name": e.name,
+                        "services": list(e.network_service_names),
+                        "url": e.url,
+                        "expires": f"in {max(0, int(ts_seconds(e.expiration_time) - time.time()))}s",
+                    }
+                    for e in eps
+                ]
+                print(_table(rows, ["name", "services", "url", "expires"]))
+    finally:
+        channel.close()
+    return 0
+
+
+def cmd_endpoint(args: argparse.Namespace) -> int:
+    from nsm_endpoint import EndpointConfig, EndpointRuntime
+
+    try:
+        inp = EndpointInput(
+            netns=args.netns,
+            name=args.name,
+            service=args.service,
+            cidrs=args.cidr,
+            payload=args.payload,
+            labels=_labels(args.label),
+        )
+    except ValidationError as exc:
+        raise CliError(_validation_message(exc)) from exc
+    try:
+        listen = parse_address(args.listen or f"unix:///var/lib/networkservicemesh/endpoints/{inp.name}.sock")
+    except UrlError as exc:
+        raise CliError(f"--listen: {exc}") from exc
+    # Enter the pod's namespace before gRPC starts any thread: every thread
+    # created afterwards inherits it.
+    from pyroute2.netns import setns
+
+    setns(inp.netns, flags=0)
+    logs.configure(args.log_level)
+    config = EndpointConfig(
+        name=inp.name,
+        service=inp.service,
+        payload=inp.payload,
+        labels=inp.labels,
+        cidrs=inp.cidrs,
+        listen=listen,
+        registry=agent_address(args),
+        lifetime=args.lifetime,
+    )
+
+    run_until_signal(EndpointRuntime(config).serve)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nsmctl", description="Network Service Mesh command line")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--agent", help=f"node agent address (env NSM_CONNECT_TO; default {DEFAULT_SOCKET})")
+    common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the agent")
+    common.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("connect", parents=[common], help="ask for a connection to a network service")
+    c.add_argument("--netns", required=True, help="the pod: ip netns name, namespace path, or PID")
+    c.add_argument("--service", required=True)
+    c.add_argument("--ifname", help="interface name in the pod (default: chosen)")
+    c.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
+    c.add_argument("--client-name", default="nsmctl")
+    c.add_argument("--watch", action="store_true", help="stay: refresh, heal, and close on SIGINT/SIGTERM")
+    c.add_argument("--probe-interval", type=float, default=0.2, help="seconds between data-plane probes (--watch)")
+    c.set_defaults(func=cmd_connect)
+
+    pd = sub.add_parser(
+        "pod",
+        parents=[common],
+        help="a pod's client: connect its annotation's services",
+        description="A pod's client, as the webhook injects it; the pod is named by env NSM_POD_NAMESPACE "
+        "and NSM_POD_NAME.",
+    )
+    mode = pd.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--once", action="store_true", help="connect and exit (init container)")
+    mode.add_argument("--watch", action="store_true", help="adopt, refresh, heal, close on exit (sidecar)")
+    pd.add_argument("--services", help="the annotation's value (default: env NSM_NETWORK_SERVICES)")
+    pd.set_defaults(func=cmd_pod)
+
+    x = sub.add_parser("close", parents=[common], help="close a connection by id")
+    x.add_argument("id")
+    x.set_defaults(func=cmd_close)
+
+    g = sub.add_parser("get", parents=[common], help="list services, endpoints or connections")
+    g.add_argument("kind", choices=("services", "endpoints", "connections"))
+    g.set_defaults(func=cmd_get)
+
+    e = sub.add_parser("endpoint", parents=[common], help="run an endpoint in a namespace")
+    e.add_argument("--netns", required=True, help="the endpoint's pod: ip netns name, namespace path, or PID")
+    e.add_argument("--name", required=True)
+    e.add_argument("--service", required=True)
+    e.add_argument(
+        "--cidr",
+        required=True,
+        action="append",
+        help="pool for point-to-point addresses, e.g. 10.60.0.0/24; once more with an IPv6 pool for dual stack",
+    )
+    e.add_argument("--payload", default="IP")
+    e.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
+    e.add_argument("--listen", help="unix:///PATH of the endpoint's own socket")
+    e.add_argument("--lifetime", type=float, default=600.0, help="connection lifetime in seconds")
+    e.add_argument("--log-level", default="info")
+    e.set_defaults(func=cmd_endpoint)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        sys.exit(func(args))
+    except CliError as exc:
+        print(f"nsmctl: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except grpc.RpcError as exc:
+        print(f"nsmctl: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Keep a connection: refresh it, watch both planes, heal it.
+
+The client runtime does this, not the agent: it owns the interface name and
+the lifetime, it sees the data plane from inside the pod, and it notices when
+its agent dies (an agent cannot heal anything while it is down).
+
+- Refresh before expiry, at a third of the remaining lifetime.
+- Control plane: the Monitor stream breaks or reports the connection gone →
+  request again along the same path (the wire is kept).
+- Data plane: no echo reply from the far end for `misses` probe intervals →
+  reselect (RESELECT_REQUESTED): the old wire goes, another endpoint is chosen,
+  the interface keeps its name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import grpc
+
+from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc
+from nsm_api.connection_pb2 import DELETE, DOWN, RESELECT_REQUESTED, Connection, MonitorScopeSelector, PathSegment
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_client.prober import Prober
+from nsm_common.grpcutil import aio_channel
+from nsm_common.timeutil import now, ts_seconds
+from nsm_common.urls import Address
+
+
+class Keeper:
+    def __init__(
+        self,
+        agent: Address,
+        request: NetworkServiceRequest,
+        netns_path: str,
+        probe_interval: float = 0.2,
+        misses: int = 2,
+        on_event: Callable[[str, Connection | None], None] = lambda what, conn: None,
+        timeout: float = 15.0,
+    ) -> None:
+        self.agent = agent
+        self.request = request
+        self.netns_path = netns_path
+        self.probe_interval = probe_interval
+        self.misses = misses
+        self.on_event = on_event
+        self.timeout = timeout
+        self.conn: Connection | None = None
+        self._prober = Prober(probe_interval)
+        # Made on first use: an asyncio channel belongs to the loop it was made in.
+        self._channel: grpc.aio.Channel | None = None
+        self._lock = asyncio.Lock()
+        self._poke = asyncio.Event()
+
+    @property
+    def _ns(self) -> networkservice_pb2_grpc.NetworkServiceAsyncStub:
+        if self._channel is None:
+            self._channel = aio_channel(self.agent)
+        return networkservice_pb2_grpc.NetworkServiceStub(self._channel)
+
+    @property
+    def _monitor(self) -> connection_pb2_grpc.MonitorConnectionAsyncStub:
+        if self._channel is None:
+            self._channel = aio_channel(self.agent)
+        return connection_pb2_grpc.MonitorConnectionStub(self._channel)
+
+    @property
+    def key(self) -> str:
+        return self.request.connection.id
+
+    def _peer(self) -> str:
+        assert self.conn is not None
+        return self.conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
+
+    async def _ask(self, reselect: bool = False) -> Connection:
+        req = NetworkServiceRequest()
+        req.CopyFrom(self.request)
+        if self.conn is not None:
+            req.connection.CopyFrom(self.conn)
+            req.connection.path.path_segments[0].expires.FromSeconds(int(now() + 600))
+        if reselect:
+            req.connection.state = RESELECT_REQUESTED
+        conn: Connection = await self._ns.Request(req, timeout=self.timeout)
+        self.conn = conn
+        if conn.context.ip_context.dst_ip_addrs:
+            self._prober.watch(self.key, self.netns_path, self._peer())
+        return conn
+
+    async def adopt(self) -> Connection | None:
+        """Take over a connection made earlier under this id (an init container's), if the agent has it."""
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=self.key)])
+        stream = self._monitor.MonitorConnections(selector, timeout=self.timeout)
+        try:
+            async for event in stream:
+                for conn in event.connections.values():
+                    found = Connection()
+                    found.CopyFrom(conn)
+                    found.path.index, found.id = 0, found.path.path_segments[0].id
+                    return found
+                return None
+        finally:
+            stream.cancel()
+        return None
+
+    async def connect(self) -> Connection:
+        async with self._lock:
+            self.conn = await self.adopt()
+            adopted = self.conn is not None
+            conn = await self._ask()
+        self.on_event("adopted" if adopted else "connected", conn)
+        return conn
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self.conn is None:
+            await self.connect()
+        tasks = [asyncio.create_task(t) for t in (self._refresh_loop(), self._monitor_loop(), self._probe_loop())]
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                    await t
+            await self.close()
+
+    async def close(self) -> None:
+        self._prober.unwatch(self.key)
+        self._prober.close()
+        if self.conn is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._ns.Close(self.conn, timeout=self.timeout)
+            self.on_event("closed", self.conn)
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    async def _heal(self, reselect: bool, why: str) -> None:
+        started = time.monotonic()
+        async with self._lock:
+            while True:
+                try:
+                    conn = await self._ask(reselect=reselect)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    self.on_event(f"heal attempt failed ({why}): {exc.code().name}: {exc.details()}", None)
+                    await asyncio.sleep(self.probe_interval)
+        took = (time.monotonic() - started) * 1000
+        self.on_event(f"healed ({why}, {'reselected' if reselect else 'same path'}) in {took:.0f} ms", conn)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            assert self.conn is not None
+            left = ts_seconds(self.conn.path.path_segments[0].expires) - now()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), timeout=max(0.2, left / 3))
+            self._poke.clear()
+            try:
+                async with self._lock:
+                    await self._ask()
+                self.on_event("refreshed", self.conn)
+            except grpc.aio.AioRpcError as exc:
+                self.on_event(f"refresh failed: {exc.code().name}: {exc.details()}", None)
+
+    async def _monitor_loop(self) -> None:
+        while True:
+            selector = MonitorScopeSelector(path_segments=[PathSegment(id=self.key)])
+            try:
+                async for event in self._monitor.MonitorConnections(selector):
+                    if self._lock.locked():
+                        continue  # our own heal or refresh is what the agent reports
+                    if event.type == DELETE and event.connections:
+                        await self._heal(reselect=False, why="the agent reports the connection gone")
+                    elif any(c.state == DOWN for c in event.connections.values()):
+                        await self._heal(reselect=True, why="the agent reports the endpoint down")
+            except grpc.aio.AioRpcError:
+                pass
+            # The stream broke: the agent restarted or died. Ask again along the same path.
+            await asyncio.sleep(self.probe_interval)
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await self._heal(reselect=False, why="monitor stream broke")
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.probe_interval / 2)
+            if self._prober.silent_for(self.key) > self.misses * self.probe_interval:
+                await self._heal(reselect=True, why="no answer from the far end")

@@ -1,0 +1,169 @@
+"""One connection per id: refresh in place, reselect, Close of the unknown, expiry.
+
+Requests and Closes on one id run one at a time. A Request on a known id is a
+refresh or an update of that connection, never a second one. A connection whose
+caller stops refreshing is closed by this hop when the caller's segment expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic
+
+import grpc
+import structlog
+
+from nsm_api.connection_pb2 import RESELECT_REQUESTED, UP, Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.chain import CallT, Next, Step
+from nsm_common.errors import NsmError
+from nsm_common.timeutil import now, ts_seconds
+
+log = structlog.get_logger("nsm.agent")
+
+
+@dataclass
+class _Record(Generic[CallT]):
+    conn_wire: bytes  # the last reply, at this hop's index; serialized, a fifth of the parsed size
+    caller_id: str
+    nxt: Next[CallT]
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def conn(self) -> Connection:
+        """A fresh copy of the last reply."""
+        return Connection.FromString(self.conn_wire)
+
+
+@dataclass
+class _Held:
+    lock: asyncio.Lock
+    users: int = 0
+
+
+def _expires(conn: Connection) -> float:
+    segments = conn.path.path_segments
+    index = conn.path.index
+    seg = segments[index - 1] if index > 0 else segments[index]
+    return ts_seconds(seg.expires)
+
+
+class Begin(Step[CallT]):
+    def __init__(self, on_unknown_close: Callable[[Connection], Awaitable[None]] | None = None) -> None:
+        # Called for a Close of an id this agent holds no record of: after a
+        # restart, a connection may live only in the journal for a while.
+        self.on_unknown_close = on_unknown_close
+        self._records: dict[str, _Record[CallT]] = {}
+        self._by_caller: dict[str, str] = {}
+        self._locks: dict[str, _Held] = {}
+        self._expiring: set[asyncio.Task[None]] = set()
+        # Ids the agent is carrying on after a restart: others wait their turn.
+        self._restoring: dict[str, asyncio.Event] = {}
+
+    def hold(self, conn_ids: list[str]) -> None:
+        """Until `release`, Requests and Closes of these ids wait (the journal replays them first)."""
+        for cid in conn_ids:
+            self._restoring.setdefault(cid, asyncio.Event())
+
+    def release(self, conn_id: str) -> None:
+        event = self._restoring.pop(conn_id, None)
+        if event is not None:
+            event.set()
+
+    async def _wait_restored(self, conn_id: str, call: CallT) -> None:
+        event = self._restoring.get(conn_id)
+        if event is not None and call.replay is None:
+            await event.wait()
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, conn_id: str) -> AsyncIterator[None]:
+        """One Request or Close of an id at a time; the lock goes once nobody holds or awaits it
+        (a failed Request or a Close leaves nothing behind, and nobody gets a second lock)."""
+        held = self._locks.get(conn_id)
+        if held is None:
+            held = self._locks[conn_id] = _Held(asyncio.Lock())
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if not held.users:
+                del self._locks[conn_id]
+
+    def _forget(self, conn_id: str) -> _Record[CallT] | None:
+        rec = self._records.pop(conn_id, None)
+        if rec is not None:
+            if rec.timer is not None:
+                rec.timer.cancel()
+            self._by_caller.pop(rec.caller_id, None)
+        return rec
+
+    async def request(self, request: NetworkServiceRequest, call: CallT, nxt: Next[CallT]) -> Connection:
+        conn = request.connection
+        own = conn.id
+        await self._wait_restored(own, call)
+        async with self._lock(own):
+            if call.replay is not None and not call.replay():
+                raise NsmError(grpc.StatusCode.CANCELLED, "closed while the agent was restarting")
+            rec = self._records.get(own)
+            if rec is not None and conn.state == RESELECT_REQUESTED:
+                log.info("reselect requested", id=own, old_endpoint=rec.conn.network_service_endpoint_name)
+                self._forget(own)
+                call.avoid.add(rec.conn.network_service_endpoint_name)
+                await rec.nxt.close(rec.conn, rec.nxt.new_call(reselecting=True))
+                rec = None
+            if conn.state == RESELECT_REQUESTED:
+                conn.network_service_endpoint_name = ""
+                conn.ClearField("mechanism")
+            conn.state = UP
+            call.refresh = rec is not None
+            if rec is not None and not conn.network_service_endpoint_name:
+                conn.network_service_endpoint_name = rec.conn.network_service_endpoint_name
+            reply = await nxt.request(request, call)
+            reply.state = UP
+            caller_id = conn.path.path_segments[conn.path.index - 1].id if conn.path.index > 0 else own
+            if rec is not None and rec.timer is not None:
+                rec.timer.cancel()
+            new = _Record(conn_wire=reply.SerializeToString(), caller_id=caller_id, nxt=nxt)
+            self._records[own] = new
+            self._by_caller[caller_id] = own
+            self._schedule_expiry(own, new)
+            return reply
+
+    def _schedule_expiry(self, own: str, rec: _Record[CallT]) -> None:
+        delay = max(0.0, _expires(rec.conn) - now())
+        loop = asyncio.get_running_loop()
+        rec.timer = loop.call_later(delay, self._start_expiry, own, rec)
+
+    def _start_expiry(self, own: str, rec: _Record[CallT]) -> None:
+        task = asyncio.get_running_loop().create_task(self._expire(own, rec))
+        self._expiring.add(task)
+        task.add_done_callback(self._expiring.discard)
+
+    async def _expire(self, own: str, rec: _Record[CallT]) -> None:
+        async with self._lock(own):
+            if self._records.get(own) is not rec:
+                return  # refreshed or closed meanwhile
+            log.info("connection expired: its client stopped refreshing", id=own)
+            self._forget(own)
+            try:
+                await rec.nxt.close(rec.conn, rec.nxt.new_call())
+            except Exception as exc:
+                log.warning("closing an expired connection failed", id=own, error=str(exc))
+
+    async def close(self, conn: Connection, call: CallT, nxt: Next[CallT]) -> None:
+        own = conn.id
+        if own not in self._records and own in self._by_caller:
+            own = self._by_caller[own]
+        await self._wait_restored(own, call)
+        async with self._lock(own):
+            rec = self._forget(own)
+            if rec is None:
+                if self.on_unknown_close is not None:
+                    await self.on_unknown_close(conn)
+                return  # Close of an unknown id succeeds
+            await nxt.close(rec.conn, call)

@@ -1,0 +1,115 @@
+"""The MonitorConnection service: initial state, then updates and deletes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from nsm_api import connection_pb2_grpc
+from nsm_api.connection_pb2 import (
+    DELETE,
+    DOWN,
+    INITIAL_STATE_TRANSFER,
+    UPDATE,
+    Connection,
+    ConnectionEvent,
+    ConnectionEventType,
+    MonitorScopeSelector,
+)
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.chain import CallT, Next, Step
+from nsm_common.chain.monitor_scope import selects
+from nsm_common.grpcutil import Ctx
+
+MAX_PENDING = 10_000
+
+
+class ConnectionEvents:
+    """The current connections of this hop and a fan-out of their changes."""
+
+    def __init__(self) -> None:
+        # Serialized: a parsed message keeps an arena of its own, ~2.5 KiB a connection.
+        self.current: dict[str, bytes] = {}
+        self._subscribers: set[asyncio.Queue[ConnectionEvent | None]] = set()
+
+    def _publish(self, kind: ConnectionEventType.ValueType, conn: Connection) -> None:
+        event = ConnectionEvent(type=kind)
+        event.connections[conn.id].CopyFrom(conn)
+        for q in list(self._subscribers):
+            if q.qsize() >= MAX_PENDING:
+                self._subscribers.discard(q)
+                q.put_nowait(None)  # ends a stream that cannot keep up
+            else:
+                q.put_nowait(event)
+
+    def update(self, conn: Connection) -> None:
+        self.current[conn.id] = conn.SerializeToString()
+        self._publish(UPDATE, conn)
+
+    def mark_down(self, conn_ids: list[str]) -> None:
+        """Tell watchers these connections are DOWN (their endpoint is gone)."""
+        for cid in conn_ids:
+            wire = self.current.get(cid)
+            if wire is None:
+                continue
+            conn = Connection.FromString(wire)
+            if conn.state != DOWN:
+                conn.state = DOWN
+                self.current[cid] = conn.SerializeToString()
+                self._publish(UPDATE, conn)
+
+    def delete(self, conn: Connection) -> None:
+        old = self.current.pop(conn.id, None)
+        self._publish(DELETE, Connection.FromString(old) if old is not None else conn)
+
+    async def stream(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
+        queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
+        self._subscribers.add(queue)
+        try:
+            initial = ConnectionEvent(type=INITIAL_STATE_TRANSFER)
+            for cid, wire in self.current.items():
+                conn = Connection.FromString(wire)
+                if selects(selector, conn):
+                    initial.connections[cid].CopyFrom(conn)
+            yield initial
+            while True:
+                event = await queue.get()
+                if event is None:
+                    return
+                picked = ConnectionEvent(type=event.type)
+                for cid, conn in event.connections.items():
+                    if selects(selector, conn):
+                        picked.connections[cid].CopyFrom(conn)
+                if picked.connections:
+                    yield picked
+        finally:
+            self._subscribers.discard(queue)
+
+
+class Monitor(Step[CallT]):
+    """Publishes each connection this hop holds."""
+
+    def __init__(self, events: ConnectionEvents) -> None:
+        self.events = events
+
+    async def request(self, request: NetworkServiceRequest, call: CallT, nxt: Next[CallT]) -> Connection:
+        reply = await nxt.request(request, call)
+        self.events.update(reply)
+        return reply
+
+    async def close(self, conn: Connection, call: CallT, nxt: Next[CallT]) -> None:
+        try:
+            await nxt.close(conn, call)
+        finally:
+            self.events.delete(conn)
+
+
+class MonitorService(connection_pb2_grpc.MonitorConnectionServicer):
+    def __init__(self, events: ConnectionEvents) -> None:
+        self.events = events
+
+    async def MonitorConnections(  # type: ignore[override]
+        self, request: MonitorScopeSelector, context: Ctx
+    ) -> AsyncIterator[ConnectionEvent]:
+        async for event in self.events.stream(request):
+            yield event

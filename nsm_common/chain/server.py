@@ -1,0 +1,60 @@
+"""gRPC glue: NetworkService calls into a Request chain, errors into statuses."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.empty_pb2 import Empty
+
+from nsm_api import networkservice_pb2_grpc
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.chain import Chain
+from nsm_common.errors import NsmError
+from nsm_common.grpcutil import Ctx
+
+log = structlog.get_logger("nsm")
+
+
+class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
+    def __init__(self, chain: Chain[Any]) -> None:
+        self.chain = chain
+        self._inflight: set[asyncio.Task[object]] = set()
+
+    async def _run(self, coro, context: Ctx, what: str):  # type: ignore[no-untyped-def]
+        # A caller that goes away mid-Request must not cut a step in half
+        # (an endpoint lease taken, the wire not yet built): the chain always
+        # finishes, and what it built is closed by expiry if nobody refreshes.
+        task = asyncio.ensure_future(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        try:
+            return await asyncio.shield(task)
+        except NsmError as exc:
+            log.info(f"{what} refused", code=exc.code.name, error=exc.message)
+            await context.abort(exc.code, exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception(f"{what} failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{what} failed: {exc}")
+
+    async def Request(  # type: ignore[override]
+        self, request: NetworkServiceRequest, context: Ctx
+    ) -> Connection:
+        req = NetworkServiceRequest()
+        req.CopyFrom(request)
+        return await self._run(self.chain.request(req), context, "request")  # type: ignore[no-any-return]
+
+    async def Close(self, request: Connection, context: Ctx) -> Empty:  # type: ignore[override]
+        conn = Connection()
+        conn.CopyFrom(request)
+        await self._run(self.chain.close(conn), context, "close")
+        return Empty()
+
+    async def drain(self) -> None:
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)

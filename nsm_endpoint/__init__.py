@@ -1,0 +1,6 @@
+"""The endpoint runtime: serves a network service from a namespace (point-to-point IPAM, a KERNEL
+answer), registers it and keeps the registration alive. `nsmctl endpoint` runs it."""
+
+from nsm_endpoint.runtime import EndpointConfig, EndpointRuntime
+
+__all__ = ["EndpointConfig", "EndpointRuntime"]

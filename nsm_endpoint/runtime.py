@@ -1,0 +1,128 @@
+"""Run an endpoint: serve Requests, register, keep the registration alive, unregister."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+
+import grpc
+import structlog
+from pydantic import BaseModel, Field
+
+from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
+from nsm_api.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceLabels,
+    NetworkServiceQuery,
+)
+from nsm_common.chain.begin import Begin
+from nsm_common.chain.chain import Call, Chain, Step
+from nsm_common.chain.monitor import ConnectionEvents, Monitor, MonitorService
+from nsm_common.chain.server import NetworkServiceServer
+from nsm_common.chain.update_path import UpdatePath
+from nsm_common.grpcutil import aio_channel, aio_server, bind_all, remove_unix_sockets
+from nsm_common.timeutil import now, ts_seconds
+from nsm_common.urls import Address
+from nsm_endpoint.ipam import PointToPointPool
+from nsm_endpoint.steps import KernelAnswer, PointToPointIpam
+
+log = structlog.get_logger("nsm.endpoint")
+
+
+class EndpointConfig(BaseModel):
+    name: str = Field(min_length=1, max_length=253)
+    service: str = Field(min_length=1, max_length=253)
+    payload: str = "IP"
+    labels: dict[str, str] = Field(default_factory=dict)
+    cidrs: list[str] = Field(min_length=1)
+    listen: Address
+    registry: Address  # the node agent (or the registry itself)
+    lifetime: float = Field(default=600.0, gt=0)
+    register_every: float | None = None  # default: a third of the granted expiration
+
+
+class EndpointRuntime:
+    def __init__(self, config: EndpointConfig) -> None:
+        self.config = config
+        self.pools = [PointToPointPool(c) for c in config.cidrs]
+        st = os.stat("/proc/self/ns/net")
+        self.begin: Begin[Call] = Begin()
+        # Its own Monitor service: what this endpoint holds, for clients and checks.
+        self.events = ConnectionEvents()
+        steps: list[Step[Call]] = [
+            UpdatePath(config.name, config.lifetime, config.lifetime),
+            self.begin,
+            Monitor(self.events),
+            PointToPointIpam(self.pools),
+            KernelAnswer(st.st_dev, st.st_ino),
+        ]
+        self.chain = Chain(steps, Call)
+        self.registered = asyncio.Event()
+
+    def _record(self) -> NetworkServiceEndpoint:
+        c = self.config
+        return NetworkServiceEndpoint(
+            name=c.name,
+            network_service_names=[c.service],
+            network_service_labels={c.service: NetworkServiceLabels(labels=c.labels)},
+            url=str(c.listen),
+        )
+
+    async def _register_loop(self, channel: grpc.aio.Channel) -> None:
+        services = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
+        endpoints = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+        while True:
+            delay = 1.0
+            try:
+                existing = [
+                    r
+                    async for r in services.Find(
+                        NetworkServiceQuery(network_service=NetworkService(name=self.config.service)), timeout=5
+                    )
+                ]
+                # Keep what an operator registered (matches); only create a missing service.
+                if not any(r.network_service.name == self.config.service for r in existing):
+                    await services.Register(
+                        NetworkService(name=self.config.service, payload=self.config.payload), timeout=5
+                    )
+                granted = await endpoints.Register(self._record(), timeout=5)
+                left = ts_seconds(granted.expiration_time) - now()
+                delay = self.config.register_every or max(0.2, left / 3)
+                if not self.registered.is_set():
+                    log.info("endpoint registered", name=granted.name, url=granted.url, expires_in=round(left, 1))
+                self.registered.set()
+            except grpc.aio.AioRpcError as exc:
+                log.warning("registration failed; retrying", error=exc.details(), code=exc.code().name)
+            await asyncio.sleep(delay)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        server = aio_server()
+        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServiceServer(self.chain), server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(self.events), server)
+        bind_all(server, [self.config.listen])
+        await server.start()
+        log.info(
+            "endpoint serving",
+            name=self.config.name,
+            service=self.config.service,
+            listen=str(self.config.listen),
+            cidrs=self.config.cidrs,
+        )
+        channel = aio_channel(self.config.registry)
+        registering = asyncio.create_task(self._register_loop(channel))
+        try:
+            await stop.wait()
+        finally:
+            registering.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await registering
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel).Unregister(
+                    NetworkServiceEndpoint(name=self.config.name), timeout=3
+                )
+                log.info("endpoint unregistered", name=self.config.name)
+            await channel.close(None)
+            await server.stop(grace=1.0)
+            remove_unix_sockets([self.config.listen])

@@ -1,0 +1,203 @@
+"""`nsm-webhook`: the mutating admission webhook for pods that ask for network services.
+
+POST /mutate with an `admission.k8s.io/v1` AdmissionReview of a Pod. A pod whose
+annotation (`networkservicemesh.io`) is present and valid gets, by JSONPatch:
+an init container that connects once, a sidecar that keeps the connections
+(refresh and heal) and closes them when the pod goes, the agent's socket from
+the host, and the environment. A malformed annotation is refused with a message
+naming the problem; pods without one, and pods in system namespaces, pass
+untouched. A body that is not JSON or not a pod review gets HTTP 400.
+
+A namespace's annotation applies to its pods that have none of their own; the
+webhook keeps namespace annotations current from the API server (namespaces.py)
+when it runs in a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import ssl
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from nsm_common.urls import UrlError, parse_address
+from nsm_k8s.annotation import ANNOTATION, AnnotationError, parse
+
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "nsm-system"})
+SOCKET_DIR = "/var/lib/networkservicemesh"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    image: str = "nsm-py:latest"
+    socket_dir: str = SOCKET_DIR
+    # The annotation of a namespace (kept by a watch); a pod's own annotation wins.
+    namespace_annotation: Callable[[str], str | None] = field(default=lambda namespace: None)
+
+
+class BadReview(ValueError):
+    pass
+
+
+def _container(name: str, config: WebhookConfig, args: list[str], value: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": config.image,
+        "command": ["nsmctl", "pod", *args],
+        "env": [
+            {"name": "NSM_CONNECT_TO", "value": f"unix://{config.socket_dir}/nsm.io.sock"},
+            {"name": "NSM_NETWORK_SERVICES", "value": value},
+            {"name": "NSM_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NSM_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        ],
+        "volumeMounts": [{"name": "nsm-socket", "mountPath": config.socket_dir, "readOnly": True}],
+        "securityContext": {"capabilities": {"add": ["NET_RAW"]}},
+        "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "96Mi"}},
+    }
+
+
+def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
+    """The AdmissionReview response for one request body (BadReview: HTTP 400)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadReview(f"the body is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("kind") != "AdmissionReview" or not isinstance(doc.get("request"), dict):
+        raise BadReview("expected an admission.k8s.io/v1 AdmissionReview with a request")
+    request = doc["request"]
+    kind = request.get("kind") or {}
+    pod = request.get("object")
+    if kind.get("kind") != "Pod" or not isinstance(pod, dict):
+        raise BadReview("this webhook reviews pods only")
+    uid = request.get("uid", "")
+    response: dict[str, Any] = {"uid": uid, "allowed": True}
+    out = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+    namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
+    if namespace in SYSTEM_NAMESPACES:
+        return out
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(ANNOTATION) or config.namespace_annotation(namespace)
+    if not value:
+        return out
+    try:
+        parse(value)
+    except AnnotationError as exc:
+        response["allowed"] = False
+        response["status"] = {"code": 400, "message": str(exc)}
+        return out
+    spec = pod.get("spec") or {}
+    patch: list[dict[str, Any]] = []
+    if not spec.get("initContainers"):
+        patch.append({"op": "add", "path": "/spec/initContainers", "value": []})
+    patch.append(
+        {"op": "add", "path": "/spec/initContainers/-", "value": _container("nsm-init", config, ["--once"], value)}
+    )
+    patch.append(
+        {"op": "add", "path": "/spec/containers/-", "value": _container("nsm-client", config, ["--watch"], value)}
+    )
+    if not spec.get("volumes"):
+        patch.append({"op": "add", "path": "/spec/volumes", "value": []})
+    volume = {"name": "nsm-socket", "hostPath": {"path": config.socket_dir, "type": "DirectoryOrCreate"}}
+    patch.append({"op": "add", "path": "/spec/volumes/-", "value": volume})
+    response["patchType"] = "JSONPatch"
+    response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
+    return out
+
+
+def make_handler(config: WebhookConfig) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, code: int, payload: dict[str, Any]) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            if self.path.split("?")[0] != "/mutate":
+                self._send(404, {"error": f"no such path {self.path}; reviews go to /mutate"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > 4 << 20:
+                self._send(413, {"error": "review larger than 4 MiB"})
+                return
+            try:
+                self._send(200, review(self.rfile.read(length), config))
+            except BadReview as exc:
+                self._send(400, {"error": str(exc)})
+
+        def do_GET(self) -> None:  # liveness and readiness
+            self._send(200 if self.path == "/healthz" else 404, {"ok": self.path == "/healthz"})
+
+        def log_message(self, format: str, *args: Any) -> None:
+            sys.stderr.write("webhook: " + format % args + "\n")
+
+    return Handler
+
+
+def serve(host: str, port: int, cert: str, key: str, config: WebhookConfig) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer((host, port), make_handler(config))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """`nsm-webhook`'s flags, their defaults taken from the environment as it is now."""
+    p = argparse.ArgumentParser(prog="nsm-webhook", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--listen",
+        default=os.environ.get("NSM_LISTEN_ON", "tcp://0.0.0.0:8443"),
+        help="tcp://HOST:PORT (env NSM_LISTEN_ON)",
+    )
+    p.add_argument("--tls-cert", default=os.environ.get("NSM_TLS_CERT", ""), help="PEM certificate (env NSM_TLS_CERT)")
+    p.add_argument("--tls-key", default=os.environ.get("NSM_TLS_KEY", ""), help="PEM key (env NSM_TLS_KEY)")
+    p.add_argument(
+        "--image",
+        default=os.environ.get("NSM_CLIENT_IMAGE", "nsm-py:latest"),
+        help="image of the injected client containers (env NSM_CLIENT_IMAGE)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        addr = parse_address(args.listen)
+    except UrlError as exc:
+        p.error(f"--listen: {exc}")
+    if addr.scheme != "tcp":
+        p.error("--listen: the webhook serves HTTPS on tcp://HOST:PORT")
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if not path or not os.path.exists(path):
+            p.error(f"{flag}: {path or '(not given)'} does not exist")
+    config = WebhookConfig(image=args.image)
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):  # in a cluster: namespace annotations from the API
+        from lightkube import Client
+
+        from nsm_k8s.namespaces import NamespaceAnnotations
+
+        watcher = NamespaceAnnotations(Client()).start()
+        config = WebhookConfig(image=args.image, namespace_annotation=watcher.get)
+    server = serve(addr.host, addr.port, args.tls_cert, args.tls_key, config)
+    print(f"nsm-webhook serving https://{addr.host}:{addr.port}/mutate", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.shutdown()
+
+
+if __name__ == "__main__":
+    main()
