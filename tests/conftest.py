@@ -7,10 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from testbed.bed import Testbed, links
-from testbed.mesh import Mesh, one_node
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces and interfaces")
+from testbed.bed import Testbed
+from testbed.mesh import Mesh
+from tests.helpers.mesh import make_mesh, wireguard_sockets
 
 
 @pytest.fixture
@@ -29,21 +28,6 @@ def bed() -> Iterator[Testbed]:
         assert not stale, f"wireguard-go sockets left behind: {sorted(stale)}"
 
 
-def wireguard_sockets() -> set[str]:
-    try:
-        return set(os.listdir("/var/run/wireguard"))
-    except FileNotFoundError:
-        return set()
-
-
-def make_mesh(bed: Testbed, agent_args: list[str] | None = None) -> Mesh:
-    return one_node(bed, agent_args, registry_args=["--max-expiration", "30"])
-
-
 @pytest.fixture
 def mesh(bed: Testbed) -> Mesh:
     return make_mesh(bed)
-
-
-def only_lo(netns: str) -> bool:
-    return links(netns) == ["lo"]

@@ -33,8 +33,7 @@ from nsm_api.connection_pb2 import (
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceEndpointQuery
 from testbed.bed import Testbed, ping
-from tests.conftest import make_mesh, only_lo
-from tests.helpers.mesh import ifindex, raw_endpoint
+from tests.helpers.mesh import ifindex, make_mesh, only_lo, raw_endpoint
 
 MAX_LIFETIME = 120
 

@@ -2,14 +2,35 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from nsm_client.runtime import AgentClient
 from nsm_common.urls import parse_address
-from testbed.bed import Proc, Testbed
+from testbed.bed import Proc, Testbed, links
+from testbed.mesh import Mesh, one_node
 
 HERE = Path(__file__).resolve().parent
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces and interfaces")
+
+
+def wireguard_sockets() -> set[str]:
+    try:
+        return set(os.listdir("/var/run/wireguard"))
+    except FileNotFoundError:
+        return set()
+
+
+def make_mesh(bed: Testbed, agent_args: list[str] | None = None) -> Mesh:
+    return one_node(bed, agent_args, registry_args=["--max-expiration", "30"])
+
+
+def only_lo(netns: str) -> bool:
+    return links(netns) == ["lo"]
 
 
 def raw_endpoint(

@@ -14,8 +14,8 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkService
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, run
-from tests.conftest import Mesh, make_mesh, only_lo
-from tests.helpers.mesh import agent_client, raw_endpoint
+from testbed.mesh import Mesh
+from tests.helpers.mesh import agent_client, make_mesh, only_lo, raw_endpoint
 
 
 def refused(mesh: Mesh, request: NetworkServiceRequest, timeout: float = 15) -> grpc.RpcError:

@@ -6,8 +6,7 @@ import time
 
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, ping
-from tests.conftest import make_mesh, only_lo
-from tests.helpers.mesh import agent_client
+from tests.helpers.mesh import agent_client, make_mesh, only_lo
 
 
 def test_registration_is_kept_alive_past_the_registry_maximum(bed: Testbed) -> None:

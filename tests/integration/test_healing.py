@@ -11,7 +11,7 @@ import pytest
 from testbed.bed import Proc, Testbed, links, ping, run
 from testbed.cluster import Cluster
 from testbed.keeper import events, keep, peer, wait_event
-from tests.conftest import make_mesh
+from tests.helpers.mesh import make_mesh
 
 
 def time_to_ping(pod: str, fault_at: float, proc: Proc, after: int) -> tuple[float, dict[str, object]]:

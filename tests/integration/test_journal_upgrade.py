@@ -15,8 +15,7 @@ import signal
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, ping
 from testbed.mesh import Mesh
-from tests.conftest import make_mesh, only_lo
-from tests.helpers.mesh import agent_client, ifindex
+from tests.helpers.mesh import agent_client, ifindex, make_mesh, only_lo
 
 
 def connected(bed: Testbed) -> tuple[str, str, str, int, Mesh]:

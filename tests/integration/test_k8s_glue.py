@@ -25,8 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from nsm_k8s.webhook import WebhookConfig, serve
 from testbed.bed import BIN, Testbed, free_port, links, run
-from tests.conftest import make_mesh
-from tests.helpers.mesh import ifindex
+from tests.helpers.mesh import ifindex, make_mesh
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:

@@ -12,8 +12,7 @@ from nsm_api.connection_pb2 import Connection
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, ping, ping_df, run
 from testbed.cluster import Cluster
-from tests.conftest import only_lo
-from tests.helpers.mesh import agent_client
+from tests.helpers.mesh import agent_client, only_lo
 
 POOLS = {"v4": ["10.81.0.0/24"], "v6": ["fd00:81::/64"], "dual": ["10.81.0.0/24", "fd00:81::/64"]}
 

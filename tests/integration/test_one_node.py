@@ -12,8 +12,8 @@ from nsm_client.runtime import kernel_request
 from nsm_common.grpcutil import sync_channel
 from nsm_common.urls import parse_address
 from testbed.bed import addresses, links, ping
-from tests.conftest import Mesh, only_lo
-from tests.helpers.mesh import agent_client, ifindex
+from testbed.mesh import Mesh
+from tests.helpers.mesh import agent_client, ifindex, only_lo
 
 
 def registry_endpoints(url: str) -> list[str]:

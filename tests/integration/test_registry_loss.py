@@ -10,7 +10,7 @@ import time
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, ping
 from tests.helpers.mesh import agent_client, ifindex
-from tests.integration.test_restart import lost, start_ping
+from tests.helpers.ping import lost, start_ping
 
 MAX = 3.0  # registry maximum: endpoints renew every MAX/3 seconds
 

@@ -13,7 +13,7 @@ import pytest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceEndpointResponse
 from testbed.bed import Testbed
 from testbed.etcd import Etcd, start_etcd
-from tests.integration.test_registry import Registry
+from tests.helpers.registry import Registry
 
 MAX = 2.0
 

@@ -18,8 +18,7 @@ from nsm_common.grpcutil import sync_channel
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, links, run
 from testbed.cluster import Cluster
-from tests.conftest import only_lo
-from tests.helpers.mesh import agent_client
+from tests.helpers.mesh import agent_client, only_lo
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 

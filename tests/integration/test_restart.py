@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import time
 
@@ -15,20 +14,8 @@ from nsm_api.connection_pb2 import Connection
 from nsm_client.runtime import kernel_request
 from testbed.bed import Proc, Testbed, links, run
 from testbed.cluster import Cluster, Node
-from tests.conftest import make_mesh, only_lo
-from tests.helpers.mesh import agent_client, ifindex, raw_endpoint
-
-
-def start_ping(bed: Testbed, pod: str, address: str, seconds: float) -> Proc:
-    count = int(seconds / 0.01)
-    return bed.start(f"ping-{pod}-{address}", ["ping", "-i", "0.01", "-c", str(count), "-W", "1", address], netns=pod)
-
-
-def lost(proc: Proc) -> tuple[int, int]:
-    proc.popen.wait(60)
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", proc.output())
-    assert m, proc.output()
-    return int(m.group(1)), int(m.group(2))
+from tests.helpers.mesh import agent_client, ifindex, make_mesh, only_lo, raw_endpoint
+from tests.helpers.ping import lost, start_ping
 
 
 def restart_agent(cluster: Cluster, node: Node, proc: Proc, extra: list[str]) -> Proc:

@@ -14,7 +14,7 @@ from nsm_agent.datapath.links import random_mac
 from nsm_agent.decisions.wireplan import RoutePlan
 from nsm_common.netns import inside
 from testbed.bed import Testbed, run
-from tests.conftest import needs_root
+from tests.helpers.mesh import needs_root
 
 pytestmark = needs_root
 
