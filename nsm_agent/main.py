@@ -43,6 +43,7 @@ log = structlog.get_logger("nsm.agent")
 
 
 async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
+    """Run the agent until `stop`: servers, chain, restore from the journal; connections outlive it."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         # First: a journal this agent cannot read stops it before it touches anything.

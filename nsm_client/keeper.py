@@ -9,7 +9,8 @@ its agent dies (an agent cannot heal anything while it is down).
   request again along the same path (the wire is kept).
 - Data plane: no echo reply from the far end for `misses` probe intervals →
   reselect (RESELECT_REQUESTED): the old wire goes, another endpoint is chosen,
-  the interface keeps its name.
+  the interface keeps its name. The agent reporting the connection DOWN (its
+  endpoint died) → the same.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import DELETE, DOWN, RESELECT_REQUESTED, Connection, MonitorScopeSelector, PathSegment
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_client.prober import Prober
+from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.grpcutil import aio_channel
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
@@ -40,7 +42,11 @@ class Keeper:
         misses: int = 2,
         on_event: Callable[[str, Connection | None], None] = lambda what, conn: None,
         timeout: float = 15.0,
+        prober: Prober | None = None,
     ) -> None:
+        """Keeps `request`'s connection for the lifetime it asks (its first segment's `expires`),
+        refreshed at a third of what is left. Keepers of one process may share one `prober`
+        (one thread and one socket per namespace for all); its owner closes it."""
         self.agent = agent
         self.request = request
         self.netns_path = netns_path
@@ -49,7 +55,11 @@ class Keeper:
         self.on_event = on_event
         self.timeout = timeout
         self.conn: Connection | None = None
-        self._prober = Prober(probe_interval)
+        first = request.connection.path.path_segments
+        asked = ts_seconds(first[0].expires) - now() if first and first[0].HasField("expires") else 0.0
+        self.lifetime = asked if asked > 0 else DEFAULT_LIFETIME
+        self._own_prober = prober is None
+        self._prober = prober or Prober(probe_interval)
         # Made on first use: an asyncio channel belongs to the loop it was made in.
         self._channel: grpc.aio.Channel | None = None
         self._lock = asyncio.Lock()
@@ -80,7 +90,7 @@ class Keeper:
         req.CopyFrom(self.request)
         if self.conn is not None:
             req.connection.CopyFrom(self.conn)
-            req.connection.path.path_segments[0].expires.FromSeconds(int(now() + 600))
+            req.connection.path.path_segments[0].expires.FromSeconds(int(now() + self.lifetime))
         if reselect:
             req.connection.state = RESELECT_REQUESTED
         conn: Connection = await self._ns.Request(req, timeout=self.timeout)
@@ -106,6 +116,7 @@ class Keeper:
         return None
 
     async def connect(self) -> Connection:
+        """Adopt the connection under this id if the agent has it (an init container made it), else request it."""
         async with self._lock:
             self.conn = await self.adopt()
             adopted = self.conn is not None
@@ -114,6 +125,7 @@ class Keeper:
         return conn
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Keep the connection until `stop` is set (refresh, follow, probe, heal), then close it."""
         if self.conn is None:
             await self.connect()
         tasks = [asyncio.create_task(t) for t in (self._refresh_loop(), self._monitor_loop(), self._probe_loop())]
@@ -129,7 +141,8 @@ class Keeper:
 
     async def close(self) -> None:
         self._prober.unwatch(self.key)
-        self._prober.close()
+        if self._own_prober:
+            self._prober.close()
         if self.conn is not None:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await self._ns.Close(self.conn, timeout=self.timeout)

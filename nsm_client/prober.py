@@ -1,9 +1,9 @@
 """Data-plane liveness: ICMP echo from a pod's namespace to the far end of its connection.
 
-One thread serves every probed connection of the process: it opens one raw
-socket per (namespace, family), sends one echo per target per interval and
-reads the replies with select(). A few hundred bytes a second per target, and
-no process per probe.
+One thread serves every connection a Prober watches (the keepers of one process
+share one): it opens one raw socket per (namespace, family), sends one echo per
+target per interval and reads the replies with select(). A few hundred bytes a
+second per target, and no process per probe.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def _checksum(data: bytes) -> int:
 
 
 def echo_packet(version: int, ident: int, seq: int) -> bytes:
+    """An ICMP (v4) or ICMPv6 echo request; the kernel fills in the ICMPv6 checksum."""
     kind = ICMP_ECHO if version == 4 else ICMP6_ECHO
     header = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
     payload = b"nsm-probe"
@@ -53,6 +54,8 @@ class _Target:
 
 
 class Prober:
+    """ICMP echo to each watched target every `interval`, from inside its namespace, on one thread."""
+
     def __init__(self, interval: float = 0.2) -> None:
         self.interval = interval
         self._targets: dict[str, _Target] = {}

@@ -6,8 +6,6 @@ import os
 import uuid
 from collections.abc import Mapping
 
-import grpc
-
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import (
     INITIAL_STATE_TRANSFER,
@@ -18,6 +16,7 @@ from nsm_api.connection_pb2 import (
     PathSegment,
 )
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.grpcutil import sync_channel
 from nsm_common.timeutil import now, ts_from
 from nsm_common.urls import Address
@@ -29,7 +28,7 @@ def kernel_request(
     ifname: str = "",
     labels: Mapping[str, str] | None = None,
     client_name: str = "nsmctl",
-    lifetime: float = 600.0,
+    lifetime: float = DEFAULT_LIFETIME,
     conn_id: str | None = None,
 ) -> NetworkServiceRequest:
     """A Request for a KERNEL interface in the namespace at `netns_path`."""
@@ -99,4 +98,4 @@ class AgentClient:
         return True
 
 
-__all__ = ["AgentClient", "grpc", "kernel_request"]
+__all__ = ["AgentClient", "kernel_request"]

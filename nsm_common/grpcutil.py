@@ -46,6 +46,7 @@ def sync_channel(address: Address) -> grpc.Channel:
 
 
 def aio_server() -> grpc.aio.Server:
+    """An asyncio gRPC server with the keepalive and message limits every component uses."""
     return grpc.aio.server(options=SERVER_OPTIONS)
 
 

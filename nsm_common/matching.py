@@ -15,6 +15,7 @@ def service_matches(query: NetworkService, stored: NetworkService) -> bool:
 
 
 def endpoint_matches(query: NetworkServiceEndpoint, stored: NetworkServiceEndpoint) -> bool:
+    """Every non-empty field of the query holds for the stored record (services a subset, labels a subset)."""
     if query.name and query.name != stored.name:
         return False
     if not set(query.network_service_names) <= set(stored.network_service_names):

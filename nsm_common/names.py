@@ -16,6 +16,7 @@ _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
 
 
 def name_problem(kind: str, name: str) -> str | None:
+    """Why `name` is no valid service or endpoint name (`NAME[@DOMAIN]`), or None."""
     if not name:
         return f"{kind} name is empty"
     local, _, domain = name.partition("@")
@@ -33,6 +34,7 @@ def name_problem(kind: str, name: str) -> str | None:
 
 
 def labels_problem(where: str, labels: Mapping[str, str]) -> str | None:
+    """Why `labels` break the limits (count, key syntax, value length), or None."""
     if len(labels) > MAX_LABELS:
         return f"{where}: {len(labels)} labels; at most {MAX_LABELS}"
     for key, value in labels.items():

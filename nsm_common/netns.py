@@ -1,5 +1,5 @@
-"""Network namespaces as people name them (`ip netns` name, path, PID), and working inside one
-from a thread. Shared by the agent, the client runtime and the test bed."""
+"""Working inside another network namespace from one thread, then coming back: the agent's
+netlink thread, the client's prober and the benchmarks' baselines."""
 
 from __future__ import annotations
 
@@ -37,20 +37,3 @@ def inside(path: str, fn: Callable[[], T], key: tuple[int, int] | None = None) -
             os.close(target)
     finally:
         os.close(home)
-
-
-def netns_path(value: str) -> str:
-    """`NAME` → /var/run/netns/NAME, `PID` → /proc/PID/ns/net, a path stays; must exist."""
-    if not value:
-        raise ValueError("network namespace is empty")
-    if value.startswith("/"):
-        path = value
-    elif value.isdigit():
-        path = f"/proc/{value}/ns/net"
-    else:
-        if "/" in value or value in (".", ".."):
-            raise ValueError(f"{value!r} is not a namespace name")
-        path = f"/var/run/netns/{value}"
-    if not os.path.exists(path):
-        raise ValueError(f"network namespace {value!r} does not exist ({path})")
-    return path

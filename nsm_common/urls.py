@@ -7,6 +7,9 @@ from urllib.parse import urlsplit
 
 # Where a node's agent listens for its pods, and where they look for it (upstream's path).
 DEFAULT_SOCKET = "unix:///var/lib/networkservicemesh/nsm.io.sock"
+# Ports a tcp:// address without one means (upstream's).
+AGENT_PORT = 5001
+REGISTRY_PORT = 5002
 
 
 class UrlError(ValueError):

@@ -35,6 +35,8 @@ class Lease:
 
 
 class PointToPointPool:
+    """Pairs of host addresses (endpoint, client) from one prefix, leased per connection id."""
+
     def __init__(self, cidr: str) -> None:
         self.network: IPNetwork = ipaddress.ip_network(cidr, strict=False)
         self._leases: dict[str, Lease] = {}

@@ -20,9 +20,11 @@ from nsm_api.registry_pb2 import (
 from nsm_common.chain.begin import Begin
 from nsm_common.chain.chain import Call, Chain, Step
 from nsm_common.chain.monitor import ConnectionEvents, Monitor, MonitorService
+from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.chain.server import NetworkServiceServer
 from nsm_common.chain.update_path import UpdatePath
 from nsm_common.grpcutil import aio_channel, aio_server, bind_all, remove_unix_sockets
+from nsm_common.names import MAX_NAME
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
 from nsm_endpoint.ipam import PointToPointPool
@@ -32,18 +34,19 @@ log = structlog.get_logger("nsm.endpoint")
 
 
 class EndpointConfig(BaseModel):
-    name: str = Field(min_length=1, max_length=253)
-    service: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=MAX_NAME)
+    service: str = Field(min_length=1, max_length=MAX_NAME)
     payload: str = "IP"
     labels: dict[str, str] = Field(default_factory=dict)
     cidrs: list[str] = Field(min_length=1)
     listen: Address
     registry: Address  # the node agent (or the registry itself)
-    lifetime: float = Field(default=600.0, gt=0)
-    register_every: float | None = None  # default: a third of the granted expiration
+    lifetime: float = Field(default=DEFAULT_LIFETIME, gt=0)
 
 
 class EndpointRuntime:
+    """An endpoint: its chain and Monitor service, and its registration kept alive."""
+
     def __init__(self, config: EndpointConfig) -> None:
         self.config = config
         self.pools = [PointToPointPool(c) for c in config.cidrs]
@@ -89,7 +92,7 @@ class EndpointRuntime:
                     )
                 granted = await endpoints.Register(self._record(), timeout=5)
                 left = ts_seconds(granted.expiration_time) - now()
-                delay = self.config.register_every or max(0.2, left / 3)
+                delay = max(0.2, left / 3)  # renewed at a third of what the registry granted
                 if not self.registered.is_set():
                     log.info("endpoint registered", name=granted.name, url=granted.url, expires_in=round(left, 1))
                 self.registered.set()
@@ -98,6 +101,7 @@ class EndpointRuntime:
             await asyncio.sleep(delay)
 
     async def serve(self, stop: asyncio.Event) -> None:
+        """Serve and stay registered until `stop`; then unregister and stop serving."""
         server = aio_server()
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServiceServer(self.chain), server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(self.events), server)

@@ -17,7 +17,11 @@ from nsm_endpoint.ipam import Lease, PointToPointPool, PoolExhausted
 
 class PointToPointIpam(Step[Call]):
     """Two host addresses per connection from each pool (one pool per family for
-    dual stack), and routes from each side to the other."""
+    dual stack), and routes from each side to the other.
+
+    Reads: the Request's IP context (excluded prefixes, addresses to re-adopt after a
+    restart). Provides: the addresses and routes in it; nothing on the call.
+    """
 
     def __init__(self, pools: list[PointToPointPool]) -> None:
         self.pools = pools
@@ -91,7 +95,10 @@ def _excluded(lease: Lease, excluded: Iterable[str]) -> bool:
 
 
 class KernelAnswer(Step[Call]):
-    """Answers with a KERNEL mechanism naming this endpoint's own namespace."""
+    """Answers with a KERNEL mechanism naming this endpoint's own namespace.
+
+    Reads: the Request's mechanism preferences. Provides: the reply's mechanism.
+    """
 
     def __init__(self, dev: int, ino: int) -> None:
         self.mechanism = Mechanism(

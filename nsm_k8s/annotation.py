@@ -32,6 +32,8 @@ class Requested:
 
 
 def parse(value: str) -> list[Requested]:
+    """Upstream's annotation value (`kernel://SERVICE[/IFNAME][?k=v&...]`, comma-separated) as requests;
+    AnnotationError names the bad entry."""
     if not value.strip():
         raise AnnotationError(f"{ANNOTATION}: the annotation is empty")
     entries = [e for e in _ENTRY_SPLIT.split(value.strip())]

@@ -22,6 +22,8 @@ log = structlog.get_logger("nsm.webhook")
 
 
 class NamespaceAnnotations:
+    """Each namespace's NSM annotation, kept current by a list-then-watch thread."""
+
     def __init__(self, client: Client, retry: float = 1.0) -> None:
         self.client = client
         self.retry = retry

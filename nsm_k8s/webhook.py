@@ -24,6 +24,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -90,7 +91,7 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
         parse(value)
     except AnnotationError as exc:
         response["allowed"] = False
-        response["status"] = {"code": 400, "message": str(exc)}
+        response["status"] = {"code": HTTPStatus.BAD_REQUEST, "message": str(exc)}
         return out
     spec = pod.get("spec") or {}
     patch: list[dict[str, Any]] = []
@@ -112,6 +113,8 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
 
 
 def make_handler(config: WebhookConfig) -> type[BaseHTTPRequestHandler]:
+    """The HTTP handler class serving AdmissionReviews on /mutate and liveness on /healthz."""
+
     class Handler(BaseHTTPRequestHandler):
         def _send(self, code: int, payload: dict[str, Any]) -> None:
             data = json.dumps(payload).encode()
@@ -123,19 +126,21 @@ def make_handler(config: WebhookConfig) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             if self.path.split("?")[0] != "/mutate":
-                self._send(404, {"error": f"no such path {self.path}; reviews go to /mutate"})
+                self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}; reviews go to /mutate"})
                 return
             length = int(self.headers.get("Content-Length") or 0)
             if length > 4 << 20:
-                self._send(413, {"error": "review larger than 4 MiB"})
+                self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "review larger than 4 MiB"})
                 return
             try:
-                self._send(200, review(self.rfile.read(length), config))
+                self._send(HTTPStatus.OK, review(self.rfile.read(length), config))
             except BadReview as exc:
-                self._send(400, {"error": str(exc)})
+                self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
 
         def do_GET(self) -> None:  # liveness and readiness
-            self._send(200 if self.path == "/healthz" else 404, {"ok": self.path == "/healthz"})
+            self._send(
+                HTTPStatus.OK if self.path == "/healthz" else HTTPStatus.NOT_FOUND, {"ok": self.path == "/healthz"}
+            )
 
         def log_message(self, format: str, *args: Any) -> None:
             sys.stderr.write("webhook: " + format % args + "\n")
@@ -144,6 +149,7 @@ def make_handler(config: WebhookConfig) -> type[BaseHTTPRequestHandler]:
 
 
 def serve(host: str, port: int, cert: str, key: str, config: WebhookConfig) -> ThreadingHTTPServer:
+    """HTTPS on host:port in a thread of its own; returns the server (shutdown() stops it)."""
     server = ThreadingHTTPServer((host, port), make_handler(config))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -190,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         from nsm_k8s.namespaces import NamespaceAnnotations
 
         watcher = NamespaceAnnotations(Client()).start()
+        # Admit with namespace annotations known: the first list, or a while trying.
+        if not watcher.ready.wait(timeout=10):
+            print("nsm-webhook: namespaces not listed yet; serving, annotations on pods only", flush=True)
         config = WebhookConfig(image=args.image, namespace_annotation=watcher.get)
     server = serve(addr.host, addr.port, args.tls_cert, args.tls_key, config)
     print(f"nsm-webhook serving https://{addr.host}:{addr.port}/mutate", flush=True)

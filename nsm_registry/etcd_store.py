@@ -190,9 +190,7 @@ class EtcdStore:
         return await self._delete(self._services, name)
 
     # Endpoints --------------------------------------------------------------------
-    async def register_endpoint(
-        self, endpoint: NetworkServiceEndpoint, keep_initial: bool = True
-    ) -> NetworkServiceEndpoint:
+    async def register_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
         """Insert or replace atomically, keeping the first registration time of the name."""
         key = ENDPOINTS + endpoint.name.encode()
         record = _copy(endpoint)
@@ -203,7 +201,7 @@ class EtcdStore:
 
         async def attempt(c: aetcd.Client) -> bool:
             existing = await c.get(key)
-            if keep_initial and existing is not None:
+            if existing is not None:
                 old = NetworkServiceEndpoint.FromString(existing.value)
                 if old.HasField("initial_registration_time"):
                     record.initial_registration_time.CopyFrom(old.initial_registration_time)
@@ -239,10 +237,6 @@ class EtcdStore:
         if res is not None:
             await mirror.seen(res.header.revision)
         return bool(res and res.deleted)
-
-    async def list_endpoints(self) -> list[NetworkServiceEndpoint]:
-        await self._endpoints.wait_ready()
-        return [_copy(e) for e in self._endpoints.values()]
 
     async def _lease(self, c: aetcd.Client, expires: float) -> int:
         """A lease ending a second after `expires`, shared by all records ending in the same second.

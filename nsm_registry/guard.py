@@ -13,6 +13,7 @@ from nsm_registry.store import StoreUnavailable
 
 
 def store_errors_unavailable(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a servicer method: a StoreUnavailable becomes UNAVAILABLE naming the cause."""
     if inspect.isasyncgenfunction(method):
 
         @functools.wraps(method)

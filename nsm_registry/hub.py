@@ -31,6 +31,7 @@ class Hub:
 async def watch_hub(hub: Hub, snapshot: list[T]) -> AsyncIterator[object]:
     # Subscribing and taking the snapshot happen in one step of the event loop,
     # so no change can fall between them.
+    """The current records as one list, then every change the hub publishes, with no gap between."""
     queue: asyncio.Queue[object] = asyncio.Queue()
     hub.queues.add(queue)
     try:

@@ -19,6 +19,7 @@ log = structlog.get_logger("nsm.registry")
 
 
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
+    """Run the registry on its store until `stop`."""
     store: Store
     if settings.store == "memory":
         store = MemoryStore()

@@ -45,13 +45,11 @@ class MemoryStore:
         self._endpoint_hub.publish(EndpointEvent(_copy(stored), deleted=False))
         return _copy(stored)
 
-    async def register_endpoint(
-        self, endpoint: NetworkServiceEndpoint, keep_initial: bool = True
-    ) -> NetworkServiceEndpoint:
+    async def register_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
         old = self._endpoints.get(endpoint.name)
         record = NetworkServiceEndpoint()
         record.CopyFrom(endpoint)
-        if keep_initial and old is not None and old.HasField("initial_registration_time"):
+        if old is not None and old.HasField("initial_registration_time"):
             record.initial_registration_time.CopyFrom(old.initial_registration_time)
         return self._put_endpoint(record)
 
@@ -65,9 +63,6 @@ class MemoryStore:
             return False
         self._endpoint_hub.publish(EndpointEvent(_copy(old), deleted=True))
         return True
-
-    async def list_endpoints(self) -> list[NetworkServiceEndpoint]:
-        return [_copy(e) for e in self._endpoints.values()]
 
     async def watch_services(self) -> AsyncIterator[list[NetworkService] | ServiceEvent]:
         # Records are replaced, never changed in place: a snapshot may share them.

@@ -34,6 +34,8 @@ def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:
 
 
 class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
+    """The NetworkServiceRegistry service over a store."""
+
     def __init__(self, store: Store) -> None:
         self.store = store
 
@@ -79,6 +81,8 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
 
 
 class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
+    """The NetworkServiceEndpointRegistry service over a store: expiry capped, names generated, watches."""
+
     def __init__(self, store: Store, max_expiration: float) -> None:
         self.store = store
         self.max_expiration = max_expiration

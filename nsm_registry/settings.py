@@ -7,9 +7,7 @@ import os
 
 from pydantic import BaseModel, Field, field_validator
 
-from nsm_common.urls import Address, parse_address, split_list
-
-DEFAULT_PORT = 5002
+from nsm_common.urls import REGISTRY_PORT, Address, parse_address, split_list
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:
@@ -61,11 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_settings(argv: list[str] | None = None) -> RegistrySettings:
+    """The registry's settings from `argv` and the environment; a bad value exits naming its flag."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    urls = split_list(args.listen) or split_list(os.environ.get("NSM_LISTEN_ON")) or [f"tcp://0.0.0.0:{DEFAULT_PORT}"]
+    urls = split_list(args.listen) or split_list(os.environ.get("NSM_LISTEN_ON")) or [f"tcp://0.0.0.0:{REGISTRY_PORT}"]
     try:
-        listen = [parse_address(u, default_port=DEFAULT_PORT) for u in urls]
+        listen = [parse_address(u, default_port=REGISTRY_PORT) for u in urls]
         return RegistrySettings(
             listen=listen, store=args.store, max_expiration=args.max_expiration, log_level=args.log_level
         )

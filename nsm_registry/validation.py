@@ -20,6 +20,7 @@ MAX_URL = 2048
 
 
 def validate_service(service: NetworkService) -> str | None:
+    """Raise INVALID_ARGUMENT naming the first limit the service breaks."""
     problem = name_problem("network service", service.name)
     if problem:
         return problem
@@ -38,6 +39,7 @@ def validate_service(service: NetworkService) -> str | None:
 
 
 def validate_endpoint(endpoint: NetworkServiceEndpoint) -> str | None:
+    """Raise INVALID_ARGUMENT naming the first limit the endpoint record breaks."""
     who = f"network service endpoint {endpoint.name!r}" if endpoint.name else "network service endpoint"
     if endpoint.name:
         problem = name_problem("network service endpoint", endpoint.name)

@@ -27,6 +27,7 @@ import grpc
 from nsm_agent.state.journal import read_log
 from nsm_api.connection_pb2 import RESELECT_REQUESTED, Connection
 from nsm_client.runtime import AgentClient, kernel_request
+from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.urls import parse_address
 from testbed.bed import Proc, Testbed, links, ping, run
 from testbed.cluster import Cluster, Node
@@ -105,7 +106,7 @@ def request(world: World, pod: str, reselect: bool = False) -> None:
         if pod in world.conns:
             req.connection.CopyFrom(world.conns[pod])
             # Each hop stamps its own segment: the client asks for a new lifetime.
-            req.connection.path.path_segments[0].expires.FromSeconds(int(time.time() + 600))
+            req.connection.path.path_segments[0].expires.FromSeconds(int(time.time() + DEFAULT_LIFETIME))
             if reselect:
                 req.connection.state = RESELECT_REQUESTED
         world.conns[pod] = client.request(req)

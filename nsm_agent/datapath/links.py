@@ -13,8 +13,6 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from nsm_agent.datapath import rtnl
 from nsm_agent.decisions.wireplan import SidePlan
 
-EEXIST = 17
-
 
 class WireError(RuntimeError):
     """Building the wire failed; `user_error` when the Request asked for the impossible."""

@@ -28,6 +28,8 @@ class WrongThread(RuntimeError):
 
 
 class NetlinkThread:
+    """The one thread all netlink work runs on, with one cached socket per namespace (see the module docstring)."""
+
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self._thread_id: int | None = None

@@ -9,9 +9,10 @@ several in one `send` and read their acknowledgements together: the kernel
 handles the messages of one batch in order, each on its own, and acks each one.
 
 Every netlink call in a pod's namespace goes through here (wires, adoption after
-a restart, clean-up of interrupted requests). pyroute2's IPRoute stays for the
-node's own namespace, where calls are rare: underlay discovery, the WireGuard
-device.
+a restart, clean-up of interrupted requests), and the node's own hot path too
+(VXLAN devices born into pods, the VNI scan, the WireGuard device check).
+pyroute2's IPRoute stays for rare work in the node's namespace: underlay
+discovery and setting up the WireGuard device.
 """
 
 from __future__ import annotations

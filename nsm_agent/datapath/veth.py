@@ -6,13 +6,14 @@ Every function here runs on the netlink thread (see netlink.py).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass, replace
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nsm_agent.datapath import rtnl
-from nsm_agent.datapath.links import EEXIST, WireError, owned, random_mac, side_messages, update_side
+from nsm_agent.datapath.links import WireError, owned, random_mac, side_messages, update_side
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan, WirePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -50,7 +51,7 @@ def build(
 ) -> VethWire:
     """Create the pair with each end born in its pod, then address, route and raise both.
 
-    Four batches: create, find both ends, configure each end (see rtnl.py).
+    Five round trips: create, find each end, configure each end (see rtnl.py).
     """
     sock_c = nl.rtnl(client_ns)
     sock_e = nl.rtnl(ep_ns)
@@ -59,7 +60,7 @@ def build(
     try:
         sock_c.run(rtnl.new_veth(client_ifname, c_mac, ep_ifname, e_mac, fd, plan.mtu))
     except NetlinkError as exc:
-        if exc.code == EEXIST:
+        if exc.code == errno.EEXIST:
             if sock_c.link_index(client_ifname) is not None:
                 raise WireError(f"interface name {client_ifname!r} is already used in {client_ns.path}", True) from exc
             raise WireError(f"interface name {ep_ifname!r} is already used in {ep_ns.path}") from exc

@@ -7,13 +7,14 @@ Every function here runs on the netlink thread (see netlink.py).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from dataclasses import dataclass, replace
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nsm_agent.datapath import rtnl
-from nsm_agent.datapath.links import EEXIST, WireError, owned, random_mac, side_messages, update_side
+from nsm_agent.datapath.links import WireError, owned, random_mac, side_messages, update_side
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -35,6 +36,10 @@ class VxlanWire:
     mac: str
 
 
+# A VXLAN device that names no port gets Linux's historical default, not IANA's 4789.
+LINUX_DEFAULT_PORT = 8472
+
+
 def vnis_in_use(nl: NetlinkThread, port: int) -> set[int]:
     """VNIs of VXLAN devices already in the node's namespace on `port` (another CNI's too)."""
     used: set[int] = set()
@@ -43,7 +48,7 @@ def vnis_in_use(nl: NetlinkThread, port: int) -> set[int]:
         data = info.get("IFLA_INFO_DATA") if info is not None else None
         if data is None:
             continue
-        dev_port = data.get("IFLA_VXLAN_PORT") or 8472
+        dev_port = data.get("IFLA_VXLAN_PORT") or LINUX_DEFAULT_PORT
         if dev_port == port and data.get("IFLA_VXLAN_ID") is not None:
             used.add(int(data.get("IFLA_VXLAN_ID")))
     return used
@@ -68,9 +73,9 @@ def build(
     try:
         nl.node_rtnl().run(rtnl.new_vxlan(ifname, mac, vni, local, remote, port, mtu, fd))
     except NetlinkError as exc:
-        if exc.code == EEXIST and pod.link_index(ifname) is not None:
+        if exc.code == errno.EEXIST and pod.link_index(ifname) is not None:
             raise WireError(f"interface name {ifname!r} is already used in {ns.path}", True) from exc
-        if exc.code == EEXIST:
+        if exc.code == errno.EEXIST:
             raise VniTaken(f"VNI {vni} on UDP port {port} is already taken on this node") from exc
         raise WireError(f"creating VXLAN {vni} in {ns.path}: {exc}") from exc
     finally:

@@ -23,7 +23,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.state.keys import KeyPair, device_name, inner_address
+from nsm_agent.decisions.tunnel import device_name, inner_address
+from nsm_agent.state.keys import KeyPair
 
 log = structlog.get_logger("nsm.agent")
 

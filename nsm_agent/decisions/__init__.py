@@ -1,1 +1,2 @@
-"""Pure decisions (selection, path, names): no I/O, unit-tested without root."""
+"""The agent's pure decisions (endpoint selection, tunnel terms, wire plans, interface names):
+no I/O, unit-tested without root."""

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import random
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
+from nsm_agent.decisions.wireplan import MAX_MTU, MIN_MTU
 from nsm_common.errors import invalid
 
 VXLAN = "VXLAN"
 WIREGUARD = "WIREGUARD"
+VXLAN_PORT = 4789  # IANA's
+WIREGUARD_PORT = 51820  # wg(8)'s customary listen port
+MAX_PORT = 65535
 VNI_MAX = (1 << 24) - 1
 VXLAN_OVERHEAD = {4: 50, 6: 70}
 WIREGUARD_OVERHEAD = {4: 60, 6: 80}
@@ -55,7 +60,7 @@ def _int(params: Mapping[str, str], key: str, low: int, high: int, default: int)
     return int(value)
 
 
-def parse_vxlan(params: Mapping[str, str], need_dst: bool, default_port: int = 4789) -> VxlanParams:
+def parse_vxlan(params: Mapping[str, str], need_dst: bool, default_port: int = VXLAN_PORT) -> VxlanParams:
     """Check a VXLAN mechanism's parameters; the client's side must always be there."""
     src = _ip(params, "src_ip", required=True)
     dst = _ip(params, "dst_ip", required=need_dst)
@@ -64,14 +69,15 @@ def parse_vxlan(params: Mapping[str, str], need_dst: bool, default_port: int = 4
     return VxlanParams(
         src_ip=src,
         dst_ip=dst,
-        src_port=_int(params, "src_port", 1, 65535, default_port),
-        dst_port=_int(params, "dst_port", 1, 65535, default_port),
+        src_port=_int(params, "src_port", 1, MAX_PORT, default_port),
+        dst_port=_int(params, "dst_port", 1, MAX_PORT, default_port),
         vni=_int(params, "vni", 1, VNI_MAX, 0),
-        mtu=_int(params, "MTU", 68, 65535, 0),
+        mtu=_int(params, "MTU", MIN_MTU, MAX_MTU, 0),
     )
 
 
 def parse_public_key(params: Mapping[str, str], key: str) -> bytes:
+    """A WireGuard public key (base64 of 32 bytes) from a mechanism parameter, or INVALID_ARGUMENT naming it."""
     value = params.get(key, "")
     if not value:
         raise invalid(f"mechanism parameter {key} is missing")
@@ -99,3 +105,15 @@ def pick_vni(taken: Container[int], proposal: int = 0, rng: random.Random | None
 def pod_mtu(underlay_mtu: int, family: int, overheads: Mapping[int, int]) -> int:
     """The pod interface MTU over a tunnel whose outer header is of `family`."""
     return underlay_mtu - overheads[family]
+
+
+def inner_address(public_key: str) -> ipaddress.IPv6Address:
+    """The node's address inside the WireGuard tunnels, derived from its public key
+    so that every node computes every other node's without asking (a ULA /128)."""
+    digest = hashlib.sha256(public_key.encode()).digest()
+    return ipaddress.IPv6Address(b"\xfd" + digest[:15])
+
+
+def device_name(public_key: str) -> str:
+    """Unique per host: wireguard-go's control sockets share /var/run/wireguard."""
+    return "nsmwg" + hashlib.sha1(public_key.encode()).hexdigest()[:10]

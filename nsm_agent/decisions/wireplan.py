@@ -81,6 +81,8 @@ def _routes(field: str, routes: Sequence[Route], peers: Sequence[IPInterface]) -
 
 
 def plan_ip_wire(context: ConnectionContext) -> WirePlan:
+    """Both sides' addresses, routes and the MTU of a wire, from the endpoint's context; ContextError when it
+    cannot be built."""
     ip = context.ip_context
     src = _interfaces("src_ip_addrs", ip.src_ip_addrs)
     dst = _interfaces("dst_ip_addrs", ip.dst_ip_addrs)

@@ -25,10 +25,6 @@ class NetnsRef:
     def key(self) -> tuple[int, int]:
         return (self.dev, self.ino)
 
-    @property
-    def inode_url(self) -> str:
-        return f"inode://{self.dev}/{self.ino}"
-
 
 def _stat(path: str) -> os.stat_result | None:
     try:

@@ -51,5 +51,5 @@ class AgentCall(Call):
     # step without it in memory (this agent restarted) adopts what the kernel
     # still has instead of building anew.
     journalled: bool = False
-    # Steps that reach outside the agent note where first (see journal.py).
+    # Steps that reach outside the agent note where first (see pipeline/journal.py).
     note: Callable[..., None] = field(default=_no_note)

@@ -27,6 +27,12 @@ class _Side:
 
 
 class ClientNetns(Step[AgentCall]):
+    """Finds the client pod's namespace and picks its interface name; fills in the KERNEL
+    mechanism of the reply.
+
+    Reads: `call.client_mechanism`. Provides: `call.client_ns`, `call.client_ifname`.
+    """
+
     def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:
         self.agent_name = agent_name
         self.resolver = resolver

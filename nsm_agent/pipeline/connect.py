@@ -34,6 +34,14 @@ class _Downstream:
 
 
 class ConnectEndpoint(Step[AgentCall]):
+    """Sends the Request on to the chosen endpoint (or its node's agent) and returns its answer;
+    closes it there on Close.
+
+    Reads: `call.endpoint_url`, `call.downstream_prefs` (KERNEL when empty),
+    `call.reselecting` (a reselect's Close does not wait for a dead peer), `call.note`.
+    Provides: the endpoint's reply.
+    """
+
     def __init__(self, timeout: float, watch: EndpointWatch | None = None) -> None:
         self.timeout = timeout
         self.watch = watch

@@ -13,6 +13,12 @@ from nsm_common.errors import NsmError, not_found
 
 
 class Discover(Step[AgentCall]):
+    """Asks the registry (its watched copy first) for the service and the endpoints that match.
+
+    Reads: `call.refresh` (a refresh needs only the endpoint it has). Provides:
+    `call.service`, `call.candidates`, and `call.endpoint` when the Request names one.
+    """
+
     def __init__(self, registry: RegistryClient) -> None:
         self.registry = registry
 

@@ -20,6 +20,8 @@ READY = grpc.ChannelConnectivity.READY
 
 
 class EndpointWatch:
+    """Reports the connections of a local endpoint DOWN when its unix socket stays gone past `grace`."""
+
     def __init__(self, on_down: Callable[[list[str]], None], grace: float = 0.3) -> None:
         self.on_down = on_down
         self.grace = grace

@@ -21,7 +21,8 @@ from nsm_common.chain.chain import Next, Step
 
 
 class Journal(Step[AgentCall]):
-    """Sits right after Begin (which serialises each id), so entries never race."""
+    """Writes each connection down before later steps act. Sits right after Begin (which
+    serialises each id), so entries never race. Reads and provides: see the module docstring."""
 
     def __init__(self, store: JournalStore) -> None:
         self.store = store

@@ -7,48 +7,25 @@ connection is closed again so that nothing is left behind.
 
 from __future__ import annotations
 
-import grpc
 import structlog
 
 from nsm_agent.datapath import veth
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.decisions.names import chosen_ifname, wire_alias
+from nsm_agent.decisions.names import wire_alias
 from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
-from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
-from nsm_agent.netns.spec import parse_netns
 from nsm_agent.pipeline.call import AgentCall
-from nsm_agent.pipeline.wire_step import WireStep
+from nsm_agent.pipeline.wire_step import WireStep, bad_context, endpoint_netns
 from nsm_api.connection_pb2 import Connection
-from nsm_common.errors import NsmError
-from nsm_common.names import ifname_problem
 
 log = structlog.get_logger("nsm.agent")
 
 
-def endpoint_netns(resolver: NetnsResolver, reply: Connection, conn_id: str, endpoint: str) -> tuple[NetnsRef, str]:
-    """The endpoint's namespace and interface name, from the KERNEL mechanism it answered with."""
-    mech = reply.mechanism
-    if mech.type != "KERNEL":
-        raise NsmError(
-            grpc.StatusCode.INTERNAL, f"endpoint {endpoint} answered with mechanism {mech.type!r}, not KERNEL"
-        )
-    try:
-        ns = resolver.resolve(parse_netns(mech.parameters))
-    except NsmError as exc:
-        raise NsmError(exc.code, f"endpoint {endpoint}: {exc.message}") from exc
-    ifname = mech.parameters.get("name") or chosen_ifname(conn_id, "nse-")
-    problem = ifname_problem(ifname)
-    if problem:
-        raise NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint}: {problem}")
-    return ns, ifname
-
-
-def bad_context(endpoint: str, exc: ContextError) -> NsmError:
-    return NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint} replied with a bad context: {exc}")
-
-
 class KernelWire(WireStep[veth.VethWire]):
-    """Both pods on this node: one veth pair between them."""
+    """Both pods on this node: one veth pair between them.
+
+    Reads: `call.client_ns`, `call.client_ifname`, `call.endpoint_remote` (then the tunnel
+    step builds), `call.journalled`, `call.note`, and the endpoint's reply. Provides: the wire.
+    """
 
     def applies(self, call: AgentCall) -> bool:
         return call.client_ns is not None and not call.endpoint_remote  # else the tunnel step builds

@@ -25,6 +25,7 @@ from nsm_agent.decisions.tunnel import (
     VXLAN_OVERHEAD,
     WIREGUARD,
     WIREGUARD_OVERHEAD,
+    WIREGUARD_PORT,
     parse_public_key,
     parse_vxlan,
     pod_mtu,
@@ -38,7 +39,6 @@ from nsm_common.errors import NsmError, invalid
 log = structlog.get_logger("nsm.agent")
 
 VNI_ATTEMPTS = 3
-WIREGUARD_PORT = 51820
 
 
 @dataclass
@@ -83,6 +83,7 @@ class TunnelKinds:
         return pod_mtu(self.underlay.mtu, self.underlay.family, WIREGUARD_OVERHEAD) - VXLAN_OVERHEAD[6]
 
     def my_side(self, kind: str, vni: int, prefix: str) -> dict[str, str]:
+        """This node's parameters for a REMOTE mechanism of `kind` (address, port, key, MTU, VNI)."""
         assert self.underlay is not None
         side = {f"{prefix}_ip": self.underlay.ip, "vni": str(vni), "MTU": str(self.mtu(kind))}
         if kind == VXLAN:
@@ -145,7 +146,11 @@ def _no_underlay() -> NsmError:
 
 
 class RemoteMechanismServer(_TunnelStep):
-    """On the endpoint's node: answer another agent's offer."""
+    """On the endpoint's node: answer another agent's offer.
+
+    Reads: `call.remote_offer`. Provides: `call.tunnel` (this node's end, for TunnelWire),
+    and this node's side in the reply's mechanism.
+    """
 
     async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
         offer = call.remote_offer
@@ -195,7 +200,11 @@ class RemoteMechanismServer(_TunnelStep):
 
 
 class RemoteMechanismClient(_TunnelStep):
-    """On the client's node: offer tunnels to the endpoint's agent, and check its answer."""
+    """On the client's node: offer tunnels to the endpoint's agent, and check its answer.
+
+    Reads: `call.endpoint_remote`. Provides: `call.downstream_prefs` (the offer, for
+    ConnectEndpoint) and, on the way out, `call.tunnel` (for TunnelWire above it).
+    """
 
     def __init__(self, kinds: TunnelKinds, offer: list[str]) -> None:
         super().__init__(kinds)

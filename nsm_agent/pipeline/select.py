@@ -37,6 +37,7 @@ class Locator:
         self.local = local
 
     def locate(self, endpoint: NetworkServiceEndpoint, call: AgentCall) -> None:
+        """Set where `endpoint` is reached: its own socket on this node, or the agent of its node."""
         if endpoint.url in self.own_urls:
             url = self.local.get(endpoint.name)
             if url is None:
@@ -52,7 +53,11 @@ class Locator:
 
 
 class Select(Step[AgentCall]):
-    """Round robin over the candidates, the next one when one fails."""
+    """Round robin over the candidates, the next one when one fails (those in `call.avoid` last).
+
+    Reads: `call.candidates`, `call.endpoint`, `call.avoid`. Provides: `call.endpoint`,
+    `call.endpoint_url`, `call.endpoint_remote`, and the reply's endpoint name.
+    """
 
     def __init__(self, locator: Locator) -> None:
         self.round_robin = RoundRobin()

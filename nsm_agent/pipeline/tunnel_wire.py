@@ -2,7 +2,8 @@
 
 On the client's node it goes into the client's pod with the client's side of
 the context; on the endpoint's node, into the endpoint's pod with the endpoint's
-side. Either way it is born in the node's namespace, where the underlay is.
+side. Either way the device is created straight into the pod, while its UDP
+socket stays in the node's namespace, where the underlay is.
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import wire_alias
 from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
 from nsm_agent.pipeline.call import AgentCall
-from nsm_agent.pipeline.kernel_wire import bad_context, endpoint_netns
-from nsm_agent.pipeline.wire_step import WireStep
+from nsm_agent.pipeline.wire_step import WireStep, bad_context, endpoint_netns
 from nsm_api.connection_pb2 import Connection
 
 log = structlog.get_logger("nsm.agent")
 
 
 class TunnelWire(WireStep[vxlan.VxlanWire]):
+    """This node's end of an agreed tunnel: a VXLAN device into the pod on this node.
+
+    Reads: `call.tunnel` (agreed below it, on the way out), `call.client_ns` (set: the client's
+    side; unset: the endpoint's), `call.journalled`, `call.note`, the reply. Provides: the
+    wire, and the tunnel noted in this hop's path segment's metrics.
+    """
+
     removed_message = "tunnel removed"
 
     def applies(self, call: AgentCall) -> bool:

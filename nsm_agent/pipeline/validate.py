@@ -27,7 +27,11 @@ def pick_kernel(request: NetworkServiceRequest, supported: tuple[str, ...]) -> M
 
 
 class ValidateRequest(Step[AgentCall]):
-    """KERNEL from pods on this node; REMOTE mechanisms from other agents."""
+    """KERNEL from pods on this node; REMOTE mechanisms from other agents; anything else refused.
+
+    Reads: the Request. Provides: `call.client_mechanism` (a pod's KERNEL preference) or
+    `call.remote_offer` (another agent's REMOTE offer).
+    """
 
     def __init__(self, remote: tuple[str, ...] = ()) -> None:
         self.supported = (KERNEL, *remote)

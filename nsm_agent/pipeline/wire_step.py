@@ -12,19 +12,49 @@ import structlog
 from nsm_agent.datapath.links import WireError
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.datapath.vxlan import VniTaken
-from nsm_agent.netns.resolve import NetnsResolver
+from nsm_agent.decisions.names import chosen_ifname
+from nsm_agent.decisions.wireplan import ContextError
+from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
+from nsm_agent.netns.spec import parse_netns
 from nsm_agent.pipeline.call import AgentCall
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.chain import Next, Step
 from nsm_common.errors import NsmError, invalid
+from nsm_common.names import ifname_problem
 
 log = structlog.get_logger("nsm.agent")
 
 W = TypeVar("W")
 
 
+def endpoint_netns(resolver: NetnsResolver, reply: Connection, conn_id: str, endpoint: str) -> tuple[NetnsRef, str]:
+    """The endpoint's namespace and interface name, from the KERNEL mechanism it answered with."""
+    mech = reply.mechanism
+    if mech.type != "KERNEL":
+        raise NsmError(
+            grpc.StatusCode.INTERNAL, f"endpoint {endpoint} answered with mechanism {mech.type!r}, not KERNEL"
+        )
+    try:
+        ns = resolver.resolve(parse_netns(mech.parameters))
+    except NsmError as exc:
+        raise NsmError(exc.code, f"endpoint {endpoint}: {exc.message}") from exc
+    ifname = mech.parameters.get("name") or chosen_ifname(conn_id, "nse-")
+    problem = ifname_problem(ifname)
+    if problem:
+        raise NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint}: {problem}")
+    return ns, ifname
+
+
+def bad_context(endpoint: str, exc: ContextError) -> NsmError:
+    """The endpoint answered with addresses or routes no wire can carry."""
+    return NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint} replied with a bad context: {exc}")
+
+
 class WireStep(Step[AgentCall], Generic[W]):
+    """A step that builds a wire once the endpoint has answered (`applies`, `build`), closes
+    the endpoint's connection again when building fails, and removes the wire on Close."""
+
     removed_message = "wire removed"
 
     def __init__(self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread) -> None:

@@ -30,6 +30,8 @@ RETRY = 0.5
 
 
 class RegistryCache:
+    """Services and endpoints as two watching Find streams report them; `ready` flags say whether each is current."""
+
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._services_stub = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
         self._endpoints_stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)

@@ -22,6 +22,8 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class RegistryClient:
+    """The agent's one channel to the registry, answering from the watched copy where it can."""
+
     def __init__(self, address: Address, timeout: float = 3.0, attempts: int = 3) -> None:
         self.address = address
         self.timeout = timeout
@@ -57,6 +59,7 @@ class RegistryClient:
         raise AssertionError("unreachable")
 
     async def find_service(self, name: str) -> NetworkService | None:
+        """The service named `name`, or None; from the watched copy when it has it."""
         cached = self.cache.service(name) if self.cache is not None else None
         if cached is not None:
             return cached
@@ -73,6 +76,7 @@ class RegistryClient:
     async def find_endpoints(
         self, query: NetworkServiceEndpoint, attempts: int | None = None
     ) -> list[NetworkServiceEndpoint]:
+        """The endpoints matching `query`: from the watched copy when it holds any, else asked of the registry."""
         cached = self.cache.find_endpoints(query) if self.cache is not None else []
         if cached:
             return cached

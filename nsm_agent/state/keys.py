@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +40,3 @@ def load_or_create(state_dir: Path) -> KeyPair:
         os.replace(path.with_suffix(".tmp"), path)
     os.chmod(path, 0o600)
     return KeyPair(path, public_of(path.read_text().strip()))
-
-
-def inner_address(public_key: str) -> ipaddress.IPv6Address:
-    """The node's address inside the WireGuard tunnels, derived from its public key
-    so that every node computes every other node's without asking (a ULA /128)."""
-    digest = hashlib.sha256(public_key.encode()).digest()
-    return ipaddress.IPv6Address(b"\xfd" + digest[:15])
-
-
-def device_name(public_key: str) -> str:
-    """Unique per host: wireguard-go's control sockets share /var/run/wireguard."""
-    return "nsmwg" + hashlib.sha1(public_key.encode()).hexdigest()[:10]

@@ -1,4 +1,4 @@
-"""`nsmctl`: connect, close, get, and run an endpoint."""
+"""`nsmctl`: connect, close, get, run an endpoint, and be a pod's client (`pod`)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,17 @@ from google.protobuf.json_format import MessageToDict
 from pydantic import ValidationError
 
 from nsm_api import registry_pb2_grpc
-from nsm_api.connection_pb2 import Connection
+from nsm_api.connection_pb2 import UP, Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
 from nsm_client.cli.inputs import ConnectInput, EndpointInput, parse_labels
 from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common import logs
+from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.daemon import run_until_signal
 from nsm_common.grpcutil import sync_channel
 from nsm_common.timeutil import ts_seconds
-from nsm_common.urls import DEFAULT_SOCKET, Address, UrlError, parse_address
+from nsm_common.urls import AGENT_PORT, DEFAULT_SOCKET, Address, UrlError, parse_address
 
 
 class CliError(Exception):
@@ -34,7 +35,7 @@ class CliError(Exception):
 def agent_address(args: argparse.Namespace) -> Address:
     """The agent to talk to: --agent, else NSM_CONNECT_TO, else the node's socket."""
     try:
-        return parse_address(args.agent or os.environ.get("NSM_CONNECT_TO") or DEFAULT_SOCKET, default_port=5001)
+        return parse_address(args.agent or os.environ.get("NSM_CONNECT_TO") or DEFAULT_SOCKET, default_port=AGENT_PORT)
     except UrlError as exc:
         raise CliError(f"--agent: {exc}") from exc
 
@@ -76,7 +77,7 @@ def _conn_summary(conn: Connection) -> dict[str, object]:
         "netns": conn.mechanism.parameters.get("inodeURL", ""),
         "client_ips": list(ip.src_ip_addrs),
         "endpoint_ips": list(ip.dst_ip_addrs),
-        "state": "UP" if conn.state == 0 else "DOWN",
+        "state": "UP" if conn.state == UP else "DOWN",
         "wire": _tunnel(conn),
         "mtu": conn.context.MTU,
     }
@@ -168,10 +169,18 @@ def cmd_pod(args: argparse.Namespace) -> int:
             client.close_channel()
         return 0
     from nsm_client.keeper import Keeper
+    from nsm_client.prober import Prober
 
     async def keep_all(stop: asyncio.Event) -> None:
-        keepers = [Keeper(agent_address(args), r, own, on_event=_print_event, timeout=args.timeout) for r in requests]
-        await asyncio.gather(*(k.run(stop) for k in keepers))
+        prober = Prober()  # one thread and socket for all of the pod's connections
+        keepers = [
+            Keeper(agent_address(args), r, own, on_event=_print_event, timeout=args.timeout, prober=prober)
+            for r in requests
+        ]
+        try:
+            await asyncio.gather(*(k.run(stop) for k in keepers))
+        finally:
+            prober.close()
 
     run_until_signal(keep_all)
     return 0
@@ -332,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--payload", default="IP")
     e.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
     e.add_argument("--listen", help="unix:///PATH of the endpoint's own socket")
-    e.add_argument("--lifetime", type=float, default=600.0, help="connection lifetime in seconds")
+    e.add_argument("--lifetime", type=float, default=DEFAULT_LIFETIME, help="connection lifetime in seconds")
     e.add_argument("--log-level", default="info")
     e.set_defaults(func=cmd_endpoint)
     return p

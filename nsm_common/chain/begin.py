@@ -22,7 +22,7 @@ from nsm_common.chain.chain import CallT, Next, Step
 from nsm_common.errors import NsmError
 from nsm_common.timeutil import now, ts_seconds
 
-log = structlog.get_logger("nsm.agent")
+log = structlog.get_logger("nsm.chain")
 
 
 @dataclass
@@ -52,15 +52,21 @@ def _expires(conn: Connection) -> float:
 
 
 class Begin(Step[CallT]):
+    """One Request or Close per id at a time; refresh, reselect and expiry.
+
+    Reads: `call.replay` (a restart carrying the connection on). Provides: `call.refresh`
+    (this id is known), `call.avoid` (the endpoint a reselect moves away from).
+    """
+
     def __init__(self, on_unknown_close: Callable[[Connection], Awaitable[None]] | None = None) -> None:
-        # Called for a Close of an id this agent holds no record of: after a
+        # Called for a Close of an id this hop holds no record of: after a
         # restart, a connection may live only in the journal for a while.
         self.on_unknown_close = on_unknown_close
         self._records: dict[str, _Record[CallT]] = {}
         self._by_caller: dict[str, str] = {}
         self._locks: dict[str, _Held] = {}
         self._expiring: set[asyncio.Task[None]] = set()
-        # Ids the agent is carrying on after a restart: others wait their turn.
+        # Ids this hop is carrying on after a restart: others wait their turn.
         self._restoring: dict[str, asyncio.Event] = {}
 
     def hold(self, conn_ids: list[str]) -> None:

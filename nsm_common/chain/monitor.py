@@ -87,7 +87,10 @@ class ConnectionEvents:
 
 
 class Monitor(Step[CallT]):
-    """Publishes each connection this hop holds."""
+    """Publishes each connection this hop holds to the Monitor service.
+
+    Reads: the reply. Provides: nothing to later steps.
+    """
 
     def __init__(self, events: ConnectionEvents) -> None:
         self.events = events
@@ -105,6 +108,8 @@ class Monitor(Step[CallT]):
 
 
 class MonitorService(connection_pb2_grpc.MonitorConnectionServicer):
+    """The MonitorConnection gRPC service over a hop's ConnectionEvents."""
+
     def __init__(self, events: ConnectionEvents) -> None:
         self.events = events
 

@@ -25,6 +25,7 @@ def _contains_run(path: Sequence[PathSegment], run: Sequence[PathSegment]) -> bo
 
 
 def selects(selector: MonitorScopeSelector, conn: Connection) -> bool:
+    """Whether `selector` picks `conn`: one of its services, and its path segments as a run in the path."""
     if selector.network_services and conn.network_service not in selector.network_services:
         return False
     return _contains_run(conn.path.path_segments, selector.path_segments)

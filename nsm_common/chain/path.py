@@ -9,6 +9,9 @@ from nsm_api.connection_pb2 import Connection
 from nsm_common.errors import invalid
 from nsm_common.timeutil import ts_from, ts_seconds
 
+# Seconds a connection lives without a refresh when nobody says otherwise (upstream's 10 minutes).
+DEFAULT_LIFETIME = 600.0
+
 
 @dataclass(frozen=True)
 class CallerPosition:

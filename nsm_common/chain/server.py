@@ -20,6 +20,8 @@ log = structlog.get_logger("nsm")
 
 
 class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
+    """The NetworkService gRPC service over a chain: every call runs to its end, errors become statuses."""
+
     def __init__(self, chain: Chain[Any]) -> None:
         self.chain = chain
         self._inflight: set[asyncio.Task[object]] = set()

@@ -1,4 +1,4 @@
-"""This hop's path segment, connection id and lifetime (see decisions/path.py)."""
+"""The UpdatePath step: this hop's path segment, connection id and lifetime (rules in path.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,11 @@ from nsm_common.timeutil import now
 
 
 class UpdatePath(Step[CallT]):
+    """Moves the path to this hop (its segment, id and lifetime) and back on the reply.
+
+    Reads and provides: the Request's path; nothing on the call.
+    """
+
     def __init__(self, name: str, default_lifetime: float, max_lifetime: float) -> None:
         self.name = name
         self.default_lifetime = default_lifetime

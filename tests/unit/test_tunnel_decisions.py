@@ -12,12 +12,14 @@ from nsm_agent.decisions.tunnel import (
     VNI_MAX,
     VXLAN_OVERHEAD,
     WIREGUARD_OVERHEAD,
+    device_name,
+    inner_address,
     parse_public_key,
     parse_vxlan,
     pick_vni,
     pod_mtu,
 )
-from nsm_agent.state.keys import device_name, inner_address, load_or_create, public_of
+from nsm_agent.state.keys import load_or_create, public_of
 from nsm_common.errors import NsmError
 
 GOOD = {"src_ip": "192.0.2.1", "dst_ip": "192.0.2.2", "src_port": "4789", "dst_port": "4789", "vni": "5000"}
