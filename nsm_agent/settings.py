@@ -1,41 +1,87 @@
 """`nsm-agent`'s settings from flags and the environment, validated by pydantic.
 
-The names are the README's agent table; tests/golden/cli.json holds every flag,
-environment name and default, so that none changes by accident.
+Each setting is stated once, in `AgentSettings`: its flag, environment name,
+meaning and default (nsm_common/settings.py makes the parser and the README's
+table from it). tests/golden/cli.json holds every flag, environment name and
+default, so that none changes by accident.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from nsm_agent.decisions.tunnel import MAX_PORT, VXLAN, VXLAN_PORT, WIREGUARD, WIREGUARD_PORT
+from nsm_common import settings
 from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.names import MAX_NAME
-from nsm_common.urls import DEFAULT_SOCKET, REGISTRY_PORT, Address, parse_address, split_list
+from nsm_common.settings import Option
+from nsm_common.urls import DEFAULT_SOCKET, REGISTRY_PORT, Address, parse_address
 
 REMOTE_MECHANISMS = (WIREGUARD, VXLAN)  # offered in this order unless told otherwise
 STATE_DIR = "/var/lib/nsm"
 
 
 class AgentSettings(BaseModel):
-    name: str = Field(min_length=1, max_length=MAX_NAME)
-    registry: Address
-    listen: list[Address] = Field(min_length=1)
-    state_dir: Path = Path(STATE_DIR)
-    tunnel_ip: str = ""
-    remote_mechanisms: list[str] = Field(default_factory=lambda: list(REMOTE_MECHANISMS))
-    vxlan_port: int = Field(default=VXLAN_PORT, ge=1, le=MAX_PORT)
-    wireguard_port: int = Field(default=WIREGUARD_PORT, ge=1, le=MAX_PORT)
-    wireguard_go: str = "wireguard-go"
-    request_timeout: float = Field(default=5.0, gt=0)
-    default_lifetime: float = Field(default=DEFAULT_LIFETIME, gt=0)
-    max_lifetime: float = Field(default=DEFAULT_LIFETIME, gt=0)
-    log_level: str = "info"
+    """Every setting of `nsm-agent`, with its flag, environment name and default (stated only here)."""
+
+    name: Annotated[str, Option("NSM_NAME", "node name", default_text="the host name")] = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=MAX_NAME
+    )
+    registry: Annotated[Address, Option("NSM_REGISTRY_URL", "registry address", metavar="URL")] = parse_address(
+        f"tcp://127.0.0.1:{REGISTRY_PORT}"
+    )
+    listen: Annotated[
+        list[Address], Option("NSM_LISTEN_ON", "`unix:///PATH` or `tcp://HOST:PORT`", metavar="URL", repeat=True)
+    ] = Field(default_factory=lambda: [parse_address(DEFAULT_SOCKET)], min_length=1)
+    state_dir: Annotated[Path, Option("NSM_STATE_DIR", "state folder", metavar="DIR")] = Path(STATE_DIR)
+    tunnel_ip: Annotated[
+        str,
+        Option(
+            "NSM_TUNNEL_IP",
+            "this node's underlay address",
+            metavar="ADDR",
+            default_text="that of the default-route interface",
+        ),
+    ] = ""
+    remote_mechanisms: Annotated[
+        list[str], Option("NSM_REMOTE_MECHANISMS", "offered and accepted, in order", metavar="LIST", comma=True)
+    ] = Field(default_factory=lambda: list(REMOTE_MECHANISMS))
+    wireguard_port: Annotated[
+        int, Option("NSM_WIREGUARD_PORT", "UDP port of the node's WireGuard device", metavar="N")
+    ] = Field(default=WIREGUARD_PORT, ge=1, le=MAX_PORT)
+    wireguard_go: Annotated[
+        str, Option("NSM_WIREGUARD_GO", "userspace WireGuard where the kernel has no module", metavar="PATH")
+    ] = "wireguard-go"
+    vxlan_port: Annotated[int, Option("NSM_VXLAN_PORT", "UDP port of VXLAN tunnels", metavar="N")] = Field(
+        default=VXLAN_PORT, ge=1, le=MAX_PORT
+    )
+    request_timeout: Annotated[
+        float, Option("NSM_REQUEST_TIMEOUT", "seconds an endpoint has to answer", metavar="S")
+    ] = Field(default=5.0, gt=0)
+    max_lifetime: Annotated[
+        float, Option("NSM_MAX_TOKEN_LIFETIME", "longest lifetime accepted from a caller, seconds", metavar="S")
+    ] = Field(default=DEFAULT_LIFETIME, gt=0)
+    default_lifetime: Annotated[
+        float, Option("NSM_TOKEN_LIFETIME", "lifetime this hop stamps on its own segment, seconds", metavar="S")
+    ] = Field(default=DEFAULT_LIFETIME, gt=0)
+    log_level: Annotated[str, Option("NSM_LOG_LEVEL", "debug, info, warning or error")] = "info"
+
+    @field_validator("registry", mode="before")
+    @classmethod
+    def _registry(cls, value: object) -> object:
+        return parse_address(value, default_port=REGISTRY_PORT) if isinstance(value, str) else value
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [parse_address(v) if isinstance(v, str) else v for v in value]
+        return value
 
     @property
     def public_url(self) -> str:
@@ -55,93 +101,11 @@ class AgentSettings(BaseModel):
         return value
 
 
-def _env(name: str, default: str = "") -> str:
-    return os.environ.get(name, default)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """`nsm-agent`'s flags, their defaults taken from the environment as it is now."""
-    p = argparse.ArgumentParser(prog="nsm-agent", description="Network Service Mesh node agent")
-    p.add_argument("--name", default=_env("NSM_NAME", socket.gethostname()), help="node name (env NSM_NAME)")
-    p.add_argument(
-        "--registry",
-        default=_env("NSM_REGISTRY_URL", f"tcp://127.0.0.1:{REGISTRY_PORT}"),
-        help="registry address (env NSM_REGISTRY_URL)",
-    )
-    p.add_argument(
-        "--listen",
-        action="append",
-        help=f"unix:///PATH or tcp://HOST:PORT, repeatable (env NSM_LISTEN_ON; default {DEFAULT_SOCKET})",
-    )
-    p.add_argument("--state-dir", default=_env("NSM_STATE_DIR", STATE_DIR), help="state folder (env NSM_STATE_DIR)")
-    p.add_argument(
-        "--tunnel-ip", default=_env("NSM_TUNNEL_IP"), help="this node's underlay address (env NSM_TUNNEL_IP)"
-    )
-    p.add_argument(
-        "--remote-mechanisms",
-        default=_env("NSM_REMOTE_MECHANISMS", ",".join(REMOTE_MECHANISMS)),
-        help="env NSM_REMOTE_MECHANISMS",
-    )
-    p.add_argument(
-        "--wireguard-port",
-        type=int,
-        default=int(_env("NSM_WIREGUARD_PORT", str(WIREGUARD_PORT))),
-        help="UDP port of this node's WireGuard device (env NSM_WIREGUARD_PORT)",
-    )
-    p.add_argument(
-        "--wireguard-go",
-        default=_env("NSM_WIREGUARD_GO", "wireguard-go"),
-        help="userspace WireGuard, used where the kernel has no module (env NSM_WIREGUARD_GO)",
-    )
-    p.add_argument(
-        "--vxlan-port",
-        type=int,
-        default=int(_env("NSM_VXLAN_PORT", str(VXLAN_PORT))),
-        help="UDP port of the VXLAN tunnels (env NSM_VXLAN_PORT)",
-    )
-    p.add_argument(
-        "--request-timeout",
-        type=float,
-        default=float(_env("NSM_REQUEST_TIMEOUT", "5")),
-        help="seconds an endpoint has to answer (env NSM_REQUEST_TIMEOUT)",
-    )
-    p.add_argument(
-        "--max-lifetime",
-        type=float,
-        default=float(_env("NSM_MAX_TOKEN_LIFETIME", str(DEFAULT_LIFETIME))),
-        help="longest connection lifetime accepted from a caller, seconds (env NSM_MAX_TOKEN_LIFETIME)",
-    )
-    p.add_argument(
-        "--default-lifetime",
-        type=float,
-        default=float(_env("NSM_TOKEN_LIFETIME", str(DEFAULT_LIFETIME))),
-        help="lifetime this hop gives its own segment, seconds (env NSM_TOKEN_LIFETIME)",
-    )
-    p.add_argument("--log-level", default=_env("NSM_LOG_LEVEL", "info"), help="env NSM_LOG_LEVEL")
-    return p
+    return settings.build_parser(AgentSettings, "nsm-agent", "Network Service Mesh node agent")
 
 
 def parse_settings(argv: list[str] | None = None) -> AgentSettings:
     """The agent's settings from `argv` and the environment; a bad value exits naming its flag."""
-    p = build_parser()
-    args = p.parse_args(argv)
-    urls = split_list(args.listen) or split_list(_env("NSM_LISTEN_ON")) or [DEFAULT_SOCKET]
-    try:
-        return AgentSettings(
-            name=args.name,
-            registry=parse_address(args.registry, default_port=REGISTRY_PORT),
-            listen=[parse_address(u) for u in urls],
-            state_dir=Path(args.state_dir),
-            tunnel_ip=args.tunnel_ip,
-            remote_mechanisms=split_list(args.remote_mechanisms),
-            vxlan_port=args.vxlan_port,
-            wireguard_port=args.wireguard_port,
-            wireguard_go=args.wireguard_go,
-            request_timeout=args.request_timeout,
-            default_lifetime=args.default_lifetime,
-            max_lifetime=args.max_lifetime,
-            log_level=args.log_level,
-        )
-    except (ValueError, ValidationError) as exc:
-        p.error(str(exc))
-        raise
+    return settings.parse(AgentSettings, build_parser(), argv)

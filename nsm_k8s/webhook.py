@@ -26,18 +26,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Annotated, Any
 
-from nsm_common.urls import UrlError, parse_address
+from pydantic import BaseModel, field_validator
+
+from nsm_common import settings
+from nsm_common.settings import Option
+from nsm_common.urls import Address, parse_address
 from nsm_k8s.annotation import ANNOTATION, AnnotationError, parse
 
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "nsm-system"})
 SOCKET_DIR = "/var/lib/networkservicemesh"
 
 
+CLIENT_IMAGE = "nsm-py:latest"
+
+
 @dataclass(frozen=True)
 class WebhookConfig:
-    image: str = "nsm-py:latest"
+    image: str = CLIENT_IMAGE
     socket_dir: str = SOCKET_DIR
     # The annotation of a namespace (kept by a watch); a pod's own annotation wins.
     namespace_annotation: Callable[[str], str | None] = field(default=lambda namespace: None)
@@ -159,36 +166,40 @@ def serve(host: str, port: int, cert: str, key: str, config: WebhookConfig) -> T
     return server
 
 
+class WebhookSettings(BaseModel):
+    """Every setting of `nsm-webhook`, with its flag, environment name and default (stated only here)."""
+
+    listen: Annotated[Address, Option("NSM_LISTEN_ON", "where to serve HTTPS, `tcp://HOST:PORT`", metavar="URL")] = (
+        parse_address("tcp://0.0.0.0:8443")
+    )
+    tls_cert: Annotated[str, Option("NSM_TLS_CERT", "PEM certificate file", metavar="FILE")] = ""
+    tls_key: Annotated[str, Option("NSM_TLS_KEY", "PEM key file", metavar="FILE")] = ""
+    image: Annotated[str, Option("NSM_CLIENT_IMAGE", "image of the injected client containers")] = CLIENT_IMAGE
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object) -> object:
+        addr = parse_address(value) if isinstance(value, str) else value
+        if isinstance(addr, Address) and addr.scheme != "tcp":
+            raise ValueError("the webhook serves HTTPS on tcp://HOST:PORT")
+        return addr
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        if not value or not os.path.exists(value):
+            raise ValueError(f"{value or '(not given)'} does not exist")
+        return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """`nsm-webhook`'s flags, their defaults taken from the environment as it is now."""
-    p = argparse.ArgumentParser(prog="nsm-webhook", description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--listen",
-        default=os.environ.get("NSM_LISTEN_ON", "tcp://0.0.0.0:8443"),
-        help="tcp://HOST:PORT (env NSM_LISTEN_ON)",
-    )
-    p.add_argument("--tls-cert", default=os.environ.get("NSM_TLS_CERT", ""), help="PEM certificate (env NSM_TLS_CERT)")
-    p.add_argument("--tls-key", default=os.environ.get("NSM_TLS_KEY", ""), help="PEM key (env NSM_TLS_KEY)")
-    p.add_argument(
-        "--image",
-        default=os.environ.get("NSM_CLIENT_IMAGE", "nsm-py:latest"),
-        help="image of the injected client containers (env NSM_CLIENT_IMAGE)",
-    )
-    return p
+    return settings.build_parser(WebhookSettings, "nsm-webhook", __doc__.splitlines()[0])
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = build_parser()
-    args = p.parse_args(argv)
-    try:
-        addr = parse_address(args.listen)
-    except UrlError as exc:
-        p.error(f"--listen: {exc}")
-    if addr.scheme != "tcp":
-        p.error("--listen: the webhook serves HTTPS on tcp://HOST:PORT")
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
-        if not path or not os.path.exists(path):
-            p.error(f"{flag}: {path or '(not given)'} does not exist")
+    args = settings.parse(WebhookSettings, build_parser(), argv)
+    addr = args.listen
     config = WebhookConfig(image=args.image)
     if os.environ.get("KUBERNETES_SERVICE_HOST"):  # in a cluster: namespace annotations from the API
         from lightkube import Client

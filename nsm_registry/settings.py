@@ -1,13 +1,15 @@
-"""Registry settings from flags and the environment, validated by pydantic."""
+"""`nsm-registry`'s settings from flags and the environment, each stated once in its model."""
 
 from __future__ import annotations
 
 import argparse
-import os
+from typing import Annotated
 
 from pydantic import BaseModel, Field, field_validator
 
-from nsm_common.urls import REGISTRY_PORT, Address, parse_address, split_list
+from nsm_common import settings
+from nsm_common.settings import Option
+from nsm_common.urls import REGISTRY_PORT, Address, parse_address
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:
@@ -24,10 +26,24 @@ def parse_etcd_url(url: str) -> list[tuple[str, int]]:
 
 
 class RegistrySettings(BaseModel):
-    listen: list[Address] = Field(min_length=1)
-    store: str = "memory"
-    max_expiration: float = Field(default=60.0, gt=0)
-    log_level: str = "info"
+    """Every setting of `nsm-registry`, with its flag, environment name and default (stated only here)."""
+
+    listen: Annotated[
+        list[Address], Option("NSM_LISTEN_ON", "`tcp://HOST:PORT` or `unix:///PATH`", metavar="URL", repeat=True)
+    ] = Field(default_factory=lambda: [parse_address(f"tcp://0.0.0.0:{REGISTRY_PORT}")], min_length=1)
+    store: Annotated[str, Option("NSM_STORE", "`memory`, or `etcd://HOST:PORT[,HOST:PORT...]`")] = "memory"
+    max_expiration: Annotated[
+        float,
+        Option("NSM_MAX_EXPIRATION", "longest an endpoint registration lives unrenewed, seconds", metavar="SECONDS"),
+    ] = Field(default=60.0, gt=0)
+    log_level: Annotated[str, Option("NSM_LOG_LEVEL", "debug, info, warning or error")] = "info"
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _listen(cls, value: object) -> object:
+        if isinstance(value, list):
+            return [parse_address(v, default_port=REGISTRY_PORT) if isinstance(v, str) else v for v in value]
+        return value
 
     @field_validator("store")
     @classmethod
@@ -39,35 +55,9 @@ class RegistrySettings(BaseModel):
 
 def build_parser() -> argparse.ArgumentParser:
     """`nsm-registry`'s flags, their defaults taken from the environment as it is now."""
-    parser = argparse.ArgumentParser(prog="nsm-registry", description="Network Service Mesh registry")
-    parser.add_argument(
-        "--listen", action="append", help="tcp://HOST:PORT or unix:///PATH (repeatable; env NSM_LISTEN_ON)"
-    )
-    parser.add_argument(
-        "--store",
-        default=os.environ.get("NSM_STORE", "memory"),
-        help="memory, or etcd://HOST:PORT[,HOST:PORT...] (env NSM_STORE)",
-    )
-    parser.add_argument(
-        "--max-expiration",
-        type=float,
-        default=float(os.environ.get("NSM_MAX_EXPIRATION", "60")),
-        help="longest endpoint registration lifetime in seconds (env NSM_MAX_EXPIRATION)",
-    )
-    parser.add_argument("--log-level", default=os.environ.get("NSM_LOG_LEVEL", "info"), help="env NSM_LOG_LEVEL")
-    return parser
+    return settings.build_parser(RegistrySettings, "nsm-registry", "Network Service Mesh registry")
 
 
 def parse_settings(argv: list[str] | None = None) -> RegistrySettings:
     """The registry's settings from `argv` and the environment; a bad value exits naming its flag."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    urls = split_list(args.listen) or split_list(os.environ.get("NSM_LISTEN_ON")) or [f"tcp://0.0.0.0:{REGISTRY_PORT}"]
-    try:
-        listen = [parse_address(u, default_port=REGISTRY_PORT) for u in urls]
-        return RegistrySettings(
-            listen=listen, store=args.store, max_expiration=args.max_expiration, log_level=args.log_level
-        )
-    except ValueError as exc:
-        parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+    return settings.parse(RegistrySettings, build_parser(), argv)

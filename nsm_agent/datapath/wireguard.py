@@ -85,11 +85,14 @@ class WireGuardDevice:
             )
         except OSError as exc:
             raise WireGuardError(f"cannot start {self.wireguard_go}: {exc}") from exc
+        # wireguard-go makes the device first and its control socket after: `wg set`
+        # in between finds no socket, tries the kernel and fails ("Protocol not supported").
+        control = f"{SOCKET_DIR}/{self.name}.sock"
         deadline = time.monotonic() + 5
-        while not self._exists(nl):
+        while not (self._exists(nl) and os.path.exists(control)):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self._stop_userspace()
-                raise WireGuardError(f"{self.wireguard_go} did not create {self.name}")
+                raise WireGuardError(f"{self.wireguard_go} did not create {self.name} and {control}")
             time.sleep(0.002)
 
     def _stop_userspace(self) -> None:

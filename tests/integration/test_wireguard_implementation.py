@@ -47,3 +47,30 @@ def test_kernel_module_when_present(bed: Testbed) -> None:
     connect_over_wireguard(bed)
     logs = agent_logs(bed)
     assert logs.count("implementation=kernel module") == 2 and "wireguard-go" not in logs
+
+
+SLOW_SOCKET = """#!/bin/sh
+# wireguard-go as a loaded machine may run it: the device shows up well before the
+# control socket. A TUN device of that name first, then the real one with its socket.
+name="$2"
+ip tuntap add dev "$name" mode tun
+sleep 0.5
+ip link del "$name"
+exec wireguard-go "$@"
+"""
+
+
+def test_the_agent_waits_for_wireguard_gos_control_socket(bed: Testbed) -> None:
+    if kernel_has_wireguard(bed):
+        pytest.skip("this kernel has the WireGuard module: wireguard-go is not started")
+    slow = bed.dir / "slow-wireguard-go"
+    slow.write_text(SLOW_SOCKET)
+    slow.chmod(0o755)
+    cluster = Cluster.build(bed, nodes=1, agent_args=["--remote-mechanisms", "WIREGUARD"])
+    n2 = cluster.add_node(2, ["--remote-mechanisms", "WIREGUARD", "--wireguard-go", str(slow)])
+    n1 = cluster.nodes[0]
+    bed.endpoint(cluster.pod(n2, "ep"), "ep1", "svc", "10.86.0.0/24", n2.agent)
+    pod = cluster.pod(n1, "c1")
+    conn = agent_client(n1.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc", "nsm-1"))
+    assert conn.path.path_segments[1].metrics["tunnel"] == "WIREGUARD"
+    assert "Protocol not supported" not in agent_logs(bed)
