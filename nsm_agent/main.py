@@ -11,17 +11,11 @@ from nsm_agent.datapath.tunnels import VniBook, find_underlay
 from nsm_agent.datapath.wireguard import WireGuardDevice
 from nsm_agent.decisions.tunnel import WIREGUARD_OVERHEAD
 from nsm_agent.netns.resolve import NetnsResolver
-from nsm_agent.pipeline.call import AgentCall
-from nsm_agent.pipeline.client_netns import ClientNetns
 from nsm_agent.pipeline.connect import ConnectEndpoint
-from nsm_agent.pipeline.discover import Discover
 from nsm_agent.pipeline.endpoint_watch import EndpointWatch
-from nsm_agent.pipeline.journal import Journal
-from nsm_agent.pipeline.kernel_wire import KernelWire
-from nsm_agent.pipeline.remote_mechanism import RemoteMechanismClient, RemoteMechanismServer, TunnelKinds
-from nsm_agent.pipeline.select import Locator, Select
-from nsm_agent.pipeline.tunnel_wire import TunnelWire
-from nsm_agent.pipeline.validate import ValidateRequest
+from nsm_agent.pipeline.remote_mechanism import TunnelKinds
+from nsm_agent.pipeline.select import Locator
+from nsm_agent.pipeline.steps import agent_steps
 from nsm_agent.registry.client import RegistryClient
 from nsm_agent.registry.local_endpoints import LocalEndpoints
 from nsm_agent.registry.proxy import EndpointRegistryProxy, ServiceRegistryProxy
@@ -32,10 +26,9 @@ from nsm_agent.state.restore import journal_closer, restore
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
 from nsm_common.chain.begin import Begin
-from nsm_common.chain.chain import Chain, Step
-from nsm_common.chain.monitor import ConnectionEvents, Monitor, MonitorService
+from nsm_common.chain.chain import Chain
+from nsm_common.chain.monitor import ConnectionEvents, MonitorService
 from nsm_common.chain.server import NetworkServiceServer
-from nsm_common.chain.update_path import UpdatePath
 from nsm_common.daemon import raise_open_file_limit, run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 
@@ -69,25 +62,25 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms)
     own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
     remote = kinds.supported()
-    begin: Begin[AgentCall] = Begin(journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout))
+    closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout)
+    begin = Begin(closer, held_elsewhere=journal.holds)
     watch = EndpointWatch(events.mark_down)
     connect = ConnectEndpoint(settings.request_timeout, watch)
-    steps: list[Step[AgentCall]] = [
-        ValidateRequest(kinds.supported()),
-        UpdatePath(settings.name, settings.default_lifetime, settings.max_lifetime),
-        begin,
-        Journal(journal),
-        Monitor(events),
-        ClientNetns(settings.name, resolver, netlink),
-        RemoteMechanismServer(kinds),
-        Discover(registry),
-        Select(Locator(own_urls, local)),
-        TunnelWire(settings.name, resolver, netlink),
-        KernelWire(settings.name, resolver, netlink),
-        RemoteMechanismClient(kinds, list(remote)),
-        connect,
-    ]
-    chain = Chain(steps, AgentCall)
+    steps = agent_steps(
+        name=settings.name,
+        default_lifetime=settings.default_lifetime,
+        max_lifetime=settings.max_lifetime,
+        netlink=netlink,
+        resolver=resolver,
+        registry=registry,
+        locator=Locator(own_urls, local),
+        kinds=kinds,
+        events=events,
+        journal=journal,
+        begin=begin,
+        connect=connect,
+    )
+    chain = Chain(steps)
     service = NetworkServiceServer(chain)
     server = aio_server()
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
@@ -112,7 +105,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     if kept or undone:
         log.info("carried on after restart", connections=kept, interrupted_requests_undone=undone)
     if wireguard is not None:
-        await netlink.run(wireguard.reconcile)
+        await wireguard.reconcile(netlink)
     try:
         await stop.wait()
     finally:

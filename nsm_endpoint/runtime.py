@@ -18,7 +18,7 @@ from nsm_api.registry_pb2 import (
     NetworkServiceQuery,
 )
 from nsm_common.chain.begin import Begin
-from nsm_common.chain.chain import Call, Chain, Step
+from nsm_common.chain.chain import Chain, Step
 from nsm_common.chain.monitor import ConnectionEvents, Monitor, MonitorService
 from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.chain.server import NetworkServiceServer
@@ -51,17 +51,17 @@ class EndpointRuntime:
         self.config = config
         self.pools = [PointToPointPool(c) for c in config.cidrs]
         st = os.stat("/proc/self/ns/net")
-        self.begin: Begin[Call] = Begin()
+        self.begin = Begin()
         # Its own Monitor service: what this endpoint holds, for clients and checks.
         self.events = ConnectionEvents()
-        steps: list[Step[Call]] = [
+        steps: list[Step] = [
             UpdatePath(config.name, config.lifetime, config.lifetime),
             self.begin,
             Monitor(self.events),
             PointToPointIpam(self.pools),
             KernelAnswer(st.st_dev, st.st_ino),
         ]
-        self.chain = Chain(steps, Call)
+        self.chain = Chain(steps)
         self.registered = asyncio.Event()
 
     def _record(self) -> NetworkServiceEndpoint:

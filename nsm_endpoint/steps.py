@@ -15,7 +15,7 @@ from nsm_common.errors import NsmError, invalid
 from nsm_endpoint.ipam import Lease, PointToPointPool, PoolExhausted
 
 
-class PointToPointIpam(Step[Call]):
+class PointToPointIpam(Step):
     """Two host addresses per connection from each pool (one pool per family for
     dual stack), and routes from each side to the other.
 
@@ -46,7 +46,7 @@ class PointToPointIpam(Step[Call]):
         except PoolExhausted as exc:
             raise NsmError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next[Call]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         ip = conn.context.ip_context
         for prefix in ip.excluded_prefixes:
@@ -77,7 +77,7 @@ class PointToPointIpam(Step[Call]):
         for pool in self.pools:
             pool.free(conn_id)
 
-    async def close(self, conn: Connection, call: Call, nxt: Next[Call]) -> None:
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         self._free(conn.id)
         await nxt.close(conn, call)
 
@@ -94,7 +94,7 @@ def _excluded(lease: Lease, excluded: Iterable[str]) -> bool:
     return any(a.version == n.version and a in n for a in (lease.endpoint, lease.client) for n in nets)
 
 
-class KernelAnswer(Step[Call]):
+class KernelAnswer(Step):
     """Answers with a KERNEL mechanism naming this endpoint's own namespace.
 
     Reads: the Request's mechanism preferences. Provides: the reply's mechanism.
@@ -107,7 +107,7 @@ class KernelAnswer(Step[Call]):
             parameters={"inodeURL": f"inode://{dev}/{ino}", "netnsInode": str(ino)},
         )
 
-    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next[Call]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         kinds = [m.type for m in request.mechanism_preferences]
         if kinds and "KERNEL" not in kinds:
             raise invalid(f"this endpoint offers only KERNEL, not {', '.join(kinds)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nsm_agent.datapath import vxlan
@@ -50,10 +51,12 @@ class VniBook:
 
     port: int
     held: dict[int, str] = field(default_factory=dict)  # vni -> connection id
+    # The VNIs the kernel has on this port here (the datapath; a fake in tests).
+    scan: Callable[[NetlinkThread, int], set[int]] = vxlan.vnis_in_use
 
     def reserve(self, nl: NetlinkThread, conn_id: str, proposal: int = 0) -> int:
         """A VNI free on this node (the proposal if it is), held for `conn_id`."""
-        taken = set(self.held) | vxlan.vnis_in_use(nl, self.port)
+        taken = set(self.held) | self.scan(nl, self.port)
         vni = pick_vni(taken, proposal)
         self.held[vni] = conn_id
         return vni
@@ -62,7 +65,7 @@ class VniBook:
         """Hold exactly `vni` if it is free here."""
         if self.held.get(vni) == conn_id:
             return True
-        if vni in self.held or vni in vxlan.vnis_in_use(nl, self.port):
+        if vni in self.held or vni in self.scan(nl, self.port):
             return False
         self.held[vni] = conn_id
         return True

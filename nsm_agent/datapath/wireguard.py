@@ -6,10 +6,15 @@ configures either. Connections ride inside as VXLAN devices between the nodes'
 inner addresses, so one device carries any number of connections, overlapping
 address ranges and L2 payloads alike. Spawns happen only when a peer node
 appears or goes: never per connection.
+
+Netlink work runs on the netlink thread; `wg` and wireguard-go, and waiting for
+wireguard-go to come up, run in a worker thread, so that a slow start never holds
+up another Request's netlink work. One change of the device at a time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -44,7 +49,7 @@ class Peer:
 
 
 class WireGuardDevice:
-    """Runs on the netlink thread (its methods take the NetlinkThread)."""
+    """The node's device and its peers; every method takes the NetlinkThread it runs netlink on."""
 
     def __init__(self, keys: KeyPair, port: int, mtu: int, wireguard_go: str = "wireguard-go") -> None:
         self.keys = keys
@@ -56,23 +61,27 @@ class WireGuardDevice:
         self.process: subprocess.Popen[bytes] | None = None
         self.implementation = ""
         self.peers: dict[str, Peer] = {}
+        self._changing = asyncio.Lock()
+
+    @property
+    def _control(self) -> str:
+        return f"{SOCKET_DIR}/{self.name}.sock"
 
     # Device ----------------------------------------------------------------------
     def _exists(self, nl: NetlinkThread) -> bool:
         return nl.node_rtnl().link_index(self.name) is not None
 
-    def _create(self, nl: NetlinkThread) -> None:
+    def _kernel_create(self, nl: NetlinkThread) -> bool:
         try:
             nl.node().link("add", ifname=self.name, kind="wireguard")
-            self.implementation = "kernel module"
+            return True
         except NetlinkError:
-            self._start_userspace(nl)
-            self.implementation = "wireguard-go"
-        log.info("wireguard device created", device=self.name, implementation=self.implementation)
+            return False
 
-    def _start_userspace(self, nl: NetlinkThread) -> None:
+    def _start_userspace(self) -> None:
+        """Start wireguard-go and wait until its device and control socket are there (worker thread)."""
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{SOCKET_DIR}/{self.name}.sock")  # left by a killed predecessor
+            os.unlink(self._control)  # left by a killed predecessor
         try:
             self.process = subprocess.Popen(
                 [self.wireguard_go, "-f", self.name],
@@ -87,12 +96,11 @@ class WireGuardDevice:
             raise WireGuardError(f"cannot start {self.wireguard_go}: {exc}") from exc
         # wireguard-go makes the device first and its control socket after: `wg set`
         # in between finds no socket, tries the kernel and fails ("Protocol not supported").
-        control = f"{SOCKET_DIR}/{self.name}.sock"
         deadline = time.monotonic() + 5
-        while not (self._exists(nl) and os.path.exists(control)):
+        while not os.path.exists(self._control):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self._stop_userspace()
-                raise WireGuardError(f"{self.wireguard_go} did not create {self.name} and {control}")
+                raise WireGuardError(f"{self.wireguard_go} did not create {self.name} and {self._control}")
             time.sleep(0.002)
 
     def _stop_userspace(self) -> None:
@@ -106,85 +114,104 @@ class WireGuardDevice:
                     self.process.wait(3)
             self.process = None
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(f"{SOCKET_DIR}/{self.name}.sock")
+            os.unlink(self._control)
 
     def _wg(self, *args: str) -> None:
         res = subprocess.run(["wg", "set", self.name, *args], capture_output=True, text=True)
         if res.returncode != 0:
             raise WireGuardError(f"wg set {self.name} {' '.join(args)}: {res.stderr.strip()}")
 
-    def ensure(self, nl: NetlinkThread) -> None:
+    def _address(self, nl: NetlinkThread) -> None:
+        ipr = nl.node()
+        index = ipr.link_lookup(ifname=self.name)[0]
+        ipr.link("set", index=index, mtu=self.mtu, ifalias=f"nsm:wireguard:{self.keys.public}")
+        ipr.addr("add", index=index, address=str(self.inner), prefixlen=128, flags=IFA_F_NODAD)
+        ipr.link("set", index=index, state="up")
+
+    async def _ensure(self, netlink: NetlinkThread) -> None:
         """The device exists, keyed, addressed and up; a crashed wireguard-go is restarted."""
         crashed = self.process is not None and self.process.poll() is not None
         if crashed:
             log.warning("wireguard-go exited; restarting it", device=self.name, code=self.process.returncode)  # type: ignore[union-attr]
-            self._stop_userspace()
-        if self._exists(nl) and not crashed:
+            await asyncio.to_thread(self._stop_userspace)
+        if not crashed and await netlink.run(self._exists):
             return
-        self._create(nl)
+        if await netlink.run(self._kernel_create):
+            self.implementation = "kernel module"
+        else:
+            await asyncio.to_thread(self._start_userspace)
+            self.implementation = "wireguard-go"
+        log.info("wireguard device created", device=self.name, implementation=self.implementation)
         try:
-            self._wg("private-key", str(self.keys.private_path), "listen-port", str(self.port))
-            ipr = nl.node()
-            index = ipr.link_lookup(ifname=self.name)[0]
-            ipr.link("set", index=index, mtu=self.mtu, ifalias=f"nsm:wireguard:{self.keys.public}")
-            ipr.addr("add", index=index, address=str(self.inner), prefixlen=128, flags=IFA_F_NODAD)
-            ipr.link("set", index=index, state="up")
+            await asyncio.to_thread(self._wg, "private-key", str(self.keys.private_path), "listen-port", str(self.port))
+            await netlink.run(self._address)
             for peer in self.peers.values():
-                self._configure_peer(nl, peer)
+                await self._configure_peer(netlink, peer)
         except Exception:
-            self.remove(nl)
+            await self._remove(netlink)
             raise
 
-    def remove(self, nl: NetlinkThread) -> None:
-        index = nl.node().link_lookup(ifname=self.name)
-        if index:
-            with contextlib.suppress(NetlinkError):
-                nl.node().link("del", index=index[0])
-        self._stop_userspace()
+    async def _remove(self, netlink: NetlinkThread) -> None:
+        def delete(nl: NetlinkThread) -> None:
+            index = nl.node().link_lookup(ifname=self.name)
+            if index:
+                with contextlib.suppress(NetlinkError):
+                    nl.node().link("del", index=index[0])
+
+        await netlink.run(delete)
+        await asyncio.to_thread(self._stop_userspace)
         if self.implementation:
             log.info("wireguard device removed", device=self.name)
         self.implementation = ""
 
-    def reconcile(self, nl: NetlinkThread) -> None:
+    async def reconcile(self, netlink: NetlinkThread) -> None:
         """After a restart: a device no connection needs goes (an earlier run may have left it)."""
-        if not self.peers and self._exists(nl):
-            self.remove(nl)
+        async with self._changing:
+            if not self.peers and await netlink.run(self._exists):
+                await self._remove(netlink)
 
     # Peers ------------------------------------------------------------------------
-    def _configure_peer(self, nl: NetlinkThread, peer: Peer) -> None:
+    async def _configure_peer(self, netlink: NetlinkThread, peer: Peer) -> None:
         host = f"[{peer.endpoint_ip}]" if ":" in peer.endpoint_ip else peer.endpoint_ip
         inner = str(inner_address(peer.public_key))
-        self._wg(
+        await asyncio.to_thread(
+            self._wg,
             "peer", peer.public_key, "endpoint", f"{host}:{peer.endpoint_port}",
             "allowed-ips", f"{inner}/128", "persistent-keepalive", "25",
         )  # fmt: skip
-        index = nl.node().link_lookup(ifname=self.name)[0]
-        nl.node().route("replace", dst=f"{inner}/128", oif=index, family=socket.AF_INET6)
 
-    def use_peer(self, nl: NetlinkThread, conn_id: str, public_key: str, ip: str, port: int) -> str:
-        """Make sure the peer node is configured; returns its inner address."""
-        self.ensure(nl)
-        peer = self.peers.get(public_key)
-        if peer is None or (peer.endpoint_ip, peer.endpoint_port) != (ip, port):
-            users = peer.users if peer is not None else set()
-            peer = Peer(public_key, ip, port, users)
-            self._configure_peer(nl, peer)
-            self.peers[public_key] = peer
-            log.info("wireguard peer configured", device=self.name, endpoint=f"{ip}:{port}")
-        peer.users.add(conn_id)
-        return str(inner_address(public_key))
+        def route(nl: NetlinkThread) -> None:
+            index = nl.node().link_lookup(ifname=self.name)[0]
+            nl.node().route("replace", dst=f"{inner}/128", oif=index, family=socket.AF_INET6)
 
-    def release(self, nl: NetlinkThread, conn_id: str, public_key: str) -> None:
+        await netlink.run(route)
+
+    async def use_peer(self, netlink: NetlinkThread, conn_id: str, public_key: str, ip: str, port: int) -> str:
+        """Make sure the device and the peer node are configured; returns the peer's inner address."""
+        async with self._changing:
+            await self._ensure(netlink)
+            peer = self.peers.get(public_key)
+            if peer is None or (peer.endpoint_ip, peer.endpoint_port) != (ip, port):
+                users = peer.users if peer is not None else set()
+                peer = Peer(public_key, ip, port, users)
+                await self._configure_peer(netlink, peer)
+                self.peers[public_key] = peer
+                log.info("wireguard peer configured", device=self.name, endpoint=f"{ip}:{port}")
+            peer.users.add(conn_id)
+            return str(inner_address(public_key))
+
+    async def release(self, netlink: NetlinkThread, conn_id: str, public_key: str) -> None:
         """Forget a connection; a peer no connection needs goes, and the device with the last."""
-        peer = self.peers.get(public_key)
-        if peer is None:
-            return
-        peer.users.discard(conn_id)
-        if peer.users:
-            return
-        del self.peers[public_key]
-        if self._exists(nl):
-            with contextlib.suppress(WireGuardError):
-                self._wg("peer", public_key, "remove")
-        if not self.peers:
-            self.remove(nl)
+        async with self._changing:
+            peer = self.peers.get(public_key)
+            if peer is None:
+                return
+            peer.users.discard(conn_id)
+            if peer.users:
+                return
+            del self.peers[public_key]
+            if await netlink.run(self._exists):
+                with contextlib.suppress(WireGuardError):
+                    await asyncio.to_thread(self._wg, "peer", public_key, "remove")
+            if not self.peers:
+                await self._remove(netlink)

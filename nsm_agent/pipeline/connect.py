@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 import structlog
+from google.protobuf.empty_pb2 import Empty
 
-from nsm_agent.pipeline.call import AgentCall
 from nsm_agent.pipeline.endpoint_watch import EndpointWatch
+from nsm_agent.pipeline.journal import note
+from nsm_agent.pipeline.remote_mechanism import DownstreamOffer
+from nsm_agent.pipeline.select import Chosen
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.chain.chain import Next, Step
+from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.errors import NsmError, from_rpc_error
 from nsm_common.grpcutil import aio_channel
 from nsm_common.urls import UrlError, parse_address
 
 log = structlog.get_logger("nsm.agent")
+
+
+class EndpointStub(Protocol):
+    """The two calls ConnectEndpoint makes of the next hop (a NetworkService stub)."""
+
+    @property
+    def Request(self) -> Callable[..., Awaitable[Connection]]: ...
+    @property
+    def Close(self) -> Callable[..., Awaitable[Empty]]: ...
 
 
 @dataclass
@@ -33,32 +47,37 @@ class _Downstream:
         return Mechanism.FromString(self.mechanism_wire)
 
 
-class ConnectEndpoint(Step[AgentCall]):
+class ConnectEndpoint(Step):
     """Sends the Request on to the chosen endpoint (or its node's agent) and returns its answer;
     closes it there on Close.
 
-    Reads: `call.endpoint_url`, `call.downstream_prefs` (KERNEL when empty),
-    `call.reselecting` (a reselect's Close does not wait for a dead peer), `call.note`.
-    Provides: the endpoint's reply.
+    Reads: `Chosen` (where to), `DownstreamOffer` (KERNEL when empty), `call.reselecting` (a
+    reselect's Close does not wait for a dead peer), `Journalled`. Provides: the endpoint's reply.
     """
 
-    def __init__(self, timeout: float, watch: EndpointWatch | None = None) -> None:
+    def __init__(
+        self, timeout: float, watch: EndpointWatch | None = None, dial: Callable[[str], EndpointStub] | None = None
+    ) -> None:
         self.timeout = timeout
         self.watch = watch
+        self.dial = dial  # an endpoint by URL; by default a cached gRPC channel (a fake in tests)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._downstream: dict[str, _Downstream] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
-    def _stub(self, url: str) -> networkservice_pb2_grpc.NetworkServiceAsyncStub:
+    def _stub(self, url: str) -> EndpointStub:
+        if self.dial is not None:
+            return self.dial(url)
         channel = self._channels.get(url)
         if channel is None:
             channel = self._channels[url] = aio_channel(parse_address(url))
         return networkservice_pb2_grpc.NetworkServiceStub(channel)
 
-    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         known = self._downstream.get(conn.id)
-        url = call.endpoint_url or (known.url if known else "")
+        chosen = call.get(Chosen)
+        url = chosen.url if chosen is not None else ""
         name = conn.network_service_endpoint_name
         if not url:
             raise NsmError(grpc.StatusCode.UNAVAILABLE, f"endpoint {name!r} has no URL in the registry")
@@ -71,9 +90,10 @@ class ConnectEndpoint(Step[AgentCall]):
         down.ClearField("mechanism")
         if known is not None and known.url == url:
             down.mechanism.CopyFrom(known.mechanism)
-        prefs = call.downstream_prefs or [Mechanism(cls="LOCAL", type="KERNEL")]
+        offer = call.get(DownstreamOffer)
+        prefs = offer.mechanisms if offer is not None and offer.mechanisms else [Mechanism(cls="LOCAL", type="KERNEL")]
         message = NetworkServiceRequest(connection=down, mechanism_preferences=prefs)
-        call.note("downstream", url)
+        note(call, "downstream", url)
         try:
             try:
                 reply: Connection = await stub.Request(message, timeout=self.timeout)
@@ -85,15 +105,19 @@ class ConnectEndpoint(Step[AgentCall]):
                 await self._forget(url)
                 reply = await self._stub(url).Request(message, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
+            if known is None:
+                # It may have acted before its answer was lost (a deadline, a broken
+                # stream): a Close, in the background, frees what it may hold.
+                self._spawn_close(url, down, quiet=True)
             raise from_rpc_error(exc, f"endpoint {name!r} at {url}") from exc
         if known is not None and known.url != url and self.watch is not None:
             self.watch.forget(known.url, conn.id)
         self._downstream[conn.id] = _Downstream(url, reply.mechanism.SerializeToString())
-        if self.watch is not None:
+        if self.watch is not None and url in self._channels:
             self.watch.watch(url, conn.id, self._channels[url])
         return reply
 
-    async def close(self, conn: Connection, call: AgentCall, nxt: Next[AgentCall]) -> None:
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         known = self._downstream.pop(conn.id, None)
         if known is not None and self.watch is not None:
             self.watch.forget(known.url, conn.id)
@@ -101,19 +125,29 @@ class ConnectEndpoint(Step[AgentCall]):
             down = Connection()
             down.CopyFrom(conn)
             down.mechanism.CopyFrom(known.mechanism)
-            closing = asyncio.ensure_future(self._close_downstream(known.url, down))
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            closing = self._spawn_close(known.url, down)
             if not call.reselecting:
                 await asyncio.shield(closing)
         await nxt.close(conn, call)
 
-    async def _close_downstream(self, url: str, down: Connection) -> None:
+    def _spawn_close(self, url: str, down: Connection, quiet: bool = False) -> asyncio.Future[None]:
+        closing = asyncio.ensure_future(self._close_downstream(url, down, quiet))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+        return closing
+
+    async def settle(self) -> None:
+        """Wait for the Closes still on their way to endpoints."""
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def _close_downstream(self, url: str, down: Connection, quiet: bool = False) -> None:
         try:
             await self._stub(url).Close(down, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             # The endpoint may be gone; its own expiry frees what it held.
-            log.warning("endpoint close failed", id=down.id, url=url, error=exc.details())
+            if not quiet:
+                log.warning("endpoint close failed", id=down.id, url=url, error=exc.details())
 
     async def _forget(self, url: str) -> None:
         channel = self._channels.pop(url, None)
@@ -121,5 +155,6 @@ class ConnectEndpoint(Step[AgentCall]):
             await channel.close(None)
 
     async def aclose(self) -> None:
+        await self.settle()
         for channel in self._channels.values():
             await channel.close(None)

@@ -2,32 +2,56 @@
 
 A new connection is an *intent* in the journal (`nsm_agent.state.journal`) before
 any later step acts; steps that reach outside the agent (a namespace, an
-endpoint) add a note first through `call.note`; a Request that completes turns
+endpoint) add a note first (`note`); a Request that completes turns
 the entry into *done* with the reply. After a restart `nsm_agent.state.restore`
 carries on from there.
 
-Reads: the journal's entry for the connection id. Provides: `call.journalled`
-(the journal held it as done: a wire step adopts what the kernel has) and
-`call.note`.
+Reads: the journal's entry for the connection id. Provides: `Journalled` (the
+journal held it as done: a wire step adopts what the kernel has; and where steps
+note what they are about to reach, through `note`).
 """
 
 from __future__ import annotations
 
-from nsm_agent.pipeline.call import AgentCall
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from nsm_agent.state.journal import DONE, INTENT, Entry, JournalStore
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.chain.chain import Next, Step
+from nsm_common.chain.chain import Call, Next, Step
 
 
-class Journal(Step[AgentCall]):
+@dataclass(frozen=True)
+class Journalled:
+    """This call's journal entry: `done` when it was complete before this Request (the agent
+    restarted, or this is a refresh), and `note` to record where a step is about to act."""
+
+    done: bool
+    note: Callable[..., None]
+
+
+def note(call: Call, key: str, *values: str) -> None:
+    """Record in the journal, before acting, that a step reaches `values` (a namespace, an endpoint)."""
+    entry = call.get(Journalled)
+    if entry is not None:
+        entry.note(key, *values)
+
+
+def journalled(call: Call) -> bool:
+    """The journal held this connection as complete before this Request."""
+    entry = call.get(Journalled)
+    return entry is not None and entry.done
+
+
+class Journal(Step):
     """Writes each connection down before later steps act. Sits right after Begin (which
     serialises each id), so entries never race. Reads and provides: see the module docstring."""
 
     def __init__(self, store: JournalStore) -> None:
         self.store = store
 
-    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn_id = request.connection.id
         existing = self.store.read(conn_id)
         if existing is None or existing.state != DONE:
@@ -35,7 +59,6 @@ class Journal(Step[AgentCall]):
             self.store.write(entry)
         else:
             entry = existing
-            call.journalled = True
 
         def note(key: str, *values: str) -> None:
             """Record where a step is about to act, in one write for all `values`."""
@@ -45,19 +68,19 @@ class Journal(Step[AgentCall]):
                 held.extend(new)
                 self.store.write(entry)
 
-        call.note = note
+        call.put(Journalled(entry is existing, note))
         try:
             reply = await nxt.request(request, call)
+            entry.state = DONE
+            entry.reply = reply  # the store keeps it serialized, not this object
+            self.store.write(entry)
         except BaseException:
-            if entry.state == INTENT:
-                self.store.delete(conn_id)  # the steps undid their own work
+            if entry is not existing:
+                self.store.delete(conn_id)  # Begin, above, closes what the steps below still hold
             raise
-        entry.state = DONE
-        entry.reply = reply  # the store keeps it serialized, not this object
-        self.store.write(entry)
         return reply
 
-    async def close(self, conn: Connection, call: AgentCall, nxt: Next[AgentCall]) -> None:
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         try:
             await nxt.close(conn, call)
         finally:

@@ -7,44 +7,75 @@ connection is closed again so that nothing is left behind.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import structlog
 
 from nsm_agent.datapath import veth
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import wire_alias
-from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
-from nsm_agent.pipeline.call import AgentCall
+from nsm_agent.decisions.wireplan import ContextError, WirePlan, plan_ip_wire
+from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
+from nsm_agent.pipeline.client_netns import ClientSide
+from nsm_agent.pipeline.journal import journalled, note
+from nsm_agent.pipeline.select import Chosen
 from nsm_agent.pipeline.wire_step import WireStep, bad_context, endpoint_netns
 from nsm_api.connection_pb2 import Connection
+from nsm_common.chain.chain import Call
 
 log = structlog.get_logger("nsm.agent")
+
+
+class VethOps(Protocol):
+    """What KernelWire asks of the datapath (`nsm_agent.datapath.veth`; a fake in tests)."""
+
+    def alive(self, nl: NetlinkThread, wire: veth.VethWire, /) -> bool: ...
+    def update(self, nl: NetlinkThread, wire: veth.VethWire, plan: WirePlan, /) -> veth.VethWire: ...
+    def remove(self, nl: NetlinkThread, wire: veth.VethWire, /) -> None: ...
+    def adopt(
+        self, nl: NetlinkThread, alias: str, c_ns: NetnsRef, c_if: str, e_ns: NetnsRef, e_if: str, plan: WirePlan, /
+    ) -> veth.VethWire | None: ...
+    def build(
+        self, nl: NetlinkThread, alias: str, c_ns: NetnsRef, c_if: str, e_ns: NetnsRef, e_if: str, plan: WirePlan, /
+    ) -> veth.VethWire: ...
 
 
 class KernelWire(WireStep[veth.VethWire]):
     """Both pods on this node: one veth pair between them.
 
-    Reads: `call.client_ns`, `call.client_ifname`, `call.endpoint_remote` (then the tunnel
-    step builds), `call.journalled`, `call.note`, and the endpoint's reply. Provides: the wire.
+    Reads: `ClientSide`, `Chosen` (a remote endpoint: the tunnel step builds), `Journalled`, and
+    the endpoint's reply. Provides: the wire, and the MACs in the reply.
     """
 
-    def applies(self, call: AgentCall) -> bool:
-        return call.client_ns is not None and not call.endpoint_remote  # else the tunnel step builds
+    def __init__(
+        self, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread, datapath: VethOps = veth
+    ) -> None:
+        super().__init__(agent_name, resolver, netlink)
+        self.datapath = datapath
+
+    def applies(self, conn_id: str, call: Call) -> bool:
+        chosen = call.get(Chosen)
+        return call.get(ClientSide) is not None and not (chosen is not None and chosen.remote)
 
     def remove(self, nl: NetlinkThread, wire: veth.VethWire) -> None:
-        veth.remove(nl, wire)
+        self.datapath.remove(nl, wire)
 
-    async def build(self, conn_id: str, reply: Connection, call: AgentCall) -> veth.VethWire:
-        assert call.client_ns is not None
+    async def build(self, conn_id: str, reply: Connection, call: Call) -> veth.VethWire:
+        client = call.get(ClientSide)
+        assert client is not None
         endpoint = reply.network_service_endpoint_name or "the endpoint"
         try:
             plan = plan_ip_wire(reply.context)
         except ContextError as exc:
             raise bad_context(endpoint, exc) from exc
         ep_ns, ep_ifname = endpoint_netns(self.resolver, reply, conn_id, endpoint)
-        client_ns, client_ifname = call.client_ns, call.client_ifname
+        client_ns, client_ifname = client.ns, client.ifname
         old = self.wires.get(conn_id)
         alias = wire_alias(self.agent_name, conn_id)
-        call.note("netns", client_ns.path, ep_ns.path)
+        note(call, "netns", client_ns.path, ep_ns.path)
+
+        restarted = journalled(call)
+        ops = self.datapath
 
         def apply(nl: NetlinkThread) -> veth.VethWire:
             if (
@@ -52,16 +83,16 @@ class KernelWire(WireStep[veth.VethWire]):
                 and old.client_ns.key == client_ns.key
                 and old.client_ifname == client_ifname
                 and old.ep_ns.key == ep_ns.key
-                and veth.alive(nl, old)
+                and ops.alive(nl, old)
             ):
-                return veth.update(nl, old, plan)
+                return ops.update(nl, old, plan)
             if old is not None:
-                veth.remove(nl, old)
-            elif call.journalled:
-                adopted = veth.adopt(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
+                ops.remove(nl, old)
+            elif restarted:
+                adopted = ops.adopt(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
                 if adopted is not None:
                     return adopted  # built before this agent restarted
-            return veth.build(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
+            return ops.build(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
 
         wire = await self.run(apply)
         eth = reply.context.ethernet_context

@@ -30,15 +30,43 @@ from nsm_agent.decisions.tunnel import (
     parse_vxlan,
     pod_mtu,
 )
-from nsm_agent.pipeline.call import AgentCall, Tunnel
+from nsm_agent.pipeline.select import Chosen
+from nsm_agent.pipeline.validate import PeerOffer
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.chain.chain import Next, Step
+from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.errors import NsmError, invalid
 
 log = structlog.get_logger("nsm.agent")
 
 VNI_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """This node's end of an agreed tunnel to the other node."""
+
+    type: str
+    vni: int
+    local_ip: str
+    remote_ip: str
+    port: int
+    mtu: int
+
+
+@dataclass(frozen=True)
+class TunnelToClient:
+    """On the endpoint's node: the tunnel agreed with the client's agent (for TunnelWire)."""
+
+    tunnel: Tunnel
+
+
+@dataclass(frozen=True)
+class DownstreamOffer:
+    """What this hop offers the next one: REMOTE mechanisms for the endpoint's agent, or
+    nothing (the endpoint is on this node: KERNEL)."""
+
+    mechanisms: list[Mechanism]
 
 
 @dataclass
@@ -69,6 +97,14 @@ class TunnelKinds:
         self.vnis = vnis
         self.wireguard = wireguard
         self.enabled = enabled
+        # On the client's node: what the endpoint's agent agreed, per connection. Its owner
+        # is RemoteMechanismClient; TunnelWire, above it, reads it once the answer is back.
+        self.toward_endpoint: dict[str, _Agreed] = {}
+
+    def agreed_toward_endpoint(self, conn_id: str) -> Tunnel | None:
+        """On the client's node: the tunnel agreed for `conn_id` with the endpoint's agent."""
+        agreed = self.toward_endpoint.get(conn_id)
+        return agreed.tunnel if agreed is not None else None
 
     def supported(self) -> tuple[str, ...]:
         """The kinds this agent offers and accepts, in its preferred order."""
@@ -113,7 +149,7 @@ class TunnelKinds:
         key = params[f"{peer}_public_key"]
         port = int(params.get(f"{peer}_port") or WIREGUARD_PORT)
         try:
-            inner = await self.netlink.run(lambda nl: wg.use_peer(nl, conn_id, key, str(remote_ip), port))
+            inner = await wg.use_peer(self.netlink, conn_id, key, str(remote_ip), port)
         except WireGuardError as exc:
             raise NsmError(grpc.StatusCode.UNAVAILABLE, f"WireGuard: {exc}") from exc
         return Tunnel(WIREGUARD, vni, str(wg.inner), inner, self.vnis.port, mtu)
@@ -122,17 +158,17 @@ class TunnelKinds:
         self.vnis.release(agreed.tunnel.vni, conn_id)
         wg = self.wireguard
         if agreed.peer_key and wg is not None:
-            await self.netlink.run(lambda nl: wg.release(nl, conn_id, agreed.peer_key))
+            await wg.release(self.netlink, conn_id, agreed.peer_key)
 
 
-class _TunnelStep(Step[AgentCall]):
+class _TunnelStep(Step):
     """Keeps what was agreed per connection, and gives it back on Close."""
 
-    def __init__(self, kinds: TunnelKinds) -> None:
+    def __init__(self, kinds: TunnelKinds, agreed: dict[str, _Agreed] | None = None) -> None:
         self.kinds = kinds
-        self._agreed: dict[str, _Agreed] = {}
+        self._agreed: dict[str, _Agreed] = {} if agreed is None else agreed
 
-    async def close(self, conn: Connection, call: AgentCall, nxt: Next[AgentCall]) -> None:
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         agreed = self._agreed.pop(conn.id, None)
         try:
             await nxt.close(conn, call)
@@ -148,14 +184,15 @@ def _no_underlay() -> NsmError:
 class RemoteMechanismServer(_TunnelStep):
     """On the endpoint's node: answer another agent's offer.
 
-    Reads: `call.remote_offer`. Provides: `call.tunnel` (this node's end, for TunnelWire),
-    and this node's side in the reply's mechanism.
+    Reads: `PeerOffer`. Provides: `TunnelToClient` (this node's end, for TunnelWire), and this
+    node's side in the reply's mechanism.
     """
 
-    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
-        offer = call.remote_offer
-        if offer is None:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        peer = call.get(PeerOffer)
+        if peer is None:
             return await nxt.request(request, call)
+        offer = peer.mechanism
         if self.kinds.underlay is None:
             raise _no_underlay()
         conn_id = request.connection.id
@@ -164,7 +201,7 @@ class RemoteMechanismServer(_TunnelStep):
             agreed, fresh = known, False
         else:
             agreed, fresh = await self._agree(conn_id, offer), True
-        call.tunnel = agreed.tunnel
+        call.put(TunnelToClient(agreed.tunnel))
         try:
             reply = await nxt.request(request, call)
         except BaseException:
@@ -202,34 +239,36 @@ class RemoteMechanismServer(_TunnelStep):
 class RemoteMechanismClient(_TunnelStep):
     """On the client's node: offer tunnels to the endpoint's agent, and check its answer.
 
-    Reads: `call.endpoint_remote`. Provides: `call.downstream_prefs` (the offer, for
-    ConnectEndpoint) and, on the way out, `call.tunnel` (for TunnelWire above it).
+    Reads: `Chosen` (is the endpoint remote). Provides: `DownstreamOffer` (for ConnectEndpoint),
+    and the agreed tunnel through `TunnelKinds.agreed_toward_endpoint` (for TunnelWire, once
+    the answer is back).
     """
 
     def __init__(self, kinds: TunnelKinds, offer: list[str]) -> None:
-        super().__init__(kinds)
+        super().__init__(kinds, kinds.toward_endpoint)
         self.offer = [k for k in offer if k in kinds.supported()]
 
-    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn_id = request.connection.id
-        known = self._agreed.get(conn_id)
-        if known is not None:
-            call.endpoint_remote = True  # also on a refresh the registry could not locate
-        if not call.endpoint_remote:
+        where = call.get(Chosen)
+        if where is None or not where.remote:
+            call.put(DownstreamOffer([]))
             return await nxt.request(request, call)
         if self.kinds.underlay is None:
             raise _no_underlay()
+        known = self._agreed.get(conn_id)
         if known is not None:
-            call.downstream_prefs = [known.mechanism]
+            call.put(DownstreamOffer([known.mechanism]))
             reply = await nxt.request(request, call)
             return await self._accept(conn_id, reply, call, known.tunnel.vni, nxt, known)
         vnis = self.kinds.vnis
         for _ in range(VNI_ATTEMPTS):
             proposal = await self.kinds.netlink.run(lambda nl: vnis.reserve(nl, conn_id))
-            call.downstream_prefs = [
+            offer = [
                 Mechanism(cls="REMOTE", type=kind, parameters=self.kinds.my_side(kind, proposal, "src"))
                 for kind in self.offer
             ]
+            call.put(DownstreamOffer(offer))
             try:
                 reply = await nxt.request(request, call)
             except BaseException:
@@ -254,7 +293,7 @@ class RemoteMechanismClient(_TunnelStep):
         return await self.kinds.netlink.run(lambda nl: self.kinds.vnis.take(nl, conn_id, vni))
 
     async def _accept(
-        self, conn_id: str, reply: Connection, call: AgentCall, vni: int, nxt: Next[AgentCall], known: _Agreed | None
+        self, conn_id: str, reply: Connection, call: Call, vni: int, nxt: Next, known: _Agreed | None
     ) -> Connection:
         mech = reply.mechanism
         try:
@@ -269,5 +308,4 @@ class RemoteMechanismClient(_TunnelStep):
             raise NsmError(grpc.StatusCode.INTERNAL, f"the endpoint's agent answered: {exc.message}") from exc
         peer_key = mech.parameters.get("dst_public_key", "") if mech.type == WIREGUARD else ""
         self._agreed[conn_id] = _Agreed(mech.SerializeToString(), tunnel, peer_key)
-        call.tunnel = tunnel
         return reply

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import grpc
 import structlog
 
 from nsm_agent.decisions.selection import RoundRobin
-from nsm_agent.pipeline.call import AgentCall
+from nsm_agent.pipeline.discover import Found
 from nsm_agent.registry.local_endpoints import LocalEndpoints
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint
-from nsm_common.chain.chain import Next, Step
+from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.errors import NsmError
 
 log = structlog.get_logger("nsm.agent")
@@ -29,6 +31,17 @@ TRY_NEXT = {
 }
 
 
+@dataclass(frozen=True)
+class Chosen:
+    """The endpoint this attempt goes to, and where it is reached: its own socket on this node
+    (`remote` False), or the agent of its node (`remote` True). `url` is empty when nobody can
+    say (a refresh right after a restart, the registry away)."""
+
+    endpoint: NetworkServiceEndpoint | None
+    url: str
+    remote: bool
+
+
 class Locator:
     """Where an endpoint is reached: on this node, or through the agent of its node."""
 
@@ -36,8 +49,8 @@ class Locator:
         self.own_urls = own_urls
         self.local = local
 
-    def locate(self, endpoint: NetworkServiceEndpoint, call: AgentCall) -> None:
-        """Set where `endpoint` is reached: its own socket on this node, or the agent of its node."""
+    def locate(self, endpoint: NetworkServiceEndpoint) -> Chosen:
+        """Where `endpoint` is reached, from its registered URL."""
         if endpoint.url in self.own_urls:
             url = self.local.get(endpoint.name)
             if url is None:
@@ -45,52 +58,55 @@ class Locator:
                     grpc.StatusCode.UNAVAILABLE,
                     f"endpoint {endpoint.name!r} is registered at this agent's URL but never registered through it",
                 )
-            call.endpoint_url, call.endpoint_remote = url, False
-        elif endpoint.url.startswith("unix://"):
-            call.endpoint_url, call.endpoint_remote = endpoint.url, False  # registered straight, on this node
-        else:
-            call.endpoint_url, call.endpoint_remote = endpoint.url, True
+            return Chosen(endpoint, url, False)
+        if endpoint.url.startswith("unix://"):
+            return Chosen(endpoint, endpoint.url, False)  # registered straight, on this node
+        return Chosen(endpoint, endpoint.url, True)
 
 
-class Select(Step[AgentCall]):
+class Select(Step):
     """Round robin over the candidates, the next one when one fails (those in `call.avoid` last).
 
-    Reads: `call.candidates`, `call.endpoint`, `call.avoid`. Provides: `call.endpoint`,
-    `call.endpoint_url`, `call.endpoint_remote`, and the reply's endpoint name.
+    Reads: `Found`, `call.avoid`. Provides: `Chosen` for each attempt, and the reply's endpoint
+    name. Remembers each connection's choice, so that a refresh while the registry cannot
+    say still knows where its endpoint is.
     """
 
     def __init__(self, locator: Locator) -> None:
         self.round_robin = RoundRobin()
         self.locator = locator
+        self._chosen: dict[str, Chosen] = {}
 
-    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
+        found = call.get(Found) or Found()
         if conn.network_service_endpoint_name:
-            if call.endpoint is not None:
-                self.locator.locate(call.endpoint, call)
-            # Otherwise a refresh while the registry cannot say: the tunnel and
-            # connect steps still know where this connection goes.
-            return await nxt.request(request, call)
+            if found.endpoint is not None:
+                chosen = self.locator.locate(found.endpoint)
+            else:  # a refresh while the registry cannot say: where it went last time
+                chosen = self._chosen.get(conn.id) or Chosen(None, "", False)
+            call.put(chosen)
+            reply = await nxt.request(request, call)
+            self._chosen[conn.id] = chosen
+            return reply
         failures: list[tuple[str, NsmError]] = []
-        # What one attempt learns must not leak into the next (a remote
-        # candidate's tunnel offer sent to a local one).
-        arrived_with = call.tunnel
-        ordered = self.round_robin.order(conn.network_service, call.candidates)
+        ordered = self.round_robin.order(conn.network_service, found.candidates)
         ordered.sort(key=lambda ep: ep.name in call.avoid)  # stable: round robin order otherwise
         for endpoint in ordered:
             conn.network_service_endpoint_name = endpoint.name
-            call.endpoint = endpoint
-            call.tunnel, call.downstream_prefs = arrived_with, []
             try:
-                self.locator.locate(endpoint, call)
-                return await nxt.request(request, call)
+                chosen = self.locator.locate(endpoint)
+                call.put(chosen)
+                reply = await nxt.request(request, call)
             except NsmError as exc:
                 if exc.code not in TRY_NEXT:
                     raise
                 log.info("endpoint failed, trying the next", endpoint=endpoint.name, error=exc.message)
                 failures.append((endpoint.name, exc))
+                continue
+            self._chosen[conn.id] = chosen
+            return reply
         conn.network_service_endpoint_name = ""
-        call.endpoint = None
         if not failures:
             raise NsmError(grpc.StatusCode.NOT_FOUND, f"network service {conn.network_service!r} has no endpoints")
         detail = "; ".join(f"{name}: {exc.message}" for name, exc in failures)
@@ -98,3 +114,7 @@ class Select(Step[AgentCall]):
             failures[-1][1].code,
             f"no endpoint of network service {conn.network_service!r} could serve the request ({detail})",
         )
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        self._chosen.pop(conn.id, None)
+        await nxt.close(conn, call)

@@ -8,38 +8,98 @@ socket stays in the node's namespace, where the underlay is.
 
 from __future__ import annotations
 
+from typing import Protocol
+
+import grpc
 import structlog
 
 from nsm_agent.datapath import vxlan
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import wire_alias
-from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
-from nsm_agent.pipeline.call import AgentCall
+from nsm_agent.decisions.wireplan import ContextError, SidePlan, plan_ip_wire
+from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
+from nsm_agent.pipeline.client_netns import ClientSide
+from nsm_agent.pipeline.journal import journalled, note
+from nsm_agent.pipeline.remote_mechanism import Tunnel, TunnelKinds, TunnelToClient
 from nsm_agent.pipeline.wire_step import WireStep, bad_context, endpoint_netns
 from nsm_api.connection_pb2 import Connection
+from nsm_common.chain.chain import Call
+from nsm_common.errors import NsmError
 
 log = structlog.get_logger("nsm.agent")
+
+
+class VxlanOps(Protocol):
+    """What TunnelWire asks of the datapath (`nsm_agent.datapath.vxlan`; a fake in tests)."""
+
+    def alive(self, nl: NetlinkThread, wire: vxlan.VxlanWire, /) -> bool: ...
+    def update(self, nl: NetlinkThread, wire: vxlan.VxlanWire, side: SidePlan, mtu: int, /) -> vxlan.VxlanWire: ...
+    def remove(self, nl: NetlinkThread, wire: vxlan.VxlanWire, /) -> None: ...
+    def adopt(
+        self, nl: NetlinkThread, alias: str, ns: NetnsRef, ifname: str, vni: int, side: SidePlan, mtu: int, /
+    ) -> vxlan.VxlanWire | None: ...
+    def build(
+        self,
+        nl: NetlinkThread,
+        alias: str,
+        ns: NetnsRef,
+        ifname: str,
+        vni: int,
+        local: str,
+        remote: str,
+        port: int,
+        side: SidePlan,
+        mtu: int,
+        /,
+    ) -> vxlan.VxlanWire: ...
 
 
 class TunnelWire(WireStep[vxlan.VxlanWire]):
     """This node's end of an agreed tunnel: a VXLAN device into the pod on this node.
 
-    Reads: `call.tunnel` (agreed below it, on the way out), `call.client_ns` (set: the client's
-    side; unset: the endpoint's), `call.journalled`, `call.note`, the reply. Provides: the
-    wire, and the tunnel noted in this hop's path segment's metrics.
+    Which end it builds is stated by who agreed the tunnel: on the client's node
+    RemoteMechanismClient, below this step, agreed it with the endpoint's agent (read from its
+    owner, `TunnelKinds`, once the answer is back): the device goes into the client's pod. On
+    the endpoint's node RemoteMechanismServer, above, answered the client's agent
+    (`TunnelToClient`): the device goes into the endpoint's pod, named by its answer.
+
+    Reads: `TunnelKinds.agreed_toward_endpoint`, `TunnelToClient`, `ClientSide`, `Journalled`,
+    the reply. Provides: the wire, the tunnel in this hop's path segment's metrics, the MAC of
+    its end in the reply.
     """
 
     removed_message = "tunnel removed"
 
-    def applies(self, call: AgentCall) -> bool:
-        return call.tunnel is not None
+    def __init__(
+        self,
+        agent_name: str,
+        resolver: NetnsResolver,
+        netlink: NetlinkThread,
+        kinds: TunnelKinds,
+        datapath: VxlanOps = vxlan,
+    ) -> None:
+        super().__init__(agent_name, resolver, netlink)
+        self.kinds = kinds
+        self.datapath = datapath
+
+    def _tunnel_of(self, conn_id: str, call: Call) -> tuple[Tunnel, bool] | None:
+        """The tunnel, and whether this is the client's end."""
+        toward_endpoint = self.kinds.agreed_toward_endpoint(conn_id)
+        if toward_endpoint is not None:
+            return toward_endpoint, True
+        to_client = call.get(TunnelToClient)
+        return (to_client.tunnel, False) if to_client is not None else None
+
+    def applies(self, conn_id: str, call: Call) -> bool:
+        return self._tunnel_of(conn_id, call) is not None
 
     def remove(self, nl: NetlinkThread, wire: vxlan.VxlanWire) -> None:
-        vxlan.remove(nl, wire)
+        self.datapath.remove(nl, wire)
 
-    async def build(self, conn_id: str, reply: Connection, call: AgentCall) -> vxlan.VxlanWire:
-        tunnel = call.tunnel
-        assert tunnel is not None
+    async def build(self, conn_id: str, reply: Connection, call: Call) -> vxlan.VxlanWire:
+        agreed = self._tunnel_of(conn_id, call)
+        assert agreed is not None
+        tunnel, client_side = agreed
         endpoint = reply.network_service_endpoint_name or "the endpoint"
         mtu = min(m for m in (reply.context.MTU, tunnel.mtu) if m) if (reply.context.MTU or tunnel.mtu) else 0
         reply.context.MTU = mtu
@@ -47,27 +107,31 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
             plan = plan_ip_wire(reply.context)
         except ContextError as exc:
             raise bad_context(endpoint, exc) from exc
-        client_side = call.client_ns is not None
         if client_side:
-            assert call.client_ns is not None
-            ns, ifname, side = call.client_ns, call.client_ifname, plan.client
+            client = call.get(ClientSide)
+            if client is None:
+                raise NsmError(grpc.StatusCode.INTERNAL, "a tunnel toward an endpoint for a caller that is no pod")
+            ns, ifname, side = client.ns, client.ifname, plan.client
         else:
             ns, ifname = endpoint_netns(self.resolver, reply, conn_id, endpoint)
             side = plan.endpoint
         old = self.wires.get(conn_id)
         alias = wire_alias(self.agent_name, conn_id)
-        call.note("netns", ns.path)
+        note(call, "netns", ns.path)
+
+        restarted = journalled(call)
+        ops = self.datapath
 
         def apply(nl: NetlinkThread) -> vxlan.VxlanWire:
-            if old is not None and old.ns.key == ns.key and old.vni == tunnel.vni and vxlan.alive(nl, old):
-                return vxlan.update(nl, old, side, mtu)
+            if old is not None and old.ns.key == ns.key and old.vni == tunnel.vni and ops.alive(nl, old):
+                return ops.update(nl, old, side, mtu)
             if old is not None:
-                vxlan.remove(nl, old)
-            elif call.journalled:
-                adopted = vxlan.adopt(nl, alias, ns, ifname, tunnel.vni, side, mtu)
+                ops.remove(nl, old)
+            elif restarted:
+                adopted = ops.adopt(nl, alias, ns, ifname, tunnel.vni, side, mtu)
                 if adopted is not None:
                     return adopted  # built before this agent restarted
-            return vxlan.build(
+            return ops.build(
                 nl, alias, ns, ifname, tunnel.vni, tunnel.local_ip, tunnel.remote_ip, tunnel.port, side, mtu
             )
 

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
-from nsm_agent.pipeline.call import AgentCall
+from dataclasses import dataclass
+
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.chain.chain import Next, Step
+from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.errors import invalid, not_found
 from nsm_common.names import ifname_problem
 
 KERNEL = "KERNEL"
+
+
+@dataclass(frozen=True)
+class PodAsk:
+    """A pod on this node asks for a KERNEL interface: its mechanism preference."""
+
+    mechanism: Mechanism
+
+
+@dataclass(frozen=True)
+class PeerOffer:
+    """Another agent asks, offering this REMOTE mechanism (a tunnel to its node)."""
+
+    mechanism: Mechanism
 
 
 def pick_kernel(request: NetworkServiceRequest, supported: tuple[str, ...]) -> Mechanism:
@@ -26,18 +41,18 @@ def pick_kernel(request: NetworkServiceRequest, supported: tuple[str, ...]) -> M
     raise invalid(f"mechanism type {offered} is not supported; this agent takes {', '.join(supported)}")
 
 
-class ValidateRequest(Step[AgentCall]):
+class ValidateRequest(Step):
     """KERNEL from pods on this node; REMOTE mechanisms from other agents; anything else refused.
 
-    Reads: the Request. Provides: `call.client_mechanism` (a pod's KERNEL preference) or
-    `call.remote_offer` (another agent's REMOTE offer).
+    Reads: the Request. Provides: `PodAsk` (a pod's KERNEL preference) or `PeerOffer`
+    (another agent's REMOTE offer).
     """
 
     def __init__(self, remote: tuple[str, ...] = ()) -> None:
         self.supported = (KERNEL, *remote)
         self.remote = remote
 
-    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         if not conn.network_service:
             raise not_found("network service '' not found: the request names no network service")
@@ -45,7 +60,7 @@ class ValidateRequest(Step[AgentCall]):
         if mech.type in self.remote:
             if mech.cls and mech.cls != "REMOTE":
                 raise invalid(f"mechanism {mech.type} must have cls REMOTE, not {mech.cls!r}")
-            call.remote_offer = mech
+            call.put(PeerOffer(mech))
             return await nxt.request(request, call)
         if mech.cls and mech.cls != "LOCAL":
             raise invalid(f"mechanism {mech.type} must have cls LOCAL, not {mech.cls!r}")
@@ -54,5 +69,5 @@ class ValidateRequest(Step[AgentCall]):
             problem = ifname_problem(name)
             if problem:
                 raise invalid(problem)
-        call.client_mechanism = mech
+        call.put(PodAsk(mech))
         return await nxt.request(request, call)

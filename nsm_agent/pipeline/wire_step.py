@@ -16,10 +16,9 @@ from nsm_agent.decisions.names import chosen_ifname
 from nsm_agent.decisions.wireplan import ContextError
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import parse_netns
-from nsm_agent.pipeline.call import AgentCall
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.chain.chain import Next, Step
+from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.errors import NsmError, invalid
 from nsm_common.names import ifname_problem
 
@@ -51,7 +50,7 @@ def bad_context(endpoint: str, exc: ContextError) -> NsmError:
     return NsmError(grpc.StatusCode.INTERNAL, f"endpoint {endpoint} replied with a bad context: {exc}")
 
 
-class WireStep(Step[AgentCall], Generic[W]):
+class WireStep(Step, Generic[W]):
     """A step that builds a wire once the endpoint has answered (`applies`, `build`), closes
     the endpoint's connection again when building fails, and removes the wire on Close."""
 
@@ -63,21 +62,21 @@ class WireStep(Step[AgentCall], Generic[W]):
         self.netlink = netlink
         self.wires: dict[str, W] = {}
 
-    def applies(self, call: AgentCall) -> bool:
+    def applies(self, conn_id: str, call: Call) -> bool:
         """Whether this step builds this Request's wire (asked once the endpoint answered)."""
         raise NotImplementedError
 
-    async def build(self, conn_id: str, reply: Connection, call: AgentCall) -> W:
+    async def build(self, conn_id: str, reply: Connection, call: Call) -> W:
         """Build (or on a refresh, update or adopt) the wire; may fill in the reply."""
         raise NotImplementedError
 
     def remove(self, nl: NetlinkThread, wire: W) -> None:
         raise NotImplementedError
 
-    async def request(self, request: NetworkServiceRequest, call: AgentCall, nxt: Next[AgentCall]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn_id = request.connection.id
         reply = await nxt.request(request, call)
-        if not self.applies(call):
+        if not self.applies(conn_id, call):
             return reply
         try:
             self.wires[conn_id] = await self.build(conn_id, reply, call)
@@ -97,7 +96,7 @@ class WireStep(Step[AgentCall], Generic[W]):
                 raise invalid(str(exc)) from exc
             raise NsmError(grpc.StatusCode.INTERNAL, str(exc)) from exc
 
-    async def close(self, conn: Connection, call: AgentCall, nxt: Next[AgentCall]) -> None:
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         wire = self.wires.pop(conn.id, None)
         try:
             if wire is not None:

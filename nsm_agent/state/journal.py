@@ -102,6 +102,11 @@ class JournalStore:
         self._append(stored.line(entry.conn_id))
         self._stored[entry.conn_id] = stored
 
+    def holds(self, conn_id: str) -> bool:
+        """The journal has this connection as complete (after a restart, maybe not carried on yet)."""
+        stored = self._stored.get(conn_id)
+        return stored is not None and stored.state == DONE
+
     def read(self, conn_id: str) -> Entry | None:
         stored = self._stored.get(conn_id)
         return stored.entry(conn_id) if stored is not None else None

@@ -19,13 +19,12 @@ from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.names import wire_alias
 from nsm_agent.netns.resolve import NetnsResolver
 from nsm_agent.netns.spec import NetnsSpec
-from nsm_agent.pipeline.call import AgentCall
 from nsm_agent.state.journal import DONE, Entry, JournalStore
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.begin import Begin
-from nsm_common.chain.chain import Chain
+from nsm_common.chain.chain import Call, Chain
 from nsm_common.errors import NsmError
 from nsm_common.grpcutil import aio_channel
 from nsm_common.timeutil import now, ts_seconds
@@ -85,8 +84,8 @@ async def undo_intent(
 
 async def restore(
     store: JournalStore,
-    chain: Chain[AgentCall],
-    begin: Begin[AgentCall],
+    chain: Chain,
+    begin: Begin,
     agent_name: str,
     resolver: NetnsResolver,
     netlink: NetlinkThread,
@@ -129,7 +128,7 @@ _background: set[asyncio.Task[None]] = set()
 RETRY_EVERY = 1.0
 
 
-async def _carry_on(entry: Entry, chain: Chain[AgentCall], store: JournalStore) -> str:
+async def _carry_on(entry: Entry, chain: Chain, store: JournalStore) -> str:
     if entry.state != DONE or entry.reply is None:
         return "undo"
 
@@ -138,7 +137,7 @@ async def _carry_on(entry: Entry, chain: Chain[AgentCall], store: JournalStore) 
         return current is not None and current.reply == entry.reply
 
     try:
-        await chain.request(replay_request(entry), AgentCall(replay=still_wanted))
+        await chain.request(replay_request(entry), Call(replay=still_wanted))
         return "kept"
     except NsmError as exc:
         if exc.code == grpc.StatusCode.CANCELLED:
@@ -170,7 +169,7 @@ async def _undo(
 async def _retry(
     pending: list[Entry],
     store: JournalStore,
-    chain: Chain[AgentCall],
+    chain: Chain,
     agent_name: str,
     resolver: NetnsResolver,
     netlink: NetlinkThread,

@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic
 
 import grpc
 import structlog
 
 from nsm_api.connection_pb2 import RESELECT_REQUESTED, UP, Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.chain.chain import CallT, Next, Step
+from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.errors import NsmError
 from nsm_common.timeutil import now, ts_seconds
 
@@ -26,10 +25,10 @@ log = structlog.get_logger("nsm.chain")
 
 
 @dataclass
-class _Record(Generic[CallT]):
+class _Record:
     conn_wire: bytes  # the last reply, at this hop's index; serialized, a fifth of the parsed size
     caller_id: str
-    nxt: Next[CallT]
+    nxt: Next
     timer: asyncio.TimerHandle | None = None
 
     @property
@@ -51,18 +50,25 @@ def _expires(conn: Connection) -> float:
     return ts_seconds(seg.expires)
 
 
-class Begin(Step[CallT]):
+class Begin(Step):
     """One Request or Close per id at a time; refresh, reselect and expiry.
 
     Reads: `call.replay` (a restart carrying the connection on). Provides: `call.refresh`
     (this id is known), `call.avoid` (the endpoint a reselect moves away from).
     """
 
-    def __init__(self, on_unknown_close: Callable[[Connection], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        on_unknown_close: Callable[[Connection], Awaitable[None]] | None = None,
+        held_elsewhere: Callable[[str], bool] | None = None,
+    ) -> None:
         # Called for a Close of an id this hop holds no record of: after a
         # restart, a connection may live only in the journal for a while.
         self.on_unknown_close = on_unknown_close
-        self._records: dict[str, _Record[CallT]] = {}
+        # Whether an id this hop has no record of is still a connection of its (the journal's,
+        # after a restart): a failed Request of it must not undo it.
+        self.held_elsewhere = held_elsewhere or (lambda conn_id: False)
+        self._records: dict[str, _Record] = {}
         self._by_caller: dict[str, str] = {}
         self._locks: dict[str, _Held] = {}
         self._expiring: set[asyncio.Task[None]] = set()
@@ -79,7 +85,7 @@ class Begin(Step[CallT]):
         if event is not None:
             event.set()
 
-    async def _wait_restored(self, conn_id: str, call: CallT) -> None:
+    async def _wait_restored(self, conn_id: str, call: Call) -> None:
         event = self._restoring.get(conn_id)
         if event is not None and call.replay is None:
             await event.wait()
@@ -100,7 +106,7 @@ class Begin(Step[CallT]):
             if not held.users:
                 del self._locks[conn_id]
 
-    def _forget(self, conn_id: str) -> _Record[CallT] | None:
+    def _forget(self, conn_id: str) -> _Record | None:
         rec = self._records.pop(conn_id, None)
         if rec is not None:
             if rec.timer is not None:
@@ -108,7 +114,7 @@ class Begin(Step[CallT]):
             self._by_caller.pop(rec.caller_id, None)
         return rec
 
-    async def request(self, request: NetworkServiceRequest, call: CallT, nxt: Next[CallT]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         own = conn.id
         await self._wait_restored(own, call)
@@ -120,7 +126,7 @@ class Begin(Step[CallT]):
                 log.info("reselect requested", id=own, old_endpoint=rec.conn.network_service_endpoint_name)
                 self._forget(own)
                 call.avoid.add(rec.conn.network_service_endpoint_name)
-                await rec.nxt.close(rec.conn, rec.nxt.new_call(reselecting=True))
+                await rec.nxt.close(rec.conn, Call(reselecting=True))
                 rec = None
             if conn.state == RESELECT_REQUESTED:
                 conn.network_service_endpoint_name = ""
@@ -129,7 +135,13 @@ class Begin(Step[CallT]):
             call.refresh = rec is not None
             if rec is not None and not conn.network_service_endpoint_name:
                 conn.network_service_endpoint_name = rec.conn.network_service_endpoint_name
-            reply = await nxt.request(request, call)
+            fresh = rec is None and call.replay is None and not self.held_elsewhere(own)
+            try:
+                reply = await nxt.request(request, call)
+            except BaseException:
+                if fresh:
+                    await self._undo(request.connection, nxt)
+                raise
             reply.state = UP
             caller_id = conn.path.path_segments[conn.path.index - 1].id if conn.path.index > 0 else own
             if rec is not None and rec.timer is not None:
@@ -140,28 +152,39 @@ class Begin(Step[CallT]):
             self._schedule_expiry(own, new)
             return reply
 
-    def _schedule_expiry(self, own: str, rec: _Record[CallT]) -> None:
+    async def _undo(self, conn: Connection, nxt: Next) -> None:
+        """A new connection failed. Each step undid its own work, unless the failure came after
+        it, on the way out; a Close through the steps below undoes that too. Steps close only
+        what they hold, so when all is undone already it costs nothing."""
+        gone = Connection()
+        gone.CopyFrom(conn)
+        try:
+            await nxt.close(gone, Call())
+        except Exception as exc:  # the failure that got here is the one the caller should see
+            log.warning("undoing a failed request", id=conn.id, error=str(exc))
+
+    def _schedule_expiry(self, own: str, rec: _Record) -> None:
         delay = max(0.0, _expires(rec.conn) - now())
         loop = asyncio.get_running_loop()
         rec.timer = loop.call_later(delay, self._start_expiry, own, rec)
 
-    def _start_expiry(self, own: str, rec: _Record[CallT]) -> None:
+    def _start_expiry(self, own: str, rec: _Record) -> None:
         task = asyncio.get_running_loop().create_task(self._expire(own, rec))
         self._expiring.add(task)
         task.add_done_callback(self._expiring.discard)
 
-    async def _expire(self, own: str, rec: _Record[CallT]) -> None:
+    async def _expire(self, own: str, rec: _Record) -> None:
         async with self._lock(own):
             if self._records.get(own) is not rec:
                 return  # refreshed or closed meanwhile
             log.info("connection expired: its client stopped refreshing", id=own)
             self._forget(own)
             try:
-                await rec.nxt.close(rec.conn, rec.nxt.new_call())
+                await rec.nxt.close(rec.conn, Call())
             except Exception as exc:
                 log.warning("closing an expired connection failed", id=own, error=str(exc))
 
-    async def close(self, conn: Connection, call: CallT, nxt: Next[CallT]) -> None:
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         own = conn.id
         if own not in self._records and own in self._by_caller:
             own = self._by_caller[own]

@@ -17,7 +17,7 @@ from nsm_api.connection_pb2 import (
     MonitorScopeSelector,
 )
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.chain.chain import CallT, Next, Step
+from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.chain.monitor_scope import selects
 from nsm_common.grpcutil import Ctx
 
@@ -59,8 +59,10 @@ class ConnectionEvents:
                 self._publish(UPDATE, conn)
 
     def delete(self, conn: Connection) -> None:
+        """Tell watchers the connection is gone (if this hop held it)."""
         old = self.current.pop(conn.id, None)
-        self._publish(DELETE, Connection.FromString(old) if old is not None else conn)
+        if old is not None:
+            self._publish(DELETE, Connection.FromString(old))
 
     async def stream(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
         queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
@@ -86,7 +88,7 @@ class ConnectionEvents:
             self._subscribers.discard(queue)
 
 
-class Monitor(Step[CallT]):
+class Monitor(Step):
     """Publishes each connection this hop holds to the Monitor service.
 
     Reads: the reply. Provides: nothing to later steps.
@@ -95,12 +97,12 @@ class Monitor(Step[CallT]):
     def __init__(self, events: ConnectionEvents) -> None:
         self.events = events
 
-    async def request(self, request: NetworkServiceRequest, call: CallT, nxt: Next[CallT]) -> Connection:
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         reply = await nxt.request(request, call)
         self.events.update(reply)
         return reply
 
-    async def close(self, conn: Connection, call: CallT, nxt: Next[CallT]) -> None:
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         try:
             await nxt.close(conn, call)
         finally:

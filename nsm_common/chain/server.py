@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 import structlog
@@ -22,7 +21,7 @@ log = structlog.get_logger("nsm")
 class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
     """The NetworkService gRPC service over a chain: every call runs to its end, errors become statuses."""
 
-    def __init__(self, chain: Chain[Any]) -> None:
+    def __init__(self, chain: Chain) -> None:
         self.chain = chain
         self._inflight: set[asyncio.Task[object]] = set()
 

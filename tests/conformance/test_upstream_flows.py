@@ -109,7 +109,7 @@ def test_upstream_client_and_endpoint(bed: Testbed) -> None:
 
     # Monitor finds the connection by the client's own segment id.
     stream = monitor.MonitorConnections(MonitorScopeSelector(path_segments=[PathSegment(id=client_id)]), timeout=10)
-    event = next(stream)
+    event = next(iter(stream))
     stream.cancel()
     assert event.type == INITIAL_STATE_TRANSFER
     assert [c.path.path_segments[0].id for c in event.connections.values()] == [client_id]
@@ -144,5 +144,5 @@ def test_bad_connection_id_on_the_path_is_refused(bed: Testbed) -> None:
     channel = grpc.insecure_channel(mesh.agent)
     with pytest.raises(grpc.RpcError) as info:
         networkservice_pb2_grpc.NetworkServiceStub(channel).Request(req, timeout=10)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "does not equal" in info.value.details()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "does not equal" in str(info.value.details())
     channel.close()

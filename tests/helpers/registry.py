@@ -25,7 +25,7 @@ class Registry:
 
     def watch(
         self, query: NetworkServiceEndpoint | None = None
-    ) -> tuple[queue.Queue[NetworkServiceEndpointResponse], grpc.Future]:  # type: ignore[type-arg]
+    ) -> tuple[queue.Queue[NetworkServiceEndpointResponse], grpc.CallIterator[NetworkServiceEndpointResponse]]:
         q: queue.Queue[NetworkServiceEndpointResponse] = queue.Queue()
         stream = self.nse.Find(
             NetworkServiceEndpointQuery(network_service_endpoint=query or NetworkServiceEndpoint(), watch=True)

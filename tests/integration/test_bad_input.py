@@ -46,9 +46,9 @@ def with_param(req: NetworkServiceRequest, **params: str) -> NetworkServiceReque
 def test_empty_and_unknown_service(served: tuple[Mesh, str, str]) -> None:
     mesh, ep_pod, pod = served
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", ""))
-    assert err.code() == grpc.StatusCode.NOT_FOUND and "names no network service" in err.details()
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "names no network service" in str(err.details())
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", "no-such-svc"))
-    assert err.code() == grpc.StatusCode.NOT_FOUND and "'no-such-svc'" in err.details()
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "'no-such-svc'" in str(err.details())
     assert only_lo(pod) and only_lo(ep_pod)
 
 
@@ -59,7 +59,7 @@ def test_service_without_endpoints(served: tuple[Mesh, str, str]) -> None:
 
     registry_pb2_grpc.NetworkServiceRegistryStub(client.channel).Register(NetworkService(name="lonely"), timeout=5)
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", "lonely"))
-    assert err.code() == grpc.StatusCode.NOT_FOUND and "'lonely' has no endpoints" in err.details()
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "'lonely' has no endpoints" in str(err.details())
     assert only_lo(pod)
 
 
@@ -70,7 +70,7 @@ def test_service_without_endpoints(served: tuple[Mesh, str, str]) -> None:
 def test_bad_interface_names(served: tuple[Mesh, str, str], ifname: str, words: str) -> None:
     mesh, ep_pod, pod = served
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", "web", ifname))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and words in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and words in str(err.details())
     assert only_lo(pod) and only_lo(ep_pod)
 
 
@@ -78,7 +78,7 @@ def test_interface_name_already_used(served: tuple[Mesh, str, str]) -> None:
     mesh, ep_pod, pod = served
     run("ip", "-n", pod, "link", "add", "taken0", "type", "bridge")
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", "web", "taken0"))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'taken0' is already used" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'taken0' is already used" in str(err.details())
     assert sorted(links(pod)) == ["lo", "taken0"]  # the pod's own interface is untouched
     assert only_lo(ep_pod)
 
@@ -90,7 +90,7 @@ def test_namespace_that_does_not_exist_is_not_created(served: tuple[Mesh, str, s
     req.mechanism_preferences[0].parameters["inodeURL"] = f"file:///var/run/netns/{ghost}"
     del req.mechanism_preferences[0].parameters["netnsInode"]
     err = refused(mesh, req)
-    assert err.code() == grpc.StatusCode.NOT_FOUND and ghost in err.details()
+    assert err.code() == grpc.StatusCode.NOT_FOUND and ghost in str(err.details())
     assert not os.path.exists(f"/var/run/netns/{ghost}")
     req.mechanism_preferences[0].parameters["inodeURL"] = "inode://4/999999999"
     err = refused(mesh, req)
@@ -112,7 +112,7 @@ def test_forbidden_namespaces(served: tuple[Mesh, str, str], which: str) -> None
     before_node = links(mesh.node)
     err = refused(mesh, req)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert any(w in err.details() for w in ("/proc/self", "own network namespace", "host's network namespace"))
+    assert any(w in str(err.details()) for w in ("/proc/self", "own network namespace", "host's network namespace"))
     assert links(mesh.node) == before_node
 
 
@@ -121,10 +121,10 @@ def test_unknown_mechanism_type(served: tuple[Mesh, str, str]) -> None:
     req = kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1")
     req.mechanism_preferences[0].type = "MEMIF"
     err = refused(mesh, req)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'MEMIF' is not supported" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'MEMIF' is not supported" in str(err.details())
     del req.mechanism_preferences[:]
     err = refused(mesh, req)
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "no mechanism_preferences" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "no mechanism_preferences" in str(err.details())
     req.mechanism_preferences.append(Mechanism(cls="REMOTE", type="KERNEL"))
     err = refused(mesh, req)
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -143,7 +143,7 @@ def test_malformed_address_in_endpoint_reply_is_named_and_undone(bed: Testbed) -
     mesh, ep_pod, pod, journal = _rogue_case(bed, "bad-cidr")
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"))
     assert err.code() == grpc.StatusCode.INTERNAL
-    assert "bad context" in err.details() and "300/32" in err.details() and "rogue" in err.details()
+    assert "bad context" in str(err.details()) and "300/32" in str(err.details()) and "rogue" in str(err.details())
     assert only_lo(pod) and only_lo(ep_pod)
     lines = journal().splitlines()
     assert lines[0].startswith("request ") and lines[-1].startswith("close ")  # the endpoint's lease was given back
@@ -153,7 +153,7 @@ def test_endpoint_that_does_not_answer(bed: Testbed) -> None:
     mesh, ep_pod, pod, _ = _rogue_case(bed, "hang", ["--request-timeout", "1"])
     start = time.monotonic()
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"))
-    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "rogue" in err.details()
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "rogue" in str(err.details())
     assert time.monotonic() - start < 10
     assert only_lo(pod) and only_lo(ep_pod)
 
@@ -161,7 +161,7 @@ def test_endpoint_that_does_not_answer(bed: Testbed) -> None:
 def test_endpoint_that_crashes_mid_request(bed: Testbed) -> None:
     mesh, ep_pod, pod, journal = _rogue_case(bed, "crash")
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"))
-    assert err.code() == grpc.StatusCode.UNAVAILABLE and "rogue" in err.details()
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "rogue" in str(err.details())
     assert "request " in journal()
     assert only_lo(pod) and only_lo(ep_pod)
 
@@ -190,7 +190,7 @@ def test_registry_down_is_unavailable(bed: Testbed) -> None:
     start = time.monotonic()
     err = refused(mesh, kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"))
     assert err.code() == grpc.StatusCode.UNAVAILABLE
-    assert "registry" in err.details() and "attempts" in err.details()
+    assert "registry" in str(err.details()) and "attempts" in str(err.details())
     assert time.monotonic() - start < 15
     assert only_lo(pod)
 

@@ -60,7 +60,7 @@ def test_two_clients_connect_ping_close_and_leave_nothing(mesh: Mesh) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client.request(kernel_request(f"/var/run/netns/{more[3]}", "web", "nsm-1"))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "10.61.0.0/29" in info.value.details()
+    assert "10.61.0.0/29" in str(info.value.details())
     assert only_lo(more[3])
     client.close_channel()
 
@@ -95,14 +95,14 @@ def test_monitor_initial_state_then_delete(mesh: Mesh) -> None:
     conn = client.request(kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"))
     selector = MonitorScopeSelector(path_segments=[PathSegment(id=conn.id)])
     stream = client.monitor.MonitorConnections(selector, timeout=20)
-    first = next(stream)
+    first = next(iter(stream))
     assert first.type == INITIAL_STATE_TRANSFER
     (seen,) = first.connections.values()
     assert seen.path.path_segments[0].id == conn.id
     other = MonitorScopeSelector(network_services=["db"])
     assert client.connections(other) == {}
     client.close(conn)
-    event = next(stream)
+    event = next(iter(stream))
     assert event.type == DELETE
     assert next(iter(event.connections.values())).path.path_segments[0].id == conn.id
     stream.cancel()

@@ -66,7 +66,7 @@ def test_malformed_remote_mechanism(two: tuple[Cluster, str], kind: str, params:
     with pytest.raises(grpc.RpcError) as info:
         client.request(agent_request(Mechanism(cls="REMOTE", type=kind, parameters=params)))
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert words in info.value.details()
+    assert words in str(info.value.details())
     assert links(node2.netns) == before and only_lo(ep_pod)
     assert client.connections() == {}
 
@@ -115,7 +115,7 @@ def test_wireguard_go_that_fails_to_start(bed: Testbed) -> None:
     with pytest.raises(grpc.RpcError) as info:
         client.request(kernel_request(f"/var/run/netns/{pod}", "svc", "nsm-1"))
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "/bin/false" in info.value.details()
+    assert "/bin/false" in str(info.value.details())
     assert only_lo(pod) and only_lo(ep_pod)
     assert links(node1.netns) == ["lo", "eth0"] and links(node2.netns) == ["lo", "eth0"]
     assert client.connections() == {} and agent_client(node2.agent).connections() == {}

@@ -74,3 +74,54 @@ def test_the_agent_waits_for_wireguard_gos_control_socket(bed: Testbed) -> None:
     conn = agent_client(n1.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc", "nsm-1"))
     assert conn.path.path_segments[1].metrics["tunnel"] == "WIREGUARD"
     assert "Protocol not supported" not in agent_logs(bed)
+
+
+SLOW_START = """#!/bin/sh
+# wireguard-go on a busy machine: it takes its time before it even starts.
+touch "$0.started"
+sleep 3
+touch "$0.up"
+exec wireguard-go "$@"
+"""
+
+
+def test_a_slow_wireguard_start_holds_up_no_other_request(bed: Testbed) -> None:
+    """The netlink thread never waits on wireguard-go or `wg`: while node 1's WireGuard device
+    is still coming up for one Request, a local Request on that node completes."""
+    if kernel_has_wireguard(bed):
+        pytest.skip("this kernel has the WireGuard module: wireguard-go is not started")
+    import threading
+
+    slow = bed.dir / "slow-start-wireguard-go"
+    slow.write_text(SLOW_START)
+    slow.chmod(0o755)
+    cluster = Cluster.build(bed, nodes=0)
+    n1 = cluster.add_node(1, ["--remote-mechanisms", "WIREGUARD", "--wireguard-go", str(slow)])
+    n2 = cluster.add_node(2, ["--remote-mechanisms", "WIREGUARD"])
+    bed.endpoint(cluster.pod(n1, "ep"), "ep-local", "local", "10.87.0.0/24", n1.agent)
+    bed.endpoint(cluster.pod(n2, "ep"), "ep-remote", "remote", "10.88.0.0/24", n2.agent)
+    far, near = cluster.pod(n1, "c1"), cluster.pod(n1, "c2")
+    result: list[object] = []
+
+    def remote() -> None:
+        try:
+            result.append(
+                agent_client(n1.agent, 30).request(kernel_request(f"/var/run/netns/{far}", "remote", "nsm-1"))
+            )
+        except Exception as exc:
+            result.append(exc)
+
+    asker = threading.Thread(target=remote)
+    asker.start()
+    started = bed.dir / "slow-start-wireguard-go.started"
+    for _ in range(200):
+        if started.exists():
+            break
+        asker.join(0.05)
+    assert started.exists() and asker.is_alive()
+    local = agent_client(n1.agent).request(kernel_request(f"/var/run/netns/{near}", "local", "nsm-1"))
+    assert local.network_service_endpoint_name == "ep-local"
+    up = bed.dir / "slow-start-wireguard-go.up"
+    assert not up.exists(), "the local Request waited for wireguard-go to come up"
+    asker.join(30)
+    assert len(result) == 1 and not isinstance(result[0], Exception), result

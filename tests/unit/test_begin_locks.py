@@ -25,7 +25,7 @@ def request(conn_id: str) -> NetworkServiceRequest:
 
 def test_failed_requests_leave_no_lock_behind() -> None:
     begin = Begin()
-    chain = Chain([begin, Failing()], Call)
+    chain = Chain([begin, Failing()])
 
     async def main() -> None:
         results = await asyncio.gather(*(chain.request(request("a")) for _ in range(3)), return_exceptions=True)
@@ -37,7 +37,7 @@ def test_failed_requests_leave_no_lock_behind() -> None:
 
 def test_a_request_and_its_close_leave_no_lock_behind() -> None:
     begin = Begin()
-    chain = Chain([begin], Call)
+    chain = Chain([begin])
 
     async def main() -> None:
         reply = await chain.request(request("b"))

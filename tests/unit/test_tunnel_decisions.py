@@ -82,5 +82,6 @@ def test_key_pair_is_made_once_with_mode_0600(tmp_path: Path) -> None:
     assert len(base64.b64decode(first.public)) == 32
     assert inner_address(first.public).is_private and str(inner_address(first.public)).startswith("fd")
     assert len(device_name(first.public)) <= 15
-    other = load_or_create(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path)
+    (tmp_path / "x").mkdir()
+    other = load_or_create(tmp_path / "x")
     assert other.public != first.public and inner_address(other.public) != inner_address(first.public)

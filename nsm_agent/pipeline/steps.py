@@ -1,0 +1,69 @@
+"""The agent's Request chain, in order: the one list `nsm-agent` serves and the tests build."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nsm_agent.datapath import veth, vxlan
+from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
+from nsm_agent.pipeline.client_netns import ClientNetns
+from nsm_agent.pipeline.connect import ConnectEndpoint
+from nsm_agent.pipeline.discover import Discover
+from nsm_agent.pipeline.journal import Journal
+from nsm_agent.pipeline.kernel_wire import KernelWire, VethOps
+from nsm_agent.pipeline.remote_mechanism import RemoteMechanismClient, RemoteMechanismServer, TunnelKinds
+from nsm_agent.pipeline.select import Locator, Select
+from nsm_agent.pipeline.tunnel_wire import TunnelWire, VxlanOps
+from nsm_agent.pipeline.validate import ValidateRequest
+from nsm_agent.registry.client import RegistryClient
+from nsm_agent.state.journal import JournalStore
+from nsm_common.chain.begin import Begin
+from nsm_common.chain.chain import Step
+from nsm_common.chain.monitor import ConnectionEvents, Monitor
+from nsm_common.chain.update_path import UpdatePath
+
+
+@dataclass
+class Datapath:
+    """What the steps ask of the kernel, besides the netlink thread they run it on."""
+
+    veth_ops: VethOps = veth
+    vxlan_ops: VxlanOps = vxlan
+    ifname_in_use: Callable[[NetlinkThread, NetnsRef, str, str], bool] = field(default=veth.ifname_in_use)
+
+
+def agent_steps(
+    *,
+    name: str,
+    default_lifetime: float,
+    max_lifetime: float,
+    netlink: NetlinkThread,
+    resolver: NetnsResolver,
+    registry: RegistryClient,
+    locator: Locator,
+    kinds: TunnelKinds,
+    events: ConnectionEvents,
+    journal: JournalStore,
+    begin: Begin,
+    connect: ConnectEndpoint,
+    datapath: Datapath | None = None,
+) -> list[Step]:
+    """Every step of the agent's chain, in the order a Request meets them."""
+    dp = datapath or Datapath()
+    return [
+        ValidateRequest(kinds.supported()),
+        UpdatePath(name, default_lifetime, max_lifetime),
+        begin,
+        Journal(journal),
+        Monitor(events),
+        ClientNetns(name, resolver, netlink, dp.ifname_in_use),
+        RemoteMechanismServer(kinds),
+        Discover(registry),
+        Select(locator),
+        TunnelWire(name, resolver, netlink, kinds, dp.vxlan_ops),
+        KernelWire(name, resolver, netlink, dp.veth_ops),
+        RemoteMechanismClient(kinds, list(kinds.supported())),
+        connect,
+    ]

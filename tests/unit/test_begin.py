@@ -1,0 +1,100 @@
+"""Begin (in process): refresh in place, reselect, expiry, Close of the unknown, and the undo
+of a new connection that failed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from nsm_api.connection_pb2 import RESELECT_REQUESTED, Connection, Path, PathSegment
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.begin import Begin
+from nsm_common.chain.chain import Call, Chain, Next, Step
+from nsm_common.errors import NsmError
+from nsm_common.timeutil import now, ts_from
+from tests.helpers.steps import FailOn, Recorder
+
+
+def request(conn_id: str = "c1", lifetime: float = 60, endpoint: str = "") -> NetworkServiceRequest:
+    segment = PathSegment(name="client", id=conn_id, expires=ts_from(now() + lifetime))
+    conn = Connection(id=conn_id, path=Path(index=0, path_segments=[segment]), network_service_endpoint_name=endpoint)
+    return NetworkServiceRequest(connection=conn)
+
+
+class Calls(Step):
+    """Records the call each Request and Close carried."""
+
+    def __init__(self) -> None:
+        self.requests: list[Call] = []
+        self.closes: list[Call] = []
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        self.requests.append(call)
+        return await nxt.request(request, call)
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        self.closes.append(call)
+        await nxt.close(conn, call)
+
+
+async def test_a_second_request_is_a_refresh_and_keeps_the_endpoint() -> None:
+    seen, end = Calls(), Recorder()
+    chain = Chain([Begin(), seen, end])
+    await chain.request(request(endpoint="ep-1"))
+    await chain.request(request())
+    assert [c.refresh for c in seen.requests] == [False, True]
+    assert end.requests[1].connection.network_service_endpoint_name == "ep-1"
+    assert end.closes == []
+
+
+async def test_reselect_closes_the_old_path_first_and_avoids_its_endpoint() -> None:
+    seen, end = Calls(), Recorder()
+    chain = Chain([Begin(), seen, end])
+    await chain.request(request(endpoint="ep-1"))
+    again = request(endpoint="ep-1")
+    again.connection.state = RESELECT_REQUESTED
+    await chain.request(again)
+    assert len(end.closes) == 1 and seen.closes[0].reselecting
+    assert seen.requests[1].avoid == {"ep-1"} and not seen.requests[1].refresh
+    assert end.requests[1].connection.network_service_endpoint_name == ""
+
+
+async def test_a_connection_nobody_refreshes_is_closed_when_its_lifetime_ends() -> None:
+    end = Recorder()
+    begin = Begin()
+    await Chain([begin, end]).request(request(lifetime=0.2))
+    await asyncio.sleep(0.5)
+    assert len(end.closes) == 1 and begin._records == {}
+
+
+async def test_close_of_an_unknown_id_succeeds_and_reaches_nothing() -> None:
+    end = Recorder()
+    asked: list[str] = []
+
+    async def unknown(conn: Connection) -> None:
+        asked.append(conn.id)
+
+    await Chain([Begin(unknown), end]).close(Connection(id="nope"))
+    assert end.closes == [] and asked == ["nope"]
+
+
+async def test_a_new_connection_that_failed_is_closed_below_and_a_refresh_is_not() -> None:
+    fail, end = FailOn(1), Recorder()
+    chain = Chain([Begin(), fail, end])
+    with pytest.raises(NsmError):
+        await chain.request(request())
+    assert fail.closes == 1  # whatever the steps below still held is undone
+    await chain.request(request())
+    fail.seen, fail.n, fail.closes = 0, 1, 0
+    with pytest.raises(NsmError):
+        await chain.request(request())  # a failed refresh: the connection stays as it was
+    assert fail.closes == 0
+
+
+async def test_a_connection_the_journal_holds_is_not_undone_when_its_first_request_fails() -> None:
+    fail = FailOn(1)
+    chain = Chain([Begin(held_elsewhere=lambda conn_id: conn_id == "c1"), fail, Recorder()])
+    with pytest.raises(NsmError):
+        await chain.request(request())
+    assert fail.closes == 0
