@@ -22,7 +22,7 @@ from nsm_agent.registry.proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.settings import AgentSettings, parse_settings
 from nsm_agent.state.journal import JournalFormatError, JournalStore
 from nsm_agent.state.keys import load_or_create
-from nsm_agent.state.restore import journal_closer, restore
+from nsm_agent.state.restore import journal_closer, restore, retrying
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
 from nsm_common.chain.begin import Begin
@@ -104,7 +104,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     kept, undone = await restore(journal, chain, begin, settings.name, resolver, netlink, settings.request_timeout)
     if kept or undone:
         log.info("carried on after restart", connections=kept, interrupted_requests_undone=undone)
-    if wireguard is not None:
+    if wireguard is not None and not retrying():
+        # A device no connection needs goes; not while one waiting for its next hop may.
         await wireguard.reconcile(netlink)
     try:
         await stop.wait()

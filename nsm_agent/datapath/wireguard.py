@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import structlog
@@ -38,6 +39,15 @@ SOCKET_DIR = "/var/run/wireguard"
 
 class WireGuardError(RuntimeError):
     pass
+
+
+@contextlib.asynccontextmanager
+async def _as_wireguard_error() -> AsyncIterator[None]:
+    """The kernel refusing a setting, or `wg` missing, is a WireGuard failure like any other."""
+    try:
+        yield
+    except (NetlinkError, OSError) as exc:
+        raise WireGuardError(str(exc)) from exc
 
 
 @dataclass
@@ -188,7 +198,7 @@ class WireGuardDevice:
 
     async def use_peer(self, netlink: NetlinkThread, conn_id: str, public_key: str, ip: str, port: int) -> str:
         """Make sure the device and the peer node are configured; returns the peer's inner address."""
-        async with self._changing:
+        async with self._changing, _as_wireguard_error():
             await self._ensure(netlink)
             peer = self.peers.get(public_key)
             if peer is None or (peer.endpoint_ip, peer.endpoint_port) != (ip, port):
@@ -202,7 +212,7 @@ class WireGuardDevice:
 
     async def release(self, netlink: NetlinkThread, conn_id: str, public_key: str) -> None:
         """Forget a connection; a peer no connection needs goes, and the device with the last."""
-        async with self._changing:
+        async with self._changing, _as_wireguard_error():
             peer = self.peers.get(public_key)
             if peer is None:
                 return

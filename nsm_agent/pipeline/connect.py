@@ -12,7 +12,7 @@ import structlog
 from google.protobuf.empty_pb2 import Empty
 
 from nsm_agent.pipeline.endpoint_watch import EndpointWatch
-from nsm_agent.pipeline.journal import note
+from nsm_agent.pipeline.journal import journalled, note
 from nsm_agent.pipeline.remote_mechanism import DownstreamOffer
 from nsm_agent.pipeline.select import Chosen
 from nsm_api import networkservice_pb2_grpc
@@ -33,6 +33,15 @@ class EndpointStub(Protocol):
     def Request(self) -> Callable[..., Awaitable[Connection]]: ...
     @property
     def Close(self) -> Callable[..., Awaitable[Empty]]: ...
+
+
+# A Request that ended so may still be carried out by the far end.
+MAY_HAVE_ACTED = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+def new_here(call: Call) -> bool:
+    """This hop has never held the connection: not a refresh, not carried on after a restart."""
+    return call.replay is None and not call.refresh and not journalled(call)
 
 
 @dataclass
@@ -105,10 +114,11 @@ class ConnectEndpoint(Step):
                 await self._forget(url)
                 reply = await self._stub(url).Request(message, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
-            if known is None:
-                # It may have acted before its answer was lost (a deadline, a broken
-                # stream): a Close, in the background, frees what it may hold.
-                self._spawn_close(url, down, quiet=True)
+            if exc.code() in MAY_HAVE_ACTED and known is None and new_here(call):
+                # The far end may still be at work on an answer we no longer wait for: a
+                # Close (which waits there for that Request) frees what it builds. Before
+                # the next candidate is tried, so that the two never overlap there.
+                await asyncio.shield(self._spawn_close(url, down, quiet=True))
             raise from_rpc_error(exc, f"endpoint {name!r} at {url}") from exc
         if known is not None and known.url != url and self.watch is not None:
             self.watch.forget(known.url, conn.id)

@@ -158,7 +158,10 @@ class TunnelKinds:
         self.vnis.release(agreed.tunnel.vni, conn_id)
         wg = self.wireguard
         if agreed.peer_key and wg is not None:
-            await wg.release(self.netlink, conn_id, agreed.peer_key)
+            try:
+                await wg.release(self.netlink, conn_id, agreed.peer_key)
+            except WireGuardError as exc:  # the Close still succeeds; the device is checked when next used
+                log.warning("releasing a WireGuard peer failed", id=conn_id, error=str(exc))
 
 
 class _TunnelStep(Step):
@@ -253,7 +256,11 @@ class RemoteMechanismClient(_TunnelStep):
         where = call.get(Chosen)
         if where is None or not where.remote:
             call.put(DownstreamOffer([]))
-            return await nxt.request(request, call)
+            reply = await nxt.request(request, call)
+            stale = self._agreed.pop(conn_id, None)
+            if stale is not None:  # the endpoint is reached on this node now: the tunnel goes
+                await self.kinds.release(conn_id, stale)
+            return reply
         if self.kinds.underlay is None:
             raise _no_underlay()
         known = self._agreed.get(conn_id)

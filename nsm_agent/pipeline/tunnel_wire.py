@@ -21,6 +21,7 @@ from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.pipeline.client_netns import ClientSide
 from nsm_agent.pipeline.journal import journalled, note
 from nsm_agent.pipeline.remote_mechanism import Tunnel, TunnelKinds, TunnelToClient
+from nsm_agent.pipeline.select import Chosen
 from nsm_agent.pipeline.wire_step import WireStep, bad_context, endpoint_netns
 from nsm_api.connection_pb2 import Connection
 from nsm_common.chain.chain import Call
@@ -63,7 +64,8 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
     the endpoint's node RemoteMechanismServer, above, answered the client's agent
     (`TunnelToClient`): the device goes into the endpoint's pod, named by its answer.
 
-    Reads: `TunnelKinds.agreed_toward_endpoint`, `TunnelToClient`, `ClientSide`, `Journalled`,
+    Reads: `TunnelKinds.agreed_toward_endpoint` (when `Chosen` is remote), `TunnelToClient`,
+    `ClientSide`, `Journalled`,
     the reply. Provides: the wire, the tunnel in this hop's path segment's metrics, the MAC of
     its end in the reply.
     """
@@ -84,8 +86,9 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
 
     def _tunnel_of(self, conn_id: str, call: Call) -> tuple[Tunnel, bool] | None:
         """The tunnel, and whether this is the client's end."""
+        chosen = call.get(Chosen)
         toward_endpoint = self.kinds.agreed_toward_endpoint(conn_id)
-        if toward_endpoint is not None:
+        if toward_endpoint is not None and chosen is not None and chosen.remote:
             return toward_endpoint, True
         to_client = call.get(TunnelToClient)
         return (to_client.tunnel, False) if to_client is not None else None

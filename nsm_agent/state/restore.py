@@ -128,6 +128,11 @@ _background: set[asyncio.Task[None]] = set()
 RETRY_EVERY = 1.0
 
 
+def retrying() -> bool:
+    """Some journalled connection is still being tried again (its next hop was away)."""
+    return bool(_background)
+
+
 async def _carry_on(entry: Entry, chain: Chain, store: JournalStore) -> str:
     if entry.state != DONE or entry.reply is None:
         return "undo"

@@ -136,14 +136,20 @@ class Begin(Step):
             if rec is not None and not conn.network_service_endpoint_name:
                 conn.network_service_endpoint_name = rec.conn.network_service_endpoint_name
             fresh = rec is None and call.replay is None and not self.held_elsewhere(own)
+            caller_id = conn.path.path_segments[conn.path.index - 1].id if conn.path.index > 0 else own
+            if rec is None:
+                # A Close by the caller's id (it gave up waiting) finds this Request, and
+                # waits for it, so that what it builds is closed and not left behind.
+                self._by_caller[caller_id] = own
             try:
                 reply = await nxt.request(request, call)
             except BaseException:
+                if rec is None and self._by_caller.get(caller_id) == own:
+                    del self._by_caller[caller_id]
                 if fresh:
                     await self._undo(request.connection, nxt)
                 raise
             reply.state = UP
-            caller_id = conn.path.path_segments[conn.path.index - 1].id if conn.path.index > 0 else own
             if rec is not None and rec.timer is not None:
                 rec.timer.cancel()
             new = _Record(conn_wire=reply.SerializeToString(), caller_id=caller_id, nxt=nxt)

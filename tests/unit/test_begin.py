@@ -98,3 +98,29 @@ async def test_a_connection_the_journal_holds_is_not_undone_when_its_first_reque
     with pytest.raises(NsmError):
         await chain.request(request())
     assert fail.closes == 0
+
+
+async def test_a_close_by_the_callers_id_waits_for_the_request_in_flight_and_closes_it() -> None:
+    """The caller gave up waiting and closes by its own id while this hop still works."""
+    gate = asyncio.Event()
+
+    class Slow(Step):
+        async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+            await gate.wait()
+            return await nxt.request(request, call)
+
+    end = Recorder()
+    chain = Chain([Begin(), Slow(), end])
+    req = request("mine")
+    req.connection.path.path_segments.add(name="me", id="mine", expires=ts_from(now() + 60))
+    req.connection.path.path_segments[0].id = "callers"
+    req.connection.path.index = 1
+    working = asyncio.create_task(chain.request(req))
+    await asyncio.sleep(0.05)
+    closing = asyncio.create_task(chain.close(Connection(id="callers")))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # it waits for the Request
+    gate.set()
+    await working
+    await closing
+    assert len(end.closes) == 1

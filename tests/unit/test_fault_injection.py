@@ -95,7 +95,11 @@ class World:
 
 
 def world(
-    tmp_path: Path, endpoints: list[NetworkServiceEndpoint], faults: Faults, refuse_first_vni: bool = False
+    tmp_path: Path,
+    endpoints: list[NetworkServiceEndpoint],
+    faults: Faults,
+    refuse_first_vni: bool = False,
+    far_fails: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
 ) -> World:
     ledger = Ledger()
     netlink = FakeNetlink()
@@ -119,7 +123,7 @@ def world(
             vnis.held[held + 100] = "someone-else"
         return reply
 
-    far = FakeEndpoint(ledger, faults, answer)
+    far = FakeEndpoint(ledger, faults, answer, fail_code=far_fails)
     if SECOND in endpoints:  # the fail-over case: the first endpoint is out of addresses
         far.refusing.add(LOCAL.url)
     state = tmp_path / "state"
@@ -176,14 +180,19 @@ async def count_operations(tmp_path: Path, endpoints: list[NetworkServiceEndpoin
     return ops
 
 
+@pytest.mark.parametrize("far_fails", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED])
 @pytest.mark.parametrize("scenario", SCENARIOS)
-async def test_every_fake_operation_failing_leaves_nothing(tmp_path: Path, scenario: str) -> None:
+async def test_every_fake_operation_failing_leaves_nothing(
+    tmp_path: Path, scenario: str, far_fails: grpc.StatusCode
+) -> None:
+    """The far end failing UNAVAILABLE (never reached: tried once more) or DEADLINE_EXCEEDED
+    (it may have acted: closed there)."""
     endpoints, refuse = SCENARIOS[scenario]
     ops = await count_operations(tmp_path / "count", endpoints, refuse)
     survived = 0
     for k in range(1, ops + 1):
         for after in (False, True):
-            w = world(tmp_path / f"k{k}-{after}", endpoints, Faults(at=k, after=after), refuse)
+            w = world(tmp_path / f"k{k}-{after}", endpoints, Faults(at=k, after=after), refuse, far_fails)
             error = await attempt(w)
             where = f"{scenario}: operation {k} of {ops} ({w.faults.seen[k - 1]}), {'after' if after else 'before'}"
             if error is None:

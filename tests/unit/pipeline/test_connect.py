@@ -54,3 +54,22 @@ async def test_no_url_is_unavailable() -> None:
     with pytest.raises(NsmError) as caught:
         await Chain([step]).request(kernel_request(), to(url=""))
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "no URL" in caught.value.message
+
+
+async def test_a_failed_refresh_or_replay_never_closes_the_far_end() -> None:
+    """After a restart (a replay, or a refresh of a journalled connection) the far end holds
+    the connection: a deadline must not make this hop close it there."""
+    from nsm_agent.pipeline.journal import Journalled
+
+    for call in (Call(refresh=True), Call(replay=lambda: True), Call()):
+        if not call.refresh and call.replay is None:
+            call.put(Journalled(True, lambda *a: None))
+        call.put(Chosen(EP, EP.url, False))
+        ledger = Ledger()
+        ledger.take("lease", "c1")  # the far end holds it from before
+        far = FakeEndpoint(ledger, Faults(at=1), fail_code=grpc.StatusCode.DEADLINE_EXCEEDED)
+        step = ConnectEndpoint(5, dial=far.dial)
+        with pytest.raises(NsmError):
+            await Chain([step]).request(kernel_request(), call)
+        await step.settle()
+        assert ledger.outstanding() == [("lease", "c1")]
