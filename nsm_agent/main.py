@@ -17,6 +17,7 @@ from nsm_agent.pipeline.remote_mechanism import TunnelKinds
 from nsm_agent.pipeline.select import Locator
 from nsm_agent.pipeline.steps import agent_steps
 from nsm_agent.registry.client import RegistryClient
+from nsm_agent.registry.kept_services import KeptServices, keep_registered
 from nsm_agent.registry.local_endpoints import LocalEndpoints
 from nsm_agent.registry.proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.settings import AgentSettings, parse_settings
@@ -49,6 +50,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     registry.watch()
     events = ConnectionEvents()
     local = LocalEndpoints(settings.state_dir)
+    kept_services = KeptServices(settings.state_dir)
     try:
         underlay = await netlink.run(lambda nl: find_underlay(nl, settings.tunnel_ip))
     except ValueError as exc:
@@ -85,9 +87,11 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     server = aio_server()
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
     connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(events), server)
-    registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(ServiceRegistryProxy(registry), server)
+    registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(
+        ServiceRegistryProxy(registry, kept_services), server
+    )
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-        EndpointRegistryProxy(registry, local, settings.public_url), server
+        EndpointRegistryProxy(registry, local, settings.public_url, kept_services), server
     )
     bind_all(server, settings.listen)
     await server.start()
@@ -107,9 +111,11 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     if wireguard is not None and not retrying():
         # A device no connection needs goes; not while one waiting for its next hop may.
         await wireguard.reconcile(netlink)
+    keeping = asyncio.create_task(keep_registered(kept_services, registry))
     try:
         await stop.wait()
     finally:
+        keeping.cancel()
         await server.stop(grace=1.0)
         await service.drain()
         # Connections outlive the agent: the kernel carries their traffic, and

@@ -12,6 +12,7 @@ import grpc
 from google.protobuf.empty_pb2 import Empty
 
 from nsm_agent.registry.client import RegistryClient
+from nsm_agent.registry.kept_services import KeptServices
 from nsm_agent.registry.local_endpoints import LocalEndpoints
 from nsm_api import registry_pb2_grpc
 from nsm_api.registry_pb2 import (
@@ -30,16 +31,23 @@ async def _relay_error(context: Ctx, exc: grpc.aio.AioRpcError, where: str) -> N
 
 
 class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
-    def __init__(self, registry: RegistryClient) -> None:
+    """Services registered through this agent are kept (`kept`), to be registered again should
+    the registry lose them; unregistered, they are forgotten."""
+
+    def __init__(self, registry: RegistryClient, kept: KeptServices | None = None) -> None:
         self.registry = registry
+        self.kept = kept
         self.where = f"registry at {registry.address}"
 
     async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
         try:
-            return await self.registry.services.Register(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+            stored: NetworkService = await self.registry.services.Register(request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
             raise
+        if self.kept is not None:
+            self.kept.put(stored)
+        return stored
 
     async def Find(  # type: ignore[override]
         self, request: NetworkServiceQuery, context: Ctx
@@ -52,19 +60,25 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
 
     async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
         try:
-            return await self.registry.services.Unregister(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+            done: Empty = await self.registry.services.Unregister(request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
             raise
+        if self.kept is not None:
+            self.kept.remove(request.name)
+        return done
 
 
 class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
     """Registers local endpoints under this agent's public URL, remembering their own."""
 
-    def __init__(self, registry: RegistryClient, local: LocalEndpoints, public_url: str) -> None:
+    def __init__(
+        self, registry: RegistryClient, local: LocalEndpoints, public_url: str, kept: KeptServices | None = None
+    ) -> None:
         self.registry = registry
         self.local = local
         self.public_url = public_url
+        self.kept = kept
         self.where = f"registry at {registry.address}"
 
     async def Register(  # type: ignore[override]
@@ -82,6 +96,8 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
             raise
+        if self.kept is not None:
+            self.kept.endpoint_registered(stored.name)
         if record.url != own_url:
             self.local.put(stored.name, own_url)
             stored.url = own_url  # the endpoint sees the address it gave
@@ -103,4 +119,6 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
             await _relay_error(context, exc, self.where)
             raise
         self.local.remove(request.name)
+        if self.kept is not None:
+            self.kept.endpoint_unregistered(request.name)
         return done

@@ -34,7 +34,14 @@ def only_lo(netns: str) -> bool:
 
 
 def raw_endpoint(
-    bed: Testbed, pod: str, name: str, service: str, agent: str, mode: str = "good", prefix: str = "10.70.0"
+    bed: Testbed,
+    pod: str,
+    name: str,
+    service: str,
+    agent: str,
+    mode: str = "good",
+    prefix: str = "10.70.0",
+    extra: list[str] | None = None,
 ) -> tuple[Proc, Path]:
     """Start tests/helpers/raw_endpoint.py; returns it and its journal of Requests and Closes."""
     journal = bed.dir / f"{name}.journal"
@@ -60,6 +67,7 @@ def raw_endpoint(
             str(journal),
             "--prefix",
             prefix,
+            *(extra or []),
         ],
     )
     bed.wait_for(proc, "raw endpoint registered")

@@ -23,7 +23,7 @@ from google.protobuf.empty_pb2 import Empty
 from nsm_api import networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism, PathSegment
 from nsm_api.connectioncontext_pb2 import Route
-from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
+from nsm_api.registry_pb2 import Destination, Match, NetworkService, NetworkServiceEndpoint
 
 
 class Endpoint(networkservice_pb2_grpc.NetworkServiceServicer):
@@ -89,18 +89,31 @@ def main() -> None:
     p.add_argument("--registry", required=True, help="unix:///PATH of the agent or registry")
     p.add_argument("--journal", required=True)
     p.add_argument("--prefix", default="10.70.0", help="first three octets of the addresses it hands out")
+    p.add_argument("--payload", default="", help="the service's payload, as registered (once, at start)")
+    p.add_argument("--match", action="append", default=[], help="KEY=VALUE: a match on the client's labels")
+    p.add_argument("--renew", action="store_true", help="renew the endpoint record (only it) as upstream does")
     args = p.parse_args()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(Endpoint(args), server)
     server.add_insecure_port(args.listen)
     server.start()
     channel = grpc.insecure_channel(args.registry)
-    registry_pb2_grpc.NetworkServiceRegistryStub(channel).Register(NetworkService(name=args.service), timeout=5)
+    service = NetworkService(name=args.service, payload=args.payload)
+    for item in args.match:
+        key, _, value = item.partition("=")
+        service.matches.append(Match(source_selector={key: value}, routes=[Destination(destination_selector={})]))
+    registry_pb2_grpc.NetworkServiceRegistryStub(channel).Register(service, timeout=5)
     # Upstream endpoints register without an expiration; the registry picks one.
-    granted = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel).Register(
-        NetworkServiceEndpoint(name=args.name, network_service_names=[args.service], url=args.listen), timeout=5
-    )
+    record = NetworkServiceEndpoint(name=args.name, network_service_names=[args.service], url=args.listen)
+    endpoints = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+    granted = endpoints.Register(record, timeout=5)
     print(f"raw endpoint registered, expires {granted.expiration_time.seconds}", flush=True)
+    while args.renew:  # the endpoint record only, never the service again
+        time.sleep(max(0.2, (granted.expiration_time.seconds - time.time()) / 3))
+        try:
+            granted = endpoints.Register(record, timeout=5)
+        except grpc.RpcError:
+            time.sleep(0.2)
     server.wait_for_termination()
 
 

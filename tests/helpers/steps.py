@@ -292,6 +292,7 @@ class FakeRegistry(RegistryClient):
         self.services_by_name = {s.name: s for s in services}
         self.endpoint_records = endpoints
         self.down = False
+        self.cache = None
 
     async def find_service(self, name: str) -> NetworkService | None:
         if self.down:

@@ -7,9 +7,13 @@ import os
 import signal
 import time
 
+from nsm_api import registry_pb2_grpc
+from nsm_api.registry_pb2 import NetworkService, NetworkServiceQuery
 from nsm_client.runtime import kernel_request
-from testbed.bed import Testbed, ping
-from tests.helpers.mesh import agent_client, ifindex
+from nsm_common.grpcutil import sync_channel
+from nsm_common.urls import parse_address
+from testbed.bed import Proc, Testbed, ping
+from tests.helpers.mesh import agent_client, ifindex, raw_endpoint
 from tests.helpers.ping import lost, start_ping
 
 MAX = 3.0  # registry maximum: endpoints renew every MAX/3 seconds
@@ -49,3 +53,48 @@ def test_registry_restart(bed: Testbed) -> None:
     sent, got = lost(pinger)
     assert sent == got, f"lost {sent - got} of {sent} pings"
     print(f"registry refilled {refill * 1000:.0f} ms after its restart")
+
+
+def registered_service(agent: str, name: str) -> NetworkService | None:
+    channel = sync_channel(parse_address(agent))
+    try:
+        query = NetworkServiceQuery(network_service=NetworkService(name=name))
+        found = [
+            r.network_service for r in registry_pb2_grpc.NetworkServiceRegistryStub(channel).Find(query, timeout=5)
+        ]
+    finally:
+        channel.close()
+    return found[0] if found else None
+
+
+def test_a_service_registered_once_comes_back_as_it_was_after_registry_restarts(bed: Testbed) -> None:
+    """An upstream-style endpoint registers its service once (ETHERNET, with a match) and then
+    renews only its endpoint record; the memory-store registry restarts, alone and then with
+    the agent: the service comes back exactly as registered, within one renewal period."""
+    node = bed.netns("node")
+    registry_proc, registry = bed.registry(node, extra=["--max-expiration", str(MAX)])
+    agent_proc, agent = bed.agent(node, "node1", registry)
+    extra = ["--payload", "ETHERNET", "--match", "app=web", "--renew"]
+    raw_endpoint(bed, bed.netns("ep"), "ep1", "eth-svc", agent, prefix="10.97.0", extra=extra)
+    original = registered_service(agent, "eth-svc")
+    assert original is not None and original.payload == "ETHERNET" and len(original.matches) == 1
+
+    def restart(*procs: Proc) -> None:
+        for proc in procs:
+            os.kill(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait(5)
+
+    for round_ in ("registry alone", "registry and agent"):
+        restart(registry_proc, *([agent_proc] if round_ == "registry and agent" else []))
+        registry_proc, _ = bed.registry(node, extra=["--max-expiration", str(MAX)])
+        if round_ == "registry and agent":
+            agent_proc, _ = bed.agent(node, "node1", registry)
+        restarted = time.monotonic()
+        while (again := registered_service(agent, "eth-svc")) is None:
+            assert time.monotonic() - restarted < 2 * MAX, f"{round_}: the service did not come back"
+            time.sleep(0.1)
+        assert again == original, round_  # payload and matches as registered, not rebuilt
+        pod = bed.netns(f"c-{round_.split()[-1]}")
+        req = kernel_request(f"/var/run/netns/{pod}", "eth-svc", "nsm-1", labels={"app": "web"})
+        conn = agent_client(agent).request(req)
+        assert conn.payload == "ETHERNET" and conn.network_service_endpoint_name == "ep1"
