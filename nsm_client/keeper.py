@@ -151,17 +151,35 @@ class Keeper:
             await self._channel.close(None)
 
     async def _heal(self, reselect: bool, why: str) -> None:
+        """Ask again (or reselect) until the agent answers and the far end does too: a heal is
+        reported only once the data plane carries an echo, and one that carries nothing is
+        followed by a reselect."""
         started = time.monotonic()
         async with self._lock:
             while True:
                 try:
                     conn = await self._ask(reselect=reselect)
-                    break
                 except grpc.aio.AioRpcError as exc:
                     self.on_event(f"heal attempt failed ({why}): {exc.code().name}: {exc.details()}", None)
                     await asyncio.sleep(self.probe_interval)
+                    continue
+                if await self._carries(conn):
+                    break
+                self.on_event(f"heal attempt carries nothing ({why}); reselecting", conn)
+                reselect = True
         took = (time.monotonic() - started) * 1000
         self.on_event(f"healed ({why}, {'reselected' if reselect else 'same path'}) in {took:.0f} ms", conn)
+
+    async def _carries(self, conn: Connection) -> bool:
+        """The far end answers a probe within a few probe intervals (true when there is none to probe)."""
+        if not conn.context.ip_context.dst_ip_addrs:
+            return True
+        deadline = time.monotonic() + (self.misses + 3) * self.probe_interval
+        while time.monotonic() < deadline:
+            if self._prober.answered(self.key):
+                return True
+            await asyncio.sleep(self.probe_interval / 4)
+        return False
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -198,5 +216,5 @@ class Keeper:
     async def _probe_loop(self) -> None:
         while True:
             await asyncio.sleep(self.probe_interval / 2)
-            if self._prober.silent_for(self.key) > self.misses * self.probe_interval:
+            if self._prober.silent_for(self.key) > self.misses * self.probe_interval and not self._lock.locked():
                 await self._heal(reselect=True, why="no answer from the far end")

@@ -84,6 +84,12 @@ class Prober:
                 return 0.0
             return time.monotonic() - max(t.last_reply, t.started)
 
+    def answered(self, key: str) -> bool:
+        """A reply came since watching (re)began: the far end is reached."""
+        with self._lock:
+            t = self._targets.get(key)
+            return t is not None and t.last_reply > t.started
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)

@@ -131,6 +131,11 @@ class Begin(Step):
             if conn.state == RESELECT_REQUESTED:
                 conn.network_service_endpoint_name = ""
                 conn.ClearField("mechanism")
+                # The old path beyond this hop goes, and what this hop noted of it (its tunnel).
+                segments = conn.path.path_segments
+                del segments[conn.path.index + 1 :]
+                if conn.path.index < len(segments):
+                    segments[conn.path.index].metrics.clear()
             conn.state = UP
             call.refresh = rec is not None
             if rec is not None and not conn.network_service_endpoint_name:

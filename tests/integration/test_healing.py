@@ -86,3 +86,52 @@ def test_control_plane_break_keeps_the_wire(bed: Testbed) -> None:
     assert "same path" in str(healed["event"])
     assert healed["endpoint"] == first["endpoint"] and healed["client_ips"] == first["client_ips"]
     keeper.stop()
+
+
+@pytest.mark.timeout(900)  # twenty rounds of a two-node mesh, about 9 s each here
+def test_after_a_nodes_loss_the_heal_is_a_local_wire_that_carries(bed: Testbed) -> None:
+    """Node 2, serving the client over WireGuard, drops off the underlay (link down, its agent
+    and endpoint killed) while an endpoint on the client's own node serves the same service.
+    Twenty times: the heal goes to the local endpoint over a veth, and is reported only once
+    the data plane answers."""
+    for round_ in range(20):
+        with Testbed() as tb:
+            cluster = Cluster.build(tb, nodes=2, agent_args=["--remote-mechanisms", "WIREGUARD"])
+            n1, n2 = cluster.nodes
+            far, _ = tb.endpoint(cluster.pod(n2, "ep"), "ep-far", "svc", "10.94.0.0/24", n2.agent)
+            pod = cluster.pod(n1, "c1")
+            keeper = keep(tb, n1.agent, pod, "svc")
+            first = wait_event(keeper, "connected")
+            assert first["endpoint"] == "ep-far" and str(first["wire"]).startswith("WIREGUARD"), first
+            tb.endpoint(cluster.pod(n1, "ep"), "ep-near", "svc", "10.95.0.0/24", n1.agent)
+            n = len(events(keeper))
+            run("ip", "-n", n2.netns, "link", "set", "eth0", "down")
+            agent2 = next(p for p in tb.procs if p.name == "agent-node2")
+            for proc in (agent2, far):
+                os.kill(proc.popen.pid, signal.SIGKILL)
+            healed = wait_event(keeper, "healed", n, timeout=20)
+            where = f"round {round_ + 1}: {healed}"
+            assert healed["endpoint"] == "ep-near" and healed["wire"] == "veth", where
+            assert ping(pod, peer(healed), count=1, timeout=2), where
+
+
+def test_a_heal_is_reported_only_once_the_far_end_answers(bed: Testbed) -> None:
+    """The endpoint a heal goes to takes the Request but its pod answers no echo: that heal
+    carries nothing, is said so, and is followed by another reselect; "healed" comes with the
+    endpoint that answers."""
+    mesh = make_mesh(bed)
+    first_proc, _ = bed.endpoint(bed.netns("first"), "first", "svc", "10.96.0.0/24", mesh.agent)
+    client = bed.netns("c1")
+    keeper = keep(bed, mesh.agent, client, "svc")
+    assert wait_event(keeper, "connected")["endpoint"] == "first"
+    silent = bed.netns("silent")
+    run("ip", "netns", "exec", silent, "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1")
+    bed.endpoint(silent, "silent", "svc", "10.97.0.0/24", mesh.agent)
+    n = len(events(keeper))
+    os.kill(first_proc.popen.pid, signal.SIGKILL)
+    nothing = wait_event(keeper, "carries nothing", n)
+    assert nothing["endpoint"] == "silent"
+    assert not any("healed" in str(e["event"]) for e in events(keeper)[n:])
+    bed.endpoint(bed.netns("answers"), "answers", "svc", "10.98.0.0/24", mesh.agent)
+    healed = wait_event(keeper, "healed", n, timeout=20)
+    assert healed["endpoint"] == "answers" and ping(client, peer(healed), count=1, timeout=2), healed

@@ -124,3 +124,19 @@ async def test_a_close_by_the_callers_id_waits_for_the_request_in_flight_and_clo
     await working
     await closing
     assert len(end.closes) == 1
+
+
+async def test_a_reselect_starts_the_path_anew_beyond_this_hop() -> None:
+    end = Recorder()
+    chain = Chain([Begin(), end])
+    first = request(endpoint="ep-1")
+    seg = first.connection.path.path_segments[0]
+    seg.metrics["tunnel"] = "WIREGUARD"
+    first.connection.path.path_segments.add(name="node2", id="far")
+    await chain.request(first)
+    again = request(endpoint="ep-1")
+    again.connection.CopyFrom(first.connection)
+    again.connection.state = RESELECT_REQUESTED
+    await chain.request(again)
+    sent = end.requests[1].connection.path
+    assert [s.name for s in sent.path_segments] == ["client"] and dict(sent.path_segments[0].metrics) == {}
