@@ -135,3 +135,31 @@ def test_a_heal_is_reported_only_once_the_far_end_answers(bed: Testbed) -> None:
     bed.endpoint(bed.netns("answers"), "answers", "svc", "10.98.0.0/24", mesh.agent)
     healed = wait_event(keeper, "healed", n, timeout=20)
     assert healed["endpoint"] == "answers" and ping(client, peer(healed), count=1, timeout=2), healed
+
+
+@pytest.mark.parametrize("fault", ["interface-down", "interface-deleted", "endpoint-killed"])
+def test_heal_while_every_core_is_busy(bed: Testbed, fault: str) -> None:
+    """Hog processes at the agent's nice level keep every core busy; the client still heals."""
+    mesh = make_mesh(bed)
+    procs = {
+        name: bed.endpoint(bed.netns(name), name, "svc", cidr, mesh.agent)[0]
+        for name, cidr in (("ep1", "10.91.0.0/24"), ("ep2", "10.92.0.0/24"))
+    }
+    client = bed.netns("c1")
+    keeper = keep(bed, mesh.agent, client, "svc")
+    first = wait_event(keeper, "connected")
+    hogs = [bed.start(f"hog{i}", ["sh", "-c", "while :; do :; done"]) for i in range(os.cpu_count() or 2)]
+    try:
+        n = len(events(keeper))
+        if fault == "interface-down":
+            run("ip", "-n", client, "link", "set", "nsm-1", "down")
+        elif fault == "interface-deleted":
+            run("ip", "-n", client, "link", "del", "nsm-1")
+        else:
+            os.kill(procs[str(first["endpoint"])].popen.pid, signal.SIGKILL)
+        healed = wait_event(keeper, "healed", n, timeout=20)
+        assert healed["interface"] == "nsm-1"
+        assert ping(client, peer(healed), count=1, timeout=2), healed
+    finally:
+        for hog in hogs:
+            hog.stop(signal.SIGKILL)
