@@ -254,12 +254,26 @@ def check(world: World) -> list[str]:
     return problems
 
 
+def _agents(world: World) -> str:
+    """Every agent process of the run, alive or how it ended, and the end of its log."""
+    out = []
+    for proc in world.bed.procs:
+        if proc.name.startswith("agent-"):
+            state = "alive" if proc.alive() else f"exited {proc.popen.returncode}"
+            tail = "\n".join(proc.output().splitlines()[-25:])
+            out.append(f"\n--- {proc.name} ({proc.log.name}, {state})\n{tail}")
+    return "".join(out)
+
+
 def run_faults(bed: Testbed, seed: int, ops: int, verbose: bool = False) -> tuple[list[str], list[str]]:
     """Returns (the schedule as run, the invariant's violations)."""
     rng = random.Random(seed)
     world = build(bed)
     for i in range(ops):
-        done = step(world, rng)
+        try:
+            done = step(world, rng)
+        except Exception as exc:
+            raise RuntimeError(f"operation {i} failed: {exc}\n" + "\n".join(world.log[-15:]) + _agents(world)) from exc
         world.log.append(f"{i:4d} {done}")
         if verbose:
             print(world.log[-1], flush=True)
