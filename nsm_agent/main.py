@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
@@ -116,6 +117,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
         await server.stop(grace=1.0)
         await service.drain()
         # Connections outlive the agent: the kernel carries their traffic, and

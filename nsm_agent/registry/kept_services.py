@@ -83,9 +83,10 @@ def wanted(kept: KeptServices, registry: RegistryClient) -> list[NetworkService]
         return []
     known = cache.services if cache.services_ready else {}
     out: dict[str, NetworkService] = {}
-    for endpoint in list(cache.endpoints.values()):
-        if endpoint.name not in kept.endpoints:
-            continue  # not registered through this agent
+    for endpoint_name in list(kept.endpoints):  # a few, where the registry may hold thousands
+        endpoint = cache.endpoints.get(endpoint_name)
+        if endpoint is None:
+            continue  # not renewed (yet): nothing names its services
         for name in endpoint.network_service_names:
             record = kept.get(name)
             if record is not None and name not in known:

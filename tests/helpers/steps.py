@@ -30,6 +30,7 @@ from nsm_agent.datapath.vxlan import VxlanWire
 from nsm_agent.decisions.wireplan import SidePlan, WirePlan
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import NetnsSpec
+from nsm_agent.pipeline.remote_mechanism import DownstreamOffer
 from nsm_agent.registry.client import RegistryClient
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
@@ -390,8 +391,6 @@ class FakeEndpoint:
 def as_sent(request: NetworkServiceRequest, call: Call) -> Connection:
     """What the next hop answers to the Request ConnectEndpoint would send it: the mechanisms
     offered are the call's DownstreamOffer (KERNEL when it offers none)."""
-    from nsm_agent.pipeline.remote_mechanism import DownstreamOffer
-
     sent = NetworkServiceRequest()
     sent.CopyFrom(request)
     offer = call.get(DownstreamOffer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, ping
@@ -29,11 +30,16 @@ def connected(bed: Testbed) -> tuple[str, str, str, int, Mesh]:
     return pod, far, conn.id, ifindex(pod, "nsm-1"), mesh
 
 
-def test_a_journal_of_the_earlier_format_is_carried_on(bed: Testbed) -> None:
-    pod, far, conn_id, index, mesh = connected(bed)
+def killed(bed: Testbed, mesh: Mesh) -> Path:
+    """`kill -9` of the agent; its journal, as it left it."""
     os.kill(mesh.agent_proc.popen.pid, signal.SIGKILL)
     mesh.agent_proc.popen.wait(5)
-    log = bed.dir / "node1-state" / "connections.log"
+    return bed.dir / "node1-state" / "connections.log"
+
+
+def test_a_journal_of_the_earlier_format_is_carried_on(bed: Testbed) -> None:
+    pod, far, conn_id, index, mesh = connected(bed)
+    log = killed(bed, mesh)
     lines = log.read_text().splitlines()
     assert json.loads(lines[0])["version"] == 1
     log.write_text("".join(line + "\n" for line in lines[1:]))  # as the agent before wrote it
@@ -50,9 +56,7 @@ def test_a_journal_of_the_earlier_format_is_carried_on(bed: Testbed) -> None:
 
 def test_a_journal_of_an_unknown_format_stops_the_agent_and_touches_nothing(bed: Testbed) -> None:
     pod, far, conn_id, index, mesh = connected(bed)
-    os.kill(mesh.agent_proc.popen.pid, signal.SIGKILL)
-    mesh.agent_proc.popen.wait(5)
-    log = bed.dir / "node1-state" / "connections.log"
+    log = killed(bed, mesh)
     lines = log.read_text().splitlines()
     lines[0] = json.dumps({"format": "nsm-connection-journal", "version": 7})
     log.write_text("".join(line + "\n" for line in lines))

@@ -79,8 +79,6 @@ class World:
     vnis: VniBook
     journal: JournalStore
     connect: ConnectEndpoint
-    kinds: TunnelKinds
-    far: FakeEndpoint
 
     def leftovers(self) -> list[str]:
         out = [f"{kind} {key}" for kind, key in self.ledger.outstanding()]
@@ -144,7 +142,7 @@ def world(
         connect=connect,
         datapath=Datapath(FakeVeth(ledger, faults), FakeVxlan(ledger, faults), no_name_in_use),
     )
-    return World(Chain(steps), steps, ledger, faults, vnis, journal, connect, kinds, far)
+    return World(Chain(steps), steps, ledger, faults, vnis, journal, connect)
 
 
 async def attempt(w: World) -> Exception | None:
