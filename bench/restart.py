@@ -2,8 +2,11 @@
 
 Twenty of the connections carry a ping every 10 ms from a second before the
 kill until a second after the new agent has carried on every connection; the
-figures are how many of those pings went unanswered, and how long after the new
-agent process was started a Request for a new connection was answered.
+figures are how many of those pings went unanswered, how long after the new
+agent process was started a Request for a new connection was answered, when
+it had carried on every connection (its survey: Monitor shows them, refresh and
+Close work) and when every step held them again (the replays in the
+background), against the time it took to request them anew in the first place.
 """
 
 from __future__ import annotations
@@ -36,13 +39,25 @@ def _answered(proc: Proc) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def _logged(proc: Proc, text: str, since: float, timeout: float = 120) -> float:
+    """Seconds from `since` until `proc` logs `text` (polled every 5 ms)."""
+    deadline = time.monotonic() + timeout
+    while text not in proc.output():
+        if time.monotonic() > deadline or not proc.alive():
+            raise RuntimeError(f"{proc.name} did not log {text!r}:\n{proc.output()}")
+        time.sleep(0.005)
+    return time.monotonic() - since
+
+
 def restart(bed: Testbed, n: int) -> dict[str, object]:
     mesh = one_node(bed)
     agent_proc, agent = mesh.agent_proc, mesh.agent
     bed.endpoint(bed.netns("ep"), "ep1", "rs", "10.160.0.0/16", agent)
     pods = [bed.netns(f"p{i}") for i in range(n)]
     client = AgentClient(parse_address(agent), timeout=60)
+    t0 = time.monotonic()
     conns = [client.request(kernel_request(f"/var/run/netns/{pod}", "rs", "nsm-1")) for pod in pods]
+    requested_s = time.monotonic() - t0
     client.close_channel()
     step = max(1, n // SAMPLED)
     sampled = range(0, n, step)[:SAMPLED]
@@ -63,8 +78,9 @@ def restart(bed: Testbed, n: int) -> dict[str, object]:
                 raise
             time.sleep(0.01)
     serving_after = time.monotonic() - started
-    bed.wait_for(new_proc, "carried on after restart", timeout=120)
-    restored_after = time.monotonic() - started
+    restored_after = _logged(new_proc, "carried on after restart", started)
+    settled_after = _logged(new_proc, "every step holds its connections again", started)
+    survey = re.search(r"carried on after restart.*?seconds=([0-9.]+)", new_proc.output())
     time.sleep(1)  # pings go on past the end of the restore
     sent = received = 0
     for proc in pings:
@@ -81,5 +97,8 @@ def restart(bed: Testbed, n: int) -> dict[str, object]:
         "pings_lost": sent - received,
         "serving_after_s": serving_after,
         "restored_after_s": restored_after,
+        "survey_s": float(survey.group(1)) if survey else -1.0,
+        "settled_after_s": settled_after,
+        "requested_anew_s": requested_s,
         "leftovers": leftovers,
     }

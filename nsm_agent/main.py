@@ -24,7 +24,7 @@ from nsm_agent.registry.proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.settings import AgentSettings, parse_settings
 from nsm_agent.state.journal import JournalFormatError, JournalStore
 from nsm_agent.state.keys import load_or_create
-from nsm_agent.state.restore import journal_closer, restore, retrying
+from nsm_agent.state.restore import Restore, journal_closer
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
 from nsm_common.chain.begin import Begin
@@ -65,7 +65,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms)
     own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
     remote = kinds.supported()
-    closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout)
+    closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout, events)
     begin = Begin(closer, held_elsewhere=journal.holds)
     watch = EndpointWatch(events.mark_down)
     connect = ConnectEndpoint(settings.request_timeout, watch)
@@ -106,12 +106,22 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         underlay_mtu=underlay.mtu if underlay else 0,
         remote_mechanisms=list(remote),
     )
-    kept, undone = await restore(journal, chain, begin, settings.name, resolver, netlink, settings.request_timeout)
-    if kept or undone:
-        log.info("carried on after restart", connections=kept, interrupted_requests_undone=undone)
-    if wireguard is not None and not retrying():
-        # A device no connection needs goes; not while one waiting for its next hop may.
-        await wireguard.reconcile(netlink)
+    restore = Restore(
+        journal, chain, begin, events, settings.name, resolver, netlink, settings.request_timeout,
+        # A device no connection needs goes, once none waiting to be carried on may need it.
+        on_settled=(lambda: wireguard.reconcile(netlink)) if wireguard is not None else None,
+    )  # fmt: skip
+    outcome = await restore.run()
+    if outcome.kept or outcome.undone or outcome.waiting:
+        log.info(
+            "carried on after restart",
+            connections=outcome.kept,
+            intact=outcome.intact,
+            rebuilt=outcome.rebuilt,
+            interrupted_requests_undone=outcome.undone,
+            waiting_for_next_hop=outcome.waiting,
+            seconds=round(outcome.seconds, 3),
+        )
     keeping = asyncio.create_task(keep_registered(kept_services, registry))
     try:
         await stop.wait()
@@ -121,6 +131,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
             await keeping
         await server.stop(grace=1.0)
         await service.drain()
+        await restore.aclose()
         # Connections outlive the agent: the kernel carries their traffic, and
         # the next start carries on from the journal. Stopping serves no one.
         await watch.aclose()

@@ -72,6 +72,9 @@ class WireGuardDevice:
         self.implementation = ""
         self.peers: dict[str, Peer] = {}
         self._changing = asyncio.Lock()
+        # Until `reconcile`: after a restart, connections not yet carried on may use a
+        # peer (or the device) that the last connection known to this run lets go.
+        self.keep_unused = True
 
     @property
     def _control(self) -> str:
@@ -175,8 +178,12 @@ class WireGuardDevice:
         self.implementation = ""
 
     async def reconcile(self, netlink: NetlinkThread) -> None:
-        """After a restart: a device no connection needs goes (an earlier run may have left it)."""
-        async with self._changing:
+        """After a restart, once every journalled connection is carried on: peers and a device
+        that no connection needs go (an earlier run may have left them)."""
+        async with self._changing, _as_wireguard_error():
+            self.keep_unused = False
+            for key in [k for k, peer in self.peers.items() if not peer.users]:
+                await self._remove_peer(netlink, key)
             if not self.peers and await netlink.run(self._exists):
                 await self._remove(netlink)
 
@@ -217,11 +224,14 @@ class WireGuardDevice:
             if peer is None:
                 return
             peer.users.discard(conn_id)
-            if peer.users:
+            if peer.users or self.keep_unused:
                 return
-            del self.peers[public_key]
-            if await netlink.run(self._exists):
-                with contextlib.suppress(WireGuardError):
-                    await asyncio.to_thread(self._wg, "peer", public_key, "remove")
+            await self._remove_peer(netlink, public_key)
             if not self.peers:
                 await self._remove(netlink)
+
+    async def _remove_peer(self, netlink: NetlinkThread, public_key: str) -> None:
+        del self.peers[public_key]
+        if await netlink.run(self._exists):
+            with contextlib.suppress(WireGuardError):
+                await asyncio.to_thread(self._wg, "peer", public_key, "remove")

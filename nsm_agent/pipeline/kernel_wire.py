@@ -76,6 +76,7 @@ class KernelWire(WireStep[veth.VethWire]):
 
         restarted = journalled(call)
         ops = self.datapath
+        adopted = False  # found as built before a restart: nothing new to report
 
         def apply(nl: NetlinkThread) -> veth.VethWire:
             if (
@@ -89,15 +90,17 @@ class KernelWire(WireStep[veth.VethWire]):
             if old is not None:
                 ops.remove(nl, old)
             elif restarted:
-                adopted = ops.adopt(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
-                if adopted is not None:
-                    return adopted  # built before this agent restarted
+                found = ops.adopt(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
+                if found is not None:
+                    nonlocal adopted
+                    adopted = True
+                    return found  # built before this agent restarted
             return ops.build(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
 
         wire = await self.run(apply)
         eth = reply.context.ethernet_context
         eth.src_mac, eth.dst_mac = wire.client_mac, wire.ep_mac
-        if old is None or wire.client_index != old.client_index:
+        if not adopted and (old is None or wire.client_index != old.client_index):
             log.info(
                 "wire up",
                 id=conn_id,

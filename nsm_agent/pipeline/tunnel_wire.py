@@ -124,6 +124,7 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
 
         restarted = journalled(call)
         ops = self.datapath
+        adopted = False  # found as built before a restart: nothing new to report
 
         def apply(nl: NetlinkThread) -> vxlan.VxlanWire:
             if old is not None and old.ns.key == ns.key and old.vni == tunnel.vni and ops.alive(nl, old):
@@ -131,9 +132,11 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
             if old is not None:
                 ops.remove(nl, old)
             elif restarted:
-                adopted = ops.adopt(nl, alias, ns, ifname, tunnel.vni, side, mtu)
-                if adopted is not None:
-                    return adopted  # built before this agent restarted
+                found = ops.adopt(nl, alias, ns, ifname, tunnel.vni, side, mtu)
+                if found is not None:
+                    nonlocal adopted
+                    adopted = True
+                    return found  # built before this agent restarted
             return ops.build(
                 nl, alias, ns, ifname, tunnel.vni, tunnel.local_ip, tunnel.remote_ip, tunnel.port, side, mtu
             )
@@ -148,7 +151,7 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
             eth.src_mac = wire.mac
         else:
             eth.dst_mac = wire.mac
-        if old is None or old.index != wire.index:
+        if not adopted and (old is None or old.index != wire.index):
             log.info(
                 "tunnel up",
                 id=conn_id,

@@ -7,7 +7,12 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
+from pyroute2.netlink.rtnl import RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 
+from nsm_agent.datapath.rtnl import LinkSummary, link_summary
+from nsm_agent.decisions.restore import intact
 from nsm_agent.state import restore as restoring
 from nsm_agent.state.journal import DONE, INTENT, Entry, JournalStore
 from nsm_api.connection_pb2 import Connection, Mechanism, PathSegment
@@ -15,6 +20,7 @@ from nsm_api.connection_pb2 import Path as ConnPath
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.begin import Begin
 from nsm_common.chain.chain import Call, Chain, Next, Step
+from nsm_common.chain.monitor import ConnectionEvents
 from nsm_common.errors import NsmError
 from nsm_common.timeutil import now, ts_from
 from tests.helpers.steps import FakeNetlink, FakeResolver
@@ -36,12 +42,15 @@ class Outcomes(Step):
         return request.connection
 
 
-def entry(cid: str, state: str = DONE) -> Entry:
+def entry(cid: str, state: str = DONE, netns: tuple[str, ...] = ()) -> Entry:
     seg = PathSegment(name="node1", id=cid, expires=ts_from(now() + 60))
     conn = Connection(id=cid, path=ConnPath(index=0, path_segments=[seg]))
     req = NetworkServiceRequest(connection=conn)
     req.mechanism_preferences.append(Mechanism(cls="LOCAL", type="KERNEL", parameters={"inodeURL": "inode://1/2"}))
-    return Entry(cid, state, req, conn if state == DONE else None)
+    out = Entry(cid, state, req, conn if state == DONE else None)
+    if netns:
+        out.notes["netns"] = list(netns)
+    return out
 
 
 async def test_carried_on_undone_and_tried_again(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -58,8 +67,10 @@ async def test_carried_on_undone_and_tried_again(tmp_path: Path, monkeypatch) ->
     )
     begin = Begin()
     chain = Chain([outcomes])
-    kept, undone = await restoring.restore(store, chain, begin, "node1", FakeResolver(), FakeNetlink(), 1.0)
-    assert (kept, undone) == (1, 2)  # "refused" and the interrupted "torn" are undone
+    restore = restoring.Restore(store, chain, begin, ConnectionEvents(), "node1", FakeResolver(), FakeNetlink(), 1.0)
+    out = await restore.run()
+    # None noted a namespace (none intact): each was requested again before run() returned.
+    assert (out.intact, out.rebuilt, out.undone, out.waiting) == (0, 1, 2, 1)  # "refused" and "torn" undone
     assert sorted(e.conn_id for e in store.entries()) == ["away", "kept"]  # "away" waits for its next hop
     for _ in range(100):
         if outcomes.replayed.count("away") >= 3:
@@ -68,3 +79,92 @@ async def test_carried_on_undone_and_tried_again(tmp_path: Path, monkeypatch) ->
     assert outcomes.replayed.count("away") == 3 and store.read("away") is not None
     await asyncio.sleep(0.2)
     assert outcomes.replayed.count("away") == 3  # carried on: no more tries
+    assert not restore.settling()
+
+
+async def test_intact_connections_are_carried_on_before_any_replay(tmp_path: Path) -> None:
+    """A connection whose links are all up with its alias is carried on by the survey alone
+    (Monitor shows it at once) and replayed later; one whose pod's namespace is gone is
+    requested again at once, and undone when that fails; a Close before its replay undoes
+    an intact one from the journal."""
+    store = JournalStore(tmp_path)
+    for e in (
+        entry("whole", netns=("/run/netns/pod-a", "/run/netns/ep")),
+        entry("closed-early", netns=("/run/netns/pod-c", "/run/netns/ep")),
+        entry("half", netns=("/run/netns/pod-b", "/run/netns/ep")),  # its pod-side link is gone
+        entry("pod-gone", netns=("/run/netns/gone", "/run/netns/ep")),
+    ):
+        store.write(e)
+    resolver = FakeResolver()
+    resolver.refused.add("/run/netns/gone")
+    links = {
+        "/run/netns/pod-a": {"nsm:node1:whole"},
+        "/run/netns/pod-b": set(),
+        "/run/netns/pod-c": {"nsm:node1:closed-early"},
+        "/run/netns/ep": {"nsm:node1:whole", "nsm:node1:half", "nsm:node1:closed-early", "nsm:node1:pod-gone"},
+    }
+    outcomes = Outcomes(
+        {"whole": [None], "closed-early": [None], "half": [None], "pod-gone": [grpc.StatusCode.NOT_FOUND]}
+    )
+    events = ConnectionEvents()
+    begin = Begin()
+    settle_gate = asyncio.Event()
+
+    class Gate(Step):
+        """Holds replays of intact connections until the test opens it."""
+
+        async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+            if request.connection.id in ("whole", "closed-early"):
+                await settle_gate.wait()
+            return await nxt.request(request, call)
+
+    restore = restoring.Restore(
+        store, Chain([Gate(), begin, outcomes]), begin, events, "node1", resolver, FakeNetlink(), 1.0,
+        aliases=lambda nl, ns: links[ns.path],
+    )  # fmt: skip
+    out = await restore.run()
+    assert (out.intact, out.rebuilt, out.undone, out.waiting) == (2, 1, 1, 0)
+    assert outcomes.replayed == ["half", "pod-gone"]  # the intact ones wait for the settling
+    assert sorted(events.current) == ["closed-early", "whole"]  # "half" is shown by the chain's Monitor step
+    assert store.read("pod-gone") is None
+    closer = restoring.journal_closer(store, "node1", resolver, FakeNetlink(), 1.0, events)
+    await closer(Connection(id="closed-early"))
+    assert store.read("closed-early") is None and "closed-early" not in events.current
+    assert restore.settling()
+    settle_gate.set()
+    await restore.settled()
+    assert outcomes.replayed == ["half", "pod-gone", "whole"]  # the closed one is not replayed
+    assert sorted(e.conn_id for e in store.entries()) == ["half", "whole"]
+
+
+def test_intact_needs_every_noted_namespace_with_the_alias() -> None:
+    present = {"/a": {"nsm:n:1", "nsm:n:2"}, "/b": {"nsm:n:1"}, "/gone": None}
+    assert intact(["/a", "/b"], "nsm:n:1", present)
+    assert not intact(["/a", "/b"], "nsm:n:2", present)  # its link in /b is gone (or down)
+    assert not intact(["/a", "/gone"], "nsm:n:1", present)  # a namespace gone
+    assert not intact(["/a", "/never-looked-at"], "nsm:n:1", present)
+    assert not intact([], "nsm:n:1", present)  # nothing noted: nothing to check
+
+
+@pytest.mark.parametrize("up", [True, False])
+def test_link_summary_reads_what_pyroute2_encodes(up: bool) -> None:
+    """The raw reader of link messages (restart survey, link events) against pyroute2's encoder."""
+    msg = ifinfmsg()
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["index"] = 41
+    msg["flags"] = IFF_UP if up else 0
+    msg["attrs"] = [
+        ("IFLA_ADDRESS", "02:00:00:00:00:01"),
+        ("IFLA_IFNAME", "nsm-1"),
+        ("IFLA_MTU", 1400),
+        ("IFLA_IFALIAS", "nsm:node1:4a6f"),
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth")]}),
+    ]
+    msg.encode()
+    assert link_summary(bytes(msg.data)) == LinkSummary(41, "nsm-1", "nsm:node1:4a6f", up)
+    msg = ifinfmsg()
+    msg["header"]["type"] = RTM_NEWLINK
+    msg["index"] = 7
+    msg["attrs"] = [("IFLA_IFNAME", "lo")]
+    msg.encode()
+    assert link_summary(bytes(msg.data)) == LinkSummary(7, "lo", "", False)
