@@ -99,8 +99,26 @@ def _restart(d: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def _remote_restart(d: dict[str, Any]) -> list[Row]:
+    return [(f"6 kill -9 + start of the endpoint's agent, {kind}", f"{sum(t['lost'])} of {t['pings'] * len(t['lost'])}"
+             f" pings lost ({len(t['lost'])} rounds at 50 ms)", "—", "—", "0 lost", sum(t["lost"]) == 0)
+            for kind, t in d.items()]  # fmt: skip
+
+
+def _events(d: dict[str, Any]) -> list[Row]:
+    mon, bare, ping = d["monitor"], d["bare"], d["ping"]
+    return [
+        (f"8 interface deleted → Monitor update ({d['rounds']} rounds)", f"p50 {mon['p50_ms']:.1f} ms, "
+         f"max {max(d['raw']['monitor']) * 1000:.1f} ms", f"kernel event at a bare socket p50 {bare['p50_ms']:.2f} ms",
+         f"+{mon['p50_ms'] - bare['p50_ms']:.1f} ms", "—", None),
+        ("8 interface deleted → ping over the rebuilt wire", f"p50 {ping['p50_ms']:.0f} ms, "
+         f"max {max(d['raw']['ping']) * 1000:.0f} ms", "—", "—", "p50 ≤ 1 s", ping["p50_ms"] <= 1000),
+    ]  # fmt: skip
+
+
 SECTIONS = (("local", _local), ("remote", _remote), ("scale", _scale), ("throughput", _throughput),
-            ("heal", _heal), ("restart", _restart))  # fmt: skip
+            ("heal", _heal), ("restart", _restart), ("remote_restart", _remote_restart),
+            ("events", _events))  # fmt: skip
 
 
 def write_report(data: dict[str, Any], out: Path) -> str:

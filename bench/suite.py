@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import heal, local_setup, remote_setup, restart, scale, throughput
+from bench import heal, kernel_events, local_setup, remote_restart, remote_setup, restart, scale, throughput
 from bench.report import write_report
 from bench.stats import summary
 from nsm_common.daemon import raise_open_file_limit
@@ -79,6 +79,17 @@ def part_restart(bed: Testbed, quick: bool) -> dict[str, Any]:
     return restart.restart(bed, 200 if quick else 1000)
 
 
+def part_remote_restart(bed: Testbed, quick: bool) -> dict[str, Any]:
+    rounds = 1 if quick else 3
+    return {kind.lower(): {"lost": remote_restart.pings_lost(bed, kind, rounds), "pings": remote_restart.PINGS}
+            for kind in ("VXLAN", "WIREGUARD")}  # fmt: skip
+
+
+def part_events(bed: Testbed, quick: bool) -> dict[str, Any]:
+    got = kernel_events.detection(bed, 5 if quick else 20)
+    return {"rounds": len(got["monitor"]), **{k: summary(v) for k, v in got.items()}, "raw": got}
+
+
 PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "local": part_local,
     "remote": part_remote,
@@ -86,6 +97,8 @@ PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "throughput": part_throughput,
     "heal": part_heal,
     "restart": part_restart,
+    "remote_restart": part_remote_restart,
+    "events": part_events,
 }
 
 

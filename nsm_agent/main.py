@@ -7,6 +7,7 @@ import contextlib
 
 import structlog
 
+from nsm_agent.datapath.link_events import KernelFollow
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.datapath.tunnels import VniBook, find_underlay
 from nsm_agent.datapath.wireguard import WireGuardDevice
@@ -14,16 +15,19 @@ from nsm_agent.decisions.tunnel import WIREGUARD_OVERHEAD
 from nsm_agent.netns.resolve import NetnsResolver
 from nsm_agent.pipeline.connect import ConnectEndpoint
 from nsm_agent.pipeline.endpoint_watch import EndpointWatch
+from nsm_agent.pipeline.link_watch import LinkWatch
 from nsm_agent.pipeline.remote_mechanism import TunnelKinds
 from nsm_agent.pipeline.select import Locator
 from nsm_agent.pipeline.steps import agent_steps
 from nsm_agent.registry.client import RegistryClient
 from nsm_agent.registry.kept_services import KeptServices, keep_registered
-from nsm_agent.registry.local_endpoints import LocalEndpoints
+from nsm_agent.registry.local_endpoints import LocalEndpoints, unregister_previous_boot
 from nsm_agent.registry.proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.settings import AgentSettings, parse_settings
+from nsm_agent.state.boot import rebooted_since_last_run
 from nsm_agent.state.journal import JournalFormatError, JournalStore
 from nsm_agent.state.keys import load_or_create
+from nsm_agent.state.repair import Repair
 from nsm_agent.state.restore import Restore, journal_closer
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
@@ -45,6 +49,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         journal = JournalStore(settings.state_dir)
     except JournalFormatError as exc:
         raise SystemExit(f"nsm-agent: {exc}") from exc
+    rebooted = rebooted_since_last_run(settings.state_dir)
     netlink = NetlinkThread()
     resolver = NetnsResolver()
     registry = RegistryClient(settings.registry)
@@ -69,6 +74,9 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     begin = Begin(closer, held_elsewhere=journal.holds)
     watch = EndpointWatch(events.mark_down)
     connect = ConnectEndpoint(settings.request_timeout, watch)
+    follow = KernelFollow(netlink)
+    link_watch = LinkWatch(follow)  # what it reports goes to the repairs, which need the chain: below
+    follow.attach(link_watch)
     steps = agent_steps(
         name=settings.name,
         default_lifetime=settings.default_lifetime,
@@ -82,8 +90,11 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         journal=journal,
         begin=begin,
         connect=connect,
+        link_watch=link_watch,
     )
     chain = Chain(steps)
+    repair = Repair(journal, chain, begin, events)
+    link_watch.broken = repair
     service = NetworkServiceServer(chain)
     server = aio_server()
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
@@ -110,7 +121,10 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         journal, chain, begin, events, settings.name, resolver, netlink, settings.request_timeout,
         # A device no connection needs goes, once none waiting to be carried on may need it.
         on_settled=(lambda: wireguard.reconcile(netlink)) if wireguard is not None else None,
+        rebooted=rebooted,
     )  # fmt: skip
+    if restore.rebooted:
+        log.info("the node rebooted since the agent last ran: undoing what the journal holds")
     outcome = await restore.run()
     if outcome.kept or outcome.undone or outcome.waiting:
         log.info(
@@ -122,6 +136,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
             waiting_for_next_hop=outcome.waiting,
             seconds=round(outcome.seconds, 3),
         )
+    if rebooted:
+        await unregister_previous_boot(local, registry, kept_services)
     keeping = asyncio.create_task(keep_registered(kept_services, registry))
     try:
         await stop.wait()
@@ -132,6 +148,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         await server.stop(grace=1.0)
         await service.drain()
         await restore.aclose()
+        await repair.aclose()
+        follow.close()
         # Connections outlive the agent: the kernel carries their traffic, and
         # the next start carries on from the journal. Stopping serves no one.
         await watch.aclose()

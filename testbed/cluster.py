@@ -8,6 +8,7 @@ builds it, prints how to reach it, and removes it all on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -94,6 +95,15 @@ class Cluster:
         node = Node(f"node{i}", ns, tunnel_ip, agent)
         self.nodes.append(node)
         return node
+
+    def restart_registry(self) -> None:
+        """`kill -9` of the registry and a new start with the same flags (a memory store starts empty)."""
+        proc = [p for p in self.bed.procs if p.name == "registry" and p.alive()][-1]
+        os.kill(proc.popen.pid, signal.SIGKILL)
+        proc.popen.wait(5)
+        host = self.registry_tcp.removeprefix("tcp://").rsplit(":", 1)[0]
+        extra = ["--listen", f"tcp://{host}:5002", "--store", self.store]
+        _, self.registry = self.bed.registry(self.underlay_ns, extra=extra)
 
     def pod(self, node: Node, short: str) -> str:
         """A pod is a namespace; which node it is "on" is which agent it asks."""

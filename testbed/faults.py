@@ -3,8 +3,12 @@
     python -m testbed.faults --seed 7 --ops 1000
 
 Random but replayable (the same seed gives the same schedule) interleavings of
-connect, refresh, close, endpoint kill and restart, agent `kill -9` and restart,
-and underlay link down and up. Then it quiesces (links up, endpoints back,
+connect, refresh, close, endpoint kill and restart, agent `kill -9` and restart
+(the client's node or the endpoint's), registry `kill -9` and restart (its memory
+store starts empty), a full restart (registry and every agent at once), an
+interface deleted or set down in a pod, a node's reboot (its processes killed,
+its pods' namespaces replaced by empty ones, a new boot id), a CPU hog on every
+core for a while, and underlay link down and up. Then it quiesces (links up, endpoints back,
 every connection refreshed, or reselected where its endpoint is gone) and checks
 the invariant: what the kernel has equals what the agents report equals what the
 endpoints hold and the journals say; no leaked interface, process or registry
@@ -92,6 +96,10 @@ def restart_agent(world: World, node: Node) -> None:
     proc = world.agent_proc(node)
     os.kill(proc.popen.pid, signal.SIGKILL)
     proc.popen.wait(5)
+    start_agent(world, node)
+
+
+def start_agent(world: World, node: Node) -> None:
     i = int(node.name.removeprefix("node"))
     host = node.tunnel_ip
     world.bed.agent(node.netns, node.name, world.cluster.registry_tcp,
@@ -122,11 +130,64 @@ def close(world: World, pod: str) -> None:
         client.close_channel()
 
 
+KINDS = ["connect", "refresh", "close", "kill-endpoint", "restart-endpoint", "restart-agent", "link-flap",
+         "restart-registry", "full-restart", "break-interface", "reboot-node", "cpu-hog"]  # fmt: skip
+WEIGHTS = [30, 15, 20, 8, 8, 8, 6, 3, 2, 6, 2, 3]
+
+
+def restart_registry(world: World) -> None:
+    world.cluster.restart_registry()
+
+
+def full_restart(world: World) -> None:
+    """Registry and every agent killed together and started again (the endpoints stay, as pods do)."""
+    world.cluster.restart_registry()
+    for node in world.cluster.nodes:
+        restart_agent(world, node)
+
+
+def break_interface(world: World, rng: random.Random) -> str:
+    used = sorted(world.conns)
+    if not used:
+        return "break-interface: nothing connected"
+    pod = rng.choice(used)
+    how = rng.choice(["del", "down"])
+    run("ip", "-n", pod, "link", *(["del", "nsm-1"] if how == "del" else ["set", "nsm-1", "down"]))
+    return f"break-interface {pod} {how}"
+
+
+def reboot_node(world: World, node: Node) -> None:
+    """What the agent finds after a reboot: its node's processes gone, the pods' namespaces new
+    and empty (their clients start again with no connection), another boot id."""
+    agent = world.agent_proc(node)
+    os.kill(agent.popen.pid, signal.SIGKILL)
+    agent.popen.wait(5)
+    for ep in world.endpoints:
+        if ep.node is node and ep.proc is not None and ep.proc.alive():
+            os.kill(ep.proc.popen.pid, signal.SIGKILL)
+            ep.proc.popen.wait(5)
+    pods = [p for p, n in world.pods.items() if n is node] + [e.pod for e in world.endpoints if e.node is node]
+    for pod in pods:
+        run("ip", "netns", "del", pod)
+        run("ip", "netns", "add", pod)
+        run("ip", "-n", pod, "link", "set", "lo", "up")
+        world.conns.pop(pod, None)
+    (world.bed.dir / f"{node.name}-state" / "boot_id").write_text("rebooted-in-the-fault-run\n")
+    start_agent(world, node)
+    for ep in world.endpoints:
+        if ep.node is node:
+            start_endpoint(world.bed, ep)
+
+
+def cpu_hog(world: World, rng: random.Random) -> str:
+    seconds = round(rng.uniform(1, 4), 1)
+    for i in range(os.cpu_count() or 2):
+        world.bed.start(f"hog{i}", ["timeout", str(seconds), "sh", "-c", "while :; do :; done"])
+    return f"cpu-hog {seconds} s"
+
+
 def step(world: World, rng: random.Random) -> str:
-    kind = rng.choices(
-        ["connect", "refresh", "close", "kill-endpoint", "restart-endpoint", "restart-agent", "link-flap"],
-        weights=[30, 15, 20, 8, 8, 8, 6],
-    )[0]
+    kind = rng.choices(KINDS, weights=WEIGHTS)[0]
     pods = sorted(world.pods)
     if kind == "connect":
         free = [p for p in pods if p not in world.conns]
@@ -156,10 +217,23 @@ def step(world: World, rng: random.Random) -> str:
         ep = rng.choice(dead)
         start_endpoint(world.bed, ep)
         return f"restart-endpoint {ep.name}"
+    if kind == "restart-registry":
+        restart_registry(world)
+        return kind
+    if kind == "full-restart":
+        full_restart(world)
+        return kind
+    if kind == "break-interface":
+        return break_interface(world, rng)
+    if kind == "cpu-hog":
+        return cpu_hog(world, rng)
     node = rng.choice(world.cluster.nodes)
     if kind == "restart-agent":
         restart_agent(world, node)
         return f"restart-agent {node.name}"
+    if kind == "reboot-node":
+        reboot_node(world, node)
+        return f"reboot-node {node.name}"
     run("ip", "-n", node.netns, "link", "set", "eth0", "down")
     time.sleep(rng.uniform(0.05, 0.3))
     run("ip", "-n", node.netns, "link", "set", "eth0", "up")

@@ -212,10 +212,23 @@ class Rtnl:
         msg.decode()
         return msg
 
+    def summary(self, index: int) -> LinkSummary | None:
+        """Link `index`, read as `link_summary` does; None when there is none."""
+        reply = self.batch([get_link(index=index)])[0]
+        if reply.error == -errno.ENODEV:
+            return None
+        reply.raise_for_error()
+        return link_summary(reply.data[0])
+
     def has_alias(self, index: int, alias: str) -> bool:
         """Link `index` is here and carries `alias` (what marks a link as ours)."""
-        link = self.link(index)
-        return link is not None and link.get("ifalias") == alias
+        link = self.summary(index)
+        return link is not None and link.alias == alias
+
+    def ours_and_up(self, index: int, alias: str) -> bool:
+        """Link `index` is here, carries `alias` and is up: a wire end that can carry."""
+        link = self.summary(index)
+        return link is not None and link.alias == alias and link.up
 
     def delete(self, index: int) -> None:
         """Delete link `index`; already gone is fine."""

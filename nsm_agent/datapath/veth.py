@@ -116,9 +116,9 @@ def update(nl: NetlinkThread, wire: VethWire, plan: WirePlan) -> VethWire:
 
 
 def alive(nl: NetlinkThread, wire: VethWire) -> bool:
-    """Both ends still exist with our alias."""
+    """Both ends still exist with our alias, and are up (one set down by someone else is rebuilt)."""
     try:
-        return nl.rtnl(wire.client_ns).has_alias(wire.client_index, wire.alias) and nl.rtnl(wire.ep_ns).has_alias(
+        return nl.rtnl(wire.client_ns).ours_and_up(wire.client_index, wire.alias) and nl.rtnl(wire.ep_ns).ours_and_up(
             wire.ep_index, wire.alias
         )
     except OSError:

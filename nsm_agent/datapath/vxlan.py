@@ -65,10 +65,12 @@ def build(
     port: int,
     side: SidePlan,
     mtu: int,
+    mac: str = "",
 ) -> VxlanWire:
-    """Three batches: create in the pod, find it, alias + address + route (see rtnl.py)."""
+    """Three batches: create in the pod, find it, alias + address + route (see rtnl.py).
+    `mac`: the device's address (a rebuilt one keeps its old), else a new one."""
     pod = nl.rtnl(ns)
-    mac = random_mac()
+    mac = mac or random_mac()
     fd = os.open(ns.path, os.O_RDONLY)
     try:
         nl.node_rtnl().run(rtnl.new_vxlan(ifname, mac, vni, local, remote, port, mtu, fd))
@@ -108,8 +110,9 @@ def remove(nl: NetlinkThread, wire: VxlanWire) -> None:
 
 
 def alive(nl: NetlinkThread, wire: VxlanWire) -> bool:
+    """The device still exists with our alias, and is up."""
     try:
-        return nl.rtnl(wire.ns).has_alias(wire.index, wire.alias)
+        return nl.rtnl(wire.ns).ours_and_up(wire.index, wire.alias)
     except OSError:
         return False
 

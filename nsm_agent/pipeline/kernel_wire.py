@@ -18,6 +18,7 @@ from nsm_agent.decisions.wireplan import ContextError, WirePlan, plan_ip_wire
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.pipeline.client_netns import ClientSide
 from nsm_agent.pipeline.journal import journalled, note
+from nsm_agent.pipeline.link_watch import CLIENT, ENDPOINT, WireLinks
 from nsm_agent.pipeline.select import Chosen
 from nsm_agent.pipeline.wire_step import WireStep, bad_context, endpoint_netns
 from nsm_api.connection_pb2 import Connection
@@ -44,7 +45,7 @@ class KernelWire(WireStep[veth.VethWire]):
     """Both pods on this node: one veth pair between them.
 
     Reads: `ClientSide`, `Chosen` (a remote endpoint: the tunnel step builds), `Journalled`, and
-    the endpoint's reply. Provides: the wire, and the MACs in the reply.
+    the endpoint's reply. Provides: the wire, `WireLinks`, and the MACs in the reply.
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class KernelWire(WireStep[veth.VethWire]):
             return ops.build(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
 
         wire = await self.run(apply)
+        call.put(WireLinks(((client_ns, wire.client_index, CLIENT), (ep_ns, wire.ep_index, ENDPOINT))))
         eth = reply.context.ethernet_context
         eth.src_mac, eth.dst_mac = wire.client_mac, wire.ep_mac
         if not adopted and (old is None or wire.client_index != old.client_index):

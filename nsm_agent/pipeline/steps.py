@@ -13,6 +13,7 @@ from nsm_agent.pipeline.connect import ConnectEndpoint
 from nsm_agent.pipeline.discover import Discover
 from nsm_agent.pipeline.journal import Journal
 from nsm_agent.pipeline.kernel_wire import KernelWire, VethOps
+from nsm_agent.pipeline.link_watch import LinkWatch
 from nsm_agent.pipeline.remote_mechanism import RemoteMechanismClient, RemoteMechanismServer, TunnelKinds
 from nsm_agent.pipeline.select import Locator, Select
 from nsm_agent.pipeline.tunnel_wire import TunnelWire, VxlanOps
@@ -49,6 +50,7 @@ def agent_steps(
     begin: Begin,
     connect: ConnectEndpoint,
     datapath: Datapath | None = None,
+    link_watch: LinkWatch | None = None,
 ) -> list[Step]:
     """Every step of the agent's chain, in the order a Request meets them."""
     dp = datapath or Datapath()
@@ -58,6 +60,7 @@ def agent_steps(
         begin,
         Journal(journal),
         Monitor(events),
+        *([link_watch] if link_watch is not None else []),
         ClientNetns(name, resolver, netlink, dp.ifname_in_use),
         RemoteMechanismServer(kinds),
         Discover(registry),

@@ -20,6 +20,7 @@ from nsm_agent.decisions.wireplan import ContextError, SidePlan, plan_ip_wire
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.pipeline.client_netns import ClientSide
 from nsm_agent.pipeline.journal import journalled, note
+from nsm_agent.pipeline.link_watch import CLIENT, ENDPOINT, WireLinks
 from nsm_agent.pipeline.remote_mechanism import Tunnel, TunnelKinds, TunnelToClient
 from nsm_agent.pipeline.select import Chosen
 from nsm_agent.pipeline.wire_step import WireStep, bad_context, endpoint_netns
@@ -51,6 +52,7 @@ class VxlanOps(Protocol):
         port: int,
         side: SidePlan,
         mtu: int,
+        mac: str = "",
         /,
     ) -> vxlan.VxlanWire: ...
 
@@ -66,8 +68,8 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
 
     Reads: `TunnelKinds.agreed_toward_endpoint` (when `Chosen` is remote), `TunnelToClient`,
     `ClientSide`, `Journalled`,
-    the reply. Provides: the wire, the tunnel in this hop's path segment's metrics, the MAC of
-    its end in the reply.
+    the reply. Provides: the wire, `WireLinks`, the tunnel in this hop's path segment's metrics,
+    the MAC of its end in the reply.
     """
 
     removed_message = "tunnel removed"
@@ -125,6 +127,8 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
         restarted = journalled(call)
         ops = self.datapath
         adopted = False  # found as built before a restart: nothing new to report
+        eth_known = reply.context.ethernet_context
+        known_mac = eth_known.src_mac if client_side else eth_known.dst_mac
 
         def apply(nl: NetlinkThread) -> vxlan.VxlanWire:
             if old is not None and old.ns.key == ns.key and old.vni == tunnel.vni and ops.alive(nl, old):
@@ -137,11 +141,15 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
                     nonlocal adopted
                     adopted = True
                     return found  # built before this agent restarted
+            # A rebuilt end keeps its MAC (from the wire, or after a restart from the journalled
+            # reply): the far end's neighbour entry for it stays good, no ping is lost to ARP.
+            mac = old.mac if old is not None else (known_mac if restarted else "")
             return ops.build(
-                nl, alias, ns, ifname, tunnel.vni, tunnel.local_ip, tunnel.remote_ip, tunnel.port, side, mtu
+                nl, alias, ns, ifname, tunnel.vni, tunnel.local_ip, tunnel.remote_ip, tunnel.port, side, mtu, mac
             )
 
         wire = await self.run(apply)
+        call.put(WireLinks(((ns, wire.index, CLIENT if client_side else ENDPOINT),)))
         # Say on this hop's segment which tunnel carries the connection.
         own = reply.path.path_segments[reply.path.index] if reply.path.path_segments else None
         if own is not None:

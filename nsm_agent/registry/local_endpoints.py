@@ -11,11 +11,21 @@ import json
 import os
 from pathlib import Path
 
+import grpc
+import structlog
+
+from nsm_agent.registry.client import RegistryClient
+from nsm_agent.registry.kept_services import KeptServices
+from nsm_api.registry_pb2 import NetworkServiceEndpoint
+
+log = structlog.get_logger("nsm.agent")
+
 
 class LocalEndpoints:
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "endpoints.json"
         self._urls: dict[str, str] = {}
+        self.registered_since_start: set[str] = set()
         try:
             self._urls = dict(json.loads(self.path.read_text()))
         except (OSError, ValueError):
@@ -24,7 +34,11 @@ class LocalEndpoints:
     def get(self, name: str) -> str | None:
         return self._urls.get(name)
 
+    def names(self) -> list[str]:
+        return sorted(self._urls)
+
     def put(self, name: str, url: str) -> None:
+        self.registered_since_start.add(name)
         if self._urls.get(name) != url:
             self._urls[name] = url
             self._save()
@@ -37,3 +51,28 @@ class LocalEndpoints:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._urls, indent=1, sort_keys=True))
         os.replace(tmp, self.path)  # whole file or nothing, also on a crash
+
+
+async def unregister_previous_boot(
+    local: LocalEndpoints, registry: RegistryClient, kept: KeptServices | None = None
+) -> list[str]:
+    """After a reboot: the endpoints that registered through this agent before it are gone
+    with their processes. Unregister each that has not registered again since this start
+    (the registry would send clients to it until its record expired). Returns their names."""
+    gone = []
+    for name in local.names():
+        if name in local.registered_since_start:
+            continue  # it came back already
+        try:
+            await registry.endpoints.Unregister(NetworkServiceEndpoint(name=name), timeout=registry.timeout)
+        except grpc.aio.AioRpcError as exc:
+            log.warning("cannot unregister an endpoint of before the reboot", name=name, error=exc.details())
+            continue
+        if name not in local.registered_since_start:
+            local.remove(name)
+        if kept is not None:
+            kept.endpoint_unregistered(name)
+        gone.append(name)
+    if gone:
+        log.info("unregistered the endpoints of before the reboot", endpoints=gone)
+    return gone

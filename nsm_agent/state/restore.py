@@ -152,13 +152,16 @@ class Restore:
     aliases: Callable[[NetlinkThread, NetnsRef], set[str]] = link_aliases
     # Called once every connection is settled (WireGuard drops what none needs).
     on_settled: Callable[[], Awaitable[None]] | None = None
+    # The node rebooted since the journal was written: nothing it holds can be there, every
+    # entry is undone (its next hops closed: endpoint leases, other nodes' tunnels) at once.
+    rebooted: bool = False
     _background: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def run(self) -> Outcome:
         """The survey; the settling goes on in the background (`settled` awaits it)."""
         started = time.monotonic()
         entries = self.store.entries()
-        done = [e for e in entries if e.state == DONE and e.reply is not None]
+        done = [e for e in entries if e.state == DONE and e.reply is not None and not self.rebooted]
         present = await self._survey(done)
         whole = [e for e in done if intact(namespaces_of(e), wire_alias(self.agent_name, e.conn_id), present)]
         out = Outcome(intact=len(whole))
@@ -274,7 +277,7 @@ class Restore:
         return outcome
 
     async def _carry_on(self, entry: Entry) -> str:
-        if entry.state != DONE or entry.reply is None:
+        if entry.state != DONE or entry.reply is None or self.rebooted:
             return "undo"
         try:
             await self.chain.request(replay_request(entry), Call(replay=lambda: self._still_wanted(entry)))

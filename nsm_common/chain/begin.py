@@ -195,6 +195,17 @@ class Begin(Step):
             except Exception as exc:
                 log.warning("closing an expired connection failed", id=own, error=str(exc))
 
+    async def close_now(self, conn_id: str, why: str) -> bool:
+        """Close a connection this hop holds, of its own accord (its client's pod is gone);
+        False when it holds none by that id."""
+        async with self._lock(conn_id):
+            rec = self._forget(conn_id)
+            if rec is None:
+                return False
+            log.info("closing a connection", id=conn_id, why=why)
+            await rec.nxt.close(rec.conn, Call())
+            return True
+
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         own = conn.id
         if own not in self._records and own in self._by_caller:

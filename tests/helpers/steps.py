@@ -254,6 +254,7 @@ class FakeVxlan:
         port: int,
         side: SidePlan,
         mtu: int,
+        mac: str = "",
     ) -> VxlanWire:
         def effect() -> VxlanWire:
             self.ledger.take("vxlan", alias)
