@@ -90,5 +90,5 @@ def test_an_agent_after_its_nodes_reboot_cleans_up_what_its_journal_promised(bed
     assert len(held) == 2, sorted(held)
     assert {c.network_service for c in held.values()} == {"far-svc"} and again.network_service == "far-svc"
     assert ping(fresh_pod, peer_ip(fresh.context.ip_context.dst_ip_addrs[0]))
-    held = read_log(bed.dir / "node1-state" / "connections.log")
-    assert len(held) == 2, sorted(held)  # fresh and again: none of before the reboot
+    journal = read_log(bed.dir / "node1-state" / "connections.log")
+    assert len(journal) == 2, sorted(journal)  # fresh and again: none of before the reboot
