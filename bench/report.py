@@ -102,7 +102,7 @@ def _restart(d: dict[str, Any]) -> list[Row]:
 def _remote_restart(d: dict[str, Any]) -> list[Row]:
     return [(f"6 kill -9 + start of the endpoint's agent, {kind}", f"{sum(t['lost'])} of {t['pings'] * len(t['lost'])}"
              f" pings lost ({len(t['lost'])} rounds at 50 ms)", "—", "—", "0 lost", sum(t["lost"]) == 0)
-            for kind, t in d.items()]  # fmt: skip
+            for kind, t in d.items() if isinstance(t, dict)]  # fmt: skip
 
 
 def _events(d: dict[str, Any]) -> list[Row]:

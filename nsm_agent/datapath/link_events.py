@@ -69,30 +69,55 @@ def read_events(buf: bytes) -> list[tuple[LinkSummary, bool]]:
 
 
 class LinkEvents:
-    """Link events of every namespace watched (reference-counted by the caller's `watch`)."""
+    """Link events of every namespace watched (reference-counted by the caller's `watch`).
 
-    def __init__(self, netlink: NetlinkThread, on_link: OnLink, on_overrun: Callable[[NetnsRef], None]) -> None:
+    `watch` returns at once: the socket is opened in the background (a thread hop kept off
+    the Request path), and once it listens the namespace's links are read once and handed
+    to `on_snapshot`, so that nothing that happened before it listened goes unseen.
+    """
+
+    def __init__(
+        self,
+        netlink: NetlinkThread,
+        on_link: OnLink,
+        on_overrun: Callable[[NetnsRef], None],
+        on_snapshot: Callable[[NetnsRef, list[LinkSummary]], None],
+    ) -> None:
         self.netlink = netlink
         self.on_link = on_link
         self.on_overrun = on_overrun
+        self.on_snapshot = on_snapshot
         self._socks: dict[tuple[int, int], tuple[NetnsRef, socket.socket]] = {}
         self._users: dict[tuple[int, int], int] = {}
+        self._opening: dict[tuple[int, int], asyncio.Task[None]] = {}
 
-    async def watch(self, ns: NetnsRef) -> None:
+    def watch(self, ns: NetnsRef) -> None:
         self._users[ns.key] = self._users.get(ns.key, 0) + 1
-        if ns.key in self._socks:
-            return
+        if ns.key not in self._socks and ns.key not in self._opening:
+            task = asyncio.get_running_loop().create_task(self._open(ns))
+            self._opening[ns.key] = task
+            task.add_done_callback(lambda _: self._opening.pop(ns.key, None))
+
+    async def _open(self, ns: NetnsRef) -> None:
+        def open_and_look(nl: NetlinkThread) -> tuple[socket.socket, list[LinkSummary]]:
+            sock = inside(ns.path, _event_socket, key=ns.key)
+            try:
+                return sock, nl.rtnl(ns).summaries()  # after it listens: nothing falls between
+            except BaseException:
+                sock.close()
+                raise
+
         try:
-            sock = await self.netlink.run(lambda nl: inside(ns.path, _event_socket, key=ns.key))
+            sock, links = await self.netlink.run(open_and_look)
         except OSError as exc:  # the namespace went meanwhile: its own watch tells
             log.warning("cannot follow link events", netns=ns.path, error=str(exc))
-            self.unwatch(ns)
             return
-        if ns.key in self._socks or not self._users.get(ns.key):  # raced: another watch, or unwatched
+        if not self._users.get(ns.key):  # unwatched meanwhile
             sock.close()
             return
         self._socks[ns.key] = (ns, sock)
         asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, ns.key)
+        self.on_snapshot(ns, links)
 
     def unwatch(self, ns: NetnsRef) -> None:
         left = self._users.get(ns.key, 0) - 1
@@ -131,6 +156,8 @@ class LinkEvents:
                 self.on_link(ns, link, deleted)
 
     def close(self) -> None:
+        for task in self._opening.values():
+            task.cancel()
         for key in list(self._socks):
             self._drop(key)
         self._users.clear()
@@ -270,6 +297,7 @@ class Listener(Protocol):
 
     def on_link(self, ns: NetnsRef, link: LinkSummary, deleted: bool) -> None: ...
     def on_overrun(self, ns: NetnsRef) -> None: ...
+    def on_snapshot(self, ns: NetnsRef, links: list[LinkSummary]) -> None: ...
     def on_gone(self, ns: NetnsRef) -> None: ...
 
 
@@ -278,15 +306,15 @@ class KernelFollow:
 
     def __init__(self, netlink: NetlinkThread) -> None:
         self._listener: Listener | None = None
-        self.links = LinkEvents(netlink, self._on_link, self._on_overrun)
+        self.links = LinkEvents(netlink, self._on_link, self._on_overrun, self._on_snapshot)
         self.ends = NamespaceEnds(self._on_gone)
 
     def attach(self, listener: Listener) -> None:
         self._listener = listener
 
-    async def watch(self, ns: NetnsRef) -> None:
+    def watch(self, ns: NetnsRef) -> None:
         self.ends.watch(ns)
-        await self.links.watch(ns)
+        self.links.watch(ns)
 
     def unwatch(self, ns: NetnsRef) -> None:
         self.ends.unwatch(ns)
@@ -299,6 +327,10 @@ class KernelFollow:
     def _on_overrun(self, ns: NetnsRef) -> None:
         if self._listener is not None:
             self._listener.on_overrun(ns)
+
+    def _on_snapshot(self, ns: NetnsRef, links: list[LinkSummary]) -> None:
+        if self._listener is not None:
+            self._listener.on_snapshot(ns, links)
 
     def _on_gone(self, ns: NetnsRef) -> None:
         if self._listener is not None:

@@ -43,7 +43,7 @@ class Broken(Protocol):
 class Follow(Protocol):
     """The kernel side (`LinkEvents` and `NamespaceEnds`, behind one face; a fake in tests)."""
 
-    async def watch(self, ns: NetnsRef) -> None: ...
+    def watch(self, ns: NetnsRef) -> None: ...
     def unwatch(self, ns: NetnsRef) -> None: ...
 
 
@@ -67,8 +67,8 @@ class LinkWatch(Step):
             reply = await nxt.request(request, call)
             built = call.get(WireLinks)
             if built is not None and built.links != self._links.get(conn_id):
-                await self._forget(conn_id)
-                await self._follow(conn_id, built.links)
+                self._forget(conn_id)
+                self._follow(conn_id, built.links)
             return reply
         finally:
             self._busy.discard(conn_id)
@@ -76,19 +76,19 @@ class LinkWatch(Step):
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         self._busy.add(conn.id)
         try:
-            await self._forget(conn.id)
+            self._forget(conn.id)
             await nxt.close(conn, call)
         finally:
             self._busy.discard(conn.id)
 
-    async def _follow(self, conn_id: str, links: tuple[tuple[NetnsRef, int, str], ...]) -> None:
+    def _follow(self, conn_id: str, links: tuple[tuple[NetnsRef, int, str], ...]) -> None:
         self._links[conn_id] = links
         for ns, index, _ in links:
             self._by_link[(ns.key, index)] = conn_id
             self._by_ns.setdefault(ns.key, set()).add(conn_id)
-            await self.follow.watch(ns)
+            self.follow.watch(ns)
 
-    async def _forget(self, conn_id: str) -> None:
+    def _forget(self, conn_id: str) -> None:
         for ns, index, _ in self._links.pop(conn_id, ()):
             if self._by_link.get((ns.key, index)) == conn_id:
                 del self._by_link[(ns.key, index)]
@@ -106,6 +106,19 @@ class LinkWatch(Step):
             return
         what = "deleted" if deleted else "set down"
         self.broken.repair(conn_id, f"interface {link.ifname or link.index} {what} in {ns.path}")
+
+    def on_snapshot(self, ns: NetnsRef, links: list[LinkSummary]) -> None:
+        """The namespace's links when its events began to be followed: one of ours missing or
+        down meanwhile is broken."""
+        if self.broken is None:
+            return
+        up = {link.index for link in links if link.up}
+        for conn_id in sorted(self._by_ns.get(ns.key, ())):
+            if conn_id in self._busy:
+                continue
+            ours = [index for n, index, _ in self._links.get(conn_id, ()) if n.key == ns.key]
+            if any(index not in up for index in ours):
+                self.broken.repair(conn_id, f"an interface went in {ns.path} before its events were followed")
 
     def on_overrun(self, ns: NetnsRef) -> None:
         """Events were lost: every connection there is looked at again (a repair of a whole

@@ -31,7 +31,7 @@ class Follow:
     def __init__(self) -> None:
         self.watched: dict[tuple[int, int], int] = {}
 
-    async def watch(self, ns: NetnsRef) -> None:
+    def watch(self, ns: NetnsRef) -> None:
         self.watched[ns.key] = self.watched.get(ns.key, 0) + 1
 
     def unwatch(self, ns: NetnsRef) -> None:
@@ -89,6 +89,10 @@ async def test_events_of_a_connections_links_reach_the_repairs() -> None:
     watch.on_link(POD, link(6), True)  # the old link: not followed any more
     assert heard.said == [] and follow.watched == {POD.key: 1, EP.key: 1}
     watch.on_overrun(EP)
+    assert heard.said == [("repair", "c1")]
+    heard.said.clear()
+    watch.on_snapshot(POD, [link(7)])  # the pod's end as the events began: there and up
+    watch.on_snapshot(EP, [link(1)])  # the endpoint's end (index 107) gone before they began
     assert heard.said == [("repair", "c1")]
     heard.said.clear()
     watch.on_gone(POD)
