@@ -38,6 +38,7 @@ class Cluster:
     registry_tcp: str = ""
     underlay_ns: str = ""
     store: str = "memory"
+    registry_args: list[str] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -48,9 +49,10 @@ class Cluster:
         mtu: int = 1500,
         agent_args: list[str] | None = None,
         etcd: bool = False,
+        registry_args: list[str] | None = None,
     ) -> Cluster:
         """`etcd`: the registry keeps its records in an etcd started beside it."""
-        cluster = cls(bed, family, mtu)
+        cluster = cls(bed, family, mtu, registry_args=list(registry_args or []))
         cluster._underlay(etcd)
         for i in range(1, nodes + 1):
             cluster.add_node(i, agent_args)
@@ -71,7 +73,7 @@ class Cluster:
         run("ip", "-n", ns, "addr", "add", f"{reg_ip}/{plen}", *(["nodad"] if self.family == 6 else []), "dev", "br0")
         run("ip", "-n", ns, "link", "set", "br0", "up")
         host = f"[{reg_ip}]" if self.family == 6 else reg_ip
-        extra = ["--listen", f"tcp://{host}:5002", "--store", self.store]
+        extra = ["--listen", f"tcp://{host}:5002", "--store", self.store, *self.registry_args]
         _, self.registry = self.bed.registry(ns, extra=extra)
         self.registry_tcp = f"tcp://{host}:5002"
 
@@ -102,7 +104,7 @@ class Cluster:
         os.kill(proc.popen.pid, signal.SIGKILL)
         proc.popen.wait(5)
         host = self.registry_tcp.removeprefix("tcp://").rsplit(":", 1)[0]
-        extra = ["--listen", f"tcp://{host}:5002", "--store", self.store]
+        extra = ["--listen", f"tcp://{host}:5002", "--store", self.store, *self.registry_args]
         _, self.registry = self.bed.registry(self.underlay_ns, extra=extra)
 
     def pod(self, node: Node, short: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nsm_agent.decisions.selection import candidates
+from nsm_agent.pipeline.journal import journalled
 from nsm_agent.registry.client import RegistryClient
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
@@ -26,8 +27,8 @@ class Found:
 class Discover(Step):
     """Asks the registry (its watched copy first) for the service and the endpoints that match.
 
-    Reads: `call.refresh` (a refresh needs only the endpoint it has). Provides: `Found`, and
-    the reply's payload.
+    Reads: `call.refresh`, `Journalled` (a refresh, or a connection carried on after a
+    restart, needs only the endpoint it has). Provides: `Found`, and the reply's payload.
     """
 
     def __init__(self, registry: RegistryClient) -> None:
@@ -36,9 +37,10 @@ class Discover(Step):
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn = request.connection
         name = conn.network_service
-        if call.refresh and conn.network_service_endpoint_name:
-            # A refresh needs no registry: the wire and the endpoint are known.
-            # While the registry is away (or refilling after a restart) it goes on.
+        if (call.refresh or journalled(call)) and conn.network_service_endpoint_name:
+            # A refresh needs no registry: the wire and the endpoint are known (also to the
+            # journal after this agent restarted). While the registry is away (or refilling
+            # after a restart) it goes on.
             try:
                 found = await self.registry.find_endpoints(
                     NetworkServiceEndpoint(name=conn.network_service_endpoint_name), attempts=1

@@ -13,8 +13,8 @@ note what they are about to reach, through `note`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from nsm_agent.state.journal import DONE, INTENT, Entry, JournalStore
 from nsm_api.connection_pb2 import Connection
@@ -29,6 +29,8 @@ class Journalled:
 
     done: bool
     note: Callable[..., None]
+    # What the steps noted before this Request (where it reached: namespaces, downstream URLs).
+    notes: Mapping[str, list[str]] = field(default_factory=dict)
 
 
 def note(call: Call, key: str, *values: str) -> None:
@@ -36,6 +38,12 @@ def note(call: Call, key: str, *values: str) -> None:
     entry = call.get(Journalled)
     if entry is not None:
         entry.note(key, *values)
+
+
+def noted(call: Call, key: str) -> list[str]:
+    """What the journal held noted under `key` for this connection before this Request."""
+    entry = call.get(Journalled)
+    return list(entry.notes.get(key, [])) if entry is not None and entry.done else []
 
 
 def journalled(call: Call) -> bool:
@@ -61,14 +69,15 @@ class Journal(Step):
             entry = existing
 
         def note(key: str, *values: str) -> None:
-            """Record where a step is about to act, in one write for all `values`."""
+            """Record where a step is about to act, in one write for all `values`; the latest
+            last (where a connection went most recently: a reselect back to an endpoint)."""
             held = entry.notes.setdefault(key, [])
-            new = [v for v in values if v not in held]
-            if new:
-                held.extend(new)
-                self.store.write(entry)
+            if held[len(held) - len(values) :] == list(values):
+                return
+            held[:] = [v for v in held if v not in values] + list(values)
+            self.store.write(entry)
 
-        call.put(Journalled(entry is existing, note))
+        call.put(Journalled(entry is existing, note, {k: list(v) for k, v in entry.notes.items()}))
         try:
             reply = await nxt.request(request, call)
             entry.state = DONE

@@ -9,6 +9,7 @@ import structlog
 
 from nsm_agent.decisions.selection import RoundRobin
 from nsm_agent.pipeline.discover import Found
+from nsm_agent.pipeline.journal import noted
 from nsm_agent.registry.local_endpoints import LocalEndpoints
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
@@ -64,12 +65,22 @@ class Locator:
         return Chosen(endpoint, endpoint.url, True)
 
 
+def _from_journal(call: Call) -> Chosen | None:
+    """Where the connection went before this agent restarted (its journalled downstream URL):
+    an endpoint's own socket on this node, or another node's agent."""
+    urls = noted(call, "downstream")
+    if not urls:
+        return None
+    return Chosen(None, urls[-1], not urls[-1].startswith("unix://"))
+
+
 class Select(Step):
     """Round robin over the candidates, the next one when one fails (those in `call.avoid` last).
 
-    Reads: `Found`, `call.avoid`. Provides: `Chosen` for each attempt, and the reply's endpoint
-    name. Remembers each connection's choice, so that a refresh while the registry cannot
-    say still knows where its endpoint is.
+    Reads: `Found`, `call.avoid`, `Journalled` (after a restart, where a connection went).
+    Provides: `Chosen` for each attempt, and the reply's endpoint name. Remembers each
+    connection's choice, so that a refresh while the registry cannot say still knows where
+    its endpoint is.
     """
 
     def __init__(self, locator: Locator) -> None:
@@ -84,7 +95,7 @@ class Select(Step):
             if found.endpoint is not None:
                 chosen = self.locator.locate(found.endpoint)
             else:  # a refresh while the registry cannot say: where it went last time
-                chosen = self._chosen.get(conn.id) or Chosen(None, "", False)
+                chosen = self._chosen.get(conn.id) or _from_journal(call) or Chosen(None, "", False)
             call.put(chosen)
             reply = await nxt.request(request, call)
             self._chosen[conn.id] = chosen

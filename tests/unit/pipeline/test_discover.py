@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from nsm_agent.pipeline.discover import Discover, Found
+from nsm_agent.pipeline.journal import Journalled
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceLabels
 from nsm_common.chain.chain import Call, Chain
 from nsm_common.errors import NsmError
@@ -55,3 +56,20 @@ async def test_a_refresh_goes_on_while_the_registry_is_away() -> None:
     assert found is not None and found.endpoint is None
     with pytest.raises(NsmError):  # a new connection cannot
         await Chain([Discover(reg), Recorder()]).request(kernel_request())
+
+
+async def test_a_connection_carried_on_after_a_restart_needs_no_service_record() -> None:
+    """A registry that restarted empty does not stop the journal's connections (its service
+    comes back when an endpoint re-registers); a new connection to it is refused meanwhile."""
+    reg = FakeRegistry([], [])
+    end = Recorder()
+    req = kernel_request()
+    req.connection.network_service_endpoint_name = "a"
+    call = Call()
+    call.put(Journalled(True, lambda *a: None))
+    await Chain([Discover(reg), end]).request(req, call)
+    found = end.calls[0].get(Found)
+    assert found is not None and found.endpoint is None
+    with pytest.raises(NsmError) as caught:
+        await Chain([Discover(reg), Recorder()]).request(kernel_request())
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND

@@ -64,7 +64,8 @@ async def test_notes_are_written_before_a_step_acts(tmp_path: Path) -> None:
             note(call, "netns", "/var/run/netns/a", "/var/run/netns/b")
             note(call, "netns", "/var/run/netns/a")
             entry = store.read("c1")
-            assert entry is not None and entry.notes == {"netns": ["/var/run/netns/a", "/var/run/netns/b"]}
+            # Each once, the latest last (a reselect back to an endpoint: where it went last).
+            assert entry is not None and entry.notes == {"netns": ["/var/run/netns/b", "/var/run/netns/a"]}
             assert call.get(Journalled) is not None
             return await super().request(request, call, nxt)
 

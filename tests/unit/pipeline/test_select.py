@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from nsm_agent.pipeline.discover import Found
+from nsm_agent.pipeline.journal import Journalled
 from nsm_agent.pipeline.select import Chosen, Locator, Select
 from nsm_agent.registry.local_endpoints import LocalEndpoints
 from nsm_api.connection_pb2 import Connection
@@ -101,3 +102,15 @@ async def test_an_endpoint_registered_through_this_agent_is_reached_at_its_own_s
     with pytest.raises(NsmError) as caught:
         await Chain([select(tmp_path), Recorder()]).request(kernel_request(), call_with(stray))
     assert "never registered through it" in caught.value.message
+
+
+async def test_after_a_restart_a_connection_goes_where_the_journal_says(tmp_path: Path) -> None:
+    step, end = select(tmp_path), Recorder()
+    for url, remote in (("unix:///ep.sock", False), ("tcp://192.0.2.2:5001", True)):
+        req = kernel_request()
+        req.connection.network_service_endpoint_name = "gone-from-the-registry"
+        call = Call()
+        call.put(Journalled(True, lambda *a: None, {"downstream": ["tcp://192.0.2.9:5001", url]}))
+        await Chain([step, end]).request(req, call)
+        assert end.calls[-1].get(Chosen) == Chosen(None, url, remote)  # the last noted: where it went
+        await Chain([step, end]).close(Connection(id="c1"))
