@@ -44,18 +44,32 @@ class Repair:
         self._start(conn_id, lambda: self._repair(conn_id, why))
 
     def client_gone(self, conn_id: str, why: str) -> None:
-        self._start(conn_id, lambda: self._close(conn_id, why))
+        """Closes the connection, after a repair of it that runs already (never instead of it)."""
+        before = self._running.get(conn_id)
+
+        async def close() -> None:
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)
+            await self._close(conn_id, why)
+
+        self._running.pop(conn_id, None)
+        self._start(conn_id, close)
 
     def endpoint_gone(self, conn_id: str, why: str) -> None:
         log.info("connection down", id=conn_id, why=why)
         self.events.mark_down([conn_id])
 
     def _start(self, conn_id: str, work: Callable[[], Coroutine[object, object, None]]) -> None:
-        if conn_id in self._running:  # one already runs: it looks at the whole wire
+        if conn_id in self._running:  # one already runs: it looks at the whole wire (or closes it)
             return
         task = asyncio.get_running_loop().create_task(work())
         self._running[conn_id] = task
-        task.add_done_callback(lambda _: self._running.pop(conn_id, None))
+
+        def done(_: asyncio.Task[None]) -> None:
+            if self._running.get(conn_id) is task:
+                del self._running[conn_id]
+
+        task.add_done_callback(done)
 
     async def _repair(self, conn_id: str, why: str) -> None:
         entry = self.store.read(conn_id)
@@ -74,6 +88,10 @@ class Repair:
             if exc.code == grpc.StatusCode.CANCELLED:
                 return  # closed or refreshed meanwhile: its client's own Request saw to it
             log.warning("repairing a wire failed; reporting the connection down", id=conn_id, error=exc.message)
+            self.events.mark_down([conn_id])
+            return
+        except Exception:  # whatever it was, the client must hear the wire is broken
+            log.exception("repairing a wire failed; reporting the connection down", id=conn_id)
             self.events.mark_down([conn_id])
             return
         log.info("wire repaired", id=conn_id, ms=round((time.monotonic() - started) * 1000, 1))

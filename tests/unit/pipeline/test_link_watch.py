@@ -4,6 +4,7 @@ broken wire is requested again from the journal; one that cannot be is reported 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -147,3 +148,30 @@ async def test_a_repair_requests_the_connection_again_or_reports_it_down(tmp_pat
         assert answers.asked == [cid]
     assert Connection.FromString(events.current["ok"]).state != DOWN
     assert Connection.FromString(events.current["fails"]).state == DOWN
+
+
+async def test_a_pod_gone_during_a_repair_is_closed_after_it(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path)
+    journalled(store, "c1")
+    gate = asyncio.Event()
+    closed: list[str] = []
+
+    class Slow(Step):
+        async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+            await gate.wait()
+            return request.connection
+
+        async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+            closed.append(conn.id)
+
+    begin = Begin()
+    repair = Repair(store, Chain([begin, Slow()]), begin, ConnectionEvents())
+    repair.repair("c1", "interface deleted")
+    await asyncio.sleep(0.01)
+    repair.client_gone("c1", "namespace gone")
+    repair.repair("c1", "another event")  # the close is queued: nothing more to repair
+    await asyncio.sleep(0.01)
+    assert closed == []  # not while the repair runs
+    gate.set()
+    await repair.idle()
+    assert closed == ["c1"]
