@@ -24,7 +24,7 @@ from nsm_agent.registry.kept_services import KeptServices, keep_registered
 from nsm_agent.registry.local_endpoints import LocalEndpoints, unregister_previous_boot
 from nsm_agent.registry.proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.settings import AgentSettings, parse_settings
-from nsm_agent.state.boot import rebooted_since_last_run
+from nsm_agent.state.boot import rebooted_since_last_run, record_boot
 from nsm_agent.state.journal import JournalFormatError, JournalStore
 from nsm_agent.state.keys import load_or_create
 from nsm_agent.state.repair import Repair
@@ -74,7 +74,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     begin = Begin(closer, held_elsewhere=journal.holds)
     watch = EndpointWatch(events.mark_down)
     connect = ConnectEndpoint(settings.request_timeout, watch)
-    follow = KernelFollow(netlink)
+    follow = KernelFollow(netlink, relocate=resolver.find)
     link_watch = LinkWatch(follow)  # what it reports goes to the repairs, which need the chain: below
     follow.attach(link_watch)
     steps = agent_steps(
@@ -132,24 +132,26 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
             connections=outcome.kept,
             intact=outcome.intact,
             rebuilt=outcome.rebuilt,
-            interrupted_requests_undone=outcome.undone,
+            undone=outcome.undone,
             waiting_for_next_hop=outcome.waiting,
             seconds=round(outcome.seconds, 3),
         )
-    if rebooted:
-        await unregister_previous_boot(local, registry, kept_services)
+    record_boot(settings.state_dir)
+    unregistering = asyncio.create_task(unregister_previous_boot(local, registry, kept_services)) if rebooted else None
     keeping = asyncio.create_task(keep_registered(kept_services, registry))
     try:
         await stop.wait()
     finally:
-        keeping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeping
+        for task in (keeping, unregistering):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await server.stop(grace=1.0)
         await service.drain()
+        follow.close()  # first: no new repairs while they are stopped
         await restore.aclose()
         await repair.aclose()
-        follow.close()
         # Connections outlive the agent: the kernel carries their traffic, and
         # the next start carries on from the journal. Stopping serves no one.
         await watch.aclose()

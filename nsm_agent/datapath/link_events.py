@@ -4,10 +4,12 @@
   the event loop (a plain socket needs no thread once opened; it is opened on
   the netlink thread, inside its namespace). Each RTM_NEWLINK / RTM_DELLINK is
   read as a `LinkSummary`. When the kernel drops events (ENOBUFS, the socket's
-  buffer overran) the listener is told to look again itself.
+  buffer overran) the namespace's links are read again and handed over whole.
 - Namespaces: a named one (a bind mount, as `ip netns` and container runtimes
   make under /run/netns) ends when its file goes: inotify on its folder tells
-  at once. One known only by a process's /proc path is looked at once a second.
+  at once. One known only by a process's /proc path is looked at once a second;
+  when that process exits, the namespace is looked for by its inode (another
+  process of the pod may hold it) before it is called gone.
 
 Both sockets and watched namespaces hold nothing but a socket per namespace:
 the socket keeps the namespace alive, so it goes with the last connection there.
@@ -37,16 +39,22 @@ log = structlog.get_logger("nsm.agent")
 
 RTMGRP_LINK = 1  # linux/rtnetlink.h: the legacy group bit of RTNLGRP_LINK
 _HEADER = struct.Struct("=IHHII")
-RECEIVE_BUFFER = 1 << 20  # a thousand link events of a busy restart fit
+RECEIVE_BUFFER = 1 << 20  # a thousand link events (~1 KiB each) of a busy restart fit
 
 # A link event: the namespace, the link as the kernel now describes it, and whether it was deleted.
 OnLink = Callable[[NetnsRef, LinkSummary, bool], None]
 
 
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # past net.core.rmem_max (the agent is root)
+
+
 def _event_socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK, 0)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER)
+        except PermissionError:  # not root: as much as rmem_max allows; an overrun is read again
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
         sock.bind((0, RTMGRP_LINK))
     except BaseException:
         sock.close()
@@ -80,18 +88,19 @@ class LinkEvents:
         self,
         netlink: NetlinkThread,
         on_link: OnLink,
-        on_overrun: Callable[[NetnsRef], None],
         on_snapshot: Callable[[NetnsRef, list[LinkSummary]], None],
     ) -> None:
         self.netlink = netlink
         self.on_link = on_link
-        self.on_overrun = on_overrun
         self.on_snapshot = on_snapshot
         self._socks: dict[tuple[int, int], tuple[NetnsRef, socket.socket]] = {}
         self._users: dict[tuple[int, int], int] = {}
         self._opening: dict[tuple[int, int], asyncio.Task[None]] = {}
+        self._looking: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def watch(self, ns: NetnsRef) -> None:
+        """Follow `ns` (once per user; `unwatch` as often)."""
         self._users[ns.key] = self._users.get(ns.key, 0) + 1
         if ns.key not in self._socks and ns.key not in self._opening:
             task = asyncio.get_running_loop().create_task(self._open(ns))
@@ -109,10 +118,10 @@ class LinkEvents:
 
         try:
             sock, links = await self.netlink.run(open_and_look)
-        except OSError as exc:  # the namespace went meanwhile: its own watch tells
+        except Exception as exc:  # OSError, NetlinkError: the namespace went; its own watch tells
             log.warning("cannot follow link events", netns=ns.path, error=str(exc))
             return
-        if not self._users.get(ns.key):  # unwatched meanwhile
+        if self._closed or not self._users.get(ns.key):  # unwatched meanwhile
             sock.close()
             return
         self._socks[ns.key] = (ns, sock)
@@ -120,12 +129,22 @@ class LinkEvents:
         self.on_snapshot(ns, links)
 
     def unwatch(self, ns: NetnsRef) -> None:
+        """One user of `ns` less; the socket goes with the last."""
         left = self._users.get(ns.key, 0) - 1
         if left > 0:
             self._users[ns.key] = left
             return
         self._users.pop(ns.key, None)
         self._drop(ns.key)
+
+    async def _look_again(self, ns: NetnsRef) -> None:
+        try:
+            links = await self.netlink.run(lambda nl: nl.rtnl(ns).summaries())
+        except Exception as exc:
+            log.warning("cannot read a namespace's links again", netns=ns.path, error=str(exc))
+            return
+        if ns.key in self._socks:
+            self.on_snapshot(ns, links)
 
     def _drop(self, key: tuple[int, int]) -> None:
         held = self._socks.pop(key, None)
@@ -146,7 +165,9 @@ class LinkEvents:
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:
                     log.warning("link events were dropped by the kernel; looking again", netns=ns.path)
-                    self.on_overrun(ns)
+                    task = asyncio.get_running_loop().create_task(self._look_again(ns))
+                    self._looking.add(task)
+                    task.add_done_callback(self._looking.discard)
                     continue
                 # Not expected of a netlink socket; stop reading it rather than spin on it.
                 log.error("link events cannot be read any more", netns=ns.path, error=str(exc))
@@ -156,7 +177,9 @@ class LinkEvents:
                 self.on_link(ns, link, deleted)
 
     def close(self) -> None:
-        for task in self._opening.values():
+        """Stop following everything (a socket still being opened is closed when it comes)."""
+        self._closed = True
+        for task in self._looking:
             task.cancel()
         for key in list(self._socks):
             self._drop(key)
@@ -216,8 +239,12 @@ def _same(ns: NetnsRef) -> bool:
 class NamespaceEnds:
     """Calls `on_gone(ns)` once a watched namespace's path no longer opens it."""
 
-    def __init__(self, on_gone: Callable[[NetnsRef], None]) -> None:
+    def __init__(
+        self, on_gone: Callable[[NetnsRef], None], relocate: Callable[[NetnsRef], NetnsRef | None] | None = None
+    ) -> None:
         self.on_gone = on_gone
+        # The namespace by its inode at another path, or None (`NetnsResolver.find`).
+        self.relocate = relocate
         self._watched: dict[tuple[int, int], NetnsRef] = {}
         self._users: dict[tuple[int, int], int] = {}
         self._polled: set[tuple[int, int]] = set()  # looked at once a second (no inotify for them)
@@ -226,6 +253,7 @@ class NamespaceEnds:
         self._poller: asyncio.Task[None] | None = None
 
     def watch(self, ns: NetnsRef) -> None:
+        """Follow `ns` (once per user; `unwatch` as often)."""
         self._users[ns.key] = self._users.get(ns.key, 0) + 1
         if ns.key in self._watched:
             return
@@ -238,6 +266,7 @@ class NamespaceEnds:
             self._gone(ns)
 
     def unwatch(self, ns: NetnsRef) -> None:
+        """One user of `ns` less; it is no longer watched after the last."""
         left = self._users.get(ns.key, 0) - 1
         if left > 0:
             self._users[ns.key] = left
@@ -271,7 +300,12 @@ class NamespaceEnds:
         while self._polled:
             await asyncio.sleep(POLL_EVERY)
             for ns in [self._watched[key] for key in self._polled if key in self._watched]:
-                if not _same(ns):
+                if _same(ns):
+                    continue
+                moved = self.relocate(ns) if self.relocate is not None else None
+                if moved is not None and moved.key == ns.key:
+                    self._watched[ns.key] = moved  # another process of the pod holds it
+                else:
                     self._gone(ns)
 
     def _gone(self, ns: NetnsRef) -> None:
@@ -296,7 +330,6 @@ class Listener(Protocol):
     """Who hears what the kernel says (the LinkWatch step)."""
 
     def on_link(self, ns: NetnsRef, link: LinkSummary, deleted: bool) -> None: ...
-    def on_overrun(self, ns: NetnsRef) -> None: ...
     def on_snapshot(self, ns: NetnsRef, links: list[LinkSummary]) -> None: ...
     def on_gone(self, ns: NetnsRef) -> None: ...
 
@@ -304,29 +337,27 @@ class Listener(Protocol):
 class KernelFollow:
     """Link events and namespaces' end together, for one `Listener` (set by `attach`)."""
 
-    def __init__(self, netlink: NetlinkThread) -> None:
+    def __init__(self, netlink: NetlinkThread, relocate: Callable[[NetnsRef], NetnsRef | None] | None = None) -> None:
         self._listener: Listener | None = None
-        self.links = LinkEvents(netlink, self._on_link, self._on_overrun, self._on_snapshot)
-        self.ends = NamespaceEnds(self._on_gone)
+        self.links = LinkEvents(netlink, self._on_link, self._on_snapshot)
+        self.ends = NamespaceEnds(self._on_gone, relocate)
 
     def attach(self, listener: Listener) -> None:
         self._listener = listener
 
     def watch(self, ns: NetnsRef) -> None:
+        """Follow `ns`'s links and its end (once per user)."""
         self.ends.watch(ns)
         self.links.watch(ns)
 
     def unwatch(self, ns: NetnsRef) -> None:
+        """One user of `ns` less."""
         self.ends.unwatch(ns)
         self.links.unwatch(ns)
 
     def _on_link(self, ns: NetnsRef, link: LinkSummary, deleted: bool) -> None:
         if self._listener is not None:
             self._listener.on_link(ns, link, deleted)
-
-    def _on_overrun(self, ns: NetnsRef) -> None:
-        if self._listener is not None:
-            self._listener.on_overrun(ns)
 
     def _on_snapshot(self, ns: NetnsRef, links: list[LinkSummary]) -> None:
         if self._listener is not None:
@@ -337,5 +368,6 @@ class KernelFollow:
             self._listener.on_gone(ns)
 
     def close(self) -> None:
+        """Stop following (the agent stops)."""
         self.links.close()
         self.ends.close()

@@ -184,8 +184,14 @@ class WireGuardDevice:
             self.keep_unused = False
             for key in [k for k, peer in self.peers.items() if not peer.users]:
                 await self._remove_peer(netlink, key)
-            if not self.peers and await netlink.run(self._exists):
+            if not await netlink.run(self._exists):
+                return
+            if not self.peers:
                 await self._remove(netlink)
+                return
+            # Peers an earlier run configured that no connection of this run uses.
+            for key in await asyncio.to_thread(self._listed_peers) - set(self.peers):
+                await self._forget_peer(netlink, key)
 
     # Peers ------------------------------------------------------------------------
     async def _configure_peer(self, netlink: NetlinkThread, peer: Peer) -> None:
@@ -235,3 +241,22 @@ class WireGuardDevice:
         if await netlink.run(self._exists):
             with contextlib.suppress(WireGuardError):
                 await asyncio.to_thread(self._wg, "peer", public_key, "remove")
+
+    def _listed_peers(self) -> set[str]:
+        """The peers the device has (`wg show`; a process, on a restart's tidy-up only)."""
+        res = subprocess.run(["wg", "show", self.name, "peers"], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise WireGuardError(f"wg show {self.name} peers: {res.stderr.strip()}")
+        return set(res.stdout.split())
+
+    async def _forget_peer(self, netlink: NetlinkThread, public_key: str) -> None:
+        """A peer no connection knows: off the device, and its inner route with it."""
+        with contextlib.suppress(WireGuardError):
+            await asyncio.to_thread(self._wg, "peer", public_key, "remove")
+
+        def unroute(nl: NetlinkThread) -> None:
+            with contextlib.suppress(NetlinkError):
+                nl.node().route("del", dst=f"{inner_address(public_key)}/128", family=socket.AF_INET6)
+
+        await netlink.run(unroute)
+        log.info("wireguard peer of an earlier run removed", device=self.name)

@@ -93,6 +93,11 @@ class NetnsResolver:
             raise invalid(f"{spec} is {why}; a connection needs the pod's namespace")
         return ref
 
+    def find(self, ns: NetnsRef) -> NetnsRef | None:
+        """The namespace `ns` by its inode, at whatever path opens it now (a process of it
+        exited, another holds it); None when nothing on the node holds it any more."""
+        return self._find_inode(ns.ino, ns.dev)
+
     def _find_inode(self, ino: int, dev: int | None) -> NetnsRef | None:
         if dev is not None and dev != self.nsfs_dev:
             return None

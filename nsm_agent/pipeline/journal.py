@@ -7,8 +7,9 @@ the entry into *done* with the reply. After a restart `nsm_agent.state.restore`
 carries on from there.
 
 Reads: the journal's entry for the connection id. Provides: `Journalled` (the
-journal held it as done: a wire step adopts what the kernel has; and where steps
-note what they are about to reach, through `note`).
+journal held it as done: a wire step adopts what the kernel has; what was noted
+before, `noted`; and where steps note what they are about to reach, `note`,
+`note_wire`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Journalled:
     note: Callable[..., None]
     # What the steps noted before this Request (where it reached: namespaces, downstream URLs).
     notes: Mapping[str, list[str]] = field(default_factory=dict)
+    # Replace what is noted under a key (where the wire is now, not everywhere it ever was).
+    replace: Callable[..., None] = field(default=lambda key, *values: None)
 
 
 def note(call: Call, key: str, *values: str) -> None:
@@ -40,8 +43,18 @@ def note(call: Call, key: str, *values: str) -> None:
         entry.note(key, *values)
 
 
+def note_wire(call: Call, *namespaces: str) -> None:
+    """Record the namespaces the connection's wire is in now (`wire`; a restart's survey looks
+    there), besides noting them among every namespace it reached (`netns`, for undoing)."""
+    note(call, "netns", *namespaces)
+    entry = call.get(Journalled)
+    if entry is not None:
+        entry.replace("wire", *namespaces)
+
+
 def noted(call: Call, key: str) -> list[str]:
-    """What the journal held noted under `key` for this connection before this Request."""
+    """What the journal held noted under `key` for this connection before this Request (an
+    entry that was done before it: a refresh, or carrying on after a restart); else nothing."""
     entry = call.get(Journalled)
     return list(entry.notes.get(key, [])) if entry is not None and entry.done else []
 
@@ -77,7 +90,12 @@ class Journal(Step):
             held[:] = [v for v in held if v not in values] + list(values)
             self.store.write(entry)
 
-        call.put(Journalled(entry is existing, note, {k: list(v) for k, v in entry.notes.items()}))
+        def replace(key: str, *values: str) -> None:
+            if entry.notes.get(key) != list(values):
+                entry.notes[key] = list(values)
+                self.store.write(entry)
+
+        call.put(Journalled(entry is existing, note, {k: list(v) for k, v in entry.notes.items()}, replace))
         try:
             reply = await nxt.request(request, call)
             entry.state = DONE

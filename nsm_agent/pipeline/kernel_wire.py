@@ -17,7 +17,7 @@ from nsm_agent.decisions.names import wire_alias
 from nsm_agent.decisions.wireplan import ContextError, WirePlan, plan_ip_wire
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.pipeline.client_netns import ClientSide
-from nsm_agent.pipeline.journal import journalled, note
+from nsm_agent.pipeline.journal import journalled, note_wire
 from nsm_agent.pipeline.link_watch import CLIENT, ENDPOINT, WireLinks
 from nsm_agent.pipeline.select import Chosen
 from nsm_agent.pipeline.wire_step import WireStep, bad_context, endpoint_netns
@@ -73,13 +73,14 @@ class KernelWire(WireStep[veth.VethWire]):
         client_ns, client_ifname = client.ns, client.ifname
         old = self.wires.get(conn_id)
         alias = wire_alias(self.agent_name, conn_id)
-        note(call, "netns", client_ns.path, ep_ns.path)
+        note_wire(call, client_ns.path, ep_ns.path)
 
         restarted = journalled(call)
         ops = self.datapath
         adopted = False  # found as built before a restart: nothing new to report
 
         def apply(nl: NetlinkThread) -> veth.VethWire:
+            nonlocal adopted
             if (
                 old is not None
                 and old.client_ns.key == client_ns.key
@@ -93,7 +94,6 @@ class KernelWire(WireStep[veth.VethWire]):
             elif restarted:
                 found = ops.adopt(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)
                 if found is not None:
-                    nonlocal adopted
                     adopted = True
                     return found  # built before this agent restarted
             return ops.build(nl, alias, client_ns, client_ifname, ep_ns, ep_ifname, plan)

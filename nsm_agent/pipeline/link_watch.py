@@ -8,7 +8,8 @@ wire is repaired), or a namespace gone (a pod's sandbox restarted: the client's
 connection is closed; an endpoint's: its clients move).
 
 Events while this hop is itself changing a connection (a Request or Close of
-it is running) are the step's own doing and are not acted on.
+it is running) are mostly the step's own doing: they are acted on only if they
+broke a link that the Request kept.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class LinkWatch(Step):
         self._by_link: dict[tuple[tuple[int, int], int], str] = {}  # (namespace, ifindex) -> connection
         self._by_ns: dict[tuple[int, int], set[str]] = {}
         self._busy: set[str] = set()
+        # While busy: the latest word on each followed link (True: deleted or down).
+        self._meanwhile: dict[str, dict[tuple[tuple[int, int], int], bool]] = {}
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         conn_id = request.connection.id
@@ -67,33 +70,40 @@ class LinkWatch(Step):
             reply = await nxt.request(request, call)
             built = call.get(WireLinks)
             if built is not None and built.links != self._links.get(conn_id):
-                self._forget(conn_id)
-                self._follow(conn_id, built.links)
-            return reply
+                self._replace(conn_id, built.links)
         finally:
             self._busy.discard(conn_id)
+            heard = self._meanwhile.pop(conn_id, {})
+        kept = {(ns.key, index) for ns, index, _ in self._links.get(conn_id, ())}
+        if self.broken is not None and any(broke and link in kept for link, broke in heard.items()):
+            self.broken.repair(conn_id, "an interface it kept went while it was being changed")
+        return reply
 
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         self._busy.add(conn.id)
         try:
-            self._forget(conn.id)
+            self._replace(conn.id, ())
             await nxt.close(conn, call)
         finally:
             self._busy.discard(conn.id)
+            self._meanwhile.pop(conn.id, None)
 
-    def _follow(self, conn_id: str, links: tuple[tuple[NetnsRef, int, str], ...]) -> None:
-        self._links[conn_id] = links
+    def _replace(self, conn_id: str, links: tuple[tuple[NetnsRef, int, str], ...]) -> None:
+        """Follow `links` for the connection instead of what it had: the new first, so that
+        a namespace both share keeps its socket."""
+        old = self._links.pop(conn_id, ())
+        if links:
+            self._links[conn_id] = links
         for ns, index, _ in links:
             self._by_link[(ns.key, index)] = conn_id
             self._by_ns.setdefault(ns.key, set()).add(conn_id)
             self.follow.watch(ns)
-
-    def _forget(self, conn_id: str) -> None:
-        for ns, index, _ in self._links.pop(conn_id, ()):
-            if self._by_link.get((ns.key, index)) == conn_id:
+        now = {(ns.key, index) for ns, index, _ in links}
+        for ns, index, _ in old:
+            if (ns.key, index) not in now and self._by_link.get((ns.key, index)) == conn_id:
                 del self._by_link[(ns.key, index)]
             users = self._by_ns.get(ns.key)
-            if users is not None:
+            if users is not None and not any(n.key == ns.key for n, _, _ in links):
                 users.discard(conn_id)
                 if not users:
                     del self._by_ns[ns.key]
@@ -102,14 +112,19 @@ class LinkWatch(Step):
     # What the kernel says --------------------------------------------------------------
     def on_link(self, ns: NetnsRef, link: LinkSummary, deleted: bool) -> None:
         conn_id = self._by_link.get((ns.key, link.index))
-        if conn_id is None or conn_id in self._busy or (link.up and not deleted) or self.broken is None:
+        if conn_id is None or self.broken is None:
+            return
+        if conn_id in self._busy:
+            self._meanwhile.setdefault(conn_id, {})[(ns.key, link.index)] = deleted or not link.up
+            return
+        if link.up and not deleted:
             return
         what = "deleted" if deleted else "set down"
         self.broken.repair(conn_id, f"interface {link.ifname or link.index} {what} in {ns.path}")
 
     def on_snapshot(self, ns: NetnsRef, links: list[LinkSummary]) -> None:
-        """The namespace's links when its events began to be followed: one of ours missing or
-        down meanwhile is broken."""
+        """The namespace's links whole (when its events began to be followed, or after the
+        kernel dropped some): a connection with one of its links missing or down is broken."""
         if self.broken is None:
             return
         up = {link.index for link in links if link.up}
@@ -118,14 +133,7 @@ class LinkWatch(Step):
                 continue
             ours = [index for n, index, _ in self._links.get(conn_id, ()) if n.key == ns.key]
             if any(index not in up for index in ours):
-                self.broken.repair(conn_id, f"an interface went in {ns.path} before its events were followed")
-
-    def on_overrun(self, ns: NetnsRef) -> None:
-        """Events were lost: every connection there is looked at again (a repair of a whole
-        wire adopts it untouched)."""
-        for conn_id in sorted(self._by_ns.get(ns.key, ())):
-            if conn_id not in self._busy and self.broken is not None:
-                self.broken.repair(conn_id, f"link events lost in {ns.path}")
+                self.broken.repair(conn_id, f"an interface of it is missing or down in {ns.path}")
 
     def on_gone(self, ns: NetnsRef) -> None:
         if self.broken is None:

@@ -65,13 +65,15 @@ class Locator:
         return Chosen(endpoint, endpoint.url, True)
 
 
-def _from_journal(call: Call) -> Chosen | None:
+def _from_journal(call: Call, local: LocalEndpoints) -> Chosen | None:
     """Where the connection went before this agent restarted (its journalled downstream URL):
-    an endpoint's own socket on this node, or another node's agent."""
+    an endpoint on this node (its own socket, or a URL it registered through this agent),
+    else another node's agent."""
     urls = noted(call, "downstream")
     if not urls:
         return None
-    return Chosen(None, urls[-1], not urls[-1].startswith("unix://"))
+    url = urls[-1]
+    return Chosen(None, url, not (url.startswith("unix://") or local.has_url(url)))
 
 
 class Select(Step):
@@ -95,7 +97,7 @@ class Select(Step):
             if found.endpoint is not None:
                 chosen = self.locator.locate(found.endpoint)
             else:  # a refresh while the registry cannot say: where it went last time
-                chosen = self._chosen.get(conn.id) or _from_journal(call) or Chosen(None, "", False)
+                chosen = self._chosen.get(conn.id) or _from_journal(call, self.locator.local) or Chosen(None, "", False)
             call.put(chosen)
             reply = await nxt.request(request, call)
             self._chosen[conn.id] = chosen

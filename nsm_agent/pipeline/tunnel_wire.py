@@ -19,7 +19,7 @@ from nsm_agent.decisions.names import wire_alias
 from nsm_agent.decisions.wireplan import ContextError, SidePlan, plan_ip_wire
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.pipeline.client_netns import ClientSide
-from nsm_agent.pipeline.journal import journalled, note
+from nsm_agent.pipeline.journal import journalled, note_wire
 from nsm_agent.pipeline.link_watch import CLIENT, ENDPOINT, WireLinks
 from nsm_agent.pipeline.remote_mechanism import Tunnel, TunnelKinds, TunnelToClient
 from nsm_agent.pipeline.select import Chosen
@@ -122,7 +122,7 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
             side = plan.endpoint
         old = self.wires.get(conn_id)
         alias = wire_alias(self.agent_name, conn_id)
-        note(call, "netns", ns.path)
+        note_wire(call, ns.path)
 
         restarted = journalled(call)
         ops = self.datapath
@@ -131,6 +131,7 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
         known_mac = eth_known.src_mac if client_side else eth_known.dst_mac
 
         def apply(nl: NetlinkThread) -> vxlan.VxlanWire:
+            nonlocal adopted
             if old is not None and old.ns.key == ns.key and old.vni == tunnel.vni and ops.alive(nl, old):
                 return ops.update(nl, old, side, mtu)
             if old is not None:
@@ -138,7 +139,6 @@ class TunnelWire(WireStep[vxlan.VxlanWire]):
             elif restarted:
                 found = ops.adopt(nl, alias, ns, ifname, tunnel.vni, side, mtu)
                 if found is not None:
-                    nonlocal adopted
                     adopted = True
                     return found  # built before this agent restarted
             # A rebuilt end keeps its MAC (from the wire, or after a restart from the journalled

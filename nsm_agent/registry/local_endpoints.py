@@ -7,6 +7,7 @@ itself is. It survives agent restarts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,7 @@ class LocalEndpoints:
         self.path = state_dir / "endpoints.json"
         self._urls: dict[str, str] = {}
         self.registered_since_start: set[str] = set()
+        self._unregistering: dict[str, asyncio.Event] = {}
         try:
             self._urls = dict(json.loads(self.path.read_text()))
         except (OSError, ValueError):
@@ -34,8 +36,19 @@ class LocalEndpoints:
     def get(self, name: str) -> str | None:
         return self._urls.get(name)
 
+    async def unregistered(self, name: str) -> None:
+        """Until an Unregister of `name` by this agent (of before a reboot) is over."""
+        busy = self._unregistering.get(name)
+        if busy is not None:
+            await busy.wait()
+
     def names(self) -> list[str]:
+        """Every endpoint that registered through this agent (and has not unregistered)."""
         return sorted(self._urls)
+
+    def has_url(self, url: str) -> bool:
+        """`url` is where an endpoint that registered through this agent listens."""
+        return url in self._urls.values()
 
     def put(self, name: str, url: str) -> None:
         self.registered_since_start.add(name)
@@ -54,25 +67,42 @@ class LocalEndpoints:
 
 
 async def unregister_previous_boot(
-    local: LocalEndpoints, registry: RegistryClient, kept: KeptServices | None = None
+    local: LocalEndpoints,
+    registry: RegistryClient,
+    kept: KeptServices | None = None,
+    attempts: int = 30,
+    every: float = 2.0,
 ) -> list[str]:
     """After a reboot: the endpoints that registered through this agent before it are gone
     with their processes. Unregister each that has not registered again since this start
-    (the registry would send clients to it until its record expired). Returns their names."""
-    gone = []
-    for name in local.names():
-        if name in local.registered_since_start:
-            continue  # it came back already
-        try:
-            await registry.endpoints.Unregister(NetworkServiceEndpoint(name=name), timeout=registry.timeout)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("cannot unregister an endpoint of before the reboot", name=name, error=exc.details())
-            continue
-        if name not in local.registered_since_start:
+    (the registry would send clients to it until its record expired), trying again while
+    the registry is away (it often restarts with the node). Returns their names."""
+    gone: list[str] = []
+    left = [n for n in local.names() if n not in local.registered_since_start]
+    for attempt in range(attempts):
+        failed = []
+        for name in left:
+            if name in local.registered_since_start:
+                continue  # it came back already
+            busy = local._unregistering[name] = asyncio.Event()
+            try:
+                await registry.endpoints.Unregister(NetworkServiceEndpoint(name=name), timeout=registry.timeout)
+            except grpc.aio.AioRpcError as exc:
+                log.warning("cannot unregister an endpoint of before the reboot", name=name, error=exc.details())
+                failed.append(name)
+                continue
+            finally:
+                del local._unregistering[name]
+                busy.set()
             local.remove(name)
-        if kept is not None:
-            kept.endpoint_unregistered(name)
-        gone.append(name)
+            if kept is not None:
+                kept.endpoint_unregistered(name)
+            gone.append(name)
+        left = failed
+        if not left:
+            break
+        if attempt + 1 < attempts:
+            await asyncio.sleep(every)
     if gone:
         log.info("unregistered the endpoints of before the reboot", endpoints=gone)
     return gone

@@ -84,6 +84,8 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
     async def Register(  # type: ignore[override]
         self, request: NetworkServiceEndpoint, context: Ctx
     ) -> NetworkServiceEndpoint:
+        # An Unregister of this name left over from before a reboot goes first, not after.
+        await self.local.unregistered(request.name)
         record = NetworkServiceEndpoint()
         record.CopyFrom(request)
         own_url = request.url

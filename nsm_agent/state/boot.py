@@ -17,18 +17,25 @@ FILE = "boot_id"
 
 
 def rebooted_since_last_run(state_dir: Path, current: Path = BOOT_ID) -> bool:
-    """True when the state folder says an earlier boot; records this boot either way.
-    A state folder that has never seen a boot id (first start, or an older agent) says no."""
-    now = current.read_text().strip()
-    path = state_dir / FILE
+    """True when the state folder says an earlier boot. A state folder that has never seen a
+    boot id (first start, or an older agent) says no. Nothing is written: `record_boot`, once
+    the journal of before is undone (a crash before that undoes it again at the next start)."""
     try:
-        before = path.read_text().strip()
+        before = (state_dir / FILE).read_text().strip()
     except FileNotFoundError:
-        before = now
-    if before != now:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(now + "\n")
-        os.replace(tmp, path)
-    elif not path.exists():
-        path.write_text(now + "\n")
-    return before != now
+        return False
+    return before != current.read_text().strip()
+
+
+def record_boot(state_dir: Path, current: Path = BOOT_ID) -> None:
+    """Write down this boot's id (whole or not at all)."""
+    path = state_dir / FILE
+    now = current.read_text().strip()
+    try:
+        if path.read_text().strip() == now:
+            return
+    except FileNotFoundError:
+        pass
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(now + "\n")
+    os.replace(tmp, path)

@@ -14,8 +14,9 @@ second and new Requests are served all the while:
 2. *Settle* (in the background, a few at a time): every intact connection is
    requested again through the chain, as a refresh would be, so that each step
    holds it again (expiry, the endpoint watch, tunnels). The steps find the
-   wires they built (by alias) and adopt them without touching the traffic; a
-   replay does not wait for a connection's next hop, it only refreshes it.
+   wires they built (by alias) and adopt them without touching the traffic. A
+   Request or Close of a connection not settled yet waits for its replay, which
+   then goes first.
 """
 
 from __future__ import annotations
@@ -77,8 +78,23 @@ def replay_request(entry: Entry) -> NetworkServiceRequest:
 
 
 def namespaces_of(entry: Entry) -> list[str]:
-    """The namespaces the wire steps noted before they reached into them."""
-    return list(dict.fromkeys(entry.notes.get("netns", [])))
+    """The namespaces of the connection's wire now (`wire`, replaced on every Request); from
+    an older journal, every namespace the wire steps ever noted (`netns`)."""
+    return list(dict.fromkeys(entry.notes.get("wire") or entry.notes.get("netns", [])))
+
+
+def uses_wireguard(entry: Entry) -> bool:
+    """The connection's tunnel is WireGuard: on the client's node its own segment says so,
+    on the endpoint's node the mechanism it answered with."""
+    assert entry.reply is not None
+    path = entry.reply.path
+    own = path.path_segments[path.index] if path.index < len(path.path_segments) else None
+    return entry.reply.mechanism.type == "WIREGUARD" or (own is not None and own.metrics.get("tunnel") == "WIREGUARD")
+
+
+def wireguard_device_up(nl: NetlinkThread) -> bool:
+    """The node's WireGuard device is there (wireguard-go dies with an agent's container)."""
+    return any(link.alias.startswith("nsm:wireguard:") and link.up for link in nl.node_rtnl().summaries())
 
 
 def link_aliases(nl: NetlinkThread, ns: NetnsRef) -> set[str]:
@@ -129,6 +145,7 @@ class Outcome:
 
     @property
     def kept(self) -> int:
+        """Connections carried on, whole or rebuilt."""
         return self.intact + self.rebuilt
 
 
@@ -155,22 +172,32 @@ class Restore:
     # The node rebooted since the journal was written: nothing it holds can be there, every
     # entry is undone (its next hops closed: endpoint leases, other nodes' tunnels) at once.
     rebooted: bool = False
+    # Whether the node's WireGuard device is there (the datapath; a fake in tests).
+    wireguard_up: Callable[[NetlinkThread], bool] = wireguard_device_up
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _queued: dict[str, Entry] = field(default_factory=dict)  # intact, not replayed yet
+    _waiting: list[Entry] = field(default_factory=list)  # their next hop away
 
     async def run(self) -> Outcome:
         """The survey; the settling goes on in the background (`settled` awaits it)."""
         started = time.monotonic()
         entries = self.store.entries()
+        # Before any await: a Request or Close of these waits for its replay (and hurries it).
+        self.begin.hold([e.conn_id for e in entries], wanted=self._hurry)
         done = [e for e in entries if e.state == DONE and e.reply is not None and not self.rebooted]
-        present = await self._survey(done)
-        whole = [e for e in done if intact(namespaces_of(e), wire_alias(self.agent_name, e.conn_id), present)]
+        present, wireguard_up = await self._survey(done)
+        whole = [
+            e
+            for e in done
+            if intact(namespaces_of(e), wire_alias(self.agent_name, e.conn_id), present)
+            and (wireguard_up or not uses_wireguard(e))
+        ]
         out = Outcome(intact=len(whole))
         for e in whole:
             assert e.reply is not None
             self.events.update(e.reply)
-        intact_ids = {e.conn_id for e in whole}
-        others = [e for e in entries if e.conn_id not in intact_ids]
-        self.begin.hold([e.conn_id for e in others])
+            self._queued[e.conn_id] = e
+        others = [e for e in entries if e.conn_id not in self._queued]
         bound = asyncio.Semaphore(REBUILD_CONCURRENCY)
 
         async def one(entry: Entry) -> str:
@@ -179,10 +206,10 @@ class Restore:
 
         outcomes = await asyncio.gather(*(one(e) for e in others))
         out.rebuilt, out.undone = outcomes.count("kept"), outcomes.count("undo")
-        waiting = [e for e, o in zip(others, outcomes, strict=True) if o == "retry"]
-        out.waiting = len(waiting)
+        self._waiting += [e for e, o in zip(others, outcomes, strict=True) if o == "retry"]
+        out.waiting = len(self._waiting)
         out.seconds = time.monotonic() - started
-        self._spawn(self._settle(whole, waiting))
+        self._spawn(self._settle(whole))
         return out
 
     def settling(self) -> bool:
@@ -190,6 +217,7 @@ class Restore:
         return bool(self._background)
 
     async def settled(self) -> None:
+        """Until every journalled connection is settled (or given up)."""
         while self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
@@ -200,8 +228,10 @@ class Restore:
         await asyncio.gather(*self._background, return_exceptions=True)
 
     # ---------------------------------------------------------------------------
-    async def _survey(self, entries: Iterable[Entry]) -> Present:
-        """Each named namespace's up links' aliases; None for a namespace that is gone."""
+    async def _survey(self, entries: Iterable[Entry]) -> tuple[Present, bool]:
+        """Each named namespace's up links' aliases (None for a namespace that is gone), and
+        whether the node's WireGuard device is there."""
+        entries = list(entries)
         refs: dict[str, NetnsRef | None] = {}
         for entry in entries:
             for path in namespaces_of(entry):
@@ -210,41 +240,60 @@ class Restore:
                         refs[path] = self.resolver.resolve(NetnsSpec(path=path))
                     except NsmError:
                         refs[path] = None
+        wireguard = any(uses_wireguard(e) for e in entries)
 
-        def look(nl: NetlinkThread) -> Present:
+        def look(nl: NetlinkThread) -> tuple[Present, bool]:
             found: dict[str, set[str] | None] = {}
             for path, ref in refs.items():
                 try:
                     found[path] = self.aliases(nl, ref) if ref is not None else None
-                except OSError:
+                except Exception:  # OSError, or the kernel's NetlinkError: not there to carry on
                     found[path] = None
             nl.trim()  # the replays open what they hold again
-            return found
+            return found, wireguard and self.wireguard_up(nl)
 
         return await self.netlink.run(look)
 
-    async def _settle(self, whole: list[Entry], waiting: list[Entry]) -> None:
+    async def _settle(self, whole: list[Entry]) -> None:
         started = time.monotonic()
         bound = asyncio.Semaphore(SETTLE_CONCURRENCY)
 
         async def one(entry: Entry) -> str:
             async with bound:
-                if not self._still_wanted(entry):
-                    return "gone"  # refreshed by its client, or closed, meanwhile
-                self.begin.hold([entry.conn_id])
-                try:
-                    return await self._carry_on_or_undo(entry)
-                finally:
-                    self.begin.release(entry.conn_id)
+                return await self._settle_one(entry)
 
-        outcomes = await asyncio.gather(*(one(e) for e in whole))
-        waiting += [e for e, o in zip(whole, outcomes, strict=True) if o == "retry"]
-        if whole:
-            log.info("every step holds its connections again", connections=len(whole),
-                     seconds=round(time.monotonic() - started, 3))  # fmt: skip
-        await self._retry(waiting)
-        if self.on_settled is not None:
-            await self.on_settled()
+        try:
+            outcomes = await asyncio.gather(*(one(e) for e in whole))
+            if whole:
+                log.info("every step holds its connections again", connections=outcomes.count("kept"),
+                         seconds=round(time.monotonic() - started, 3))  # fmt: skip
+            await self._retry(self._waiting)
+        except Exception:
+            log.exception("carrying on after restart failed")
+        finally:
+            if self.on_settled is not None:
+                try:
+                    await self.on_settled()
+                except Exception:
+                    log.exception("tidying up after restart failed")
+
+    async def _settle_one(self, entry: Entry) -> str:
+        """Replay one intact connection, unless its replay was taken already (hurried)."""
+        if self._queued.pop(entry.conn_id, None) is None:
+            return "taken"
+        if not self._still_wanted(entry):
+            self.begin.release(entry.conn_id)
+            return "gone"  # closed from the journal meanwhile
+        outcome = await self._carry_on_or_undo(entry)
+        if outcome == "retry":
+            self._waiting.append(entry)
+        return outcome
+
+    def _hurry(self, conn_id: str) -> None:
+        """A Request or Close of a connection not settled yet: its replay goes now."""
+        entry = self._queued.get(conn_id)
+        if entry is not None:
+            self._spawn(self._settle_one(entry))
 
     async def _retry(self, pending: list[Entry]) -> None:
         while pending:
@@ -300,7 +349,7 @@ class Restore:
         if entry.reply is not None:
             self.events.delete(entry.reply)
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def _spawn(self, work: Awaitable[object]) -> None:
         async def run() -> None:
             await work
 

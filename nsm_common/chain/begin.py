@@ -74,13 +74,18 @@ class Begin(Step):
         self._expiring: set[asyncio.Task[None]] = set()
         # Ids this hop is carrying on after a restart: others wait their turn.
         self._restoring: dict[str, asyncio.Event] = {}
+        self._wanted: Callable[[str], None] | None = None
 
-    def hold(self, conn_ids: list[str]) -> None:
-        """Until `release`, Requests and Closes of these ids wait (the journal replays them first)."""
+    def hold(self, conn_ids: list[str], wanted: Callable[[str], None] | None = None) -> None:
+        """Until `release`, Requests and Closes of these ids wait (the journal replays them first);
+        `wanted(id)` is told when one arrives, so that its replay can go first."""
         for cid in conn_ids:
             self._restoring.setdefault(cid, asyncio.Event())
+        if wanted is not None:
+            self._wanted = wanted
 
     def release(self, conn_id: str) -> None:
+        """Let the Requests and Closes of `conn_id` that wait on `hold` go on."""
         event = self._restoring.pop(conn_id, None)
         if event is not None:
             event.set()
@@ -88,6 +93,8 @@ class Begin(Step):
     async def _wait_restored(self, conn_id: str, call: Call) -> None:
         event = self._restoring.get(conn_id)
         if event is not None and call.replay is None:
+            if self._wanted is not None:
+                self._wanted(conn_id)
             await event.wait()
 
     @contextlib.asynccontextmanager

@@ -98,7 +98,7 @@ def test_kill_9_in_the_middle_of_a_request_leaves_nothing(bed: Testbed) -> None:
     asker.join(30)
     assert failure
     new, _ = bed.agent(mesh.node, "node1", mesh.registry)
-    bed.wait_for(new, "interrupted_requests_undone=1")
+    bed.wait_for(new, "undone=1")
     assert "close " in journal.read_text()  # the endpoint heard the Close
     assert agent_client(mesh.agent).connections() == {}
     assert only_lo(pod) and only_lo(ep_pod)
@@ -120,7 +120,7 @@ def test_a_veth_between_two_pods_from_an_interrupted_request_is_removed(bed: Tes
     request = kernel_request(f"/var/run/netns/{a}", "svc", "nsm-1", conn_id=conn_id)
     store.write(Entry(conn_id, INTENT, request, notes={"netns": [f"/var/run/netns/{a}", f"/var/run/netns/{b}"]}))
     proc, _ = bed.agent(node, "node1", registry)
-    bed.wait_for(proc, "interrupted_requests_undone=1")
+    bed.wait_for(proc, "undone=1")
     assert sorted(links(a)) == ["keep0", "lo"] and only_lo(b)
     assert store.entries() == []
 

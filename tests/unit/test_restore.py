@@ -168,3 +168,41 @@ def test_link_summary_reads_what_pyroute2_encodes(up: bool) -> None:
     msg["attrs"] = [("IFLA_IFNAME", "lo")]
     msg.encode()
     assert link_summary(bytes(msg.data)) == LinkSummary(7, "lo", "", False)
+
+
+async def test_a_request_of_a_connection_not_settled_yet_has_its_replay_go_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background replays queue behind a slow one; a client's Request (a reselect, say) of
+    one far back in the queue waits for that connection's replay, which goes at once."""
+    monkeypatch.setattr(restoring, "SETTLE_CONCURRENCY", 1)
+    store = JournalStore(tmp_path)
+    ids = [f"e{i}" for i in range(5)]
+    for cid in ids:
+        store.write(entry(cid, netns=("/run/netns/ep",)))
+    slow = asyncio.Event()
+    seen: list[tuple[str, bool]] = []
+
+    class Slow(Step):
+        async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+            seen.append((request.connection.id, call.replay is not None))
+            if request.connection.id == "e0" and call.replay is not None:
+                await slow.wait()
+            return request.connection
+
+    begin = Begin()
+    restore = restoring.Restore(
+        store, Chain([begin, Slow()]), begin, ConnectionEvents(), "node1", FakeResolver(), FakeNetlink(), 1.0,
+        aliases=lambda nl, ns: {f"nsm:node1:{cid}" for cid in ids},
+    )  # fmt: skip
+    out = await restore.run()
+    assert out.intact == 5
+    await asyncio.sleep(0.05)
+    assert seen == [("e0", True)]  # the settling is stuck behind e0
+    req = NetworkServiceRequest()
+    req.CopyFrom(entry("e4").request)
+    await asyncio.wait_for(Chain([begin, Slow()]).request(req, Call()), timeout=2)
+    assert seen == [("e0", True), ("e4", True), ("e4", False)]  # its replay first, then the Request
+    slow.set()
+    await restore.settled()
+    assert sorted(cid for cid, replay in seen if replay) == ids  # each replayed once
