@@ -177,6 +177,8 @@ class Restore:
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _queued: dict[str, Entry] = field(default_factory=dict)  # intact, not replayed yet
     _waiting: list[Entry] = field(default_factory=list)  # their next hop away
+    _wanted_early: set[str] = field(default_factory=set)  # asked for during the survey
+    _surveying: bool = False
 
     async def run(self) -> Outcome:
         """The survey; the settling goes on in the background (`settled` awaits it)."""
@@ -185,7 +187,11 @@ class Restore:
         # Before any await: a Request or Close of these waits for its replay (and hurries it).
         self.begin.hold([e.conn_id for e in entries], wanted=self._hurry)
         done = [e for e in entries if e.state == DONE and e.reply is not None and not self.rebooted]
-        present, wireguard_up = await self._survey(done)
+        self._surveying = True
+        try:
+            present, wireguard_up = await self._survey(done)
+        finally:
+            self._surveying = False
         whole = [
             e
             for e in done
@@ -197,6 +203,9 @@ class Restore:
             assert e.reply is not None
             self.events.update(e.reply)
             self._queued[e.conn_id] = e
+        for cid in self._wanted_early & set(self._queued):
+            self._hurry(cid)
+        self._wanted_early.clear()
         others = [e for e in entries if e.conn_id not in self._queued]
         bound = asyncio.Semaphore(REBUILD_CONCURRENCY)
 
@@ -294,6 +303,8 @@ class Restore:
         entry = self._queued.get(conn_id)
         if entry is not None:
             self._spawn(self._settle_one(entry))
+        elif self._surveying:
+            self._wanted_early.add(conn_id)  # hurried once the survey is done
 
     async def _retry(self, pending: list[Entry]) -> None:
         while pending:
