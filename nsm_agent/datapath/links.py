@@ -52,7 +52,7 @@ def owned(sock: rtnl.Rtnl, ifname: str, alias: str) -> ifinfmsg | None:
 
 def delete_by_alias(sock: rtnl.Rtnl, alias: str) -> int:
     """Delete every link carrying `alias`; returns how many went."""
-    found = [int(link["index"]) for link in sock.links() if link.get("ifalias") == alias]
+    found = [link.index for link in sock.summaries() if link.alias == alias]
     for index in found:
         sock.delete(index)
     return len(found)

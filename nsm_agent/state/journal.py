@@ -99,8 +99,9 @@ class JournalStore:
             entry.reply.SerializeToString() if entry.reply is not None else b"",
             {k: tuple(v) for k, v in entry.notes.items()},
         )
-        self._append(stored.line(entry.conn_id))
+        # In memory first: an append that compacts the log writes what memory holds, this too.
         self._stored[entry.conn_id] = stored
+        self._append(stored.line(entry.conn_id))
 
     def holds(self, conn_id: str) -> bool:
         """The journal has this connection as complete (after a restart, maybe not carried on yet)."""

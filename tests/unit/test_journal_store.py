@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nsm_agent.state.journal import DONE, INTENT, Entry, JournalStore
+from nsm_agent.state.journal import DONE, INTENT, Entry, JournalStore, read_log
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 
@@ -66,3 +66,15 @@ def test_readers_get_copies(tmp_path: Path) -> None:
     again = store.read("a")
     assert again is not None and again.notes == {"netns": ["/x"]} and again.request.connection.id == "a"
     assert store.read("missing") is None
+
+
+def test_the_write_that_compacts_the_log_is_kept(tmp_path: Path) -> None:
+    """The append that crosses the compaction threshold rewrites the log from memory: the entry
+    it wrote must be in memory first, or the rewritten log holds its state before (a connection
+    done, read back after a restart as an interrupted intent, and undone)."""
+    store = JournalStore(tmp_path)
+    for i in range(1100):
+        state = DONE if i % 2 else INTENT
+        store.write(entry("c1", state, netns=[f"/run/netns/{i}"]))
+        on_disk = read_log(tmp_path / "connections.log")["c1"]
+        assert (on_disk.state, on_disk.notes["netns"]) == (state, [f"/run/netns/{i}"]), f"write {i}"
