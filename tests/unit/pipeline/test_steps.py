@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from nsm_agent.datapath.tunnels import Underlay, VniBook
+from nsm_agent.netns.resolve import NetnsRef
 from nsm_agent.pipeline.connect import ConnectEndpoint
+from nsm_agent.pipeline.link_watch import LinkWatch
 from nsm_agent.pipeline.remote_mechanism import TunnelKinds
 from nsm_agent.pipeline.select import Locator
 from nsm_agent.pipeline.steps import Datapath, agent_steps
@@ -15,12 +17,24 @@ from nsm_common.chain.begin import Begin
 from nsm_common.chain.monitor import ConnectionEvents
 from tests.helpers.steps import FakeNetlink, FakeRegistry, FakeResolver
 
+
+class NoFollow:
+    """The kernel side of LinkWatch, here unused."""
+
+    def watch(self, ns: NetnsRef) -> None:
+        pass
+
+    def unwatch(self, ns: NetnsRef) -> None:
+        pass
+
+
 ORDER = [
     "ValidateRequest",
     "UpdatePath",
     "Begin",
     "Journal",
     "Monitor",
+    "LinkWatch",
     "ClientNetns",
     "RemoteMechanismServer",
     "Discover",
@@ -48,12 +62,13 @@ def test_the_steps_in_order(tmp_path: Path) -> None:
         begin=Begin(),
         connect=ConnectEndpoint(5),
         datapath=Datapath(),
+        link_watch=LinkWatch(NoFollow()),
     )
     assert [type(s).__name__ for s in steps] == ORDER
     readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
     listed = readme.split("the agent's steps of the Request chain, in order:", 1)[1].split("; each", 1)[0]
     names = [w.strip("`(),. \n") for w in listed.split("`")[1::2]]
     assert names == [
-        "validate", "update_path", "begin", "nsm_common.chain", "journal", "monitor", "client_netns",
+        "validate", "update_path", "begin", "nsm_common.chain", "journal", "monitor", "link_watch", "client_netns",
         "remote_mechanism", "discover", "select", "tunnel_wire", "kernel_wire", "remote_mechanism", "connect",
     ]  # fmt: skip
