@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import errno
 import os
 import socket
@@ -76,6 +75,31 @@ def read_events(buf: bytes) -> list[tuple[LinkSummary, bool]]:
     return out
 
 
+class _Users:
+    """How many users each namespace has (watch and unwatch come in pairs)."""
+
+    def __init__(self) -> None:
+        self._count: dict[tuple[int, int], int] = {}
+
+    def add(self, key: tuple[int, int]) -> None:
+        self._count[key] = self._count.get(key, 0) + 1
+
+    def remove(self, key: tuple[int, int]) -> bool:
+        """One less; True when that was the last."""
+        left = self._count.get(key, 0) - 1
+        if left > 0:
+            self._count[key] = left
+            return False
+        self._count.pop(key, None)
+        return True
+
+    def __contains__(self, key: tuple[int, int]) -> bool:
+        return key in self._count
+
+    def clear(self) -> None:
+        self._count.clear()
+
+
 class LinkEvents:
     """Link events of every namespace watched (reference-counted by the caller's `watch`).
 
@@ -94,14 +118,14 @@ class LinkEvents:
         self.on_link = on_link
         self.on_snapshot = on_snapshot
         self._socks: dict[tuple[int, int], tuple[NetnsRef, socket.socket]] = {}
-        self._users: dict[tuple[int, int], int] = {}
+        self._users = _Users()
         self._opening: dict[tuple[int, int], asyncio.Task[None]] = {}
         self._looking: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def watch(self, ns: NetnsRef) -> None:
         """Follow `ns` (once per user; `unwatch` as often)."""
-        self._users[ns.key] = self._users.get(ns.key, 0) + 1
+        self._users.add(ns.key)
         if ns.key not in self._socks and ns.key not in self._opening:
             task = asyncio.get_running_loop().create_task(self._open(ns))
             self._opening[ns.key] = task
@@ -121,7 +145,7 @@ class LinkEvents:
         except Exception as exc:  # OSError, NetlinkError: the namespace went; its own watch tells
             log.warning("cannot follow link events", netns=ns.path, error=str(exc))
             return
-        if self._closed or not self._users.get(ns.key):  # unwatched meanwhile
+        if self._closed or ns.key not in self._users:  # unwatched meanwhile
             sock.close()
             return
         self._socks[ns.key] = (ns, sock)
@@ -130,12 +154,8 @@ class LinkEvents:
 
     def unwatch(self, ns: NetnsRef) -> None:
         """One user of `ns` less; the socket goes with the last."""
-        left = self._users.get(ns.key, 0) - 1
-        if left > 0:
-            self._users[ns.key] = left
-            return
-        self._users.pop(ns.key, None)
-        self._drop(ns.key)
+        if self._users.remove(ns.key):
+            self._drop(ns.key)
 
     async def _look_again(self, ns: NetnsRef) -> None:
         try:
@@ -198,7 +218,8 @@ class _Inotify:
     """The three calls of inotify(7) the namespace watch needs (libc, through ctypes)."""
 
     def __init__(self) -> None:
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # The interpreter's own symbols include libc's: nothing to look for on disk.
+        self._libc = ctypes.CDLL(None, use_errno=True)
         self.fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
@@ -246,7 +267,7 @@ class NamespaceEnds:
         # The namespace by its inode at another path, or None (`NetnsResolver.find`).
         self.relocate = relocate
         self._watched: dict[tuple[int, int], NetnsRef] = {}
-        self._users: dict[tuple[int, int], int] = {}
+        self._users = _Users()
         self._polled: set[tuple[int, int]] = set()  # looked at once a second (no inotify for them)
         self._folders: dict[str, int] = {}  # real folder -> watch
         self._inotify: _Inotify | None = None
@@ -254,7 +275,7 @@ class NamespaceEnds:
 
     def watch(self, ns: NetnsRef) -> None:
         """Follow `ns` (once per user; `unwatch` as often)."""
-        self._users[ns.key] = self._users.get(ns.key, 0) + 1
+        self._users.add(ns.key)
         if ns.key in self._watched:
             return
         self._watched[ns.key] = ns
@@ -267,11 +288,8 @@ class NamespaceEnds:
 
     def unwatch(self, ns: NetnsRef) -> None:
         """One user of `ns` less; it is no longer watched after the last."""
-        left = self._users.get(ns.key, 0) - 1
-        if left > 0:
-            self._users[ns.key] = left
+        if not self._users.remove(ns.key):
             return
-        self._users.pop(ns.key, None)
         self._watched.pop(ns.key, None)
         self._polled.discard(ns.key)
 

@@ -194,31 +194,32 @@ class Rtnl:
             reply.raise_for_error()
         return replies
 
-    def link_index(self, ifname: str) -> int | None:
-        """The ifindex of `ifname` here, None when there is none."""
-        reply = self.batch([get_link(ifname=ifname)])[0]
-        if reply.error == -errno.ENODEV:
-            return None
-        reply.raise_for_error()
-        return ifindex(reply.data[0])
-
-    def link(self, index: int = 0, ifname: str = "") -> ifinfmsg | None:
-        """The decoded link `index` (or named `ifname`), None when there is none."""
+    def _get_link(self, index: int = 0, ifname: str = "") -> bytes | None:
+        """The RTM_NEWLINK message of link `index` (or named `ifname`), None when there is none."""
         reply = self.batch([get_link(index=index, ifname=ifname)])[0]
         if reply.error == -errno.ENODEV:
             return None
         reply.raise_for_error()
-        msg = ifinfmsg(reply.data[0])
+        return reply.data[0]
+
+    def link_index(self, ifname: str) -> int | None:
+        """The ifindex of `ifname` here, None when there is none."""
+        data = self._get_link(ifname=ifname)
+        return ifindex(data) if data is not None else None
+
+    def link(self, index: int = 0, ifname: str = "") -> ifinfmsg | None:
+        """The decoded link `index` (or named `ifname`), None when there is none."""
+        data = self._get_link(index, ifname)
+        if data is None:
+            return None
+        msg = ifinfmsg(data)
         msg.decode()
         return msg
 
     def summary(self, index: int) -> LinkSummary | None:
         """Link `index`, read as `link_summary` does; None when there is none."""
-        reply = self.batch([get_link(index=index)])[0]
-        if reply.error == -errno.ENODEV:
-            return None
-        reply.raise_for_error()
-        return link_summary(reply.data[0])
+        data = self._get_link(index)
+        return link_summary(data) if data is not None else None
 
     def has_alias(self, index: int, alias: str) -> bool:
         """Link `index` is here and carries `alias` (what marks a link as ours)."""

@@ -8,8 +8,10 @@ itself is. It survives agent restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -35,6 +37,16 @@ class LocalEndpoints:
 
     def get(self, name: str) -> str | None:
         return self._urls.get(name)
+
+    @contextlib.contextmanager
+    def unregistering(self, name: str) -> Iterator[None]:
+        """While this agent unregisters `name` itself: a Register of it waits (`unregistered`)."""
+        busy = self._unregistering[name] = asyncio.Event()
+        try:
+            yield
+        finally:
+            del self._unregistering[name]
+            busy.set()
 
     async def unregistered(self, name: str) -> None:
         """Until an Unregister of `name` by this agent (of before a reboot) is over."""
@@ -84,16 +96,13 @@ async def unregister_previous_boot(
         for name in left:
             if name in local.registered_since_start:
                 continue  # it came back already
-            busy = local._unregistering[name] = asyncio.Event()
             try:
-                await registry.endpoints.Unregister(NetworkServiceEndpoint(name=name), timeout=registry.timeout)
+                with local.unregistering(name):
+                    await registry.endpoints.Unregister(NetworkServiceEndpoint(name=name), timeout=registry.timeout)
             except grpc.aio.AioRpcError as exc:
                 log.warning("cannot unregister an endpoint of before the reboot", name=name, error=exc.details())
                 failed.append(name)
                 continue
-            finally:
-                del local._unregistering[name]
-                busy.set()
             local.remove(name)
             if kept is not None:
                 kept.endpoint_unregistered(name)

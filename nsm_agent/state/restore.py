@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -174,7 +174,7 @@ class Restore:
     rebooted: bool = False
     # Whether the node's WireGuard device is there (the datapath; a fake in tests).
     wireguard_up: Callable[[NetlinkThread], bool] = wireguard_device_up
-    _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _background: set[asyncio.Task[object]] = field(default_factory=set)
     _queued: dict[str, Entry] = field(default_factory=dict)  # intact, not replayed yet
     _waiting: list[Entry] = field(default_factory=list)  # their next hop away
     _wanted_early: set[str] = field(default_factory=set)  # asked for during the survey
@@ -352,19 +352,10 @@ class Restore:
             return "undo"
 
     async def _undo(self, entry: Entry) -> None:
-        try:
-            await undo_intent(entry, self.agent_name, self.resolver, self.netlink, self.timeout)
-        except Exception:
-            log.exception("undoing an interrupted request failed", id=entry.conn_id)
-        self.store.delete(entry.conn_id)
-        if entry.reply is not None:
-            self.events.delete(entry.reply)
+        await undo_entry(entry, self.store, self.events, self.agent_name, self.resolver, self.netlink, self.timeout)
 
-    def _spawn(self, work: Awaitable[object]) -> None:
-        async def run() -> None:
-            await work
-
-        task = asyncio.get_running_loop().create_task(run())
+    def _spawn(self, work: Coroutine[object, object, object]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -374,6 +365,25 @@ def _expired(entry: Entry) -> bool:
     path = entry.reply.path
     caller = path.path_segments[path.index - 1] if path.index > 0 else path.path_segments[path.index]
     return ts_seconds(caller.expires) <= now()
+
+
+async def undo_entry(
+    entry: Entry,
+    store: JournalStore,
+    events: ConnectionEvents | None,
+    agent_name: str,
+    resolver: NetnsResolver,
+    netlink: NetlinkThread,
+    timeout: float,
+) -> None:
+    """Undo what the entry says (`undo_intent`), then forget it: journal and Monitor."""
+    try:
+        await undo_intent(entry, agent_name, resolver, netlink, timeout)
+    except Exception:
+        log.exception("undoing an interrupted request failed", id=entry.conn_id)
+    store.delete(entry.conn_id)
+    if events is not None and entry.reply is not None:
+        events.delete(entry.reply)
 
 
 def journal_closer(
@@ -390,12 +400,6 @@ def journal_closer(
         entry = store.read(conn.id)
         if entry is not None:
             log.info("closing a connection not yet carried on after restart", id=conn.id)
-            try:
-                await undo_intent(entry, agent_name, resolver, netlink, timeout)
-            except Exception:
-                log.exception("undoing an interrupted request failed", id=entry.conn_id)
-            store.delete(entry.conn_id)
-            if events is not None and entry.reply is not None:
-                events.delete(entry.reply)
+            await undo_entry(entry, store, events, agent_name, resolver, netlink, timeout)
 
     return close
