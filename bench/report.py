@@ -116,9 +116,22 @@ def _events(d: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def _vm(d: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = [
+        (f"9 throughput between VMs, kernel WireGuard (TCG; MTU {d['mtu']})", f"{d['mesh_mbps']:.0f} Mbit/s",
+         f"kernel WireGuard by hand between the same VMs {d['hand_mbps']:.0f} Mbit/s", f"{d['ratio']:.2f}",
+         "≥ 0.8", d["ratio"] >= 0.8),
+    ]  # fmt: skip
+    for r in d.get("restarts", []):
+        rows.append((f"9 kill -9 of {r['node']}'s agent in its VM (systemd starts it)",
+                     f"{r['sent'] - r['received']} of {r['sent']} pings lost at 50 ms", "—", "—", "0 lost",
+                     r["sent"] > 0 and r["sent"] == r["received"]))  # fmt: skip
+    return rows
+
+
 SECTIONS = (("local", _local), ("remote", _remote), ("scale", _scale), ("throughput", _throughput),
             ("heal", _heal), ("restart", _restart), ("remote_restart", _remote_restart),
-            ("events", _events))  # fmt: skip
+            ("events", _events), ("vm", _vm))  # fmt: skip
 
 
 def write_report(data: dict[str, Any], out: Path) -> str:
