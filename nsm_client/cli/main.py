@@ -18,6 +18,7 @@ from nsm_api import registry_pb2_grpc
 from nsm_api.connection_pb2 import UP, Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
+from nsm_client.cli import certs
 from nsm_client.cli.inputs import ConnectInput, EndpointInput, parse_labels
 from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common import logs
@@ -344,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lifetime", type=float, default=DEFAULT_LIFETIME, help="connection lifetime in seconds")
     e.add_argument("--log-level", default="info")
     e.set_defaults(func=cmd_endpoint)
+
+    certs.add_parser(sub)
     return p
 
 
@@ -352,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         sys.exit(func(args))
-    except CliError as exc:
+    except (CliError, certs.CertsError) as exc:
         print(f"nsmctl: {exc}", file=sys.stderr)
         sys.exit(2)
     except grpc.RpcError as exc:
