@@ -98,3 +98,55 @@ def test_no_certificate_or_another_cas_does_not_get_through(
         call(target, pki / client if client else None, pki / "server", "registry.example.org")
     assert failed.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     assert health.callers == []
+
+
+def test_a_rotated_server_identity_serves_new_connections_and_keeps_live_ones(pki: Path) -> None:
+    """CA rotation: the server's folder gets a bundle of old and new CA, then a certificate
+    of the new CA. A channel made before keeps working; a new channel that trusts only the
+    new CA gets through, so the server presented its new certificate."""
+    from nsm_common.identity.folder import IdentityFolder
+    from nsm_common.identity.tls import channel_credentials, peer_id, server_credentials
+
+    folder = IdentityFolder(pki / "server", server=True, interval=0)
+    health = Health()
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    srv.add_generic_rpc_handlers((health.handler(),))
+    target = f"unix:{pki}/rotating.sock"
+    srv.add_secure_port(target, server_credentials(folder))
+    srv.start()
+    try:
+        opts = [("grpc.ssl_target_name_override", "registry.example.org")]
+        agent = svid.load(pki / "agent", server=False)
+        before = grpc.secure_channel(target, channel_credentials(agent), options=opts)
+        assert before.unary_unary(METHOD, None, None)(b"", timeout=5) == b"ok"
+
+        issue.init_ca(pki / "new-ca", "example.org")
+        both = (pki / "ca" / "ca.crt").read_bytes() + (pki / "new-ca" / "ca.crt").read_bytes()
+        issue.issue(pki / "new-ca", "spiffe://example.org/registry", pki / "server")
+        (pki / "server" / "ca.crt").write_bytes(both)
+        assert folder.refresh() or folder.current().bundle_pem == both
+        assert before.unary_unary(METHOD, None, None)(b"", timeout=5) == b"ok"  # the live connection stays
+
+        issue.issue(pki / "new-ca", "spiffe://example.org/node/n1", pki / "agent2", dns_names=[])
+        new_only = svid.load(pki / "agent2", server=False)
+        with grpc.secure_channel(target, channel_credentials(new_only), options=opts) as after:
+            assert after.unary_unary(METHOD, None, None)(b"", timeout=5) == b"ok"
+        before.close()
+    finally:
+        srv.stop(None)
+    assert health.callers == ["spiffe://example.org/node/n1"] * 3
+    assert peer_id({"x509_subject_alternative_name": [b"n1.example.org", b"spiffe://example.org/node/n1"]}) == (
+        SpiffeId.parse("spiffe://example.org/node/n1")
+    )
+    assert peer_id({}) is None
+    assert peer_id({"x509_subject_alternative_name": [b"spiffe://a/x", b"spiffe://a/y"]}) is None
+
+
+def test_a_broken_renewal_is_not_taken(pki: Path) -> None:
+    from nsm_common.identity.folder import IdentityFolder
+
+    folder = IdentityFolder(pki / "server", server=True, interval=0)
+    kept = folder.current().fingerprint
+    (pki / "server" / "tls.key").write_bytes((pki / "agent" / "tls.key").read_bytes())
+    assert not folder.refresh()
+    assert folder.current().fingerprint == kept

@@ -1,0 +1,55 @@
+"""gRPC credentials from identities, and the caller's identity from a call.
+
+Servers take a new certificate for new connections (grpcio asks the fetcher at each
+handshake); clients make new channels when their identity changes; connections
+already made stay as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from nsm_common.identity.folder import IdentityFolder
+from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
+from nsm_common.identity.svid import Svid
+
+
+def server_credentials(identity: IdentityFolder) -> grpc.ServerCredentials:
+    """Mutual TLS: the client must present a certificate of the bundle's CAs."""
+    served: dict[str, str] = {"fingerprint": identity.current().fingerprint}
+
+    def config(svid: Svid) -> Any:
+        return grpc.ssl_server_certificate_configuration([(svid.key_pem, svid.cert_pem)], svid.bundle_pem)
+
+    def fetch() -> Any:
+        svid = identity.current()
+        if svid.fingerprint == served["fingerprint"]:
+            return None  # grpcio keeps the configuration it has
+        served["fingerprint"] = svid.fingerprint
+        return config(svid)
+
+    return grpc.dynamic_ssl_server_credentials(config(identity.current()), fetch,
+                                               require_client_authentication=True)  # fmt: skip
+
+
+def channel_credentials(svid: Svid) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(svid.bundle_pem, svid.key_pem, svid.cert_pem)
+
+
+def channel_options(server_id: SpiffeId) -> list[tuple[str, str]]:
+    """The server is checked by the DNS name derived from the SPIFFE ID it should have."""
+    return [("grpc.ssl_target_name_override", server_id.dns_name())]
+
+
+def peer_id(auth_context: dict[str, list[bytes]]) -> SpiffeId | None:
+    """The SPIFFE ID of the TLS peer (its certificate's one spiffe:// URI SAN), or None:
+    no TLS, or no single valid SPIFFE ID."""
+    found = [s for s in auth_context.get("x509_subject_alternative_name", []) if s.startswith(b"spiffe://")]
+    if len(found) != 1:
+        return None
+    try:
+        return SpiffeId.parse(found[0].decode())
+    except (SpiffeIdError, UnicodeDecodeError):
+        return None
