@@ -97,6 +97,19 @@ class IdPattern:
 
     text: str
 
+    @classmethod
+    def parse(cls, text: str) -> IdPattern:
+        """A pattern checked: with each placeholder filled in it must be a valid SPIFFE ID,
+        and a placeholder stands for a whole path segment, never part of one."""
+        if "{" in _PLACEHOLDER.sub("", text) or "}" in _PLACEHOLDER.sub("", text):
+            raise SpiffeIdError(f"{text!r}: a placeholder is a lower-case name in braces, e.g. {{name}}")
+        filled = text.replace("{trust_domain}", "example.org")
+        for segment in filled.split("://", 1)[-1].split("/")[1:]:
+            if _PLACEHOLDER.search(segment) and not _PLACEHOLDER.fullmatch(segment):
+                raise SpiffeIdError(f"{text!r}: a placeholder must be a whole path segment, not part of {segment!r}")
+        SpiffeId.parse(_PLACEHOLDER.sub("x", filled))
+        return cls(text)
+
     def matches(self, spiffe_id: SpiffeId, trust_domain: str) -> dict[str, str] | None:
         """The placeholders' values when SPIFFE_ID fits the pattern in TRUST_DOMAIN, else None."""
         parts = _PLACEHOLDER.split(self.text.replace("{trust_domain}", trust_domain))

@@ -75,3 +75,18 @@ def test_roles_by_default_patterns_and_by_a_sites_own() -> None:
     assert spire.role_of(SpiffeId.parse("spiffe://example.org/ns/nsm-system/sa/nsm-agent")) == "agent"
     assert spire.role_of(SpiffeId.parse("spiffe://example.org/ns/default/sa/web")) == "workload"
     assert spire.role_of(SpiffeId.parse("spiffe://example.org/node/n1")) is None
+
+
+def test_a_sites_pattern_is_checked_before_use() -> None:
+    assert IdPattern.parse("spiffe://{trust_domain}/ns/nsm-system/sa/{name}").text.endswith("{name}")
+    assert IdPattern.parse("spiffe://cluster.local/agent/{name}").matches(
+        SpiffeId.parse("spiffe://cluster.local/agent/n1"), "cluster.local"
+    ) == {"name": "n1"}
+    for bad, says in (
+        ("http://{trust_domain}/x", "starts with spiffe://"),
+        ("spiffe://{trust_domain}/node-{name}", "whole path segment"),
+        ("spiffe://{trust_domain}/{Name}", "lower-case name in braces"),
+        ("spiffe://{trust_domain}//{name}", "empty segment"),
+    ):
+        with pytest.raises(SpiffeIdError, match=says):
+            IdPattern.parse(bad)
