@@ -49,6 +49,16 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _key_usage(**allowed: bool) -> x509.KeyUsage:
+    """KeyUsage with the uses named, every other one off."""
+    uses = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+            "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")  # fmt: skip
+    unknown = set(allowed) - set(uses)
+    if unknown:
+        raise TypeError(f"no such key usage: {', '.join(sorted(unknown))}")
+    return x509.KeyUsage(**{use: allowed.get(use, False) for use in uses})
+
+
 def init_ca(folder: Path, trust_domain: str, days: int = DEFAULT_CA_DAYS) -> x509.Certificate:
     """A self-signed CA for TRUST_DOMAIN in FOLDER (ca.crt, and ca.key mode 0600).
     An existing CA is never overwritten."""
@@ -69,17 +79,7 @@ def init_ca(folder: Path, trust_domain: str, days: int = DEFAULT_CA_DAYS) -> x50
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=True,
-                crl_sign=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(digital_signature=True, key_cert_sign=True, crl_sign=True),
             critical=True,
         )
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(td))]), critical=False)
@@ -137,17 +137,7 @@ def issue(
         .not_valid_after(min(now + datetime.timedelta(days=days), ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(digital_signature=True, key_agreement=True),
             critical=True,
         )
         .add_extension(

@@ -9,6 +9,7 @@ DNS SAN derived from its ID, and a client overrides the target name with it.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -101,7 +102,8 @@ class IdPattern:
     def parse(cls, text: str) -> IdPattern:
         """A pattern checked: with each placeholder filled in it must be a valid SPIFFE ID,
         and a placeholder stands for a whole path segment, never part of one."""
-        if "{" in _PLACEHOLDER.sub("", text) or "}" in _PLACEHOLDER.sub("", text):
+        bare = _PLACEHOLDER.sub("", text)
+        if "{" in bare or "}" in bare:
             raise SpiffeIdError(f"{text!r}: a placeholder is a lower-case name in braces, e.g. {{name}}")
         filled = text.replace("{trust_domain}", "example.org")
         for segment in filled.split("://", 1)[-1].split("/")[1:]:
@@ -112,17 +114,18 @@ class IdPattern:
 
     def matches(self, spiffe_id: SpiffeId, trust_domain: str) -> dict[str, str] | None:
         """The placeholders' values when SPIFFE_ID fits the pattern in TRUST_DOMAIN, else None."""
-        parts = _PLACEHOLDER.split(self.text.replace("{trust_domain}", trust_domain))
-        regex = ""
-        names: list[str] = []
-        for i, part in enumerate(parts):
-            if i % 2:
-                names.append(part)
-                regex += r"([A-Za-z0-9._-]+)"
-            else:
-                regex += re.escape(part)
-        found = re.fullmatch(regex, str(spiffe_id))
+        regex, names = _compiled(self.text, trust_domain)
+        found = regex.fullmatch(str(spiffe_id))
         return dict(zip(names, found.groups(), strict=True)) if found else None
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(text: str, trust_domain: str) -> tuple[re.Pattern[str], tuple[str, ...]]:
+    """A pattern as a regular expression, once per pattern and trust domain (roles are
+    looked up per call)."""
+    parts = _PLACEHOLDER.split(text.replace("{trust_domain}", trust_domain))
+    regex = "".join(r"([A-Za-z0-9._-]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts))
+    return re.compile(regex), tuple(parts[1::2])
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,7 @@ class Roles:
         an ID of another trust domain, or of none of the three, has no role."""
         if spiffe_id.trust_domain != self.trust_domain:
             return None
-        for role in ("agent", "registry", "workload"):
-            pattern: IdPattern = getattr(self, role)
+        for role, pattern in (("agent", self.agent), ("registry", self.registry), ("workload", self.workload)):
             if pattern.matches(spiffe_id, self.trust_domain) is not None:
                 return role
         return None

@@ -18,16 +18,17 @@ from nsm_common.identity.svid import Svid
 
 def server_credentials(identity: IdentityFolder) -> grpc.ServerCredentials:
     """Mutual TLS: the client must present a certificate of the bundle's CAs."""
-    served: dict[str, str] = {"fingerprint": identity.current().fingerprint}
+    served = identity.current().fingerprint
 
     def config(svid: Svid) -> Any:
         return grpc.ssl_server_certificate_configuration([(svid.key_pem, svid.cert_pem)], svid.bundle_pem)
 
     def fetch() -> Any:
+        nonlocal served
         svid = identity.current()
-        if svid.fingerprint == served["fingerprint"]:
+        if svid.fingerprint == served:
             return None  # grpcio keeps the configuration it has
-        served["fingerprint"] = svid.fingerprint
+        served = svid.fingerprint
         return config(svid)
 
     return grpc.dynamic_ssl_server_credentials(config(identity.current()), fetch,
