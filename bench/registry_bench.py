@@ -24,7 +24,7 @@ import aetcd
 
 from nsm_api import registry_pb2_grpc
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceEndpointQuery
-from nsm_common.grpcutil import sync_channel
+from nsm_common.identity.transport import LOCAL_ONLY
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed
 from testbed.etcd import start_etcd
@@ -66,7 +66,7 @@ def baseline(host: str, port: int, n: int, gets: int) -> dict[str, float]:
 
 
 def measure(url: str, n: int, finds: int, watchers: int) -> dict[str, float]:
-    channel = sync_channel(parse_address(url))
+    channel = LOCAL_ONLY.sync_channel(parse_address(url))
     stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
 
     def register(i: int) -> None:
@@ -91,7 +91,7 @@ def measure(url: str, n: int, finds: int, watchers: int) -> dict[str, float]:
     ready = threading.Barrier(watchers + 1)
 
     def watch() -> None:
-        ch = sync_channel(parse_address(url))
+        ch = LOCAL_ONLY.sync_channel(parse_address(url))
         s = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(ch)
         q = NetworkServiceEndpointQuery(network_service_endpoint=NetworkServiceEndpoint(name="fanout"), watch=True)
         stream = s.Find(q)

@@ -37,6 +37,7 @@ from nsm_common.chain.monitor import ConnectionEvents, MonitorService
 from nsm_common.chain.server import NetworkServiceServer
 from nsm_common.daemon import raise_open_file_limit, run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
+from nsm_common.identity.transport import TransportError
 
 log = structlog.get_logger("nsm.agent")
 
@@ -49,10 +50,16 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         journal = JournalStore(settings.state_dir)
     except JournalFormatError as exc:
         raise SystemExit(f"nsm-agent: {exc}") from exc
+    transport = settings.transport("nsm-agent", server=True)
+    try:
+        transport.check_listen(settings.listen)
+        registry = RegistryClient(settings.registry, transport=transport)
+    except TransportError as exc:
+        raise SystemExit(f"nsm-agent: {exc}") from exc
+    transport.warn_if_insecure("nsm-agent", settings.listen)
     rebooted = rebooted_since_last_run(settings.state_dir)
     netlink = NetlinkThread()
     resolver = NetnsResolver()
-    registry = RegistryClient(settings.registry)
     registry.watch()
     events = ConnectionEvents()
     local = LocalEndpoints(settings.state_dir)
@@ -70,10 +77,10 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms)
     own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
     remote = kinds.supported()
-    closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout, events)
+    closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout, events, transport)
     begin = Begin(closer, held_elsewhere=journal.holds)
     watch = EndpointWatch(events.mark_down)
-    connect = ConnectEndpoint(settings.request_timeout, watch)
+    connect = ConnectEndpoint(settings.request_timeout, watch, transport=transport)
     follow = KernelFollow(netlink, relocate=resolver.find)
     link_watch = LinkWatch(follow)  # what it reports goes to the repairs, which need the chain: below
     follow.attach(link_watch)
@@ -95,17 +102,18 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     chain = Chain(steps)
     repair = Repair(journal, chain, begin, events)
     link_watch.broken = repair
-    service = NetworkServiceServer(chain)
+    # Over TLS only other agents ask this one for connections (its TCP port is for them).
+    service = NetworkServiceServer(chain, transport, allowed=("agent",))
     server = aio_server()
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
-    connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(events), server)
+    connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(events, transport), server)
     registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(
         ServiceRegistryProxy(registry, kept_services), server
     )
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
         EndpointRegistryProxy(registry, local, settings.public_url, kept_services), server
     )
-    bind_all(server, settings.listen)
+    bind_all(server, settings.listen, transport)
     await server.start()
     log.info(
         "agent serving",
@@ -118,7 +126,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         remote_mechanisms=list(remote),
     )
     restore = Restore(
-        journal, chain, begin, events, settings.name, resolver, netlink, settings.request_timeout,
+        journal, chain, begin, events, settings.name, resolver, netlink, settings.request_timeout, transport,
         # A device no connection needs goes, once none waiting to be carried on may need it.
         on_settled=(lambda: wireguard.reconcile(netlink)) if wireguard is not None else None,
         rebooted=rebooted,

@@ -13,11 +13,12 @@ import socket
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from nsm_agent.decisions.tunnel import MAX_PORT, VXLAN, VXLAN_PORT, WIREGUARD, WIREGUARD_PORT
 from nsm_common import settings
 from nsm_common.chain.path import DEFAULT_LIFETIME
+from nsm_common.identity.options import IdentitySettings
 from nsm_common.names import MAX_NAME
 from nsm_common.settings import Option
 from nsm_common.urls import DEFAULT_SOCKET, REGISTRY_PORT, Address, parse_address
@@ -26,7 +27,7 @@ REMOTE_MECHANISMS = (WIREGUARD, VXLAN)  # offered in this order unless told othe
 STATE_DIR = "/var/lib/nsm"
 
 
-class AgentSettings(BaseModel):
+class AgentSettings(IdentitySettings):
     """Every setting of `nsm-agent`, with its flag, environment name and default (stated only here)."""
 
     name: Annotated[str, Option("NSM_NAME", "node name", default_text="the host name")] = Field(

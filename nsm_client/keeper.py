@@ -27,7 +27,7 @@ from nsm_api.connection_pb2 import DELETE, DOWN, RESELECT_REQUESTED, Connection,
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_client.prober import Prober
 from nsm_common.chain.path import DEFAULT_LIFETIME
-from nsm_common.grpcutil import aio_channel
+from nsm_common.identity.transport import LOCAL_ONLY
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
 
@@ -68,13 +68,13 @@ class Keeper:
     @property
     def _ns(self) -> networkservice_pb2_grpc.NetworkServiceAsyncStub:
         if self._channel is None:
-            self._channel = aio_channel(self.agent)
+            self._channel = LOCAL_ONLY.aio_channel(self.agent)
         return networkservice_pb2_grpc.NetworkServiceStub(self._channel)
 
     @property
     def _monitor(self) -> connection_pb2_grpc.MonitorConnectionAsyncStub:
         if self._channel is None:
-            self._channel = aio_channel(self.agent)
+            self._channel = LOCAL_ONLY.aio_channel(self.agent)
         return connection_pb2_grpc.MonitorConnectionStub(self._channel)
 
     @property

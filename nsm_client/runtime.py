@@ -17,7 +17,8 @@ from nsm_api.connection_pb2 import (
 )
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.path import DEFAULT_LIFETIME
-from nsm_common.grpcutil import sync_channel
+from nsm_common.identity.spiffe_id import SpiffeId
+from nsm_common.identity.transport import LOCAL_ONLY, Transport
 from nsm_common.timeutil import now, ts_from
 from nsm_common.urls import Address
 
@@ -51,8 +52,14 @@ def kernel_request(
 class AgentClient:
     """A blocking client of the node agent (for the CLI and tests)."""
 
-    def __init__(self, agent: Address, timeout: float = 15.0) -> None:
-        self.channel = sync_channel(agent)
+    def __init__(
+        self,
+        agent: Address,
+        timeout: float = 15.0,
+        transport: Transport = LOCAL_ONLY,
+        server_id: SpiffeId | None = None,
+    ) -> None:
+        self.channel = transport.sync_channel(agent, server_id)
         self.timeout = timeout
         self.ns = networkservice_pb2_grpc.NetworkServiceStub(self.channel)
         self.monitor = connection_pb2_grpc.MonitorConnectionStub(self.channel)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from nsm_common.urls import Address
+
+if TYPE_CHECKING:
+    from nsm_common.identity.transport import Transport
 
 # Keepalive on both sides so that a dead peer breaks long streams (Monitor,
 # watch Find) instead of leaving them hanging forever.
@@ -37,27 +40,20 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-def aio_channel(address: Address) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address.grpc_target, options=CHANNEL_OPTIONS)
-
-
-def sync_channel(address: Address) -> grpc.Channel:
-    return grpc.insecure_channel(address.grpc_target, options=CHANNEL_OPTIONS)
-
-
 def aio_server() -> grpc.aio.Server:
     """An asyncio gRPC server with the keepalive and message limits every component uses."""
     return grpc.aio.server(options=SERVER_OPTIONS)
 
 
-def bind_all(server: grpc.aio.Server, addresses: Sequence[Address]) -> None:
-    """Bind every address; a stale unix socket file from a dead process is replaced."""
+def bind_all(server: grpc.aio.Server, addresses: Sequence[Address], transport: Transport) -> None:
+    """Bind every address (TCP as TRANSPORT says: mutual TLS, or plaintext when insecure);
+    a stale unix socket file from a dead process is replaced."""
     for addr in addresses:
         if addr.scheme == "unix":
             os.makedirs(os.path.dirname(addr.path) or "/", exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(addr.path)
-        bound = server.add_insecure_port(addr.grpc_target)
+        bound = transport.bind(server, addr)
         if addr.scheme == "tcp" and bound == 0:
             raise OSError(f"cannot listen on {addr}")
 

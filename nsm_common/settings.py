@@ -81,12 +81,16 @@ def build_parser(model: type[BaseModel], prog: str, description: str) -> argpars
             parser.add_argument(flag, dest=name, action="append", metavar=option.metavar, help=text + "; repeatable")
             continue
         default = _default(field)
+        if isinstance(default, bool):
+            on = env.strip().lower() in ("1", "true", "yes", "on") if env is not None else default
+            parser.add_argument(flag, dest=name, action="store_true", default=on, help=text)
+            continue
         if option.comma:
             given = env if env is not None else _text(default)
             parser.add_argument(flag, dest=name, default=given, metavar=option.metavar, help=text)
             continue
         kind: type[Any] = type(default) if isinstance(default, int | float) and not isinstance(default, bool) else str
-        value: Any = env if env is not None else (default if kind is not str else _text(default))
+        value: Any = env if env is not None or default is None else (default if kind is not str else _text(default))
         parser.add_argument(flag, dest=name, type=kind, default=value, metavar=option.metavar, help=text)
     return parser
 

@@ -23,7 +23,9 @@ from nsm_common.chain.monitor import ConnectionEvents, Monitor, MonitorService
 from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.chain.server import NetworkServiceServer
 from nsm_common.chain.update_path import UpdatePath
-from nsm_common.grpcutil import aio_channel, aio_server, bind_all, remove_unix_sockets
+from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
+from nsm_common.identity.spiffe_id import SpiffeId
+from nsm_common.identity.transport import LOCAL_ONLY, Transport
 from nsm_common.names import MAX_NAME
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
@@ -47,8 +49,14 @@ class EndpointConfig(BaseModel):
 class EndpointRuntime:
     """An endpoint: its chain and Monitor service, and its registration kept alive."""
 
-    def __init__(self, config: EndpointConfig) -> None:
+    def __init__(
+        self, config: EndpointConfig, transport: Transport = LOCAL_ONLY, registry_id: SpiffeId | None = None
+    ) -> None:
+        """REGISTRY_ID: what the registry (or agent) at a TCP `config.registry` must prove;
+        by default the registry's ID."""
         self.config = config
+        self.transport = transport
+        self.registry_id = registry_id or transport.registry_id()
         self.pools = [PointToPointPool(c) for c in config.cidrs]
         st = os.stat("/proc/self/ns/net")
         self.begin = Begin()
@@ -103,9 +111,10 @@ class EndpointRuntime:
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve and stay registered until `stop`; then unregister and stop serving."""
         server = aio_server()
-        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServiceServer(self.chain), server)
-        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(self.events), server)
-        bind_all(server, [self.config.listen])
+        service = NetworkServiceServer(self.chain, self.transport, allowed=("agent",))  # over TLS: agents only
+        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(self.events, self.transport), server)
+        bind_all(server, [self.config.listen], self.transport)
         await server.start()
         log.info(
             "endpoint serving",
@@ -114,7 +123,7 @@ class EndpointRuntime:
             listen=str(self.config.listen),
             cidrs=self.config.cidrs,
         )
-        channel = aio_channel(self.config.registry)
+        channel = self.transport.aio_channel(self.config.registry, self.registry_id)
         registering = asyncio.create_task(self._register_loop(channel))
         try:
             await stop.wait()

@@ -10,6 +10,7 @@ from nsm_api import registry_pb2_grpc
 from nsm_common import logs
 from nsm_common.daemon import run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
+from nsm_common.identity.transport import TransportError
 from nsm_registry.memory_store import MemoryStore
 from nsm_registry.server import EndpointRegistry, ServiceRegistry, run_expiry
 from nsm_registry.settings import RegistrySettings, parse_etcd_url, parse_settings
@@ -20,6 +21,12 @@ log = structlog.get_logger("nsm.registry")
 
 async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     """Run the registry on its store until `stop`."""
+    transport = settings.transport("nsm-registry", server=True)
+    try:
+        transport.check_listen(settings.listen)
+    except TransportError as exc:
+        raise SystemExit(f"nsm-registry: {exc}") from exc
+    transport.warn_if_insecure("nsm-registry", settings.listen)
     store: Store
     if settings.store == "memory":
         store = MemoryStore()
@@ -28,11 +35,11 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
 
         store = EtcdStore(parse_etcd_url(settings.store))
     server = aio_server()
-    registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(ServiceRegistry(store), server)
+    registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(ServiceRegistry(store, transport), server)
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-        EndpointRegistry(store, settings.max_expiration), server
+        EndpointRegistry(store, settings.max_expiration, transport), server
     )
-    bind_all(server, settings.listen)
+    bind_all(server, settings.listen, transport)
     await server.start()
     expiry = asyncio.create_task(run_expiry(store))
     log.info("registry serving", listen=[str(a) for a in settings.listen], store=settings.store)

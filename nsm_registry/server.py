@@ -20,6 +20,7 @@ from nsm_api.registry_pb2 import (
     NetworkServiceResponse,
 )
 from nsm_common.grpcutil import Ctx
+from nsm_common.identity.transport import LOCAL_ONLY, Transport
 from nsm_common.matching import endpoint_matches, service_matches
 from nsm_common.timeutil import now, ts_from, ts_seconds
 from nsm_registry.guard import store_errors_unavailable
@@ -27,6 +28,10 @@ from nsm_registry.store import EndpointEvent, ServiceEvent, Store, StoreUnavaila
 from nsm_registry.validation import validate_endpoint, validate_service
 
 log = structlog.get_logger("nsm.registry")
+
+# Who may register and unregister (over TLS; a plaintext caller came through the registry's
+# own unix socket, or `--insecure` was asked for) and find.
+REGISTRANTS = ("agent", "workload", "registry")
 
 
 def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:
@@ -36,11 +41,13 @@ def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:
 class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
     """The NetworkServiceRegistry service over a store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, transport: Transport = LOCAL_ONLY) -> None:
         self.store = store
+        self.transport = transport
 
     @store_errors_unavailable
     async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
+        await self.transport.authorize(context, REGISTRANTS, "Register")
         problem = validate_service(request)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -56,6 +63,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
     async def Find(  # type: ignore[override]
         self, request: NetworkServiceQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceResponse]:
+        await self.transport.authorize(context, REGISTRANTS, "Find")
         query = request.network_service
         stream = self.store.watch_services()
         try:
@@ -73,6 +81,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
 
     @store_errors_unavailable
     async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
+        await self.transport.authorize(context, REGISTRANTS, "Unregister")
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is empty")
         if await self.store.delete_service(request.name):
@@ -83,19 +92,25 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
 class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
     """The NetworkServiceEndpointRegistry service over a store: expiry capped, names generated, watches."""
 
-    def __init__(self, store: Store, max_expiration: float) -> None:
+    def __init__(self, store: Store, max_expiration: float, transport: Transport = LOCAL_ONLY) -> None:
         self.store = store
         self.max_expiration = max_expiration
+        self.transport = transport
 
     @store_errors_unavailable
     async def Register(  # type: ignore[override]
         self, request: NetworkServiceEndpoint, context: Ctx
     ) -> NetworkServiceEndpoint:
+        caller = await self.transport.authorize(context, REGISTRANTS, "Register")
         problem = validate_endpoint(request)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         endpoint = NetworkServiceEndpoint()
         endpoint.CopyFrom(request)
+        if caller is not None and (not endpoint.path_ids or endpoint.path_ids[-1] != str(caller)):
+            # The last hop the registration came through serves its URL: who dials it checks
+            # that the server proves this ID (upstream keeps the registrants' IDs here too).
+            endpoint.path_ids.append(str(caller))
         if not endpoint.name:
             endpoint.name = f"nse-{uuid.uuid4()}"
         at = now()
@@ -117,6 +132,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
     async def Find(  # type: ignore[override]
         self, request: NetworkServiceEndpointQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        await self.transport.authorize(context, REGISTRANTS, "Find")
         query = request.network_service_endpoint
         if query.name and not request.watch:
             # One record by name: no need to walk them all.
@@ -143,6 +159,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
 
     @store_errors_unavailable
     async def Unregister(self, request: NetworkServiceEndpoint, context: Ctx) -> Empty:  # type: ignore[override]
+        await self.transport.authorize(context, REGISTRANTS, "Unregister")
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is empty")
         if await self.store.delete_endpoint(request.name):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Annotated
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 
 from nsm_common import settings
+from nsm_common.identity.options import IdentitySettings
 from nsm_common.settings import Option
 from nsm_common.urls import REGISTRY_PORT, Address, parse_address
 
@@ -25,7 +26,7 @@ def parse_etcd_url(url: str) -> list[tuple[str, int]]:
     return out
 
 
-class RegistrySettings(BaseModel):
+class RegistrySettings(IdentitySettings):
     """Every setting of `nsm-registry`, with its flag, environment name and default (stated only here)."""
 
     listen: Annotated[

@@ -15,8 +15,15 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nsm_common.identity import issue
+from nsm_common.identity.transport import Transport
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# Every bed has a CA of its own for this trust domain: its components speak mutual TLS over
+# TCP unless a test passes --insecure.
+TRUST_DOMAIN = "nsm.test"
+TESTER = f"spiffe://{TRUST_DOMAIN}/ns/test/sa/nsmctl"  # what the tests and nsmctl call as
 
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -102,6 +109,25 @@ class Testbed:
         run("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
+    # Identities -------------------------------------------------------------------
+    def identity(self, spiffe_id: str) -> Path:
+        """The folder of SPIFFE_ID's identity (tls.crt, tls.key, ca.crt), issued by the bed's CA
+        on first use."""
+        ca = self.dir / "pki" / "ca"
+        if not (ca / "ca.crt").exists():
+            issue.init_ca(ca, TRUST_DOMAIN)
+        out = self.dir / "pki" / spiffe_id.removeprefix("spiffe://").replace("/", "_")
+        if not (out / "tls.crt").exists():
+            issue.issue(ca, spiffe_id, out)
+        return out
+
+    def transport(self, spiffe_id: str = TESTER) -> Transport:
+        """A transport with SPIFFE_ID's identity, for a test's own gRPC clients."""
+        return Transport.load(self.identity(spiffe_id), insecure=False, server=False)
+
+    def _identity_args(self, spiffe_id: str, extra: list[str] | None) -> list[str]:
+        return [] if "--insecure" in (extra or []) else ["--identity", str(self.identity(spiffe_id))]
+
     # Processes --------------------------------------------------------------------
     def start(self, name: str, argv: list[str], netns: str | None = None, env: dict[str, str] | None = None) -> Proc:
         log = self.dir / f"{name}.log"
@@ -137,7 +163,8 @@ class Testbed:
         """
         sock = f"unix://{self.dir}/{name}.sock"
         listen = ["--listen", sock] + (["--listen", f"tcp://127.0.0.1:{port}"] if netns else [])
-        proc = self.start(name, [str(BIN / "nsm-registry"), *listen, *(extra or [])], netns=netns)
+        ident = self._identity_args(f"spiffe://{TRUST_DOMAIN}/registry", extra)
+        proc = self.start(name, [str(BIN / "nsm-registry"), *listen, *ident, *(extra or [])], netns=netns)
         self.wait_for(proc, "registry serving")
         return proc, sock
 
@@ -159,6 +186,7 @@ class Testbed:
                 f"unix://{sock}",
                 "--state-dir",
                 str(state),
+                *self._identity_args(f"spiffe://{TRUST_DOMAIN}/node/{name}", extra),
                 *(extra or []),
             ],
             netns=netns,
@@ -195,7 +223,9 @@ class Testbed:
         return proc, f"unix://{sock}"
 
     def nsmctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run(str(BIN / "nsmctl"), *args, check=check)
+        """nsmctl as the tests' own workload identity (over TCP it speaks mutual TLS)."""
+        env = {**os.environ, "NSM_IDENTITY_DIR": str(self.identity(TESTER))}
+        return subprocess.run([str(BIN / "nsmctl"), *args], check=check, capture_output=True, text=True, env=env)
 
     # Clean-up ---------------------------------------------------------------------
     def cleanup(self) -> None:

@@ -20,7 +20,8 @@ from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.errors import NsmError, from_rpc_error
-from nsm_common.grpcutil import aio_channel
+from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
+from nsm_common.identity.transport import LOCAL_ONLY, Transport, TransportError
 from nsm_common.urls import UrlError, parse_address
 
 log = structlog.get_logger("nsm.agent")
@@ -47,6 +48,7 @@ def new_here(call: Call) -> bool:
 @dataclass
 class _Downstream:
     url: str
+    server_id: str
     # Serialized: a parsed message keeps an arena of its own (and a sub-message
     # of the reply would keep the whole reply).
     mechanism_wire: bytes
@@ -65,21 +67,37 @@ class ConnectEndpoint(Step):
     """
 
     def __init__(
-        self, timeout: float, watch: EndpointWatch | None = None, dial: Callable[[str], EndpointStub] | None = None
+        self,
+        timeout: float,
+        watch: EndpointWatch | None = None,
+        dial: Callable[[str], EndpointStub] | None = None,
+        transport: Transport = LOCAL_ONLY,
     ) -> None:
         self.timeout = timeout
         self.watch = watch
         self.dial = dial  # an endpoint by URL; by default a cached gRPC channel (a fake in tests)
+        self.transport = transport
+        # By URL; a new one when the server's expected ID or our own identity changes (the
+        # old stays for what runs on it).
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._keys: dict[str, tuple[str, str]] = {}
+        self._old: list[grpc.aio.Channel] = []
         self._downstream: dict[str, _Downstream] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
-    def _stub(self, url: str) -> EndpointStub:
+    def _stub(self, url: str, server_id: str = "") -> EndpointStub:
+        """A stub on the cached channel to URL (raises UrlError, TransportError, SpiffeIdError)."""
         if self.dial is not None:
             return self.dial(url)
+        key = (server_id, self.transport.fingerprint())
         channel = self._channels.get(url)
+        if channel is not None and self._keys.get(url) != key:
+            self._old.append(channel)
+            channel = None
         if channel is None:
-            channel = self._channels[url] = aio_channel(parse_address(url))
+            expected = SpiffeId.parse(server_id) if server_id else None
+            channel = self._channels[url] = self.transport.aio_channel(parse_address(url), expected)
+            self._keys[url] = key
         return networkservice_pb2_grpc.NetworkServiceStub(channel)
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
@@ -90,10 +108,13 @@ class ConnectEndpoint(Step):
         name = conn.network_service_endpoint_name
         if not url:
             raise NsmError(grpc.StatusCode.UNAVAILABLE, f"endpoint {name!r} has no URL in the registry")
+        server_id = chosen.server_id if chosen is not None else ""
         try:
-            stub = self._stub(url)
+            stub = self._stub(url, server_id)
         except UrlError as exc:
             raise NsmError(grpc.StatusCode.UNAVAILABLE, f"endpoint {name!r} has a bad URL: {exc}") from exc
+        except (TransportError, SpiffeIdError) as exc:
+            raise NsmError(grpc.StatusCode.UNAVAILABLE, f"endpoint {name!r} at {url}: {exc}") from exc
         down = Connection()
         down.CopyFrom(conn)
         down.ClearField("mechanism")
@@ -103,6 +124,8 @@ class ConnectEndpoint(Step):
         prefs = offer.mechanisms if offer is not None and offer.mechanisms else [Mechanism(cls="LOCAL", type="KERNEL")]
         message = NetworkServiceRequest(connection=down, mechanism_preferences=prefs)
         note(call, "downstream", url)
+        if server_id:
+            note(call, "downstream_id", f"{url} {server_id}")
         try:
             try:
                 reply: Connection = await stub.Request(message, timeout=self.timeout)
@@ -112,17 +135,17 @@ class ConnectEndpoint(Step):
                 # A cached channel to an endpoint that restarted waits out its
                 # reconnect backoff; one fresh channel finds the new process now.
                 await self._forget(url)
-                reply = await self._stub(url).Request(message, timeout=self.timeout)
+                reply = await self._stub(url, server_id).Request(message, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in MAY_HAVE_ACTED and known is None and new_here(call):
                 # The far end may still be at work on an answer we no longer wait for: a
                 # Close (which waits there for that Request) frees what it builds. Before
                 # the next candidate is tried, so that the two never overlap there.
-                await asyncio.shield(self._spawn_close(url, down, quiet=True))
+                await asyncio.shield(self._spawn_close(url, server_id, down, quiet=True))
             raise from_rpc_error(exc, f"endpoint {name!r} at {url}") from exc
         if known is not None and known.url != url and self.watch is not None:
             self.watch.forget(known.url, conn.id)
-        self._downstream[conn.id] = _Downstream(url, reply.mechanism.SerializeToString())
+        self._downstream[conn.id] = _Downstream(url, server_id, reply.mechanism.SerializeToString())
         if self.watch is not None and url in self._channels:
             self.watch.watch(url, conn.id, self._channels[url])
         return reply
@@ -135,13 +158,13 @@ class ConnectEndpoint(Step):
             down = Connection()
             down.CopyFrom(conn)
             down.mechanism.CopyFrom(known.mechanism)
-            closing = self._spawn_close(known.url, down)
+            closing = self._spawn_close(known.url, known.server_id, down)
             if not call.reselecting:
                 await asyncio.shield(closing)
         await nxt.close(conn, call)
 
-    def _spawn_close(self, url: str, down: Connection, quiet: bool = False) -> asyncio.Future[None]:
-        closing = asyncio.ensure_future(self._close_downstream(url, down, quiet))
+    def _spawn_close(self, url: str, server_id: str, down: Connection, quiet: bool = False) -> asyncio.Future[None]:
+        closing = asyncio.ensure_future(self._close_downstream(url, server_id, down, quiet))
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
         return closing
@@ -151,9 +174,11 @@ class ConnectEndpoint(Step):
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
-    async def _close_downstream(self, url: str, down: Connection, quiet: bool = False) -> None:
+    async def _close_downstream(self, url: str, server_id: str, down: Connection, quiet: bool = False) -> None:
         try:
-            await self._stub(url).Close(down, timeout=self.timeout)
+            await self._stub(url, server_id).Close(down, timeout=self.timeout)
+        except (TransportError, SpiffeIdError) as exc:
+            log.warning("endpoint close failed", id=down.id, url=url, error=str(exc))
         except grpc.aio.AioRpcError as exc:
             # The endpoint may be gone; its own expiry frees what it held.
             if not quiet:
@@ -161,10 +186,14 @@ class ConnectEndpoint(Step):
 
     async def _forget(self, url: str) -> None:
         channel = self._channels.pop(url, None)
+        self._keys.pop(url, None)
         if channel is not None:
-            await channel.close(None)
+            # Other Requests may be on it still: closing it now would cancel them (and a
+            # cancelled replay reads like a connection closed meanwhile). They end first.
+            self._closing.add(closing := asyncio.ensure_future(channel.close(grace=self.timeout)))
+            closing.add_done_callback(self._closing.discard)
 
     async def aclose(self) -> None:
         await self.settle()
-        for channel in self._channels.values():
+        for channel in [*self._channels.values(), *self._old]:
             await channel.close(None)

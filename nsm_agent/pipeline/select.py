@@ -41,6 +41,14 @@ class Chosen:
     endpoint: NetworkServiceEndpoint | None
     url: str
     remote: bool
+    # The SPIFFE ID the server at a TCP `url` must prove: the last identity the endpoint's
+    # registration came through (its node's agent, or the endpoint itself); empty: unknown.
+    server_id: str = ""
+
+
+def server_id_of(endpoint: NetworkServiceEndpoint) -> str:
+    """Who serves an endpoint's URL: the last hop its registration came through (`path_ids`)."""
+    return endpoint.path_ids[-1] if endpoint.path_ids else ""
 
 
 class Locator:
@@ -62,7 +70,7 @@ class Locator:
             return Chosen(endpoint, url, False)
         if endpoint.url.startswith("unix://"):
             return Chosen(endpoint, endpoint.url, False)  # registered straight, on this node
-        return Chosen(endpoint, endpoint.url, True)
+        return Chosen(endpoint, endpoint.url, True, server_id_of(endpoint))
 
 
 def _from_journal(call: Call, local: LocalEndpoints) -> Chosen | None:
@@ -73,7 +81,8 @@ def _from_journal(call: Call, local: LocalEndpoints) -> Chosen | None:
     if not urls:
         return None
     url = urls[-1]
-    return Chosen(None, url, not (url.startswith("unix://") or local.has_url(url)))
+    ids = dict(noted_id.split(" ", 1) for noted_id in noted(call, "downstream_id") if " " in noted_id)
+    return Chosen(None, url, not (url.startswith("unix://") or local.has_url(url)), ids.get(url, ""))
 
 
 class Select(Step):

@@ -15,7 +15,7 @@ from nsm_api.registry_pb2 import (
     NetworkServiceQuery,
 )
 from nsm_common.errors import NsmError
-from nsm_common.grpcutil import aio_channel
+from nsm_common.identity.transport import LOCAL_ONLY, Transport
 from nsm_common.urls import Address
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -24,14 +24,43 @@ RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 class RegistryClient:
     """The agent's one channel to the registry, answering from the watched copy where it can."""
 
-    def __init__(self, address: Address, timeout: float = 3.0, attempts: int = 3) -> None:
+    def __init__(
+        self, address: Address, timeout: float = 3.0, attempts: int = 3, transport: Transport = LOCAL_ONLY
+    ) -> None:
         self.address = address
         self.timeout = timeout
         self.attempts = attempts
-        self.channel = aio_channel(address)
-        self.services = registry_pb2_grpc.NetworkServiceRegistryStub(self.channel)
-        self.endpoints = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(self.channel)
+        self.transport = transport
+        self._old: list[grpc.aio.Channel] = []
+        self._open()
         self.cache: RegistryCache | None = None
+
+    def _open(self) -> None:
+        # The registry proves the registry's ID over TCP (raises TransportError when it cannot).
+        self._fingerprint = self.transport.fingerprint()
+        self.channel = self.transport.aio_channel(self.address, self.transport.registry_id())
+        self._services: registry_pb2_grpc.NetworkServiceRegistryAsyncStub = (
+            registry_pb2_grpc.NetworkServiceRegistryStub(self.channel)  # type: ignore[assignment]
+        )
+        self._endpoints: registry_pb2_grpc.NetworkServiceEndpointRegistryAsyncStub = (
+            registry_pb2_grpc.NetworkServiceEndpointRegistryStub(self.channel)  # type: ignore[assignment]
+        )
+
+    def _current(self) -> None:
+        """A new channel once this agent's identity changed; the old one stays for the watch on it."""
+        if self.transport.fingerprint() != self._fingerprint:
+            self._old.append(self.channel)
+            self._open()
+
+    @property
+    def services(self) -> registry_pb2_grpc.NetworkServiceRegistryAsyncStub:
+        self._current()
+        return self._services
+
+    @property
+    def endpoints(self) -> registry_pb2_grpc.NetworkServiceEndpointRegistryAsyncStub:
+        self._current()
+        return self._endpoints
 
     def watch(self) -> None:
         """Keep a watched copy of the registry and answer from it when it can."""
@@ -41,7 +70,8 @@ class RegistryClient:
     async def close(self) -> None:
         if self.cache is not None:
             await self.cache.aclose()
-        await self.channel.close(None)
+        for channel in [self.channel, *self._old]:
+            await channel.close(None)
 
     async def _retry(self, what: str, fn, attempts: int | None = None):  # type: ignore[no-untyped-def]
         delay = 0.1

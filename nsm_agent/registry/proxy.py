@@ -30,6 +30,10 @@ async def _relay_error(context: Ctx, exc: grpc.aio.AioRpcError, where: str) -> N
     await context.abort(exc.code(), f"{where}: {exc.details()}")
 
 
+# Over TLS: endpoints (workloads) register through their node's agent; agents may ask too.
+PROXY_CALLERS = ("agent", "workload")
+
+
 class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
     """Services registered through this agent are kept (`kept`), to be registered again should
     the registry lose them; unregistered, they are forgotten."""
@@ -40,6 +44,7 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
         self.where = f"registry at {registry.address}"
 
     async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
+        await self.registry.transport.authorize(context, PROXY_CALLERS, "Register")
         try:
             stored: NetworkService = await self.registry.services.Register(request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as exc:
@@ -52,6 +57,7 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
     async def Find(  # type: ignore[override]
         self, request: NetworkServiceQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceResponse]:
+        await self.registry.transport.authorize(context, PROXY_CALLERS, "Find")
         try:
             async for resp in self.registry.services.Find(request, timeout=context.time_remaining()):
                 yield resp
@@ -59,6 +65,7 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
             await _relay_error(context, exc, self.where)
 
     async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
+        await self.registry.transport.authorize(context, PROXY_CALLERS, "Unregister")
         try:
             done: Empty = await self.registry.services.Unregister(request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as exc:
@@ -84,6 +91,7 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
     async def Register(  # type: ignore[override]
         self, request: NetworkServiceEndpoint, context: Ctx
     ) -> NetworkServiceEndpoint:
+        await self.registry.transport.authorize(context, PROXY_CALLERS, "Register")
         # An Unregister of this name left over from before a reboot goes first, not after.
         await self.local.unregistered(request.name)
         record = NetworkServiceEndpoint()
@@ -108,6 +116,7 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
     async def Find(  # type: ignore[override]
         self, request: NetworkServiceEndpointQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        await self.registry.transport.authorize(context, PROXY_CALLERS, "Find")
         try:
             async for resp in self.registry.endpoints.Find(request, timeout=context.time_remaining()):
                 yield resp
@@ -115,6 +124,7 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
             await _relay_error(context, exc, self.where)
 
     async def Unregister(self, request: NetworkServiceEndpoint, context: Ctx) -> Empty:  # type: ignore[override]
+        await self.registry.transport.authorize(context, PROXY_CALLERS, "Unregister")
         try:
             done: Empty = await self.registry.endpoints.Unregister(request, timeout=context.time_remaining())
         except grpc.aio.AioRpcError as exc:

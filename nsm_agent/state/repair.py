@@ -85,7 +85,7 @@ class Repair:
         try:
             await self.chain.request(replay_request(entry), Call(replay=still_wanted))
         except NsmError as exc:
-            if exc.code == grpc.StatusCode.CANCELLED:
+            if exc.code == grpc.StatusCode.CANCELLED and not still_wanted():
                 return  # closed or refreshed meanwhile: its client's own Request saw to it
             log.warning("repairing a wire failed; reporting the connection down", id=conn_id, error=exc.message)
             self.events.mark_down([conn_id])

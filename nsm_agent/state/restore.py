@@ -43,9 +43,10 @@ from nsm_common.chain.begin import Begin
 from nsm_common.chain.chain import Call, Chain
 from nsm_common.chain.monitor import ConnectionEvents
 from nsm_common.errors import NsmError
-from nsm_common.grpcutil import aio_channel
+from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
+from nsm_common.identity.transport import LOCAL_ONLY, Transport, TransportError
 from nsm_common.timeutil import now, ts_seconds
-from nsm_common.urls import parse_address
+from nsm_common.urls import UrlError, parse_address
 
 log = structlog.get_logger("nsm.agent")
 
@@ -103,7 +104,12 @@ def link_aliases(nl: NetlinkThread, ns: NetnsRef) -> set[str]:
 
 
 async def undo_intent(
-    entry: Entry, agent_name: str, resolver: NetnsResolver, netlink: NetlinkThread, timeout: float
+    entry: Entry,
+    agent_name: str,
+    resolver: NetnsResolver,
+    netlink: NetlinkThread,
+    timeout: float,
+    transport: Transport = LOCAL_ONLY,
 ) -> None:
     """A Request the agent died in: remove what it may have built, close what it may have asked."""
     alias = wire_alias(agent_name, entry.conn_id)
@@ -120,10 +126,16 @@ async def undo_intent(
         if removed:
             log.info("removed what an interrupted request built", id=entry.conn_id, netns=path)
     await netlink.run(lambda nl: nl.trim())
+    ids = dict(noted.split(" ", 1) for noted in entry.notes.get("downstream_id", []) if " " in noted)
     for url in entry.notes.get("downstream", []):
         down = Connection()
         down.CopyFrom(entry.request.connection)
-        channel = aio_channel(parse_address(url))
+        try:
+            server_id = SpiffeId.parse(ids[url]) if url in ids else None
+            channel = transport.aio_channel(parse_address(url), server_id)
+        except (UrlError, TransportError, SpiffeIdError) as exc:
+            log.warning("closing an interrupted request downstream failed", id=entry.conn_id, error=str(exc))
+            continue
         try:
             await networkservice_pb2_grpc.NetworkServiceStub(channel).Close(down, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
@@ -165,6 +177,7 @@ class Restore:
     resolver: NetnsResolver
     netlink: NetlinkThread
     timeout: float
+    transport: Transport = LOCAL_ONLY  # how the next hops are called (closing what a restart undoes)
     # The up links' aliases in a namespace (the datapath; a fake in tests).
     aliases: Callable[[NetlinkThread, NetnsRef], set[str]] = link_aliases
     # Called once every connection is settled (WireGuard drops what none needs).
@@ -343,21 +356,29 @@ class Restore:
             await self.chain.request(replay_request(entry), Call(replay=lambda: self._still_wanted(entry)))
             return "kept"
         except NsmError as exc:
-            if exc.code == grpc.StatusCode.CANCELLED:
+            # CANCELLED is also what a call says whose channel was closed under it: only a
+            # connection closed meanwhile is gone, else it is tried again like one whose next
+            # hop is away (or it would stay in the journal, never expiring).
+            if exc.code == grpc.StatusCode.CANCELLED and not self._still_wanted(entry):
                 return "gone"
-            if exc.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not _expired(entry):
+            if exc.code in AWAY and not _expired(entry):
                 log.info("a connection's next hop is away; trying again", id=entry.conn_id, error=exc.message)
                 return "retry"
             log.warning("a connection could not be carried on after restart", id=entry.conn_id, error=exc.message)
             return "undo"
 
     async def _undo(self, entry: Entry) -> None:
-        await undo_entry(entry, self.store, self.events, self.agent_name, self.resolver, self.netlink, self.timeout)
+        await undo_entry(entry, self.store, self.events, self.agent_name, self.resolver, self.netlink, self.timeout,
+                         self.transport)  # fmt: skip
 
     def _spawn(self, work: Coroutine[object, object, object]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+# A next hop that did not answer, for now.
+AWAY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
 def _expired(entry: Entry) -> bool:
@@ -375,10 +396,11 @@ async def undo_entry(
     resolver: NetnsResolver,
     netlink: NetlinkThread,
     timeout: float,
+    transport: Transport = LOCAL_ONLY,
 ) -> None:
     """Undo what the entry says (`undo_intent`), then forget it: journal and Monitor."""
     try:
-        await undo_intent(entry, agent_name, resolver, netlink, timeout)
+        await undo_intent(entry, agent_name, resolver, netlink, timeout, transport)
     except Exception:
         log.exception("undoing an interrupted request failed", id=entry.conn_id)
     store.delete(entry.conn_id)
@@ -393,6 +415,7 @@ def journal_closer(
     netlink: NetlinkThread,
     timeout: float,
     events: ConnectionEvents | None = None,
+    transport: Transport = LOCAL_ONLY,
 ) -> Callable[[Connection], Awaitable[None]]:
     """Close of a connection known only to the journal (not yet carried on after a restart)."""
 
@@ -400,6 +423,6 @@ def journal_closer(
         entry = store.read(conn.id)
         if entry is not None:
             log.info("closing a connection not yet carried on after restart", id=conn.id)
-            await undo_entry(entry, store, events, agent_name, resolver, netlink, timeout)
+            await undo_entry(entry, store, events, agent_name, resolver, netlink, timeout, transport)
 
     return close

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -24,7 +25,9 @@ from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common import logs
 from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.daemon import run_until_signal
-from nsm_common.grpcutil import sync_channel
+from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
+from nsm_common.identity.svid import IdentityError
+from nsm_common.identity.transport import Transport, TransportError
 from nsm_common.timeutil import ts_seconds
 from nsm_common.urls import AGENT_PORT, DEFAULT_SOCKET, Address, UrlError, parse_address
 
@@ -38,6 +41,43 @@ def agent_address(args: argparse.Namespace) -> Address:
     try:
         return parse_address(args.agent or os.environ.get("NSM_CONNECT_TO") or DEFAULT_SOCKET, default_port=AGENT_PORT)
     except UrlError as exc:
+        raise CliError(f"--agent: {exc}") from exc
+
+
+def transport_of(args: argparse.Namespace) -> Transport:
+    """--identity and --insecure (or their variables) as a transport; a bad folder names the flag."""
+    folder = args.identity or os.environ.get("NSM_IDENTITY_DIR") or None
+    insecure = args.insecure or os.environ.get("NSM_INSECURE", "").lower() in ("1", "true", "yes", "on")
+    try:
+        return Transport.load(Path(folder) if folder else None, insecure=insecure, server=False)
+    except IdentityError as exc:
+        raise CliError(f"--identity {folder}: {exc}") from exc
+
+
+def _server_id(args: argparse.Namespace, transport: Transport) -> SpiffeId | None:
+    """--server-id, else (with an identity) the registry's: what a TCP server must prove."""
+    if args.server_id:
+        try:
+            return SpiffeId.parse(args.server_id)
+        except SpiffeIdError as exc:
+            raise CliError(f"--server-id: {exc}") from exc
+    return transport.registry_id()
+
+
+def agent_client(args: argparse.Namespace) -> AgentClient:
+    """A client of --agent, over mutual TLS when that is a TCP address."""
+    transport = transport_of(args)
+    try:
+        return AgentClient(agent_address(args), args.timeout, transport, _server_id(args, transport))
+    except TransportError as exc:
+        raise CliError(f"--agent: {exc}") from exc
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    transport = transport_of(args)
+    try:
+        return transport.sync_channel(agent_address(args), _server_id(args, transport))
+    except TransportError as exc:
         raise CliError(f"--agent: {exc}") from exc
 
 
@@ -103,7 +143,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     request = kernel_request(inp.netns, inp.service, inp.ifname, inp.labels, client_name=args.client_name)
     if args.watch:
         return _connect_and_keep(args, request, inp.netns)
-    client = AgentClient(agent_address(args), timeout=args.timeout)
+    client = agent_client(args)
     try:
         conn = client.request(request)
     finally:
@@ -161,7 +201,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
         req.mechanism_preferences[0].parameters["inodeURL"] = f"inode://{st.st_dev}/{st.st_ino}"
         requests.append(req)
     if args.once:
-        client = AgentClient(agent_address(args), timeout=args.timeout)
+        client = agent_client(args)
         try:
             for req in requests:
                 conn = client.request(req)
@@ -188,7 +228,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
 
 
 def cmd_close(args: argparse.Namespace) -> int:
-    client = AgentClient(agent_address(args), timeout=args.timeout)
+    client = agent_client(args)
     try:
         found = client.close_id(args.id)
     finally:
@@ -200,11 +240,10 @@ def cmd_close(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    target = agent_address(args)
-    channel = sync_channel(target)
+    channel = _channel(args)
     try:
         if args.kind == "connections":
-            client = AgentClient(target, timeout=args.timeout)
+            client = agent_client(args)
             try:
                 conns = list(client.connections().values())
             finally:
@@ -286,7 +325,14 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
         lifetime=args.lifetime,
     )
 
-    run_until_signal(EndpointRuntime(config).serve)
+    transport = transport_of(args)
+    try:
+        transport.check_listen([listen])
+        runtime = EndpointRuntime(config, transport, _server_id(args, transport))
+        transport.credentials(config.registry, runtime.registry_id)  # raises before anything starts
+    except TransportError as exc:
+        raise CliError(str(exc)) from exc
+    run_until_signal(runtime.serve)
     return 0
 
 
@@ -296,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--agent", help=f"node agent address (env NSM_CONNECT_TO; default {DEFAULT_SOCKET})")
     common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the agent")
     common.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    common.add_argument("--identity", metavar="DIR",
+                        help="folder holding tls.crt, tls.key and ca.crt (env NSM_IDENTITY_DIR)")  # fmt: skip
+    common.add_argument("--insecure", action="store_true", help="plaintext gRPC over TCP (env NSM_INSECURE)")
+    common.add_argument("--server-id", metavar="SPIFFE_ID",
+                        help="the ID a TCP agent or registry must prove (default: the registry's)")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("connect", parents=[common], help="ask for a connection to a network service")

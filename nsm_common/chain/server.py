@@ -14,6 +14,7 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.chain import Chain
 from nsm_common.errors import NsmError
 from nsm_common.grpcutil import Ctx
+from nsm_common.identity.transport import LOCAL_ONLY, Transport
 
 log = structlog.get_logger("nsm")
 
@@ -21,8 +22,12 @@ log = structlog.get_logger("nsm")
 class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
     """The NetworkService gRPC service over a chain: every call runs to its end, errors become statuses."""
 
-    def __init__(self, chain: Chain) -> None:
+    def __init__(self, chain: Chain, transport: Transport = LOCAL_ONLY, allowed: tuple[str, ...] = ("agent",)) -> None:
         self.chain = chain
+        self.transport = transport
+        # The roles a caller over TLS must have: this hop serves remote Requests to agents.
+        # A plaintext caller came through a local socket (or `--insecure` was asked for).
+        self.allowed = allowed
         self._inflight: set[asyncio.Task[object]] = set()
 
     async def _run(self, coro, context: Ctx, what: str):  # type: ignore[no-untyped-def]
@@ -46,11 +51,13 @@ class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
     async def Request(  # type: ignore[override]
         self, request: NetworkServiceRequest, context: Ctx
     ) -> Connection:
+        await self.transport.authorize(context, self.allowed, "Request")
         req = NetworkServiceRequest()
         req.CopyFrom(request)
         return await self._run(self.chain.request(req), context, "request")  # type: ignore[no-any-return]
 
     async def Close(self, request: Connection, context: Ctx) -> Empty:  # type: ignore[override]
+        await self.transport.authorize(context, self.allowed, "Close")
         conn = Connection()
         conn.CopyFrom(request)
         await self._run(self.chain.close(conn), context, "close")

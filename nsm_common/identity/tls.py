@@ -7,6 +7,7 @@ already made stay as they are.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -44,7 +45,7 @@ def channel_options(server_id: SpiffeId) -> list[tuple[str, str]]:
     return [("grpc.ssl_target_name_override", server_id.dns_name())]
 
 
-def peer_id(auth_context: dict[str, list[bytes]]) -> SpiffeId | None:
+def peer_id(auth_context: Mapping[str, Iterable[bytes]]) -> SpiffeId | None:
     """The SPIFFE ID of the TLS peer (its certificate's one spiffe:// URI SAN), or None:
     no TLS, or no single valid SPIFFE ID."""
     found = [s for s in auth_context.get("x509_subject_alternative_name", []) if s.startswith(b"spiffe://")]

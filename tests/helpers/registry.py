@@ -9,13 +9,13 @@ import grpc
 
 from nsm_api import registry_pb2_grpc
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceEndpointQuery, NetworkServiceEndpointResponse
-from nsm_common.grpcutil import sync_channel
+from nsm_common.identity.transport import LOCAL_ONLY
 from nsm_common.urls import parse_address
 
 
 class Registry:
     def __init__(self, url: str) -> None:
-        self.channel = sync_channel(parse_address(url))
+        self.channel = LOCAL_ONLY.sync_channel(parse_address(url))
         self.ns = registry_pb2_grpc.NetworkServiceRegistryStub(self.channel)
         self.nse = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(self.channel)
 

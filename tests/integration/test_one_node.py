@@ -9,7 +9,7 @@ from nsm_api import registry_pb2_grpc
 from nsm_api.connection_pb2 import DELETE, INITIAL_STATE_TRANSFER, MonitorScopeSelector, PathSegment
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceEndpointQuery
 from nsm_client.runtime import kernel_request
-from nsm_common.grpcutil import sync_channel
+from nsm_common.identity.transport import LOCAL_ONLY
 from nsm_common.urls import parse_address
 from testbed.bed import addresses, links, ping
 from testbed.mesh import Mesh
@@ -17,7 +17,7 @@ from tests.helpers.mesh import agent_client, ifindex, only_lo
 
 
 def registry_endpoints(url: str) -> list[str]:
-    channel = sync_channel(parse_address(url))
+    channel = LOCAL_ONLY.sync_channel(parse_address(url))
     try:
         stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
         return sorted(r.network_service_endpoint.name for r in stub.Find(NetworkServiceEndpointQuery(), timeout=5))
@@ -129,7 +129,7 @@ def test_cli_connect_get_close(mesh: Mesh) -> None:
 def test_endpoint_registers_through_the_agent_and_unregisters_on_exit(mesh: Mesh) -> None:
     bed = mesh.bed
     proc, _ = bed.endpoint(bed.netns("ep"), "ep1", "web", "10.65.0.0/24", mesh.agent)
-    channel = sync_channel(parse_address(mesh.agent))
+    channel = LOCAL_ONLY.sync_channel(parse_address(mesh.agent))
     stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
     via_agent = [r.network_service_endpoint.name for r in stub.Find(NetworkServiceEndpointQuery(), timeout=5)]
     assert via_agent == ["ep1"]

@@ -10,7 +10,7 @@ import time
 from nsm_api import registry_pb2_grpc
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceQuery
 from nsm_client.runtime import kernel_request
-from nsm_common.grpcutil import sync_channel
+from nsm_common.identity.transport import LOCAL_ONLY
 from nsm_common.urls import parse_address
 from testbed.bed import Proc, Testbed, ping
 from tests.helpers.mesh import agent_client, ifindex, raw_endpoint
@@ -56,7 +56,7 @@ def test_registry_restart(bed: Testbed) -> None:
 
 
 def registered_service(agent: str, name: str) -> NetworkService | None:
-    channel = sync_channel(parse_address(agent))
+    channel = LOCAL_ONLY.sync_channel(parse_address(agent))
     try:
         query = NetworkServiceQuery(network_service=NetworkService(name=name))
         found = [

@@ -14,7 +14,7 @@ from nsm_api.connection_pb2 import Connection, Mechanism, Path, PathSegment
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint
 from nsm_client.runtime import kernel_request
-from nsm_common.grpcutil import sync_channel
+from nsm_common.identity.transport import LOCAL_ONLY
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, links, run
 from testbed.cluster import Cluster
@@ -89,7 +89,7 @@ def test_taken_vni_is_avoided_and_left_alone(two: tuple[Cluster, str]) -> None:
 def test_unreachable_remote_agent_falls_back_to_the_next_endpoint(two: tuple[Cluster, str]) -> None:
     cluster, ep_pod = two
     node1 = cluster.nodes[0]
-    channel = sync_channel(parse_address(cluster.registry))
+    channel = LOCAL_ONLY.sync_channel(parse_address(cluster.registry))
     registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel).Register(
         NetworkServiceEndpoint(name="ghost", network_service_names=["svc"], url="tcp://192.0.2.99:5001"), timeout=5
     )
@@ -126,7 +126,7 @@ def test_remote_request_without_endpoint_name_through_agent_socket(two: tuple[Cl
     cluster, ep_pod = two
     node2 = cluster.nodes[1]
     req = agent_request(Mechanism(cls="REMOTE", type="VXLAN", parameters={"src_ip": "192.0.2.1"}), endpoint="")
-    stub = networkservice_pb2_grpc.NetworkServiceStub(sync_channel(parse_address(node2.agent)))
+    stub = networkservice_pb2_grpc.NetworkServiceStub(LOCAL_ONLY.sync_channel(parse_address(node2.agent)))
     conn = stub.Request(req, timeout=15)
     assert conn.network_service_endpoint_name == "ep1" and conn.mechanism.type == "VXLAN"
     assert len(links(ep_pod)) == 2

@@ -6,14 +6,15 @@ import subprocess
 import sys
 
 PROBE = """
-import asyncio, sys
+import asyncio, sys, tempfile
 from nsm_registry.main import serve
 from nsm_registry.settings import parse_settings
 
 async def once(store):
     stop = asyncio.Event()
     stop.set()  # serve starts, then stops at once
-    await serve(parse_settings(["--listen", "tcp://127.0.0.1:0", "--store", store]), stop)
+    with tempfile.TemporaryDirectory() as folder:  # no network: a unix socket
+        await serve(parse_settings(["--listen", f"unix://{folder}/registry.sock", "--store", store]), stop)
 
 asyncio.run(once(sys.argv[1]))
 print("aetcd" in sys.modules)

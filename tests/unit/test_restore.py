@@ -82,6 +82,24 @@ async def test_carried_on_undone_and_tried_again(tmp_path: Path, monkeypatch) ->
     assert not restore.settling()
 
 
+async def test_a_replay_cancelled_under_a_connection_still_wanted_is_tried_again(  # type: ignore[no-untyped-def]
+    tmp_path: Path, monkeypatch
+) -> None:
+    """CANCELLED is also what a call says whose channel was closed under it (another replay
+    to the same endpoint dropped the channel): the connection is still in the journal, so it
+    is tried again, not taken for closed (it would stay there, never expiring)."""
+    monkeypatch.setattr(restoring, "RETRY_EVERY", 0.05)
+    store = JournalStore(tmp_path)
+    store.write(entry("cut"))
+    outcomes = Outcomes({"cut": [grpc.StatusCode.CANCELLED, None]})
+    restore = restoring.Restore(store, Chain([outcomes]), Begin(), ConnectionEvents(), "node1", FakeResolver(),
+                                FakeNetlink(), 1.0)  # fmt: skip
+    out = await restore.run()
+    assert out.waiting == 1 and store.read("cut") is not None
+    await asyncio.wait_for(restore.settled(), 5)
+    assert outcomes.replayed == ["cut", "cut"] and store.read("cut") is not None
+
+
 async def test_intact_connections_are_carried_on_before_any_replay(tmp_path: Path) -> None:
     """A connection whose links are all up with its alias is carried on by the survey alone
     (Monitor shows it at once) and replayed later; one whose pod's namespace is gone is

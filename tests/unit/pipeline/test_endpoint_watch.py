@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 
 from nsm_agent.pipeline.endpoint_watch import EndpointWatch
-from nsm_common.grpcutil import aio_channel
+from nsm_common.identity.transport import LOCAL_ONLY
 from nsm_common.urls import parse_address
 
 
@@ -19,7 +19,7 @@ async def test_a_gone_endpoint_marks_its_connections_down_and_a_forgotten_one_do
     server = grpc.aio.server()
     server.add_insecure_port(url)
     await server.start()
-    channel = aio_channel(parse_address(url))
+    channel = LOCAL_ONLY.aio_channel(parse_address(url))
     await channel.channel_ready()
     watch = EndpointWatch(downs.append, grace=0.1)
     watch.watch(url, "c1", channel)

@@ -1,0 +1,170 @@
+"""How a component speaks gRPC: mutual TLS over TCP with its identity, plaintext only when
+told `--insecure`; unix sockets stay local and plaintext (who may use them is the
+socket's business).
+
+Clients name the SPIFFE ID the server must have (grpcio checks the DNS name derived
+from it); servers learn the caller's SPIFFE ID from the call and check its role.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+
+from nsm_common.grpcutil import CHANNEL_OPTIONS, Ctx
+from nsm_common.identity.folder import IdentityFolder
+from nsm_common.identity.spiffe_id import IdPattern, Roles, SpiffeId, SpiffeIdError
+from nsm_common.identity.tls import channel_credentials, channel_options, peer_id, server_credentials
+from nsm_common.urls import Address
+
+log = structlog.get_logger("nsm")
+
+
+class TransportError(ValueError):
+    """A TCP address with neither an identity nor `--insecure`, or a server ID that cannot be known."""
+
+
+@dataclass(eq=False)  # one per component, compared by identity (a default in other dataclasses)
+class Transport:
+    """This component's identity (None: none given) and what it makes of others'."""
+
+    identity: IdentityFolder | None = None
+    insecure: bool = False
+    agent: IdPattern = Roles.agent
+    registry: IdPattern = Roles.registry
+    workload: IdPattern = Roles.workload
+    _roles: Roles | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(
+        cls,
+        identity_dir: Path | None,
+        *,
+        insecure: bool,
+        server: bool,
+        agent: str = Roles.agent.text,
+        registry: str = Roles.registry.text,
+        workload: str = Roles.workload.text,
+    ) -> Transport:
+        """From a component's settings; raises IdentityError (a bad folder) or SpiffeIdError (a bad
+        pattern), each naming what to fix."""
+        folder = IdentityFolder(identity_dir, server=server) if identity_dir is not None else None
+        return cls(folder, insecure, IdPattern.parse(agent), IdPattern.parse(registry), IdPattern.parse(workload))
+
+    @property
+    def roles(self) -> Roles | None:
+        """The roles in this component's own trust domain; None without an identity."""
+        if self.identity is None:
+            return None
+        if self._roles is None:
+            own = self.identity.current().spiffe_id.trust_domain
+            self._roles = Roles(own, self.agent, self.registry, self.workload)
+        return self._roles
+
+    def warn_if_insecure(self, program: str, addresses: list[Address]) -> None:
+        """The one warning an operator gets for plaintext TCP (`--insecure`)."""
+        tcp = [str(a) for a in addresses if a.scheme == "tcp"]
+        if self.insecure and self.identity is None:
+            log.warning(f"{program} speaks plaintext gRPC over TCP (--insecure): anyone on the network "
+                        "can call it and read its traffic", tcp=tcp)  # fmt: skip
+
+    def check_listen(self, addresses: list[Address]) -> None:
+        """Raises TransportError for a TCP address this component may not listen on: no identity,
+        and no `--insecure` (before anything starts)."""
+        for addr in addresses:
+            if addr.scheme == "tcp" and self.identity is None and not self.insecure:
+                raise TransportError(f"listening on {addr} needs an identity: --identity DIR "
+                                     "(env NSM_IDENTITY_DIR), or --insecure for plaintext")  # fmt: skip
+
+    # ------------------------------------------------------------------ servers
+    def bind(self, server: grpc.aio.Server, addr: Address) -> int:
+        """Listen on ADDR: a unix socket as it is, TCP with mutual TLS, or plaintext when insecure."""
+        if addr.scheme != "tcp":
+            return server.add_insecure_port(addr.grpc_target)
+        if self.identity is not None:
+            return server.add_secure_port(addr.grpc_target, server_credentials(self.identity))
+        self.check_listen([addr])
+        return server.add_insecure_port(addr.grpc_target)
+
+    def caller(self, context: Ctx) -> tuple[SpiffeId | None, str | None]:
+        """The TLS caller's SPIFFE ID and role (None, None for a plaintext call)."""
+        ctx = context.auth_context()
+        if ctx.get("transport_security_type") != [b"ssl"]:
+            return None, None
+        caller = peer_id(ctx)
+        roles = self.roles
+        return caller, (roles.role_of(caller) if caller is not None and roles is not None else None)
+
+    async def authorize(self, context: Ctx, allowed: tuple[str, ...], what: str) -> SpiffeId | None:
+        """Aborts with PERMISSION_DENIED unless a TLS caller has one of the ALLOWED roles; a
+        plaintext call (a unix socket, or `--insecure`) is let through. Returns the caller's ID."""
+        if context.auth_context().get("transport_security_type") != [b"ssl"]:
+            return None
+        caller, role = self.caller(context)
+        if caller is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{what}: the caller's certificate has no single SPIFFE ID")  # fmt: skip
+        assert caller is not None
+        if role not in allowed:
+            roles = self.roles
+            domain = roles.trust_domain if roles is not None else "?"
+            why = (f"is of trust domain {caller.trust_domain}, not {domain}" if caller.trust_domain != domain
+                   else f"is {'a ' + role if role else 'of no role'}")  # fmt: skip
+            may = " and ".join(r + "s" for r in allowed)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{what}: {caller} {why}; only {may} may")
+        return caller
+
+    # ------------------------------------------------------------------ clients
+    def registry_id(self) -> SpiffeId | None:
+        """The registry's SPIFFE ID (its pattern has no placeholders); None without an identity."""
+        roles = self.roles
+        if roles is None:
+            return None
+        text = roles.registry.text.replace("{trust_domain}", roles.trust_domain)
+        try:
+            return SpiffeId.parse(text)
+        except SpiffeIdError as exc:
+            raise TransportError(f"the registry's ID pattern {roles.registry.text!r} must be one ID to dial "
+                                 f"the registry: {exc}") from exc  # fmt: skip
+
+    def fingerprint(self) -> str:
+        """Changes when this component's identity does: channels are made again for it."""
+        return self.identity.current().fingerprint if self.identity is not None else ""
+
+    def credentials(
+        self, addr: Address, server_id: SpiffeId | None
+    ) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, Any]]]:
+        """What a channel to ADDR is made with (None: plaintext); raises TransportError."""
+        if addr.scheme != "tcp":
+            return None, list(CHANNEL_OPTIONS)
+        if self.identity is None:
+            if self.insecure:
+                return None, list(CHANNEL_OPTIONS)
+            raise TransportError(f"calling {addr} needs an identity: --identity DIR (env NSM_IDENTITY_DIR), "
+                                 "or --insecure for plaintext")  # fmt: skip
+        if server_id is None:
+            raise TransportError(f"calling {addr} over mutual TLS needs the SPIFFE ID the server must have")
+        svid = self.identity.current()
+        return channel_credentials(svid), [*CHANNEL_OPTIONS, *channel_options(server_id)]
+
+    def aio_channel(self, addr: Address, server_id: SpiffeId | None = None) -> grpc.aio.Channel:
+        """A channel to ADDR; over TCP the server must prove SERVER_ID (raises TransportError)."""
+        creds, options = self.credentials(addr, server_id)
+        if creds is None:
+            return grpc.aio.insecure_channel(addr.grpc_target, options=options)
+        return grpc.aio.secure_channel(addr.grpc_target, creds, options=options)
+
+    def sync_channel(self, addr: Address, server_id: SpiffeId | None = None) -> grpc.Channel:
+        """As `aio_channel`, for blocking callers (nsmctl, the tests)."""
+        creds, options = self.credentials(addr, server_id)
+        if creds is None:
+            return grpc.insecure_channel(addr.grpc_target, options=options)
+        return grpc.secure_channel(addr.grpc_target, creds, options=options)
+
+
+# Unix sockets only: a TCP address raises TransportError, never plaintext by accident.
+LOCAL_ONLY = Transport()
