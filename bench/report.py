@@ -116,6 +116,21 @@ def _events(d: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def _tls(d: dict[str, Any]) -> list[Row]:
+    p50 = {k: v["p50_ms"] for k, v in d.items() if isinstance(v, dict)}
+    local_on, local_off, bare = p50["local_tls_on"], p50["local_tls_off"], p50["local_bare"]
+    remote_on, remote_off, hand = p50["remote_tls_on"], p50["remote_tls_off"], p50["remote_hand"]
+    return [
+        (f"10 local set-up, mutual TLS on (N={d['n']})", f"{local_on:.2f} ms",
+         f"--insecure {local_off:.2f} ms; bare pyroute2 {bare:.2f} ms",
+         f"{local_on / local_off:.2f}× off, {local_on / bare:.2f}× bare", "≤ 1.5× bare", local_on <= 1.5 * bare),
+        (f"10 remote VXLAN set-up, mutual TLS on (N={d['n']})", f"{remote_on:.2f} ms",
+         f"--insecure {remote_off:.2f} ms; by hand {hand:.2f} ms",
+         f"{remote_on / remote_off:.2f}× off, {remote_on / hand:.2f}× by hand", "≤ 2× by hand",
+         remote_on <= 2 * hand),
+    ]  # fmt: skip
+
+
 def _vm(d: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [
         (f"9 throughput between VMs, kernel WireGuard (TCG; MTU {d['mtu']})", f"{d['mesh_mbps']:.0f} Mbit/s",
@@ -131,7 +146,7 @@ def _vm(d: dict[str, Any]) -> list[Row]:
 
 SECTIONS = (("local", _local), ("remote", _remote), ("scale", _scale), ("throughput", _throughput),
             ("heal", _heal), ("restart", _restart), ("remote_restart", _remote_restart),
-            ("events", _events), ("vm", _vm))  # fmt: skip
+            ("events", _events), ("tls", _tls), ("vm", _vm))  # fmt: skip
 
 
 def write_report(data: dict[str, Any], out: Path) -> str:

@@ -3,7 +3,7 @@
     ./scripts/bench [--quick] [--only PART,...]      (python -m bench.suite)
 
 Parts: local (targets 1, 7 at small N), remote (2), scale (3, 7), throughput (4),
-heal (5), restart (6). Writes bench/results/report.md, report.json and PNG plots;
+heal (5), restart (6), tls (mutual TLS on against off). Writes bench/results/report.md, report.json and PNG plots;
 `--only` runs some parts and merges them into the report already there.
 Everything runs in namespaces this run creates and removes.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import heal, kernel_events, local_setup, remote_restart, remote_setup, restart, scale, throughput
+from bench import heal, kernel_events, local_setup, remote_restart, remote_setup, restart, scale, throughput, tls
 from bench.report import write_report
 from bench.stats import summary
 from nsm_common.daemon import raise_open_file_limit
@@ -94,6 +94,12 @@ def part_events(bed: Testbed, quick: bool) -> dict[str, Any]:
     return {"rounds": len(got["monitor"]), **{k: summary(v) for k, v in got.items()}, "raw": got}
 
 
+def part_tls(bed: Testbed, quick: bool) -> dict[str, Any]:
+    n = 30 if quick else 100
+    got = tls.run_all(bed, n)
+    return {"n": n, **{k: summary(v) for k, v in got.items()}}
+
+
 PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "local": part_local,
     "remote": part_remote,
@@ -103,6 +109,7 @@ PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "restart": part_restart,
     "remote_restart": part_remote_restart,
     "events": part_events,
+    "tls": part_tls,
 }
 
 

@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 
-from testbed.bed import Testbed, links, ping
+from testbed.bed import TRUST_DOMAIN, Testbed, links, ping
 from testbed.cluster import Cluster
 
 
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         node2 = cluster.add_node(2, ["--remote-mechanisms", "VXLAN"])
         node3 = cluster.add_node(3, ["--remote-mechanisms", "WIREGUARD"])
         print(f"registry on the underlay at {cluster.registry_tcp}, store: {cluster.store}")
+        print(f"mutual TLS on every TCP hop: CA {bed.dir / 'pki' / 'ca' / 'ca.crt'}, trust domain {TRUST_DOMAIN}, "
+              f"agents spiffe://{TRUST_DOMAIN}/node/NAME, registry spiffe://{TRUST_DOMAIN}/registry")  # fmt: skip
         for node in cluster.nodes:
             print(f"{node.name}: tunnel address {node.tunnel_ip}, agent {node.agent}")
 

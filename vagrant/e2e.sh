@@ -5,6 +5,7 @@
 # there; everything it makes is removed on exit.
 #
 #   the networks stay inside      no default route in any guest, the nodes reach each other
+#   mutual TLS                    a plaintext Request to an agent's TCP port is refused
 #   kernel WireGuard              node1 → node2 over WireGuard, the agents' log says "kernel module"
 #   VXLAN                         node1 → node3 (node3's agent offers VXLAN only)
 #   MTU                           a ping of exactly the MTU with DF crosses, one byte more does not
@@ -77,6 +78,23 @@ for n in "${nodes[@]}"; do
     '! systemctl is-active -q systemd-timesyncd apt-daily.timer apt-daily-upgrade.timer'
 done
 check "node1 reaches node2 and node3" node1 'ping -c1 -W5 192.168.56.12 >/dev/null && ping -c1 -W5 192.168.56.13 >/dev/null'
+
+echo "== mutual TLS between the VMs"
+check "node1's agent refuses a plaintext Request from node2" node2 "$bin/python - <<'PY'
+import grpc
+from nsm_api import networkservice_pb2_grpc
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+stub = networkservice_pb2_grpc.NetworkServiceStub(grpc.insecure_channel('192.168.56.11:5001'))
+try:
+    stub.Request(NetworkServiceRequest(), timeout=10)
+except grpc.RpcError as exc:
+    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.code()
+    print(exc.code().name)
+else:
+    raise SystemExit('plaintext got in')
+PY"
+check "the agents and the registry serve with identities" node1 \
+  "systemctl show -p ExecStart nsm-agent nsm-registry | grep -c -- '--identity /etc/nsm/' | grep -qx 2"
 
 echo "== endpoints"
 endpoint node2 wg e2e-wireguard --cidr 10.251.0.0/24 --cidr fd51::/64

@@ -17,6 +17,14 @@ started=$SECONDS
 "$bin/pip" install -q --no-index --no-deps --no-compile --no-cache-dir /nsm/wheelhouse/*.whl
 echo "provision: $name installed in $((SECONDS - started)) s"
 modprobe wireguard
+# The identities staged for this run (vm-test made them with its CA): mutual TLS on every hop.
+install -d -m 0700 /etc/nsm
+install -d -m 0700 /etc/nsm/identity
+install -m 0600 /nsm/pki/node-"$name"/* /etc/nsm/identity/
+if [[ "$name" == "node1" ]]; then
+  install -d -m 0700 /etc/nsm/registry-identity
+  install -m 0600 /nsm/pki/registry/* /etc/nsm/registry-identity/
+fi
 
 if [[ "$name" == "node1" ]]; then
   cat > /etc/systemd/system/nsm-registry.service <<UNIT
@@ -24,7 +32,7 @@ if [[ "$name" == "node1" ]]; then
 Description=nsm-py registry
 After=network-online.target
 [Service]
-ExecStart=$bin/nsm-registry --listen tcp://$ip:5002
+ExecStart=$bin/nsm-registry --listen tcp://$ip:5002 --identity /etc/nsm/registry-identity
 Restart=always
 [Install]
 WantedBy=multi-user.target
@@ -40,7 +48,7 @@ After=network-online.target
 [Service]
 ExecStart=$bin/nsm-agent --name $name --registry tcp://$registry_ip:5002 --tunnel-ip $ip \\
   --listen unix:///var/lib/networkservicemesh/nsm.io.sock --listen tcp://$ip:5001 \\
-  --remote-mechanisms $mechanisms
+  --remote-mechanisms $mechanisms --identity /etc/nsm/identity
 Restart=always
 RestartSec=1
 KillMode=process
