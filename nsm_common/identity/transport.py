@@ -24,6 +24,9 @@ from nsm_common.urls import Address
 log = structlog.get_logger("nsm")
 
 
+PLURAL = {"agent": "agents", "registry": "registries", "workload": "workloads"}
+
+
 class TransportError(ValueError):
     """A TCP address with neither an identity nor `--insecure`, or a server ID that cannot be known."""
 
@@ -114,7 +117,8 @@ class Transport:
             domain = roles.trust_domain if roles is not None else "?"
             why = (f"is of trust domain {caller.trust_domain}, not {domain}" if caller.trust_domain != domain
                    else f"is {'a ' + role if role else 'of no role'}")  # fmt: skip
-            may = " and ".join(r + "s" for r in allowed)
+            names = [PLURAL.get(r, r) for r in allowed]
+            may = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{what}: {caller} {why}; only {may} may")
         return caller
 
