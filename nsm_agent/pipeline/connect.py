@@ -77,11 +77,10 @@ class ConnectEndpoint(Step):
         self.watch = watch
         self.dial = dial  # an endpoint by URL; by default a cached gRPC channel (a fake in tests)
         self.transport = transport
-        # By URL; a new one when the server's expected ID or our own identity changes (the
-        # old stays for what runs on it).
+        # One per URL, the server's expected ID and our own identity (a renewed identity makes
+        # new ones; the old stay for what runs on them); `_channels` has each URL's latest.
+        self._by_key: dict[tuple[str, str, str], grpc.aio.Channel] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._keys: dict[str, tuple[str, str]] = {}
-        self._old: list[grpc.aio.Channel] = []
         self._downstream: dict[str, _Downstream] = {}
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -89,15 +88,12 @@ class ConnectEndpoint(Step):
         """A stub on the cached channel to URL (raises UrlError, TransportError, SpiffeIdError)."""
         if self.dial is not None:
             return self.dial(url)
-        key = (server_id, self.transport.fingerprint())
-        channel = self._channels.get(url)
-        if channel is not None and self._keys.get(url) != key:
-            self._old.append(channel)
-            channel = None
+        key = (url, server_id, self.transport.fingerprint())
+        channel = self._by_key.get(key)
         if channel is None:
             expected = SpiffeId.parse(server_id) if server_id else None
-            channel = self._channels[url] = self.transport.aio_channel(parse_address(url), expected)
-            self._keys[url] = key
+            channel = self._by_key[key] = self.transport.aio_channel(parse_address(url), expected)
+        self._channels[url] = channel
         return networkservice_pb2_grpc.NetworkServiceStub(channel)
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
@@ -186,7 +182,8 @@ class ConnectEndpoint(Step):
 
     async def _forget(self, url: str) -> None:
         channel = self._channels.pop(url, None)
-        self._keys.pop(url, None)
+        for key in [k for k, c in self._by_key.items() if c is channel]:
+            del self._by_key[key]
         if channel is not None:
             # Other Requests may be on it still: closing it now would cancel them (and a
             # cancelled replay reads like a connection closed meanwhile). They end first.
@@ -195,5 +192,5 @@ class ConnectEndpoint(Step):
 
     async def aclose(self) -> None:
         await self.settle()
-        for channel in [*self._channels.values(), *self._old]:
+        for channel in self._by_key.values():
             await channel.close(None)

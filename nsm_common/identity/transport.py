@@ -107,19 +107,12 @@ class Transport:
         plaintext call (a unix socket, or `--insecure`) is let through. Returns the caller's ID."""
         if context.auth_context().get("transport_security_type") != [b"ssl"]:
             return None
-        caller, role = self.caller(context)
-        if caller is None:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"{what}: the caller's certificate has no single SPIFFE ID")  # fmt: skip
-        assert caller is not None
-        if role not in allowed:
-            roles = self.roles
-            domain = roles.trust_domain if roles is not None else "?"
-            why = (f"is of trust domain {caller.trust_domain}, not {domain}" if caller.trust_domain != domain
-                   else f"is {'a ' + role if role else 'of no role'}")  # fmt: skip
-            names = [PLURAL.get(r, r) for r in allowed]
-            may = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{what}: {caller} {why}; only {may} may")
+        caller, _ = self.caller(context)
+        roles = self.roles
+        assert roles is not None  # TLS is served only with an identity
+        why = refusal(caller, roles, allowed, what)
+        if why is not None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         return caller
 
     # ------------------------------------------------------------------ clients
@@ -168,6 +161,23 @@ class Transport:
         if creds is None:
             return grpc.insecure_channel(addr.grpc_target, options=options)
         return grpc.secure_channel(addr.grpc_target, creds, options=options)
+
+
+def refusal(caller: SpiffeId | None, roles: Roles, allowed: tuple[str, ...], what: str) -> str | None:
+    """Why CALLER may not do WHAT (a message naming the ID and the rule), or None when one of
+    the ALLOWED roles is its own."""
+    if caller is None:
+        return f"{what}: the caller's certificate has no single SPIFFE ID"
+    role = roles.role_of(caller)
+    if role in allowed:
+        return None
+    if caller.trust_domain != roles.trust_domain:
+        why = f"is of trust domain {caller.trust_domain}, not {roles.trust_domain}"
+    else:
+        why = f"is a {role}" if role else "is of no role"
+    names = [PLURAL.get(r, r) for r in allowed]
+    may = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+    return f"{what}: {caller} {why}; only {may} may"
 
 
 # Unix sockets only: a TCP address raises TransportError, never plaintext by accident.

@@ -16,9 +16,9 @@ from nsm_api import registry_pb2_grpc
 from nsm_api.registry_pb2 import NetworkServiceEndpoint
 from nsm_common.identity import issue
 from nsm_common.identity.folder import IdentityFolder
-from nsm_common.identity.spiffe_id import SpiffeId
+from nsm_common.identity.spiffe_id import Roles, SpiffeId
 from nsm_common.identity.tls import channel_credentials, channel_options, server_credentials
-from nsm_common.identity.transport import LOCAL_ONLY, Transport, TransportError
+from nsm_common.identity.transport import LOCAL_ONLY, Transport, TransportError, refusal
 from nsm_common.urls import parse_address
 from nsm_registry.memory_store import MemoryStore
 from nsm_registry.server import EndpointRegistry
@@ -54,6 +54,23 @@ def test_tcp_needs_an_identity_or_insecure_and_a_server_id(pki: Path) -> None:
     creds, options = secure.credentials(tcp, SpiffeId.parse(REGISTRY))
     assert creds is not None and ("grpc.ssl_target_name_override", "registry.example.org") in options
     assert str(secure.registry_id()) == REGISTRY and LOCAL_ONLY.registry_id() is None
+
+
+def test_who_may_do_what() -> None:
+    roles = Roles(TD)
+    both = ("agent", "workload", "registry")
+    assert refusal(SpiffeId.parse(AGENT), roles, ("agent",), "Request") is None
+    assert refusal(SpiffeId.parse(WORKLOAD), roles, both, "Register") is None
+    assert refusal(SpiffeId.parse(WORKLOAD), roles, ("agent",), "Request") == (
+        f"Request: {WORKLOAD} is a workload; only agents may"
+    )
+    assert refusal(SpiffeId.parse("spiffe://other.org/node/n1"), roles, ("agent",), "Close") == (
+        "Close: spiffe://other.org/node/n1 is of trust domain other.org, not example.org; only agents may"
+    )
+    assert refusal(None, roles, ("agent",), "Request") == "Request: the caller's certificate has no single SPIFFE ID"
+    assert refusal(SpiffeId.parse(f"spiffe://{TD}/x"), roles, ("agent", "workload"), "Find") == (
+        f"Find: spiffe://{TD}/x is of no role; only agents and workloads may"
+    )
 
 
 def test_a_registry_pattern_with_placeholders_cannot_be_dialled(pki: Path) -> None:
@@ -138,7 +155,7 @@ async def test_a_client_makes_a_new_channel_once_its_identity_changes(pki: Path)
     issue.issue(pki / "ca", AGENT, pki / "agent", days=5)  # renewed
     await asyncio.sleep(0.01)
     step._stub(url, AGENT)
-    assert step._channels[url] is not first and step._old == [first]
+    assert step._channels[url] is not first and first in step._by_key.values()  # kept for what runs on it
     with pytest.raises(TransportError):
         ConnectEndpoint(5.0)._stub(url, AGENT)  # no identity, not insecure: never plaintext
     await step.aclose()
