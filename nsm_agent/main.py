@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 
 import structlog
 
@@ -19,6 +20,7 @@ from nsm_agent.pipeline.link_watch import LinkWatch
 from nsm_agent.pipeline.remote_mechanism import TunnelKinds
 from nsm_agent.pipeline.select import Locator
 from nsm_agent.pipeline.steps import agent_steps
+from nsm_agent.pods.sockets import PodSockets
 from nsm_agent.registry.client import RegistryClient
 from nsm_agent.registry.kept_services import KeptServices, keep_registered
 from nsm_agent.registry.local_endpoints import LocalEndpoints, unregister_previous_boot
@@ -113,8 +115,15 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
         EndpointRegistryProxy(registry, local, settings.public_url, kept_services), server
     )
+    pods = PodSockets(settings.pod_sockets, settings.state_dir, service, events, resolver)
+    server.add_generic_rpc_handlers((pods.handler(),))
     bind_all(server, settings.listen, transport)
     await server.start()
+    for addr in settings.listen:
+        if addr.scheme == "unix":
+            # The node's own socket is root's: a pod gets a socket of its own (pods below).
+            os.chmod(addr.path, 0o600)
+    await pods.start()
     log.info(
         "agent serving",
         name=settings.name,
@@ -155,6 +164,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        await pods.stop()
         await server.stop(grace=1.0)
         await service.drain()
         follow.close()  # first: no new repairs while they are stopped

@@ -25,6 +25,7 @@ from nsm_common.urls import DEFAULT_SOCKET, REGISTRY_PORT, Address, parse_addres
 
 REMOTE_MECHANISMS = (WIREGUARD, VXLAN)  # offered in this order unless told otherwise
 STATE_DIR = "/var/lib/nsm"
+POD_SOCKETS = "/var/lib/networkservicemesh/pods"
 
 
 class AgentSettings(IdentitySettings):
@@ -40,6 +41,9 @@ class AgentSettings(IdentitySettings):
         list[Address], Option("NSM_LISTEN_ON", "`unix:///PATH` or `tcp://HOST:PORT`", metavar="URL", repeat=True)
     ] = Field(default_factory=lambda: [parse_address(DEFAULT_SOCKET)], min_length=1)
     state_dir: Annotated[Path, Option("NSM_STATE_DIR", "state folder", metavar="DIR")] = Path(STATE_DIR)
+    pod_sockets: Annotated[Path, Option("NSM_POD_SOCKETS", "folder of the sockets per pod", metavar="DIR")] = Path(
+        POD_SOCKETS
+    )
     tunnel_ip: Annotated[
         str,
         Option(

@@ -20,7 +20,7 @@ from nsm_api.connection_pb2 import UP, Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
 from nsm_client.cli import certs
-from nsm_client.cli.inputs import ConnectInput, EndpointInput, parse_labels
+from nsm_client.cli.inputs import ConnectInput, EndpointInput, netns_path, parse_labels
 from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common import logs
 from nsm_common.chain.path import DEFAULT_LIFETIME
@@ -336,6 +336,24 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pod_socket(args: argparse.Namespace) -> int:
+    """A socket of the pod's own at the agent (asked on the node's socket): its callers may name
+    only that namespace, and see and close only its connections."""
+    try:
+        netns = netns_path(args.netns)
+    except ValueError as exc:
+        raise CliError(f"--netns: {exc}") from exc
+    channel = _channel(args)
+    try:
+        body = json.dumps({"netns": netns, "name": args.name or ""}).encode()
+        call = channel.unary_unary("/nsmpy.PodSockets/Open", request_serializer=None, response_deserializer=None)
+        opened = json.loads(call(body, timeout=args.timeout))
+    finally:
+        channel.close()
+    print(json.dumps(opened, indent=2) if args.output == "json" else opened["socket"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nsmctl", description="Network Service Mesh command line")
     common = argparse.ArgumentParser(add_help=False)
@@ -396,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--lifetime", type=float, default=DEFAULT_LIFETIME, help="connection lifetime in seconds")
     e.add_argument("--log-level", default="info")
     e.set_defaults(func=cmd_endpoint)
+
+    ps = sub.add_parser("pod-socket", parents=[common], help="a socket of a pod's own at the agent")
+    ps.add_argument("--netns", required=True, help="the pod: ip netns name, namespace path, or PID")
+    ps.add_argument("--name", help="the socket's file name, without .sock (default: ino-INODE)")
+    ps.set_defaults(func=cmd_pod_socket)
 
     certs.add_parser(sub)
     return p

@@ -31,6 +31,9 @@ class ConnectionEvents:
     def __init__(self) -> None:
         # Serialized: a parsed message keeps an arena of its own, ~2.5 KiB a connection.
         self.current: dict[str, bytes] = {}
+        # Every path segment's id to the connection that holds it: a caller names a
+        # connection by its own segment's id (see `find`).
+        self._by_segment: dict[str, str] = {}
         self._subscribers: set[asyncio.Queue[ConnectionEvent | None]] = set()
 
     def _publish(self, kind: ConnectionEventType.ValueType, conn: Connection) -> None:
@@ -45,7 +48,15 @@ class ConnectionEvents:
 
     def update(self, conn: Connection) -> None:
         self.current[conn.id] = conn.SerializeToString()
+        for seg in conn.path.path_segments:
+            self._by_segment[seg.id] = conn.id
         self._publish(UPDATE, conn)
+
+    def find(self, some_id: str) -> Connection | None:
+        """The connection this hop holds whose id, or one of whose path segments' ids, is SOME_ID."""
+        cid = some_id if some_id in self.current else self._by_segment.get(some_id, "")
+        wire = self.current.get(cid)
+        return Connection.FromString(wire) if wire is not None else None
 
     def mark_down(self, conn_ids: list[str]) -> None:
         """Tell watchers these connections are DOWN (their endpoint is gone)."""
@@ -63,7 +74,11 @@ class ConnectionEvents:
         """Tell watchers the connection is gone (if this hop held it)."""
         old = self.current.pop(conn.id, None)
         if old is not None:
-            self._publish(DELETE, Connection.FromString(old))
+            gone = Connection.FromString(old)
+            for seg in gone.path.path_segments:
+                if self._by_segment.get(seg.id) == conn.id:
+                    del self._by_segment[seg.id]
+            self._publish(DELETE, gone)
 
     async def stream(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
         queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
