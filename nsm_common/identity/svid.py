@@ -55,7 +55,7 @@ def _read(folder: Path, name: str) -> bytes:
         raise IdentityError(f"{folder / name}: {exc.strerror}") from None
 
 
-def _check_key(path: Path, key: object) -> None:
+def _check_key(path: str, key: object) -> None:
     if isinstance(key, rsa.RSAPrivateKey):
         raise IdentityError(
             f"{path} is an RSA key; identities here are EC P-256 (path tokens are ES256). With cert-manager set"
@@ -71,23 +71,41 @@ def load(folder: Path, *, server: bool) -> Svid:
     belongs to the certificate, a certificate signed by a CA of the bundle and valid now;
     with SERVER, also a DNS SAN (grpcio's clients check server certificates by DNS name)."""
     cert_pem, key_pem, bundle_pem = _read(folder, TLS_CERT), _read(folder, TLS_KEY), _read(folder, TLS_CA)
+    names = Sources(str(folder / TLS_CERT), str(folder / TLS_KEY), TLS_CA, str(folder))
+    return parse(cert_pem, key_pem, bundle_pem, server=server, names=names)
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What the errors call the certificate, the key, the bundle and the whole."""
+
+    cert: str
+    key: str
+    bundle: str
+    whole: str
+    cert_name: str = TLS_CERT
+    key_name: str = TLS_KEY
+
+
+def parse(cert_pem: bytes, key_pem: bytes, bundle_pem: bytes, *, server: bool, names: Sources) -> Svid:
+    """An identity from PEM bytes, checked as `load` does (NAMES say where each came from)."""
     try:
         chain = x509.load_pem_x509_certificates(cert_pem)
     except ValueError as exc:
-        raise IdentityError(f"{folder / TLS_CERT}: not a PEM certificate ({exc})") from None
+        raise IdentityError(f"{names.cert}: not a PEM certificate ({exc})") from None
     try:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as exc:
-        raise IdentityError(f"{folder / TLS_KEY}: not an unencrypted PEM private key ({exc})") from None
+        raise IdentityError(f"{names.key}: not an unencrypted PEM private key ({exc})") from None
     try:
         cas = x509.load_pem_x509_certificates(bundle_pem)
     except ValueError as exc:
-        raise IdentityError(f"{folder / TLS_CA}: not PEM certificates ({exc})") from None
-    _check_key(folder / TLS_KEY, key)
+        raise IdentityError(f"{names.bundle}: not PEM certificates ({exc})") from None
+    _check_key(names.key, key)
     leaf = chain[0]
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     if leaf.public_key() != key.public_key():
-        raise IdentityError(f"{folder}: tls.key is not the key of tls.crt")
+        raise IdentityError(f"{names.whole}: {names.key_name} is not the key of {names.cert_name}")
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -95,27 +113,27 @@ def load(folder: Path, *, server: bool) -> Svid:
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
         raise IdentityError(
-            f"{folder / TLS_CERT}: an X.509 SVID has exactly one URI SAN, its SPIFFE ID; this one has {len(uris)}"
+            f"{names.cert}: an X.509 SVID has exactly one URI SAN, its SPIFFE ID; this one has {len(uris)}"
         )
     try:
         sid = SpiffeId.parse(uris[0])
     except SpiffeIdError as exc:
-        raise IdentityError(f"{folder / TLS_CERT}: {exc}") from None
+        raise IdentityError(f"{names.cert}: {exc}") from None
     dns = tuple(san.get_values_for_type(x509.DNSName))
     if server and not dns:
         raise IdentityError(
-            f"{folder / TLS_CERT} has no DNS SAN, and a server's certificate needs one: grpcio's clients verify"
+            f"{names.cert} has no DNS SAN, and a server's certificate needs one: grpcio's clients verify"
             f" servers by DNS name, not by SPIFFE ID. Add {sid.dns_name()} (`nsmctl certs issue` does; with"
             " SPIRE, give the registration entry that DNS name; with cert-manager, list it in dnsNames)"
         )
     now = datetime.datetime.now(datetime.UTC)
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
         raise IdentityError(
-            f"{folder / TLS_CERT} is valid from {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to"
+            f"{names.cert} is valid from {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} to"
             f" {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now"
         )
     if not _signed_by_bundle(chain, cas):
-        raise IdentityError(f"{folder / TLS_CERT} is not signed by any CA in {TLS_CA}")
+        raise IdentityError(f"{names.cert} is not signed by any CA in {names.bundle}")
     return Svid(sid, dns, cert_pem, key_pem, bundle_pem, leaf.not_valid_after_utc)
 
 

@@ -12,12 +12,12 @@ from typing import Any
 
 import grpc
 
-from nsm_common.identity.folder import IdentityFolder
+from nsm_common.identity.source import IdentitySource
 from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
 from nsm_common.identity.svid import Svid
 
 
-def server_credentials(identity: IdentityFolder) -> grpc.ServerCredentials:
+def server_credentials(identity: IdentitySource) -> grpc.ServerCredentials:
     """Mutual TLS: the client must present a certificate of the bundle's CAs."""
     served = identity.current().fingerprint
 

@@ -8,6 +8,7 @@ from it); servers learn the caller's SPIFFE ID from the call and check its role.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,11 @@ import structlog
 
 from nsm_common.grpcutil import CHANNEL_OPTIONS, Ctx
 from nsm_common.identity.folder import IdentityFolder
+from nsm_common.identity.source import IdentitySource
 from nsm_common.identity.spiffe_id import IdPattern, Roles, SpiffeId, SpiffeIdError
 from nsm_common.identity.tls import channel_credentials, channel_options, peer_id, server_credentials
+from nsm_common.identity.workload_api import ENV as WORKLOAD_API
+from nsm_common.identity.workload_api import WorkloadApiIdentity
 from nsm_common.urls import Address
 
 log = structlog.get_logger("nsm")
@@ -35,7 +39,7 @@ class TransportError(ValueError):
 class Transport:
     """This component's identity (None: none given) and what it makes of others'."""
 
-    identity: IdentityFolder | None = None
+    identity: IdentitySource | None = None
     insecure: bool = False
     agent: IdPattern = Roles.agent
     registry: IdPattern = Roles.registry
@@ -53,10 +57,19 @@ class Transport:
         registry: str = Roles.registry.text,
         workload: str = Roles.workload.text,
     ) -> Transport:
-        """From a component's settings; raises IdentityError (a bad folder) or SpiffeIdError (a bad
+        """From a component's settings: the SPIFFE Workload API where SPIFFE_ENDPOINT_SOCKET is
+        set, else the folder; raises IdentityError (a bad identity) or SpiffeIdError (a bad
         pattern), each naming what to fix."""
-        folder = IdentityFolder(identity_dir, server=server) if identity_dir is not None else None
-        return cls(folder, insecure, IdPattern.parse(agent), IdPattern.parse(registry), IdPattern.parse(workload))
+        source: IdentitySource | None = None
+        socket = os.environ.get(WORKLOAD_API)
+        if socket:
+            if identity_dir is not None:
+                log.warning(f"{WORKLOAD_API} is set: identities come from the Workload API, not --identity",
+                            ignored=str(identity_dir))  # fmt: skip
+            source = WorkloadApiIdentity(socket, server=server)
+        elif identity_dir is not None:
+            source = IdentityFolder(identity_dir, server=server)
+        return cls(source, insecure, IdPattern.parse(agent), IdPattern.parse(registry), IdPattern.parse(workload))
 
     @property
     def roles(self) -> Roles | None:

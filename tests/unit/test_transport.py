@@ -144,7 +144,7 @@ async def test_roles_decide_who_registers_and_the_registrant_is_noted(pki: Path)
 
 async def test_a_client_makes_a_new_channel_once_its_identity_changes(pki: Path) -> None:
     transport = Transport.load(pki / "agent", insecure=False, server=False)
-    assert transport.identity is not None
+    assert isinstance(transport.identity, IdentityFolder)
     transport.identity.interval = 0.0
     step = ConnectEndpoint(5.0, transport=transport)
     url = "tcp://192.0.2.7:5001"  # channels connect lazily: nothing is sent

@@ -1,0 +1,86 @@
+"""Identities from the SPIFFE Workload API (SPIRE's agent, or any server of the standard
+protocol) at `SPIFFE_ENDPOINT_SOCKET`, through the maintained `spiffe` package: it keeps the
+stream open and takes each rotation as the server sends it; each new one is checked as a
+folder's would be (a bad one is reported and the old kept)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import structlog
+from cryptography.hazmat.primitives import serialization
+from spiffe import X509Source
+from spiffe.errors import ArgumentError
+from spiffe.workloadapi.errors import X509SourceError
+
+from nsm_common.identity.svid import IdentityError, Sources, Svid, parse
+
+log = structlog.get_logger()
+
+ENV = "SPIFFE_ENDPOINT_SOCKET"
+NAMES = Sources("the Workload API's X.509 SVID", "its key", "its bundles", "the Workload API's identity",
+                "the certificate", "the key")  # fmt: skip
+
+
+class WorkloadApiIdentity:
+    """The default X.509 SVID and every bundle (federated ones too) the Workload API gives."""
+
+    def __init__(self, socket: str, *, server: bool, timeout: float = 15.0) -> None:
+        """Waits for the first SVID (raises IdentityError after TIMEOUT seconds, or on a bad one)."""
+        self.socket = socket
+        self.server = server
+        self._lock = threading.Lock()
+        try:
+            self._source = X509Source(socket_path=socket, timeout_in_seconds=timeout)
+        except (X509SourceError, ArgumentError, ValueError) as exc:
+            raise IdentityError(f"{ENV}={socket}: no X.509 SVID from the Workload API ({exc})") from None
+        self._raw = b""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                self._svid = self._take()
+        except IdentityError:
+            self._source.close()
+            raise
+
+    def _materials(self) -> tuple[bytes, bytes, bytes]:
+        context = self._source.get_x509_context()
+        svid = context.default_svid
+        cert_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svid.cert_chain)
+        key_pem = svid.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        cas = [ca for bundle in context.x509_bundle_set.bundles for ca in bundle.x509_authorities]
+        bundle_pem = b"".join(sorted(ca.public_bytes(serialization.Encoding.PEM) for ca in cas))
+        return cert_pem, key_pem, bundle_pem
+
+    def _take(self) -> Svid:
+        cert_pem, key_pem, bundle_pem = self._materials()
+        self._raw = cert_pem + key_pem + bundle_pem
+        return parse(cert_pem, key_pem, bundle_pem, server=self.server, names=NAMES)
+
+    def current(self) -> Svid:
+        """The identity to use now; a rotation the server sent since is taken if it is valid."""
+        with self._lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                cert_pem, key_pem, bundle_pem = self._materials()
+            except X509SourceError as exc:
+                log.error("Workload API unavailable, keeping the identity in use", socket=self.socket, error=str(exc))
+                return self._svid
+            if cert_pem + key_pem + bundle_pem == self._raw:
+                return self._svid
+            self._raw = cert_pem + key_pem + bundle_pem
+            try:
+                svid = parse(cert_pem, key_pem, bundle_pem, server=self.server, names=NAMES)
+            except IdentityError as exc:
+                log.error("Workload API identity not taken, keeping the one in use", error=str(exc))
+                return self._svid
+            log.info("identity rotated by the Workload API", id=str(svid.spiffe_id),
+                     not_after=svid.not_after.isoformat())  # fmt: skip
+            self._svid = svid
+            return svid
+
+    def close(self) -> None:
+        self._source.close()
