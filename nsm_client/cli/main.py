@@ -28,6 +28,7 @@ from nsm_common.daemon import run_until_signal
 from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
 from nsm_common.identity.svid import IdentityError
 from nsm_common.identity.transport import Transport, TransportError
+from nsm_common.identity.workload_api import ENV as WORKLOAD_API
 from nsm_common.timeutil import ts_seconds
 from nsm_common.urls import AGENT_PORT, DEFAULT_SOCKET, Address, UrlError, parse_address
 
@@ -44,14 +45,15 @@ def agent_address(args: argparse.Namespace) -> Address:
         raise CliError(f"--agent: {exc}") from exc
 
 
-def transport_of(args: argparse.Namespace) -> Transport:
-    """--identity and --insecure (or their variables) as a transport; a bad folder names the flag."""
+def transport_of(args: argparse.Namespace, server: bool = False) -> Transport:
+    """--identity and --insecure (or their variables) as a transport (SERVER: it listens on TCP,
+    so its certificate needs the DNS SAN); a bad identity names the flag."""
     folder = args.identity or os.environ.get("NSM_IDENTITY_DIR") or None
     insecure = args.insecure or os.environ.get("NSM_INSECURE", "").lower() in ("1", "true", "yes", "on")
     try:
-        return Transport.load(Path(folder) if folder else None, insecure=insecure, server=False)
+        return Transport.load(Path(folder) if folder else None, insecure=insecure, server=server)
     except IdentityError as exc:
-        raise CliError(f"--identity {folder}: {exc}") from exc
+        raise CliError(f"{'' if os.environ.get(WORKLOAD_API) else f'--identity {folder}: '}{exc}") from exc
 
 
 def _server_id(args: argparse.Namespace, transport: Transport) -> SpiffeId | None:
@@ -325,7 +327,7 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
         lifetime=args.lifetime,
     )
 
-    transport = transport_of(args)
+    transport = transport_of(args, server=listen.scheme == "tcp")
     try:
         transport.check_listen([listen])
         runtime = EndpointRuntime(config, transport, _server_id(args, transport))
