@@ -43,6 +43,10 @@ from nsm_common.identity.transport import TransportError
 
 log = structlog.get_logger("nsm.agent")
 
+# Who may ask on the TLS unix socket: this node's clients and endpoints, as upstream's
+# connect (with an SVID), and agents.
+LOCAL_CALLERS = ("agent", "workload")
+
 
 async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     """Run the agent until `stop`: servers, chain, restore from the journal; connections outlive it."""
@@ -105,10 +109,12 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     repair = Repair(journal, chain, begin, events)
     link_watch.broken = repair
     # Over TLS only other agents ask this one for connections (its TCP port is for them).
-    service = NetworkServiceServer(chain, transport, allowed=("agent",))
+    service = NetworkServiceServer(chain, transport, allowed=("agent",), on_unix=LOCAL_CALLERS)
     server = aio_server()
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
-    connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(events, transport), server)
+    connection_pb2_grpc.add_MonitorConnectionServicer_to_server(
+        MonitorService(events, transport, on_unix=LOCAL_CALLERS), server
+    )
     registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(
         ServiceRegistryProxy(registry, kept_services), server
     )
@@ -118,7 +124,17 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     pods = PodSockets(settings.pod_sockets, settings.state_dir, service, events, resolver)
     server.add_generic_rpc_handlers((pods.handler(),))
     bind_all(server, settings.listen, transport)
+    if settings.tls_socket:
+        try:
+            os.makedirs(os.path.dirname(settings.tls_socket) or "/", exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(settings.tls_socket)
+            transport.bind_tls_socket(server, settings.tls_socket)
+        except TransportError as exc:
+            raise SystemExit(f"nsm-agent: --tls-socket: {exc}") from exc
     await server.start()
+    if settings.tls_socket:
+        os.chmod(settings.tls_socket, 0o666)  # its callers prove who they are
     for addr in settings.listen:
         if addr.scheme == "unix":
             # The node's own socket is root's: a pod gets a socket of its own (pods below).
@@ -177,6 +193,9 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         await registry.close()
         netlink.close()
         remove_unix_sockets(settings.listen)
+        if settings.tls_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(settings.tls_socket)
         log.info("agent stopped")
 
 

@@ -40,6 +40,9 @@ class AgentSettings(IdentitySettings):
     listen: Annotated[
         list[Address], Option("NSM_LISTEN_ON", "`unix:///PATH` or `tcp://HOST:PORT`", metavar="URL", repeat=True)
     ] = Field(default_factory=lambda: [parse_address(DEFAULT_SOCKET)], min_length=1)
+    tls_socket: Annotated[
+        str, Option("NSM_TLS_SOCKET", "a unix socket with mutual TLS, for clients with an SVID", metavar="PATH")
+    ] = ""
     state_dir: Annotated[Path, Option("NSM_STATE_DIR", "state folder", metavar="DIR")] = Path(STATE_DIR)
     pod_sockets: Annotated[Path, Option("NSM_POD_SOCKETS", "folder of the sockets per pod", metavar="DIR")] = Path(
         POD_SOCKETS

@@ -157,7 +157,8 @@ class PodSockets:
         """`/nsmpy.PodSockets/Open` (JSON in and out), for the node-wide socket only."""
 
         async def open_call(body: bytes, context: Ctx) -> bytes:
-            if not context.peer().startswith("unix:"):
+            plaintext = context.auth_context().get("transport_security_type") != [b"ssl"]
+            if not (plaintext and context.peer().startswith("unix:")):
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED, "pod sockets are opened on the node's socket only"
                 )

@@ -129,15 +129,20 @@ class MonitorService(connection_pb2_grpc.MonitorConnectionServicer):
     """The MonitorConnection gRPC service over a hop's ConnectionEvents."""
 
     def __init__(
-        self, events: ConnectionEvents, transport: Transport = LOCAL_ONLY, allowed: tuple[str, ...] = ("agent",)
+        self,
+        events: ConnectionEvents,
+        transport: Transport = LOCAL_ONLY,
+        allowed: tuple[str, ...] = ("agent",),
+        on_unix: tuple[str, ...] | None = None,
     ) -> None:
         self.events = events
         self.transport = transport
         self.allowed = allowed  # the roles a TLS caller must have (plaintext callers are local)
+        self.on_unix = on_unix  # ... and one on a TLS unix socket
 
     async def MonitorConnections(  # type: ignore[override]
         self, request: MonitorScopeSelector, context: Ctx
     ) -> AsyncIterator[ConnectionEvent]:
-        await self.transport.authorize(context, self.allowed, "MonitorConnections")
+        await self.transport.authorize(context, self.allowed, "MonitorConnections", self.on_unix)
         async for event in self.events.stream(request):
             yield event

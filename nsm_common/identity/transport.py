@@ -97,6 +97,13 @@ class Transport:
                                      "(env NSM_IDENTITY_DIR), or --insecure for plaintext")  # fmt: skip
 
     # ------------------------------------------------------------------ servers
+    def bind_tls_socket(self, server: grpc.aio.Server, path: str) -> None:
+        """A unix socket with mutual TLS, for local clients that present an SVID (upstream's)."""
+        if self.identity is None:
+            raise TransportError(f"a TLS socket ({path}) needs an identity: --identity DIR (env NSM_IDENTITY_DIR)")
+        if server.add_secure_port(f"unix://{path}", server_credentials(self.identity)) == 0:
+            raise OSError(f"cannot listen on unix://{path}")
+
     def bind(self, server: grpc.aio.Server, addr: Address) -> int:
         """Listen on ADDR: a unix socket as it is, TCP with mutual TLS, or plaintext when insecure."""
         if addr.scheme != "tcp":
@@ -115,15 +122,19 @@ class Transport:
         roles = self.roles
         return caller, (roles.role_of(caller) if caller is not None and roles is not None else None)
 
-    async def authorize(self, context: Ctx, allowed: tuple[str, ...], what: str) -> SpiffeId | None:
-        """Aborts with PERMISSION_DENIED unless a TLS caller has one of the ALLOWED roles; a
-        plaintext call (a unix socket, or `--insecure`) is let through. Returns the caller's ID."""
+    async def authorize(
+        self, context: Ctx, allowed: tuple[str, ...], what: str, on_unix: tuple[str, ...] | None = None
+    ) -> SpiffeId | None:
+        """Aborts with PERMISSION_DENIED unless a TLS caller has one of the ALLOWED roles (ON_UNIX
+        instead, where given, for a caller on a TLS unix socket: on this node); a plaintext call
+        (a unix socket, or `--insecure`) is let through. Returns the caller's ID."""
         if context.auth_context().get("transport_security_type") != [b"ssl"]:
             return None
         caller, _ = self.caller(context)
         roles = self.roles
         assert roles is not None  # TLS is served only with an identity
-        why = refusal(caller, roles, allowed, what)
+        local = on_unix is not None and context.peer().startswith("unix:")
+        why = refusal(caller, roles, on_unix if local and on_unix is not None else allowed, what)
         if why is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         return caller

@@ -13,9 +13,12 @@ import time
 import grpc
 import pytest
 
+from nsm_api import networkservice_pb2_grpc
 from nsm_client.runtime import AgentClient, kernel_request
+from nsm_common.identity.spiffe_id import SpiffeId
+from nsm_common.identity.tls import channel_credentials, channel_options
 from nsm_common.urls import parse_address
-from testbed.bed import Testbed, links, ping, run
+from testbed.bed import TRUST_DOMAIN, Testbed, links, ping, run
 from testbed.mesh import one_node
 
 
@@ -86,3 +89,40 @@ def test_pod_sockets_are_opened_on_the_nodes_socket_only(bed: Testbed) -> None:
     assert res.returncode == 1 and "socket name '../x'" in res.stderr, res
     res = bed.nsmctl("pod-socket", "--agent", mesh.agent, "--netns", f"{bed.prefix}-nope", check=False)
     assert res.returncode == 2 and res.stderr.startswith("nsmctl: --netns"), res
+
+
+def test_a_tls_socket_serves_local_clients_with_an_svid(bed: Testbed) -> None:
+    """Upstream's own clients dial the node's socket with mutual TLS: `--tls-socket` serves them
+    (workloads and agents), never plaintext, and opens no pod sockets."""
+    tls = f"{bed.dir}/tls/nsm.io.sock"
+    mesh = one_node(bed, agent_args=["--tls-socket", tls])
+    assert stat.S_IMODE(os.stat(tls).st_mode) == 0o666
+    bed.endpoint(bed.netns("ep"), "ep1", "web", "10.71.0.0/24", mesh.agent)
+    pod = bed.netns("a")
+    server = SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}/node/node1")
+
+    def channel(who: str) -> grpc.Channel:
+        svid = bed.transport(who).identity
+        assert svid is not None
+        return grpc.secure_channel(f"unix:{tls}", channel_credentials(svid.current()), options=channel_options(server))
+
+    workload = channel(f"spiffe://{TRUST_DOMAIN}/ns/default/sa/web")
+    stub = networkservice_pb2_grpc.NetworkServiceStub(workload)
+    conn = stub.Request(kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"), timeout=15)
+    assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0])
+    opener = workload.unary_unary("/nsmpy.PodSockets/Open", request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as info:
+        opener(b'{"netns": "/var/run/netns/%s"}' % pod.encode(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    stub.Close(conn, timeout=15)
+    workload.close()
+    nobody = networkservice_pb2_grpc.NetworkServiceStub(channel(f"spiffe://{TRUST_DOMAIN}/tools/scan"))
+    assert "is of no role" in denied(lambda: nobody.Request(kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1")))
+    plain = grpc.insecure_channel(f"unix:{tls}")
+    with pytest.raises(grpc.RpcError) as info:
+        networkservice_pb2_grpc.NetworkServiceStub(plain).Request(
+            kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"), timeout=5
+        )
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    plain.close()
+    assert links(pod) == ["lo"]
