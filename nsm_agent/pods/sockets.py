@@ -73,6 +73,9 @@ class PodSockets:
         for sock in self._saved():
             if self.resolver.find(sock.ref) is not None:
                 await self._serve(sock)
+            else:  # its pod went while the agent was down: its file goes too
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(sock.path)
         self._save()
         self._pruning = asyncio.create_task(self._prune_loop())
 
