@@ -139,7 +139,6 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         if addr.scheme == "unix":
             # The node's own socket is root's: a pod gets a socket of its own (pods below).
             os.chmod(addr.path, 0o600)
-    await pods.start()
     log.info(
         "agent serving",
         name=settings.name,
@@ -159,6 +158,9 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     if restore.rebooted:
         log.info("the node rebooted since the agent last ran: undoing what the journal holds")
     outcome = await restore.run()
+    # After the survey: Monitor knows every journalled connection, so a pod's socket can tell
+    # whose each is from the start.
+    await pods.start()
     if outcome.kept or outcome.undone or outcome.waiting:
         log.info(
             "carried on after restart",
