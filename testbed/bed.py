@@ -186,6 +186,8 @@ class Testbed:
                 f"unix://{sock}",
                 "--state-dir",
                 str(state),
+                "--pod-sockets",
+                str(self.dir / f"{name}-pods"),
                 *self._identity_args(f"spiffe://{TRUST_DOMAIN}/node/{name}", extra),
                 *(extra or []),
             ],

@@ -72,7 +72,10 @@ class PodSockets:
         """The sockets of the pods still there, as they were before a restart."""
         for sock in self._saved():
             if self.resolver.find(sock.ref) is not None:
-                await self._serve(sock)
+                try:
+                    await self._serve(sock)
+                except NsmError as exc:  # the agent serves on; that pod asks again
+                    log.error("pod socket not opened again", socket=sock.path, error=exc.message)
             else:  # its pod went while the agent was down: its file goes too
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(sock.path)
@@ -115,9 +118,18 @@ class PodSockets:
             PodNetworkService(sock.name, sock.ref, self.node, self.events, self.resolver), server
         )
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(PodMonitorService(sock.ref, self.events), server)
-        server.add_insecure_port(f"unix:{sock.path}")
-        await server.start()
-        os.chmod(sock.path, 0o666)  # mounted into that pod only: any user of it may call
+        try:
+            if server.add_insecure_port(f"unix:{sock.path}") == 0:
+                raise invalid(f"cannot listen on {sock.path}")
+            await server.start()
+            os.chmod(sock.path, 0o666)  # mounted into that pod only: any user of it may call
+        except BaseException as exc:
+            await server.stop(None)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sock.path)
+            if isinstance(exc, RuntimeError | OSError):  # grpcio's "failed to bind", a folder it cannot use
+                raise invalid(f"cannot listen on {sock.path}: {exc}") from exc
+            raise
         self._open[sock.name] = (sock, server)
 
     async def _close(self, name: str) -> None:
