@@ -81,6 +81,7 @@ class PodSockets:
                     os.unlink(sock.path)
         self._save()
         self._pruning = asyncio.create_task(self._prune_loop())
+        log.info("pod sockets serving", sockets=len(self._open), folder=str(self.folder))
 
     async def stop(self) -> None:
         """Stop serving (the list stays: the next start opens them again)."""

@@ -60,7 +60,8 @@ def test_a_pods_socket_is_confined_to_its_pod(bed: Testbed) -> None:
         # A restarted agent opens the pods' sockets again; a pod that goes takes its socket.
         os.kill(mesh.agent_proc.popen.pid, signal.SIGKILL)
         mesh.agent_proc.popen.wait(5)
-        bed.agent(mesh.node, "node1", mesh.registry)
+        proc, _ = bed.agent(mesh.node, "node1", mesh.registry)
+        bed.wait_for(proc, "pod sockets serving")  # after the survey, a moment after "agent serving"
         pod_a.close_channel()
         pod_a = AgentClient(parse_address(sock_a))
         assert [c.path.path_segments[0].id for c in pod_a.connections().values()] == [conn_a.path.path_segments[0].id]
