@@ -10,6 +10,7 @@ from functools import partial
 
 from pyroute2 import IPRoute
 
+from nsm_api.connection_pb2 import Connection
 from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common.netns import inside
 from nsm_common.urls import parse_address
@@ -19,6 +20,27 @@ from testbed.mesh import one_node
 CNI = "/usr/lib/cni"
 
 
+def connect_all(client: AgentClient, pods: list[str], service: str) -> tuple[list[float], list[Connection]]:
+    """One connection into each pod, in turn: each one's set-up time, and the connections."""
+    setup, conns = [], []
+    for pod in pods:
+        req = kernel_request(f"/var/run/netns/{pod}", service, "nsm-1")
+        t = time.perf_counter()
+        conns.append(client.request(req))
+        setup.append(time.perf_counter() - t)
+    return setup, conns
+
+
+def close_all(client: AgentClient, conns: list[Connection]) -> list[float]:
+    """Close each connection, in turn: each Close's time."""
+    close = []
+    for conn in conns:
+        t = time.perf_counter()
+        client.close(conn)
+        close.append(time.perf_counter() - t)
+    return close
+
+
 def mesh(bed: Testbed, n: int) -> tuple[list[float], list[float]]:
     """Set-up and close times of `n` veth connections, each into a pod of its own."""
     agent = one_node(bed).agent
@@ -26,17 +48,8 @@ def mesh(bed: Testbed, n: int) -> tuple[list[float], list[float]]:
     pods = [bed.netns(f"m{i}") for i in range(n)]
     client = AgentClient(parse_address(agent), timeout=30)
     warm = client.request(kernel_request(f"/var/run/netns/{bed.netns('warm')}", "bench", "nsm-1"))
-    setup, conns = [], []
-    for pod in pods:
-        req = kernel_request(f"/var/run/netns/{pod}", "bench", "nsm-1")
-        t = time.perf_counter()
-        conns.append(client.request(req))
-        setup.append(time.perf_counter() - t)
-    close = []
-    for conn in [*conns, warm]:
-        t = time.perf_counter()
-        client.close(conn)
-        close.append(time.perf_counter() - t)
+    setup, conns = connect_all(client, pods, "bench")
+    close = close_all(client, [*conns, warm])
     client.close_channel()
     return setup, close[:-1]
 

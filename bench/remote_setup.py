@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from nsm_client.runtime import AgentClient, kernel_request
+from bench import local_setup
+from nsm_client.runtime import AgentClient
 from nsm_common.netns import inside
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, run
@@ -36,23 +37,16 @@ class Remote:
     close: list[float]
 
 
-def mesh(bed: Testbed, mechanism: str, n: int) -> Remote:
-    cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", mechanism])
+def mesh(bed: Testbed, mechanism: str, n: int, extra: list[str] | None = None) -> Remote:
+    """EXTRA: flags for the agents and the registry alike (`--insecure`)."""
+    extra = extra or []
+    cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", mechanism, *extra], registry_args=extra)
     n1, n2 = cluster.nodes
     bed.endpoint(cluster.pod(n2, "ep"), f"ep-{mechanism.lower()}", mechanism.lower(), "10.130.0.0/16", n2.agent)
     pods = [cluster.pod(n1, f"r{i}") for i in range(n + 1)]
     client = AgentClient(parse_address(n1.agent), timeout=30)
-    setup, conns = [], []
-    for pod in pods:
-        req = kernel_request(f"/var/run/netns/{pod}", mechanism.lower(), "nsm-1")
-        t = time.perf_counter()
-        conns.append(client.request(req))
-        setup.append(time.perf_counter() - t)
-    close = []
-    for conn in conns:
-        t = time.perf_counter()
-        client.close(conn)
-        close.append(time.perf_counter() - t)
+    setup, conns = local_setup.connect_all(client, pods, mechanism.lower())
+    close = local_setup.close_all(client, conns)
     client.close_channel()
     return Remote(setup[0], setup[1:], close)
 

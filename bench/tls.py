@@ -9,30 +9,13 @@ hop on every Request: that is where mutual TLS shows, if anywhere.
 
 from __future__ import annotations
 
-import time
-
 from bench import local_setup, remote_setup
-from nsm_client.runtime import AgentClient, kernel_request
+from nsm_client.runtime import AgentClient
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed
 from testbed.cluster import Cluster
 
 PLAINTEXT = ["--insecure"]
-
-
-def _timed(agent: str, pods: list[str], service: str) -> list[float]:
-    """Set-up times of one connection per pod (each closed afterwards, not timed)."""
-    client = AgentClient(parse_address(agent), timeout=30)
-    setup, conns = [], []
-    for pod in pods:
-        req = kernel_request(f"/var/run/netns/{pod}", service, "nsm-1")
-        t = time.perf_counter()
-        conns.append(client.request(req))
-        setup.append(time.perf_counter() - t)
-    for conn in conns:
-        client.close(conn)
-    client.close_channel()
-    return setup
 
 
 def local(bed: Testbed, n: int, secure: bool) -> list[float]:
@@ -43,17 +26,16 @@ def local(bed: Testbed, n: int, secure: bool) -> list[float]:
     _, agent = bed.agent(node, "node1", "tcp://127.0.0.1:5002", extra=extra)
     bed.endpoint(bed.netns("ep"), "ep1", "bench", "10.120.0.0/16", agent)
     pods = [bed.netns(f"m{i}") for i in range(n + 1)]
-    return _timed(agent, pods, "bench")[1:]  # the first warms the registry's cache
+    client = AgentClient(parse_address(agent), timeout=30)
+    setup, conns = local_setup.connect_all(client, pods, "bench")
+    local_setup.close_all(client, conns)
+    client.close_channel()
+    return setup[1:]  # the first warms the registry's cache
 
 
 def remote(bed: Testbed, n: int, secure: bool) -> list[float]:
     """Remote VXLAN set-up between two nodes (mutual TLS between the agents unless not SECURE)."""
-    extra = [] if secure else PLAINTEXT
-    cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", "VXLAN", *extra], registry_args=extra)
-    n1, n2 = cluster.nodes
-    bed.endpoint(cluster.pod(n2, "ep"), "ep-vxlan", "vxlan", "10.130.0.0/16", n2.agent)
-    pods = [cluster.pod(n1, f"r{i}") for i in range(n + 1)]
-    return _timed(n1.agent, pods, "vxlan")[1:]  # the first opens the channel to node 2
+    return remote_setup.mesh(bed, "VXLAN", n, [] if secure else PLAINTEXT).setup  # past the first
 
 
 def run_all(bed: Testbed, n: int) -> dict[str, list[float]]:

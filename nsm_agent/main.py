@@ -39,7 +39,7 @@ from nsm_common.chain.monitor import ConnectionEvents, MonitorService
 from nsm_common.chain.server import NetworkServiceServer
 from nsm_common.daemon import raise_open_file_limit, run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
-from nsm_common.identity.transport import TransportError
+from nsm_common.identity.transport import Access, TransportError
 
 log = structlog.get_logger("nsm.agent")
 
@@ -109,12 +109,11 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     repair = Repair(journal, chain, begin, events)
     link_watch.broken = repair
     # Over TLS only other agents ask this one for connections (its TCP port is for them).
-    service = NetworkServiceServer(chain, transport, allowed=("agent",), on_unix=LOCAL_CALLERS)
+    access = Access(transport, allowed=("agent",), on_unix=LOCAL_CALLERS)
+    service = NetworkServiceServer(chain, access)
     server = aio_server()
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
-    connection_pb2_grpc.add_MonitorConnectionServicer_to_server(
-        MonitorService(events, transport, on_unix=LOCAL_CALLERS), server
-    )
+    connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(events, access), server)
     registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(
         ServiceRegistryProxy(registry, kept_services), server
     )
@@ -126,9 +125,6 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     bind_all(server, settings.listen, transport)
     if settings.tls_socket:
         try:
-            os.makedirs(os.path.dirname(settings.tls_socket) or "/", exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(settings.tls_socket)
             transport.bind_tls_socket(server, settings.tls_socket)
         except TransportError as exc:
             raise SystemExit(f"nsm-agent: --tls-socket: {exc}") from exc

@@ -50,12 +50,17 @@ def bind_all(server: grpc.aio.Server, addresses: Sequence[Address], transport: T
     a stale unix socket file from a dead process is replaced."""
     for addr in addresses:
         if addr.scheme == "unix":
-            os.makedirs(os.path.dirname(addr.path) or "/", exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(addr.path)
+            replace_unix_socket(addr.path)
         bound = transport.bind(server, addr)
         if addr.scheme == "tcp" and bound == 0:
             raise OSError(f"cannot listen on {addr}")
+
+
+def replace_unix_socket(path: str) -> None:
+    """Make way for a unix socket at PATH: its folder made, a stale socket file removed."""
+    os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def remove_unix_sockets(addresses: Sequence[Address]) -> None:

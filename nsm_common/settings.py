@@ -68,6 +68,11 @@ def _shown(field: FieldInfo, option: Option) -> str:
     return _text(value)
 
 
+def truthy(text: str | None) -> bool:
+    """A switch's environment variable: 1, true, yes or on (any case) is set."""
+    return (text or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def build_parser(model: type[BaseModel], prog: str, description: str) -> argparse.ArgumentParser:
     """The program's flags; a flag's default is its variable when set, else the model's."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
@@ -82,7 +87,7 @@ def build_parser(model: type[BaseModel], prog: str, description: str) -> argpars
             continue
         default = _default(field)
         if isinstance(default, bool):
-            on = env.strip().lower() in ("1", "true", "yes", "on") if env is not None else default
+            on = truthy(env) if env is not None else default
             parser.add_argument(flag, dest=name, action="store_true", default=on, help=text)
             continue
         if option.comma:

@@ -25,7 +25,7 @@ from nsm_common.chain.server import NetworkServiceServer
 from nsm_common.chain.update_path import UpdatePath
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 from nsm_common.identity.spiffe_id import SpiffeId
-from nsm_common.identity.transport import LOCAL_ONLY, Transport
+from nsm_common.identity.transport import LOCAL_ONLY, Access, Transport
 from nsm_common.names import MAX_NAME
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
@@ -111,9 +111,9 @@ class EndpointRuntime:
     async def serve(self, stop: asyncio.Event) -> None:
         """Serve and stay registered until `stop`; then unregister and stop serving."""
         server = aio_server()
-        service = NetworkServiceServer(self.chain, self.transport, allowed=("agent",))  # over TLS: agents only
-        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
-        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(self.events, self.transport), server)
+        access = Access(self.transport, allowed=("agent",))  # over TLS: agents only
+        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(NetworkServiceServer(self.chain, access), server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(self.events, access), server)
         bind_all(server, [self.config.listen], self.transport)
         await server.start()
         log.info(

@@ -15,6 +15,7 @@ from nsm_agent.pipeline.endpoint_watch import EndpointWatch
 from nsm_agent.pipeline.journal import journalled, note
 from nsm_agent.pipeline.remote_mechanism import DownstreamOffer
 from nsm_agent.pipeline.select import Chosen
+from nsm_agent.state.journal import DOWNSTREAM_ID
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
@@ -121,7 +122,7 @@ class ConnectEndpoint(Step):
         message = NetworkServiceRequest(connection=down, mechanism_preferences=prefs)
         note(call, "downstream", url)
         if server_id:
-            note(call, "downstream_id", f"{url} {server_id}")
+            note(call, DOWNSTREAM_ID, f"{url} {server_id}")
         try:
             try:
                 reply: Connection = await stub.Request(message, timeout=self.timeout)

@@ -11,6 +11,7 @@ from nsm_agent.decisions.selection import RoundRobin
 from nsm_agent.pipeline.discover import Found
 from nsm_agent.pipeline.journal import noted
 from nsm_agent.registry.local_endpoints import LocalEndpoints
+from nsm_agent.state.journal import DOWNSTREAM_ID, downstream_ids
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint
@@ -81,7 +82,7 @@ def _from_journal(call: Call, local: LocalEndpoints) -> Chosen | None:
     if not urls:
         return None
     url = urls[-1]
-    ids = dict(noted_id.split(" ", 1) for noted_id in noted(call, "downstream_id") if " " in noted_id)
+    ids = downstream_ids(noted(call, DOWNSTREAM_ID))
     return Chosen(None, url, not (url.startswith("unix://") or local.has_url(url)), ids.get(url, ""))
 
 

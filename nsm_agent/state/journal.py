@@ -25,6 +25,14 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 
 INTENT = "intent"
 DONE = "done"
+# The note of the SPIFFE ID each downstream URL's server had to prove: "URL ID".
+DOWNSTREAM_ID = "downstream_id"
+
+
+def downstream_ids(notes: list[str]) -> dict[str, str]:
+    """URL to the SPIFFE ID its server had to prove, from the DOWNSTREAM_ID notes."""
+    return dict(text.split(" ", 1) for text in notes if " " in text)
+
 
 FORMAT = "nsm-connection-journal"
 # 1: the log opens with {"format": FORMAT, "version": 1}; entry lines as in 0.

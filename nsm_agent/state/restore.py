@@ -35,7 +35,7 @@ from nsm_agent.decisions.names import wire_alias
 from nsm_agent.decisions.restore import Present, intact
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.netns.spec import NetnsSpec
-from nsm_agent.state.journal import DONE, Entry, JournalStore
+from nsm_agent.state.journal import DONE, DOWNSTREAM_ID, Entry, JournalStore, downstream_ids
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
@@ -126,7 +126,7 @@ async def undo_intent(
         if removed:
             log.info("removed what an interrupted request built", id=entry.conn_id, netns=path)
     await netlink.run(lambda nl: nl.trim())
-    ids = dict(noted.split(" ", 1) for noted in entry.notes.get("downstream_id", []) if " " in noted)
+    ids = downstream_ids(entry.notes.get(DOWNSTREAM_ID, []))
     for url in entry.notes.get("downstream", []):
         down = Connection()
         down.CopyFrom(entry.request.connection)

@@ -28,7 +28,7 @@ from nsm_common.daemon import run_until_signal
 from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
 from nsm_common.identity.svid import IdentityError
 from nsm_common.identity.transport import Transport, TransportError
-from nsm_common.identity.workload_api import ENV as WORKLOAD_API
+from nsm_common.settings import truthy
 from nsm_common.timeutil import ts_seconds
 from nsm_common.urls import AGENT_PORT, DEFAULT_SOCKET, Address, UrlError, parse_address
 
@@ -49,11 +49,11 @@ def transport_of(args: argparse.Namespace, server: bool = False) -> Transport:
     """--identity and --insecure (or their variables) as a transport (SERVER: it listens on TCP,
     so its certificate needs the DNS SAN); a bad identity names the flag."""
     folder = args.identity or os.environ.get("NSM_IDENTITY_DIR") or None
-    insecure = args.insecure or os.environ.get("NSM_INSECURE", "").lower() in ("1", "true", "yes", "on")
+    insecure = args.insecure or truthy(os.environ.get("NSM_INSECURE"))
     try:
         return Transport.load(Path(folder) if folder else None, insecure=insecure, server=server)
-    except IdentityError as exc:
-        raise CliError(f"{'' if os.environ.get(WORKLOAD_API) else f'--identity {folder}: '}{exc}") from exc
+    except IdentityError as exc:  # it names the flag or the variable
+        raise CliError(str(exc)) from exc
 
 
 def _server_id(args: argparse.Namespace, transport: Transport) -> SpiffeId | None:
@@ -71,14 +71,6 @@ def agent_client(args: argparse.Namespace) -> AgentClient:
     transport = transport_of(args)
     try:
         return AgentClient(agent_address(args), args.timeout, transport, _server_id(args, transport))
-    except TransportError as exc:
-        raise CliError(f"--agent: {exc}") from exc
-
-
-def _channel(args: argparse.Namespace) -> grpc.Channel:
-    transport = transport_of(args)
-    try:
-        return transport.sync_channel(agent_address(args), _server_id(args, transport))
     except TransportError as exc:
         raise CliError(f"--agent: {exc}") from exc
 
@@ -242,14 +234,11 @@ def cmd_close(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    channel = _channel(args)
+    client = agent_client(args)
+    channel = client.channel  # the registry services too: the agent's proxy, or the registry itself
     try:
         if args.kind == "connections":
-            client = agent_client(args)
-            try:
-                conns = list(client.connections().values())
-            finally:
-                client.close_channel()
+            conns = list(client.connections().values())
             if args.output == "json":
                 print(json.dumps([MessageToDict(c) for c in conns], indent=2))
             else:
@@ -288,7 +277,7 @@ def cmd_get(args: argparse.Namespace) -> int:
                 ]
                 print(_table(rows, ["name", "services", "url", "expires"]))
     finally:
-        channel.close()
+        client.close_channel()
     return 0
 
 
@@ -345,13 +334,13 @@ def cmd_pod_socket(args: argparse.Namespace) -> int:
         netns = netns_path(args.netns)
     except ValueError as exc:
         raise CliError(f"--netns: {exc}") from exc
-    channel = _channel(args)
+    client = agent_client(args)
     try:
         body = json.dumps({"netns": netns, "name": args.name or ""}).encode()
-        call = channel.unary_unary("/nsmpy.PodSockets/Open", request_serializer=None, response_deserializer=None)
+        call = client.channel.unary_unary("/nsmpy.PodSockets/Open", request_serializer=None, response_deserializer=None)
         opened = json.loads(call(body, timeout=args.timeout))
     finally:
-        channel.close()
+        client.close_channel()
     print(json.dumps(opened, indent=2) if args.output == "json" else opened["socket"])
     return 0
 

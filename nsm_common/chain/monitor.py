@@ -20,7 +20,7 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.chain.monitor_scope import selects
 from nsm_common.grpcutil import Ctx
-from nsm_common.identity.transport import LOCAL_ONLY, Transport
+from nsm_common.identity.transport import AGENTS, Access
 
 MAX_PENDING = 10_000
 
@@ -128,21 +128,13 @@ class Monitor(Step):
 class MonitorService(connection_pb2_grpc.MonitorConnectionServicer):
     """The MonitorConnection gRPC service over a hop's ConnectionEvents."""
 
-    def __init__(
-        self,
-        events: ConnectionEvents,
-        transport: Transport = LOCAL_ONLY,
-        allowed: tuple[str, ...] = ("agent",),
-        on_unix: tuple[str, ...] | None = None,
-    ) -> None:
+    def __init__(self, events: ConnectionEvents, access: Access = AGENTS) -> None:
         self.events = events
-        self.transport = transport
-        self.allowed = allowed  # the roles a TLS caller must have (plaintext callers are local)
-        self.on_unix = on_unix  # ... and one on a TLS unix socket
+        self.access = access
 
     async def MonitorConnections(  # type: ignore[override]
         self, request: MonitorScopeSelector, context: Ctx
     ) -> AsyncIterator[ConnectionEvent]:
-        await self.transport.authorize(context, self.allowed, "MonitorConnections", self.on_unix)
+        await self.access.check(context, "MonitorConnections")
         async for event in self.events.stream(request):
             yield event

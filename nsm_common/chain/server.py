@@ -14,7 +14,7 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.chain import Chain
 from nsm_common.errors import NsmError
 from nsm_common.grpcutil import Ctx
-from nsm_common.identity.transport import LOCAL_ONLY, Transport
+from nsm_common.identity.transport import AGENTS, Access
 
 log = structlog.get_logger("nsm")
 
@@ -22,20 +22,9 @@ log = structlog.get_logger("nsm")
 class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
     """The NetworkService gRPC service over a chain: every call runs to its end, errors become statuses."""
 
-    def __init__(
-        self,
-        chain: Chain,
-        transport: Transport = LOCAL_ONLY,
-        allowed: tuple[str, ...] = ("agent",),
-        on_unix: tuple[str, ...] | None = None,
-    ) -> None:
+    def __init__(self, chain: Chain, access: Access = AGENTS) -> None:
         self.chain = chain
-        self.transport = transport
-        # The roles a caller over TLS must have: this hop serves remote Requests to agents
-        # (and ON_UNIX to callers on its TLS unix socket, on this node). A plaintext caller
-        # came through a local socket (or `--insecure` was asked for).
-        self.allowed = allowed
-        self.on_unix = on_unix
+        self.access = access  # by default over TLS agents only: this hop serves remote Requests to them
         self._inflight: set[asyncio.Task[object]] = set()
 
     async def _run(self, coro, context: Ctx, what: str):  # type: ignore[no-untyped-def]
@@ -59,13 +48,13 @@ class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
     async def Request(  # type: ignore[override]
         self, request: NetworkServiceRequest, context: Ctx
     ) -> Connection:
-        await self.transport.authorize(context, self.allowed, "Request", self.on_unix)
+        await self.access.check(context, "Request")
         req = NetworkServiceRequest()
         req.CopyFrom(request)
         return await self._run(self.chain.request(req), context, "request")  # type: ignore[no-any-return]
 
     async def Close(self, request: Connection, context: Ctx) -> Empty:  # type: ignore[override]
-        await self.transport.authorize(context, self.allowed, "Close", self.on_unix)
+        await self.access.check(context, "Close")
         conn = Connection()
         conn.CopyFrom(request)
         await self._run(self.chain.close(conn), context, "close")

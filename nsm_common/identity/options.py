@@ -3,7 +3,6 @@ is allowed, and which SPIFFE IDs count as agents, registries and workloads."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,6 @@ from pydantic import BaseModel, field_validator
 from nsm_common.identity.spiffe_id import IdPattern, Roles, SpiffeIdError
 from nsm_common.identity.svid import IdentityError
 from nsm_common.identity.transport import Transport
-from nsm_common.identity.workload_api import ENV as WORKLOAD_API
 from nsm_common.settings import Option
 
 
@@ -51,6 +49,5 @@ class IdentitySettings(BaseModel):
         try:
             return Transport.load(self.identity, insecure=self.insecure, server=server, agent=self.agent_ids,
                                   registry=self.registry_id, workload=self.workload_ids)  # fmt: skip
-        except (IdentityError, SpiffeIdError) as exc:
-            where = "" if os.environ.get(WORKLOAD_API) else f" --identity {self.identity} (env NSM_IDENTITY_DIR):"
-            raise SystemExit(f"{program}:{where} {exc}") from exc
+        except (IdentityError, SpiffeIdError) as exc:  # each names its flag or variable
+            raise SystemExit(f"{program}: {exc}") from exc

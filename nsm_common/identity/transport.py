@@ -16,10 +16,11 @@ from typing import Any
 import grpc
 import structlog
 
-from nsm_common.grpcutil import CHANNEL_OPTIONS, Ctx
+from nsm_common.grpcutil import CHANNEL_OPTIONS, Ctx, replace_unix_socket
 from nsm_common.identity.folder import IdentityFolder
 from nsm_common.identity.source import IdentitySource
 from nsm_common.identity.spiffe_id import IdPattern, Roles, SpiffeId, SpiffeIdError
+from nsm_common.identity.svid import IdentityError
 from nsm_common.identity.tls import channel_credentials, channel_options, peer_id, server_credentials
 from nsm_common.identity.workload_api import ENV as WORKLOAD_API
 from nsm_common.identity.workload_api import WorkloadApiIdentity
@@ -29,6 +30,10 @@ log = structlog.get_logger("nsm")
 
 
 PLURAL = {"agent": "agents", "registry": "registries", "workload": "workloads"}
+
+
+def _needs_identity(what: str) -> str:
+    return f"{what} needs an identity: --identity DIR (env NSM_IDENTITY_DIR), or --insecure for plaintext"
 
 
 class TransportError(ValueError):
@@ -66,9 +71,12 @@ class Transport:
             if identity_dir is not None:
                 log.warning(f"{WORKLOAD_API} is set: identities come from the Workload API, not --identity",
                             ignored=str(identity_dir))  # fmt: skip
-            source = WorkloadApiIdentity(socket, server=server)
+            source = WorkloadApiIdentity(socket, server=server)  # its errors name the variable
         elif identity_dir is not None:
-            source = IdentityFolder(identity_dir, server=server)
+            try:
+                source = IdentityFolder(identity_dir, server=server)
+            except IdentityError as exc:
+                raise IdentityError(f"--identity {identity_dir} (env NSM_IDENTITY_DIR): {exc}") from None
         return cls(source, insecure, IdPattern.parse(agent), IdPattern.parse(registry), IdPattern.parse(workload))
 
     @property
@@ -93,14 +101,15 @@ class Transport:
         and no `--insecure` (before anything starts)."""
         for addr in addresses:
             if addr.scheme == "tcp" and self.identity is None and not self.insecure:
-                raise TransportError(f"listening on {addr} needs an identity: --identity DIR "
-                                     "(env NSM_IDENTITY_DIR), or --insecure for plaintext")  # fmt: skip
+                raise TransportError(_needs_identity(f"listening on {addr}"))
 
     # ------------------------------------------------------------------ servers
     def bind_tls_socket(self, server: grpc.aio.Server, path: str) -> None:
-        """A unix socket with mutual TLS, for local clients that present an SVID (upstream's)."""
+        """A unix socket with mutual TLS, for local clients that present an SVID (upstream's);
+        a stale socket file from a dead process is replaced."""
         if self.identity is None:
             raise TransportError(f"a TLS socket ({path}) needs an identity: --identity DIR (env NSM_IDENTITY_DIR)")
+        replace_unix_socket(path)
         if server.add_secure_port(f"unix://{path}", server_credentials(self.identity)) == 0:
             raise OSError(f"cannot listen on unix://{path}")
 
@@ -113,24 +122,16 @@ class Transport:
         self.check_listen([addr])
         return server.add_insecure_port(addr.grpc_target)
 
-    def caller(self, context: Ctx) -> tuple[SpiffeId | None, str | None]:
-        """The TLS caller's SPIFFE ID and role (None, None for a plaintext call)."""
-        ctx = context.auth_context()
-        if ctx.get("transport_security_type") != [b"ssl"]:
-            return None, None
-        caller = peer_id(ctx)
-        roles = self.roles
-        return caller, (roles.role_of(caller) if caller is not None and roles is not None else None)
-
     async def authorize(
         self, context: Ctx, allowed: tuple[str, ...], what: str, on_unix: tuple[str, ...] | None = None
     ) -> SpiffeId | None:
         """Aborts with PERMISSION_DENIED unless a TLS caller has one of the ALLOWED roles (ON_UNIX
         instead, where given, for a caller on a TLS unix socket: on this node); a plaintext call
         (a unix socket, or `--insecure`) is let through. Returns the caller's ID."""
-        if context.auth_context().get("transport_security_type") != [b"ssl"]:
+        auth = context.auth_context()
+        if auth.get("transport_security_type") != [b"ssl"]:
             return None
-        caller, _ = self.caller(context)
+        caller = peer_id(auth)
         roles = self.roles
         assert roles is not None  # TLS is served only with an identity
         local = on_unix is not None and context.peer().startswith("unix:")
@@ -165,8 +166,7 @@ class Transport:
         if self.identity is None:
             if self.insecure:
                 return None, list(CHANNEL_OPTIONS)
-            raise TransportError(f"calling {addr} needs an identity: --identity DIR (env NSM_IDENTITY_DIR), "
-                                 "or --insecure for plaintext")  # fmt: skip
+            raise TransportError(_needs_identity(f"calling {addr}"))
         if server_id is None:
             raise TransportError(f"calling {addr} over mutual TLS needs the SPIFFE ID the server must have")
         svid = self.identity.current()
@@ -206,3 +206,21 @@ def refusal(caller: SpiffeId | None, roles: Roles, allowed: tuple[str, ...], wha
 
 # Unix sockets only: a TCP address raises TransportError, never plaintext by accident.
 LOCAL_ONLY = Transport()
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call a service: over TLS, callers of the ALLOWED roles (of ON_UNIX instead, where
+    given, on a TLS unix socket); plaintext callers came through a local socket or `--insecure`."""
+
+    transport: Transport = LOCAL_ONLY
+    allowed: tuple[str, ...] = ("agent",)
+    on_unix: tuple[str, ...] | None = None
+
+    async def check(self, context: Ctx, what: str) -> SpiffeId | None:
+        """Aborts with PERMISSION_DENIED for a caller who may not; the TLS caller's ID."""
+        return await self.transport.authorize(context, self.allowed, what, self.on_unix)
+
+
+# Agents only over TLS, anyone on a plaintext (local) socket: a hop's default.
+AGENTS = Access()

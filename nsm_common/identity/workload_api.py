@@ -6,7 +6,6 @@ folder's would be (a bad one is reported and the old kept)."""
 from __future__ import annotations
 
 import threading
-import warnings
 
 import structlog
 from cryptography.hazmat.primitives import serialization
@@ -31,20 +30,22 @@ class WorkloadApiIdentity:
         self.socket = socket
         self.server = server
         self._lock = threading.Lock()
+        # Set by the source's thread at each update: `current` (per call, per handshake) reads
+        # and checks the materials only then.
+        self._changed = threading.Event()
         try:
             self._source = X509Source(socket_path=socket, timeout_in_seconds=timeout)
         except (X509SourceError, ArgumentError, ValueError) as exc:
             raise IdentityError(f"{ENV}={socket}: no X.509 SVID from the Workload API ({exc})") from None
-        self._raw = b""
+        self._source.subscribe_for_updates(self._changed.set)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                self._svid = self._take()
+            self._svid = self._read()
         except IdentityError:
             self._source.close()
             raise
 
-    def _materials(self) -> tuple[bytes, bytes, bytes]:
+    def _read(self) -> Svid:
+        """The source's SVID and bundles now, as PEM, checked (raises IdentityError, X509SourceError)."""
         context = self._source.get_x509_context()
         svid = context.default_svid
         cert_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in svid.cert_chain)
@@ -53,34 +54,29 @@ class WorkloadApiIdentity:
         )
         cas = [ca for bundle in context.x509_bundle_set.bundles for ca in bundle.x509_authorities]
         bundle_pem = b"".join(sorted(ca.public_bytes(serialization.Encoding.PEM) for ca in cas))
-        return cert_pem, key_pem, bundle_pem
-
-    def _take(self) -> Svid:
-        cert_pem, key_pem, bundle_pem = self._materials()
-        self._raw = cert_pem + key_pem + bundle_pem
         return parse(cert_pem, key_pem, bundle_pem, server=self.server, names=NAMES)
 
     def current(self) -> Svid:
         """The identity to use now; a rotation the server sent since is taken if it is valid."""
-        with self._lock, warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
+        if not self._changed.is_set():
+            return self._svid
+        with self._lock:
+            if not self._changed.is_set():
+                return self._svid
+            self._changed.clear()  # before reading: an update after this sets it again
             try:
-                cert_pem, key_pem, bundle_pem = self._materials()
+                svid = self._read()
             except X509SourceError as exc:
                 log.error("Workload API unavailable, keeping the identity in use", socket=self.socket, error=str(exc))
                 return self._svid
-            if cert_pem + key_pem + bundle_pem == self._raw:
-                return self._svid
-            self._raw = cert_pem + key_pem + bundle_pem
-            try:
-                svid = parse(cert_pem, key_pem, bundle_pem, server=self.server, names=NAMES)
             except IdentityError as exc:
                 log.error("Workload API identity not taken, keeping the one in use", error=str(exc))
                 return self._svid
-            log.info("identity rotated by the Workload API", id=str(svid.spiffe_id),
-                     not_after=svid.not_after.isoformat())  # fmt: skip
-            self._svid = svid
-            return svid
+            if svid.fingerprint != self._svid.fingerprint:
+                log.info("identity rotated by the Workload API", id=str(svid.spiffe_id),
+                         not_after=svid.not_after.isoformat())  # fmt: skip
+                self._svid = svid
+            return self._svid
 
     def close(self) -> None:
         self._source.close()
