@@ -20,6 +20,7 @@ from nsm_agent.pipeline.link_watch import LinkWatch
 from nsm_agent.pipeline.remote_mechanism import TunnelKinds
 from nsm_agent.pipeline.select import Locator
 from nsm_agent.pipeline.steps import agent_steps
+from nsm_agent.pods.claims import ClaimServer
 from nsm_agent.pods.sockets import PodSockets
 from nsm_agent.registry.client import RegistryClient
 from nsm_agent.registry.kept_services import KeptServices, keep_registered
@@ -122,11 +123,19 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     )
     pods = PodSockets(settings.pod_sockets, settings.state_dir, service, events, resolver)
     server.add_generic_rpc_handlers((pods.handler(),))
+    claims = ClaimServer(settings.claim_socket, pods) if settings.claim_socket else None
+    if claims is not None:
+        try:
+            claims.bind()  # served after the survey, as the pods' sockets are
+        except OSError as exc:
+            raise SystemExit(f"nsm-agent: --claim-socket: cannot listen on {settings.claim_socket}: {exc}") from exc
     bind_all(server, settings.listen, transport)
     if settings.tls_socket:
         try:
             transport.bind_tls_socket(server, settings.tls_socket)
         except TransportError as exc:
+            if claims is not None:
+                claims.close()
             raise SystemExit(f"nsm-agent: --tls-socket: {exc}") from exc
     await server.start()
     if settings.tls_socket:
@@ -157,6 +166,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     # After the survey: Monitor knows every journalled connection, so a pod's socket can tell
     # whose each is from the start.
     await pods.start()
+    if claims is not None:
+        claims.start()
     if outcome.kept or outcome.undone or outcome.waiting:
         log.info(
             "carried on after restart",
@@ -178,6 +189,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if claims is not None:
+            await claims.stop()
         await pods.stop()
         await server.stop(grace=1.0)
         await service.drain()

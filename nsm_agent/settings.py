@@ -43,6 +43,9 @@ class AgentSettings(IdentitySettings):
     tls_socket: Annotated[
         str, Option("NSM_TLS_SOCKET", "a unix socket with mutual TLS, for clients with an SVID", metavar="PATH")
     ] = ""
+    claim_socket: Annotated[
+        str, Option("NSM_CLAIM_SOCKET", "a unix socket where pods claim sockets of their own", metavar="PATH")
+    ] = ""
     state_dir: Annotated[Path, Option("NSM_STATE_DIR", "state folder", metavar="DIR")] = Path(STATE_DIR)
     pod_sockets: Annotated[Path, Option("NSM_POD_SOCKETS", "folder of the sockets per pod", metavar="DIR")] = Path(
         POD_SOCKETS

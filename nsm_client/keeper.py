@@ -144,9 +144,12 @@ class Keeper:
         if self._own_prober:
             self._prober.close()
         if self.conn is not None:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self._ns.Close(self.conn, timeout=self.timeout)
-            self.on_event("closed", self.conn)
+            try:
+                # Waits out a reconnect (the agent restarting as the pod goes), within the timeout.
+                await self._ns.Close(self.conn, timeout=self.timeout, wait_for_ready=True)
+                self.on_event("closed", self.conn)
+            except grpc.aio.AioRpcError as exc:  # its lease ends it at the agent
+                self.on_event(f"close failed: {exc.code().name}: {exc.details()}", self.conn)
         if self._channel is not None:
             await self._channel.close(None)
 

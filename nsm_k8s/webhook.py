@@ -3,8 +3,12 @@
 POST /mutate with an `admission.k8s.io/v1` AdmissionReview of a Pod. A pod whose
 annotation (`networkservicemesh.io`) is present and valid gets, by JSONPatch:
 an init container that connects once, a sidecar that keeps the connections
-(refresh and heal) and closes them when the pod goes, the agent's socket from
-the host, and the environment. A malformed annotation is refused with a message
+(refresh and heal) and closes them when the pod goes, and the environment. The
+pod never sees the node's socket: its injected containers get the agent's claim
+socket (a host folder) and an emptyDir in which the agent binds the pod's own
+socket when they claim it (nsm_agent/pods/claims.py); the pod's other containers
+get that emptyDir read-only, so clients built from upstream's definitions find
+the socket where upstream's look, confined to their pod. A malformed annotation is refused with a message
 naming the problem; pods without one, and pods in system namespaces, pass
 untouched. A body that is not JSON or not a pod review gets HTTP 400.
 
@@ -36,7 +40,9 @@ from nsm_common.urls import Address, parse_address
 from nsm_k8s.annotation import ANNOTATION, AnnotationError, parse
 
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "nsm-system"})
-SOCKET_DIR = "/var/lib/networkservicemesh"
+SOCKET_DIR = "/var/lib/networkservicemesh"  # in the pod: its own socket's emptyDir
+CLAIM_DIR = "/var/lib/networkservicemesh/claim"  # on the host: the agent's claim socket
+CLAIM_MOUNT = "/var/lib/networkservicemesh-claim"  # that folder in the injected containers
 
 
 CLIENT_IMAGE = "nsm-py:latest"
@@ -46,6 +52,7 @@ CLIENT_IMAGE = "nsm-py:latest"
 class WebhookConfig:
     image: str = CLIENT_IMAGE
     socket_dir: str = SOCKET_DIR
+    claim_dir: str = CLAIM_DIR
     # The annotation of a namespace (kept by a watch); a pod's own annotation wins.
     namespace_annotation: Callable[[str], str | None] = field(default=lambda namespace: None)
 
@@ -61,14 +68,36 @@ def _container(name: str, config: WebhookConfig, args: list[str], value: str) ->
         "command": ["nsmctl", "pod", *args],
         "env": [
             {"name": "NSM_CONNECT_TO", "value": f"unix://{config.socket_dir}/nsm.io.sock"},
+            {"name": "NSM_CLAIM_SOCKET", "value": f"{CLAIM_MOUNT}/claim.sock"},
             {"name": "NSM_NETWORK_SERVICES", "value": value},
             {"name": "NSM_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "NSM_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
         ],
-        "volumeMounts": [{"name": "nsm-socket", "mountPath": config.socket_dir, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "nsm-socket", "mountPath": config.socket_dir},
+            {"name": "nsm-claim", "mountPath": CLAIM_MOUNT, "readOnly": True},
+        ],
         "securityContext": {"capabilities": {"add": ["NET_RAW"]}},
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "96Mi"}},
     }
+
+
+def _app_mounts(spec: dict[str, Any], config: WebhookConfig) -> list[dict[str, Any]]:
+    """The pod's own socket folder, read-only, in each of its containers that has nothing
+    mounted there already."""
+    patch: list[dict[str, Any]] = []
+    mount = {"name": "nsm-socket", "mountPath": config.socket_dir, "readOnly": True}
+    for index, container in enumerate(spec.get("containers") or []):
+        mounts = container.get("volumeMounts") if isinstance(container, dict) else None
+        if not isinstance(container, dict) or (mounts is not None and not isinstance(mounts, list)):
+            continue  # the API server refuses such a pod anyway
+        if any(isinstance(m, dict) and m.get("mountPath") == config.socket_dir for m in mounts or []):
+            continue
+        if mounts:
+            patch.append({"op": "add", "path": f"/spec/containers/{index}/volumeMounts/-", "value": mount})
+        else:
+            patch.append({"op": "add", "path": f"/spec/containers/{index}/volumeMounts", "value": [mount]})
+    return patch
 
 
 def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
@@ -101,7 +130,7 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
         response["status"] = {"code": HTTPStatus.BAD_REQUEST, "message": str(exc)}
         return out
     spec = pod.get("spec") or {}
-    patch: list[dict[str, Any]] = []
+    patch: list[dict[str, Any]] = _app_mounts(spec, config)
     if not spec.get("initContainers"):
         patch.append({"op": "add", "path": "/spec/initContainers", "value": []})
     patch.append(
@@ -112,8 +141,9 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
     )
     if not spec.get("volumes"):
         patch.append({"op": "add", "path": "/spec/volumes", "value": []})
-    volume = {"name": "nsm-socket", "hostPath": {"path": config.socket_dir, "type": "DirectoryOrCreate"}}
-    patch.append({"op": "add", "path": "/spec/volumes/-", "value": volume})
+    patch.append({"op": "add", "path": "/spec/volumes/-", "value": {"name": "nsm-socket", "emptyDir": {}}})
+    claim = {"name": "nsm-claim", "hostPath": {"path": config.claim_dir, "type": "DirectoryOrCreate"}}
+    patch.append({"op": "add", "path": "/spec/volumes/-", "value": claim})
     response["patchType"] = "JSONPatch"
     response["patch"] = base64.b64encode(json.dumps(patch).encode()).decode()
     return out

@@ -19,6 +19,7 @@ from nsm_api import registry_pb2_grpc
 from nsm_api.connection_pb2 import UP, Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuery
+from nsm_client.claim import ClaimError, ensure, keep_claimed
 from nsm_client.cli import certs
 from nsm_client.cli.inputs import ConnectInput, EndpointInput, netns_path, parse_labels
 from nsm_client.runtime import AgentClient, kernel_request
@@ -194,6 +195,8 @@ def cmd_pod(args: argparse.Namespace) -> int:
         # A PID means nothing on the node: name the namespace by its inode.
         req.mechanism_preferences[0].parameters["inodeURL"] = f"inode://{st.st_dev}/{st.st_ino}"
         requests.append(req)
+    claim_socket = args.claim_socket or os.environ.get("NSM_CLAIM_SOCKET", "")
+    own_socket = _claimed_socket(args, claim_socket)
     if args.once:
         client = agent_client(args)
         try:
@@ -212,13 +215,34 @@ def cmd_pod(args: argparse.Namespace) -> int:
             Keeper(agent_address(args), r, own, on_event=_print_event, timeout=args.timeout, prober=prober)
             for r in requests
         ]
+        claiming = (
+            [keep_claimed(claim_socket, own_socket, stop, lambda line: print(json.dumps(line), flush=True))]
+            if own_socket
+            else []
+        )
         try:
-            await asyncio.gather(*(k.run(stop) for k in keepers))
+            await asyncio.gather(*(k.run(stop) for k in keepers), *claiming)
         finally:
             prober.close()
 
     run_until_signal(keep_all)
     return 0
+
+
+def _claimed_socket(args: argparse.Namespace, claim_socket: str) -> str:
+    """With a claim socket: the path of the pod's own socket (the agent's unix address, in a
+    folder of the pod's), claimed now unless it answers already; else ""."""
+    if not claim_socket:
+        return ""
+    agent = agent_address(args)
+    if agent.scheme != "unix":
+        raise CliError(f"--claim-socket: the agent's address must be the pod's unix socket, not {agent}")
+    try:
+        if ensure(claim_socket, agent.path):
+            print(json.dumps({"event": "claimed", "socket": agent.path}), flush=True)
+    except ClaimError as exc:
+        raise CliError(f"--claim-socket: {exc}") from exc
+    return agent.path
 
 
 def cmd_close(args: argparse.Namespace) -> int:
@@ -379,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--once", action="store_true", help="connect and exit (init container)")
     mode.add_argument("--watch", action="store_true", help="adopt, refresh, heal, close on exit (sidecar)")
     pd.add_argument("--services", help="the annotation's value (default: env NSM_NETWORK_SERVICES)")
+    pd.add_argument("--claim-socket", metavar="PATH",
+                    help="the agent's claim socket: get the pod's own socket there (env NSM_CLAIM_SOCKET)")  # fmt: skip
     pd.set_defaults(func=cmd_pod)
 
     x = sub.add_parser("close", parents=[common], help="close a connection by id")
