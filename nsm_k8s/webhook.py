@@ -8,9 +8,9 @@ pod never sees the node's socket: its injected containers get the agent's claim
 socket (a host folder) and an emptyDir in which the agent binds the pod's own
 socket when they claim it (nsm_agent/pods/claims.py); the pod's other containers
 get that emptyDir read-only, so clients built from upstream's definitions find
-the socket where upstream's look, confined to their pod. A malformed annotation is refused with a message
-naming the problem; pods without one, and pods in system namespaces, pass
-untouched. A body that is not JSON or not a pod review gets HTTP 400.
+the socket where upstream's look, confined to their pod. A malformed annotation
+is refused with a message naming the problem; pods without one, and pods in
+system namespaces, pass untouched. A body that is not JSON or not a pod review gets HTTP 400.
 
 A namespace's annotation applies to its pods that have none of their own; the
 webhook keeps namespace annotations current from the API server (namespaces.py)
