@@ -120,18 +120,15 @@ class ClaimServer:
     def bind(self) -> None:
         """Make the socket (mode 0666: mounted into the pods that ask for services); raises OSError."""
         replace_unix_socket(self.path)
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
-            listener.bind(self.path)
+            self._listener.bind(self.path)
             os.chmod(self.path, 0o666)
-            listener.listen(64)
+            self._listener.listen(64)
         except OSError:
-            listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+            self.close()
             raise
-        listener.setblocking(False)
-        self._listener = listener
+        self._listener.setblocking(False)
 
     def start(self) -> None:
         """Take claims (from a running event loop)."""

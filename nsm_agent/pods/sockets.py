@@ -209,9 +209,6 @@ class PodSockets:
                 self._save()
 
     # ------------------------------------------------------------------ the list
-    def sockets(self) -> list[PodSocket]:
-        return [sock for sock, _ in self._open.values()]
-
     def _saved(self) -> list[PodSocket]:
         try:
             return [PodSocket(**item) for item in json.loads(self.file.read_text())]
