@@ -123,20 +123,22 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     )
     pods = PodSockets(settings.pod_sockets, settings.state_dir, service, events, resolver)
     server.add_generic_rpc_handlers((pods.handler(),))
-    claims = ClaimServer(settings.claim_socket, pods) if settings.claim_socket else None
-    if claims is not None:
-        try:
-            claims.bind()  # served after the survey, as the pods' sockets are
-        except OSError as exc:
-            raise SystemExit(f"nsm-agent: --claim-socket: cannot listen on {settings.claim_socket}: {exc}") from exc
     bind_all(server, settings.listen, transport)
     if settings.tls_socket:
         try:
             transport.bind_tls_socket(server, settings.tls_socket)
         except TransportError as exc:
-            if claims is not None:
-                claims.close()
             raise SystemExit(f"nsm-agent: --tls-socket: {exc}") from exc
+    claims = ClaimServer(settings.claim_socket, pods) if settings.claim_socket else None
+    if claims is not None:
+        try:
+            claims.bind()  # served after the survey, as the pods' sockets are
+        except OSError as exc:
+            remove_unix_sockets(settings.listen)  # what the server bound: nothing is left behind
+            if settings.tls_socket:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(settings.tls_socket)
+            raise SystemExit(f"nsm-agent: --claim-socket: cannot listen on {settings.claim_socket}: {exc}") from exc
     await server.start()
     if settings.tls_socket:
         os.chmod(settings.tls_socket, 0o666)  # its callers prove who they are
