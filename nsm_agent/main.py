@@ -19,7 +19,7 @@ from nsm_agent.pipeline.endpoint_watch import EndpointWatch
 from nsm_agent.pipeline.link_watch import LinkWatch
 from nsm_agent.pipeline.remote_mechanism import TunnelKinds
 from nsm_agent.pipeline.select import Locator
-from nsm_agent.pipeline.steps import agent_steps
+from nsm_agent.pipeline.steps import Security, agent_steps
 from nsm_agent.pods.claims import ClaimServer
 from nsm_agent.pods.sockets import PodSockets
 from nsm_agent.registry.client import RegistryClient
@@ -37,6 +37,7 @@ from nsm_common import logs
 from nsm_common.chain.begin import Begin
 from nsm_common.chain.chain import Chain
 from nsm_common.chain.monitor import ConnectionEvents, MonitorService
+from nsm_common.chain.path_tokens import OutgoingTokens
 from nsm_common.chain.server import NetworkServiceServer
 from nsm_common.daemon import raise_open_file_limit, run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
@@ -87,7 +88,10 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout, events, transport)
     begin = Begin(closer, held_elsewhere=journal.holds)
     watch = EndpointWatch(events.mark_down)
-    connect = ConnectEndpoint(settings.request_timeout, watch, transport=transport)
+    policies = settings.policies("nsm-agent", tokens=transport.identity is not None)
+    security = Security(transport.identity, policies, lambda: transport.roles)
+    tokens = OutgoingTokens(transport.identity, policies)
+    connect = ConnectEndpoint(settings.request_timeout, watch, transport=transport, tokens=tokens)
     follow = KernelFollow(netlink, relocate=resolver.find)
     link_watch = LinkWatch(follow)  # what it reports goes to the repairs, which need the chain: below
     follow.attach(link_watch)
@@ -104,6 +108,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         journal=journal,
         begin=begin,
         connect=connect,
+        security=security,
         link_watch=link_watch,
     )
     chain = Chain(steps)

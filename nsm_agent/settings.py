@@ -20,6 +20,7 @@ from nsm_common import settings
 from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.identity.options import IdentitySettings
 from nsm_common.names import MAX_NAME
+from nsm_common.policy.options import PolicySettings
 from nsm_common.settings import Option
 from nsm_common.urls import DEFAULT_SOCKET, REGISTRY_PORT, Address, parse_address
 
@@ -28,7 +29,7 @@ STATE_DIR = "/var/lib/nsm"
 POD_SOCKETS = "/var/lib/networkservicemesh/pods"
 
 
-class AgentSettings(IdentitySettings):
+class AgentSettings(PolicySettings, IdentitySettings):
     """Every setting of `nsm-agent`, with its flag, environment name and default (stated only here)."""
 
     name: Annotated[str, Option("NSM_NAME", "node name", default_text="the host name")] = Field(

@@ -17,8 +17,11 @@ from nsm_api.connection_pb2 import (
 )
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.path import DEFAULT_LIFETIME
+from nsm_common.chain.path_tokens import OutgoingTokens
+from nsm_common.errors import NsmError
 from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.transport import LOCAL_ONLY, Transport
+from nsm_common.policy.policies import Policies
 from nsm_common.timeutil import now, ts_from
 from nsm_common.urls import Address
 
@@ -61,6 +64,10 @@ class AgentClient:
     ) -> None:
         self.channel = transport.sync_channel(agent, server_id)
         self.timeout = timeout
+        # Over TLS this client signs its segment for the agent and checks the agent's reply.
+        tls = agent.scheme == "tcp" and transport.identity is not None and server_id is not None
+        self.server_id = str(server_id) if tls else ""
+        self.tokens = OutgoingTokens(transport.identity if tls else None, Policies() if tls else None)
         self.ns = networkservice_pb2_grpc.NetworkServiceStub(self.channel)
         self.monitor = connection_pb2_grpc.MonitorConnectionStub(self.channel)
 
@@ -68,7 +75,13 @@ class AgentClient:
         self.channel.close()
 
     def request(self, request: NetworkServiceRequest) -> Connection:
-        reply: Connection = self.ns.Request(request, timeout=self.timeout)
+        metadata = self.tokens.sign_for(request.connection, self.server_id)
+        reply: Connection = self.ns.Request(request, timeout=self.timeout, metadata=metadata)
+        try:
+            self.tokens.check_reply(reply, self.server_id)
+        except NsmError:
+            self.close(reply)
+            raise
         return reply
 
     def connections(self, selector: MonitorScopeSelector | None = None) -> dict[str, Connection]:
@@ -94,7 +107,10 @@ class AgentClient:
         return None
 
     def close(self, conn: Connection) -> None:
-        self.ns.Close(conn, timeout=self.timeout)
+        down = Connection()
+        down.CopyFrom(conn)
+        metadata = self.tokens.sign_for(down, self.server_id)
+        self.ns.Close(down, timeout=self.timeout, metadata=metadata)
 
     def close_id(self, conn_id: str) -> bool:
         """Close by id; False when the agent knows no such connection."""

@@ -17,16 +17,19 @@ from nsm_api.registry_pb2 import (
     NetworkServiceLabels,
     NetworkServiceQuery,
 )
+from nsm_common.chain.authorize import Authorize
 from nsm_common.chain.begin import Begin
 from nsm_common.chain.chain import Chain, Step
 from nsm_common.chain.monitor import ConnectionEvents, Monitor, MonitorService
 from nsm_common.chain.path import DEFAULT_LIFETIME
+from nsm_common.chain.path_tokens import PresentedToken, SignSegment
 from nsm_common.chain.server import NetworkServiceServer
 from nsm_common.chain.update_path import UpdatePath
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.transport import LOCAL_ONLY, Access, Transport
 from nsm_common.names import MAX_NAME
+from nsm_common.policy.policies import Policies
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
 from nsm_endpoint.ipam import PointToPointPool
@@ -62,8 +65,13 @@ class EndpointRuntime:
         self.begin = Begin()
         # Its own Monitor service: what this endpoint holds, for clients and checks.
         self.events = ConnectionEvents()
+        identity = transport.identity
+        self.policies = Policies(tokens=identity is not None)
         steps: list[Step] = [
+            PresentedToken(),
             UpdatePath(config.name, config.lifetime, config.lifetime),
+            SignSegment(identity),
+            Authorize(self.policies, self.begin.held, identity, lambda: transport.roles),
             self.begin,
             Monitor(self.events),
             PointToPointIpam(self.pools),

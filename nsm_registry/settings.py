@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 
 from nsm_common import settings
 from nsm_common.identity.options import IdentitySettings
+from nsm_common.policy.options import PolicySettings
 from nsm_common.settings import Option
 from nsm_common.urls import REGISTRY_PORT, Address, parse_address
 
@@ -26,7 +27,7 @@ def parse_etcd_url(url: str) -> list[tuple[str, int]]:
     return out
 
 
-class RegistrySettings(IdentitySettings):
+class RegistrySettings(PolicySettings, IdentitySettings):
     """Every setting of `nsm-registry`, with its flag, environment name and default (stated only here)."""
 
     listen: Annotated[

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -56,10 +57,31 @@ def ping_df(netns: str, address: str, size: int) -> tuple[bool, str]:
     return res.returncode == 0, res.stdout + res.stderr
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port free now and outside the kernel's ephemeral range.
+
+    A port the kernel picked (bind to 0) comes from the ephemeral range, so before the
+    test's server binds it an outgoing connection may take it as its source port (seen
+    in CI: an etcd member's peer dialled from the port the next member was to listen
+    on). Below that range only an explicit bind can take a port.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(10000, low)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port in 10000-{low}")
 
 
 @dataclass

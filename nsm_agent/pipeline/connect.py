@@ -20,6 +20,7 @@ from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.chain import Call, Next, Step
+from nsm_common.chain.path_tokens import OutgoingTokens
 from nsm_common.errors import NsmError, from_rpc_error
 from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
 from nsm_common.identity.transport import LOCAL_ONLY, Transport, TransportError
@@ -73,8 +74,10 @@ class ConnectEndpoint(Step):
         watch: EndpointWatch | None = None,
         dial: Callable[[str], EndpointStub] | None = None,
         transport: Transport = LOCAL_ONLY,
+        tokens: OutgoingTokens | None = None,
     ) -> None:
         self.timeout = timeout
+        self.tokens = tokens or OutgoingTokens(None)
         self.watch = watch
         self.dial = dial  # an endpoint by URL; by default a cached gRPC channel (a fake in tests)
         self.transport = transport
@@ -119,20 +122,21 @@ class ConnectEndpoint(Step):
             down.mechanism.CopyFrom(known.mechanism)
         offer = call.get(DownstreamOffer)
         prefs = offer.mechanisms if offer is not None and offer.mechanisms else [Mechanism(cls="LOCAL", type="KERNEL")]
+        metadata = self.tokens.sign_for(down, server_id)
         message = NetworkServiceRequest(connection=down, mechanism_preferences=prefs)
         note(call, "downstream", url)
         if server_id:
             note(call, DOWNSTREAM_ID, f"{url} {server_id}")
         try:
             try:
-                reply: Connection = await stub.Request(message, timeout=self.timeout)
+                reply: Connection = await stub.Request(message, timeout=self.timeout, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise
                 # A cached channel to an endpoint that restarted waits out its
                 # reconnect backoff; one fresh channel finds the new process now.
                 await self._forget(url)
-                reply = await self._stub(url, server_id).Request(message, timeout=self.timeout)
+                reply = await self._stub(url, server_id).Request(message, timeout=self.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in MAY_HAVE_ACTED and known is None and new_here(call):
                 # The far end may still be at work on an answer we no longer wait for: a
@@ -140,12 +144,26 @@ class ConnectEndpoint(Step):
                 # the next candidate is tried, so that the two never overlap there.
                 await asyncio.shield(self._spawn_close(url, server_id, down, quiet=True))
             raise from_rpc_error(exc, f"endpoint {name!r} at {url}") from exc
+        try:
+            self._check_reply(down, reply, server_id)
+        except NsmError:
+            if known is None and new_here(call):
+                await asyncio.shield(self._spawn_close(url, server_id, reply, quiet=True))
+            raise
         if known is not None and known.url != url and self.watch is not None:
             self.watch.forget(known.url, conn.id)
         self._downstream[conn.id] = _Downstream(url, server_id, reply.mechanism.SerializeToString())
         if self.watch is not None and url in self._channels:
             self.watch.watch(url, conn.id, self._channels[url])
         return reply
+
+    def _check_reply(self, sent: Connection, reply: Connection, server_id: str) -> None:
+        """The next hop's tokens: over TLS checked (the `client` policies); from a local hop on
+        a plaintext socket, signed by this hop on its behalf."""
+        if server_id:
+            self.tokens.check_reply(reply, server_id)
+        else:
+            self.tokens.vouch(sent, reply)
 
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         known = self._downstream.pop(conn.id, None)
@@ -173,7 +191,8 @@ class ConnectEndpoint(Step):
 
     async def _close_downstream(self, url: str, server_id: str, down: Connection, quiet: bool = False) -> None:
         try:
-            await self._stub(url, server_id).Close(down, timeout=self.timeout)
+            metadata = self.tokens.sign_for(down, server_id)
+            await self._stub(url, server_id).Close(down, timeout=self.timeout, metadata=metadata)
         except (TransportError, SpiffeIdError) as exc:
             log.warning("endpoint close failed", id=down.id, url=url, error=str(exc))
         except grpc.aio.AioRpcError as exc:

@@ -20,10 +20,29 @@ from nsm_agent.pipeline.tunnel_wire import TunnelWire, VxlanOps
 from nsm_agent.pipeline.validate import ValidateRequest
 from nsm_agent.registry.client import RegistryClient
 from nsm_agent.state.journal import JournalStore
+from nsm_common.chain.authorize import Authorize
 from nsm_common.chain.begin import Begin
 from nsm_common.chain.chain import Step
 from nsm_common.chain.monitor import ConnectionEvents, Monitor
+from nsm_common.chain.path_tokens import PresentedToken, SignSegment
 from nsm_common.chain.update_path import UpdatePath
+from nsm_common.identity.source import IdentitySource
+from nsm_common.identity.spiffe_id import Roles
+from nsm_common.policy.policies import Policies
+
+
+@dataclass
+class Security:
+    """Path tokens and policies: this hop's identity (None: none, no tokens) and its policies."""
+
+    identity: IdentitySource | None
+    policies: Policies
+    roles: Callable[[], Roles | None]
+
+    @classmethod
+    def without_identity(cls) -> Security:
+        """No identity: no tokens; ownership of connections and the site policies still hold."""
+        return cls(None, Policies(tokens=False), lambda: None)
 
 
 @dataclass
@@ -49,14 +68,19 @@ def agent_steps(
     journal: JournalStore,
     begin: Begin,
     connect: ConnectEndpoint,
+    security: Security | None = None,
     datapath: Datapath | None = None,
     link_watch: LinkWatch | None = None,
 ) -> list[Step]:
     """Every step of the agent's chain, in the order a Request meets them."""
     dp = datapath or Datapath()
+    security = security or Security.without_identity()
     return [
         ValidateRequest(kinds.supported()),
+        PresentedToken(),
         UpdatePath(name, default_lifetime, max_lifetime),
+        SignSegment(security.identity),
+        Authorize(security.policies, begin.held, security.identity, security.roles),
         begin,
         Journal(journal),
         Monitor(events),

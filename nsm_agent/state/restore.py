@@ -42,6 +42,7 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.begin import Begin
 from nsm_common.chain.chain import Call, Chain
 from nsm_common.chain.monitor import ConnectionEvents
+from nsm_common.chain.path_tokens import OutgoingTokens
 from nsm_common.errors import NsmError
 from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
 from nsm_common.identity.transport import LOCAL_ONLY, Transport, TransportError
@@ -137,7 +138,8 @@ async def undo_intent(
             log.warning("closing an interrupted request downstream failed", id=entry.conn_id, error=str(exc))
             continue
         try:
-            await networkservice_pb2_grpc.NetworkServiceStub(channel).Close(down, timeout=timeout)
+            metadata = OutgoingTokens(transport.identity).sign_for(down, ids.get(url, ""))
+            await networkservice_pb2_grpc.NetworkServiceStub(channel).Close(down, timeout=timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             log.warning("closing an interrupted request downstream failed", id=entry.conn_id, error=exc.details())
         finally:

@@ -213,6 +213,11 @@ class Begin(Step):
             await rec.nxt.close(rec.conn, Call())
             return True
 
+    def held(self, conn_id: str) -> Connection | None:
+        """The last reply of the connection this hop holds by its own id or its caller's."""
+        rec = self._records.get(conn_id) or self._records.get(self._by_caller.get(conn_id, ""))
+        return rec.conn if rec is not None else None
+
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         own = conn.id
         if own not in self._records and own in self._by_caller:

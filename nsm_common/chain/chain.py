@@ -87,5 +87,5 @@ class Chain:
     async def request(self, request: NetworkServiceRequest, call: Call | None = None) -> Connection:
         return await Next(self.steps, 0).request(request, call or Call())
 
-    async def close(self, conn: Connection) -> None:
-        await Next(self.steps, 0).close(conn, Call())
+    async def close(self, conn: Connection, call: Call | None = None) -> None:
+        await Next(self.steps, 0).close(conn, call or Call())

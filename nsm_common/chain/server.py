@@ -11,12 +11,20 @@ from google.protobuf.empty_pb2 import Empty
 from nsm_api import networkservice_pb2_grpc
 from nsm_api.connection_pb2 import Connection
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
-from nsm_common.chain.chain import Chain
+from nsm_common.chain.caller import Caller
+from nsm_common.chain.chain import Call, Chain
 from nsm_common.errors import NsmError
 from nsm_common.grpcutil import Ctx
 from nsm_common.identity.transport import AGENTS, Access
 
 log = structlog.get_logger("nsm")
+
+
+def _call_of(context: Ctx) -> Call:
+    """A call that knows its caller (for the token and policy steps)."""
+    call = Call()
+    call.put(Caller.of(context))
+    return call
 
 
 class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
@@ -51,13 +59,13 @@ class NetworkServiceServer(networkservice_pb2_grpc.NetworkServiceServicer):
         await self.access.check(context, "Request")
         req = NetworkServiceRequest()
         req.CopyFrom(request)
-        return await self._run(self.chain.request(req), context, "request")  # type: ignore[no-any-return]
+        return await self._run(self.chain.request(req, _call_of(context)), context, "request")  # type: ignore[no-any-return]
 
     async def Close(self, request: Connection, context: Ctx) -> Empty:  # type: ignore[override]
         await self.access.check(context, "Close")
         conn = Connection()
         conn.CopyFrom(request)
-        await self._run(self.chain.close(conn), context, "close")
+        await self._run(self.chain.close(conn, _call_of(context)), context, "close")
         return Empty()
 
     async def drain(self) -> None:

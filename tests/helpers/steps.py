@@ -361,7 +361,9 @@ class FakeEndpoint:
         far: FakeEndpoint
         url: str
 
-        async def Request(self, request: NetworkServiceRequest, timeout: float | None = None) -> Connection:
+        async def Request(
+            self, request: NetworkServiceRequest, timeout: float | None = None, **_: object
+        ) -> Connection:
             far = self.far
             far.requests.append(request)
 
@@ -376,7 +378,7 @@ class FakeEndpoint:
                 f"endpoint.Request {self.url}", effect, lambda: rpc_error(far.fail_code, "injected at the endpoint")
             )
 
-        async def Close(self, request: Connection, timeout: float | None = None) -> Empty:
+        async def Close(self, request: Connection, timeout: float | None = None, **_: object) -> Empty:
             far = self.far
 
             def effect() -> Empty:

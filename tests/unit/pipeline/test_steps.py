@@ -30,7 +30,10 @@ class NoFollow:
 
 ORDER = [
     "ValidateRequest",
+    "PresentedToken",
     "UpdatePath",
+    "SignSegment",
+    "Authorize",
     "Begin",
     "Journal",
     "Monitor",
@@ -69,6 +72,7 @@ def test_the_steps_in_order(tmp_path: Path) -> None:
     listed = readme.split("the agent's steps of the Request chain, in order:", 1)[1].split("; each", 1)[0]
     names = [w.strip("`(),. \n") for w in listed.split("`")[1::2]]
     assert names == [
-        "validate", "update_path", "begin", "nsm_common.chain", "journal", "monitor", "link_watch", "client_netns",
+        "validate", "path_tokens", "update_path", "path_tokens", "authorize", "begin", "nsm_common.chain",
+        "journal", "monitor", "link_watch", "client_netns",
         "remote_mechanism", "discover", "select", "tunnel_wire", "kernel_wire", "remote_mechanism", "connect",
     ]  # fmt: skip

@@ -1,0 +1,101 @@
+"""The Authorize step: the server policies (path tokens, who owns a connection, the site's)
+for every Request and Close; a denial is PERMISSION_DENIED naming the policy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.caller import Caller
+from nsm_common.chain.chain import Call, Next, Step
+from nsm_common.errors import NsmError
+from nsm_common.identity.source import IdentitySource
+from nsm_common.identity.spiffe_id import Roles, SpiffeId, SpiffeIdError
+from nsm_common.policy.documents import caller_facts, network_service_document
+from nsm_common.policy.policies import Policies
+from nsm_common.tokens import subject
+
+
+def owner_of(conn: Connection) -> str:
+    """Who made a connection, as the hop that holds it recorded the caller's token (at the
+    caller's index in the stored reply); "" when unknown."""
+    segments = conn.path.path_segments
+    index = conn.path.index
+    return subject(segments[index].token) if index < len(segments) else ""
+
+
+def first_certificate(pem: bytes) -> str:
+    """The leaf of a PEM chain: the certificate a token is checked against."""
+    text = pem.decode()
+    end = "-----END CERTIFICATE-----"
+    return text[: text.index(end) + len(end)] + "\n" if end in text else text
+
+
+def _facts(text: str, roles: Roles | None) -> dict[str, object]:
+    try:
+        return caller_facts(SpiffeId.parse(text), roles) if text else {}
+    except SpiffeIdError:
+        return {}
+
+
+class Authorize(Step):
+    """Checks the `server` policies and the site's on the path so far (its left side).
+
+    Reads: `Caller`, `call.replay` (a restart carrying its own connection on is not checked),
+    the connection this hop holds by that id (`held`: its owner). After SignSegment, before
+    Begin. Provides: nothing; a denial stops the call with PERMISSION_DENIED."""
+
+    def __init__(
+        self,
+        policies: Policies,
+        held: Callable[[str], Connection | None],
+        identity: IdentitySource | None,
+        roles: Callable[[], Roles | None],
+    ) -> None:
+        self.policies = policies
+        self.held = held
+        self.identity = identity
+        self.roles = roles
+
+    def _check(self, conn: Connection, caller: Caller | None, operation: str, service: str) -> None:
+        roles = self.roles()
+        if caller is None or caller.local:
+            # A local caller's segment is signed by this hop (SignSegment): checked with our own.
+            svid = self.identity.current() if self.identity is not None else None
+            facts: dict[str, object] = {"local": True}
+            if svid is not None:
+                facts["spiffe_id"] = str(svid.spiffe_id)
+            certificate = first_certificate(svid.cert_pem) if svid is not None else ""
+        else:
+            facts = caller_facts(caller.spiffe_id, roles)
+            certificate = caller.certificate
+        held = self.held(conn.id)
+        owner = owner_of(held) if held is not None else None
+        doc = network_service_document(
+            conn.path, operation=operation, certificate=certificate,
+            caller=facts, network_service=service, labels=conn.labels, connection_owner=owner or None,
+        )  # fmt: skip
+        segments = conn.path.path_segments
+        doc["client"] = _facts(subject(segments[0].token), roles) if segments else {}
+        denial = self.policies.check("server", doc)
+        if denial is None:
+            return
+        who = facts.get("spiffe_id") or "a local caller"
+        hint = ""
+        if caller is not None and not caller.local and caller.presented is None:
+            hint = " (the caller sent no nsm-client-token)"
+        raise NsmError(grpc.StatusCode.PERMISSION_DENIED,
+                       f"{operation} of service {service!r} by {who}: {denial.message}{hint}")  # fmt: skip
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        if call.replay is None:
+            conn = request.connection
+            self._check(conn, call.get(Caller), "networkservice.request", conn.network_service)
+        return await nxt.request(request, call)
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        self._check(conn, call.get(Caller), "networkservice.close", conn.network_service)
+        await nxt.close(conn, call)

@@ -1,0 +1,137 @@
+"""Path tokens on a NetworkService hop: the caller's token into its segment, this hop's own
+signed, the tokens of the hop we call sent and checked (rules in nsm_common/tokens.py).
+
+A caller on a plaintext unix socket (a pod's own, or the node's) has no certificate to sign
+with; the socket is its credential, so this hop vouches for it: it signs the caller's
+segment itself. In the same way a hop that calls a next hop over a plaintext unix socket
+(a local endpoint) signs what comes back from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from nsm_api.connection_pb2 import Connection
+from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_common.chain.caller import Caller
+from nsm_common.chain.chain import Call, Next, Step
+from nsm_common.errors import NsmError
+from nsm_common.identity.source import IdentitySource
+from nsm_common.policy.documents import network_service_document
+from nsm_common.policy.policies import Policies
+from nsm_common.timeutil import ts_from, ts_seconds
+from nsm_common.tokens import sign, to_metadata
+
+
+def _take_presented(conn: Connection, caller: Caller | None) -> None:
+    if caller is None or caller.local:
+        return
+    if caller.token_error:
+        raise NsmError(grpc.StatusCode.INVALID_ARGUMENT, f"path token: {caller.token_error}")
+    segments = conn.path.path_segments
+    if caller.presented is not None and conn.path.index < len(segments):
+        seg = segments[conn.path.index]
+        seg.token = caller.presented.token
+        seg.expires.CopyFrom(ts_from(caller.presented.expires))
+
+
+class PresentedToken(Step):
+    """Puts the token the caller sent in metadata, and its expiry, into the caller's segment
+    (upstream's updatetoken). Before UpdatePath, which caps that expiry.
+
+    Reads: `Caller`. Provides: the caller segment's `token` and `expires`."""
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        _take_presented(request.connection, call.get(Caller))
+        return await nxt.request(request, call)
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        _take_presented(conn, call.get(Caller))
+        await nxt.close(conn, call)
+
+
+def _sign_segments(conn: Connection, identity: IdentitySource | None, caller: Caller | None) -> None:
+    if identity is None or conn.path.index >= len(conn.path.path_segments):
+        return
+    svid = identity.current()
+    me = str(svid.spiffe_id)
+    segments = conn.path.path_segments
+    index = conn.path.index
+    if index > 0 and caller is not None and caller.local:
+        prev = segments[index - 1]
+        prev.token = sign(svid, me, ts_seconds(prev.expires)).token
+    own = segments[index]
+    audience = str(caller.spiffe_id) if caller is not None and caller.spiffe_id is not None else me
+    own.token = sign(svid, audience, ts_seconds(own.expires)).token
+
+
+class SignSegment(Step):
+    """Signs this hop's segment (sub = this hop, aud = the caller) and, for a caller on a
+    plaintext unix socket, the caller's segment on its behalf. After UpdatePath.
+
+    Reads: `Caller`. Provides: the tokens of this hop's and a local caller's segments."""
+
+    def __init__(self, identity: IdentitySource | None) -> None:
+        self.identity = identity
+
+    async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
+        if call.replay is None:
+            _sign_segments(request.connection, self.identity, call.get(Caller))
+        return await nxt.request(request, call)
+
+    async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
+        _sign_segments(conn, self.identity, call.get(Caller))
+        await nxt.close(conn, call)
+
+
+@dataclass
+class OutgoingTokens:
+    """What a hop does with tokens when it calls the next one: signs its own segment for that
+    server (sent in metadata too), and checks the server's reply (the `client` policies)."""
+
+    identity: IdentitySource | None
+    policies: Policies | None = None
+
+    def sign_for(self, conn: Connection, server_id: str) -> tuple[tuple[str, str | bytes], ...]:
+        """Sign CONN's segment at its index for SERVER_ID (this hop itself for a local next
+        hop); the metadata to send it in."""
+        if self.identity is None or conn.path.index >= len(conn.path.path_segments):
+            return ()
+        svid = self.identity.current()
+        own = conn.path.path_segments[conn.path.index]
+        signed = sign(svid, server_id or str(svid.spiffe_id), ts_seconds(own.expires))
+        own.token = signed.token
+        return to_metadata(signed.token, signed.expires)
+
+    def vouch(self, sent: Connection, reply: Connection) -> None:
+        """A reply from a next hop on a plaintext unix socket: the path up to this hop as it
+        was sent, the segments after it signed by this hop (it speaks for that local hop)."""
+        if self.identity is None:
+            return
+        svid = self.identity.current()
+        me = str(svid.spiffe_id)
+        segments = reply.path.path_segments
+        index = reply.path.index
+        for i, seg in enumerate(sent.path.path_segments[: index + 1]):
+            if i < len(segments):
+                segments[i].token = seg.token
+        if index < len(segments):  # what we sent the local hop names us as audience
+            segments[index].token = sign(svid, me, ts_seconds(segments[index].expires)).token
+        for seg in segments[index + 1 :]:
+            seg.token = sign(svid, me, ts_seconds(seg.expires)).token
+
+    def check_reply(self, reply: Connection, server_id: str) -> None:
+        """Raises PERMISSION_DENIED when the reply's path fails the `client` policies."""
+        if self.identity is None or self.policies is None:
+            return
+        doc = network_service_document(
+            reply.path, operation="networkservice.reply", certificate="", caller={},
+            network_service=reply.network_service, labels=reply.labels,
+            server_spiffe_id=server_id or None, left_side=False,
+        )  # fmt: skip
+        denial = self.policies.check("client", doc)
+        if denial is not None:
+            where = server_id or "the local endpoint"
+            raise NsmError(grpc.StatusCode.PERMISSION_DENIED, f"the reply of {where}: {denial.message}")

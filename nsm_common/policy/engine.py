@@ -1,0 +1,119 @@
+"""One Rego policy, compiled once, evaluated in-process (regopy, the OPA Rego binding).
+
+A policy is upstream's kind: a module whose rule `valid` must be true for the call to go
+on. Facts that shape this (regopy 1.5): `add_module` catches only syntax errors and
+`build()` the rest, so a policy is built before it is used; a rule that is false with no
+default reads as "undefined", so the query binds the value (`x = data.PKG.valid`) and
+anything but `true` denies; an evaluation that fails answers not-ok, which denies too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from regopy import Bundle, Interpreter, RegoError
+
+RULE = "valid"
+_PACKAGE = re.compile(r"^\s*package\s+([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)\s*$", re.MULTILINE)
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be used (no package, does not compile), with the engine's words."""
+
+
+class EngineError(RuntimeError):
+    """The engine could not evaluate a policy: the call is denied (fail closed)."""
+
+
+@dataclass
+class Policy:
+    """A compiled policy: NAME (its file, for messages), the rule it asks for, its bundle."""
+
+    name: str
+    package: str
+    bundle: Bundle
+    _runner: Interpreter = field(default_factory=Interpreter, repr=False)
+
+    @property
+    def rule(self) -> str:
+        return f"data.{self.package}.{RULE}"
+
+    def allows(self, document: dict[str, Any]) -> bool:
+        """Whether `valid` is true for input DOCUMENT; raises EngineError when the engine fails."""
+        try:
+            self._runner.set_input(document)
+            out = self._runner.query_bundle(self.bundle)
+        except RegoError as exc:
+            raise EngineError(f"policy {self.name} ({self.rule}) could not be evaluated: {_words(exc)}") from None
+        if not out.ok():
+            raise EngineError(f"policy {self.name} ({self.rule}) could not be evaluated (a runtime error, or "
+                              "conflicting values of the rule)")  # fmt: skip
+        if "bindings" not in str(out):  # undefined: neither true nor a default
+            return False
+        value = out.binding("x")
+        return value is not None and value.json() == "true"
+
+
+def compile_policy(name: str, source: str) -> Policy:
+    """Build the policy in SOURCE (named NAME in messages); raises PolicyError with the
+    engine's own message when it does not compile."""
+    found = _PACKAGE.search(source)
+    if found is None:
+        raise PolicyError(f"policy {name}: no `package` line")
+    package = found.group(1)
+    builder = Interpreter()
+    with _engine_output() as printed:
+        try:
+            builder.add_module(name, source)
+            bundle = builder.build(f"x = data.{package}.{RULE}")
+        except RegoError as exc:
+            error: RegoError | None = exc
+        else:
+            error = None
+    if error is not None or not bundle.ok():
+        raise PolicyError(f"policy {name} does not compile: {_words(printed[0]) or _messages(error)}")
+    return Policy(name, package, bundle)
+
+
+_compiling = threading.Lock()
+
+
+@contextlib.contextmanager
+def _engine_output() -> Iterator[list[str]]:
+    """What the engine prints while compiling: it writes its readable error report (with
+    file:line:column) to file descriptor 1 and raises only an AST dump. Logs go to stderr,
+    and a compile is rare (start, reload), so stdout is lent to it for that moment."""
+    printed = [""]
+    with _compiling, tempfile.TemporaryFile() as capture:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            os.dup2(capture.fileno(), 1)
+            yield printed
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            capture.seek(0)
+            printed[0] = capture.read(64 * 1024).decode(errors="replace")
+
+
+def _words(report: str) -> str:
+    """The engine's report in one line: each error and where."""
+    lines = [line.strip() for line in report.splitlines()]
+    keep = [ln for ln in lines if ln and ln != "Errors:" and set(ln) != {"-"} and set(ln) != {"~"}]
+    return " ".join(keep)[:800]
+
+
+def _messages(exc: RegoError | None) -> str:
+    """The messages inside the engine's AST dump (when it printed no report)."""
+    if exc is None:
+        return "the engine built no bundle"
+    return "; ".join(re.findall(r"\(errormsg \d+:([^)]*)\)", str(exc))) or str(exc)[:400]
