@@ -19,12 +19,12 @@ from nsm_common.policy.policies import Policies
 from nsm_common.tokens import subject
 
 
-def owner_of(conn: Connection) -> str:
-    """Who made a connection, as the hop that holds it recorded the caller's token (at the
-    caller's index in the stored reply); "" when unknown."""
-    segments = conn.path.path_segments
-    index = conn.path.index
-    return subject(segments[index].token) if index < len(segments) else ""
+def owner_of(held: Connection) -> str:
+    """Who made a connection: the signer of the caller's token in the reply this hop holds
+    (which is at this hop's index); "" when this hop was the first (a local client)."""
+    segments = held.path.path_segments
+    index = held.path.index
+    return subject(segments[index - 1].token) if 0 < index <= len(segments) else ""
 
 
 def first_certificate(pem: bytes) -> str:
@@ -72,7 +72,9 @@ class Authorize(Step):
         else:
             facts = caller_facts(caller.spiffe_id, roles)
             certificate = caller.certificate
-        held = self.held(conn.id)
+        # Whose connection it is matters between identities; on a local socket the socket
+        # confines its caller already (a pod's socket serves only that pod's connections).
+        held = self.held(conn.id) if caller is not None and not caller.local else None
         owner = owner_of(held) if held is not None else None
         doc = network_service_document(
             conn.path, operation=operation, certificate=certificate,

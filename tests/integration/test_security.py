@@ -38,7 +38,8 @@ def dns(spiffe_id: str) -> str:
     return SpiffeId.parse(spiffe_id).dns_name()
 
 
-AGENT2 = dns(f"spiffe://{TRUST_DOMAIN}/node/node2")
+AGENT2_ID = f"spiffe://{TRUST_DOMAIN}/node/node2"
+AGENT2 = dns(AGENT2_ID)
 REGISTRY_NAME = dns(f"spiffe://{TRUST_DOMAIN}/registry")
 
 
@@ -101,12 +102,35 @@ def test_only_identities_of_the_right_role_get_in(bed: Testbed, two: Cluster, tm
     # The right identities get through: an agent reaches node2's chain (nothing to serve a
     # made-up service), a workload may unregister (a name nobody holds).
     agent1 = str(bed.identity(f"spiffe://{TRUST_DOMAIN}/node/node1"))
-    probe_request = ["--server-name", AGENT2, "--identity", agent1, "--service", "made-up"]
+    probe_request = ["--server-name", AGENT2, "--identity", agent1, "--service", "made-up", "--audience", AGENT2_ID]
     assert probe(two, NODE2, "request", *probe_request)["code"] == "NOT_FOUND"
     got = probe(two, REGISTRY, "unregister", "--server-name", REGISTRY_NAME, "--identity", workload, "--name", "x")
     assert got["code"] == "OK", got
     listed = bed.nsmctl("get", "endpoints", "--agent", two.registry).stdout
     assert "ep1" in listed and "rogue" not in listed
+
+
+def test_a_bad_path_token_is_refused_naming_the_rule(bed: Testbed, two: Cluster) -> None:
+    """Upstream's wire (tests/helpers/tls_probe.py signs with PyJWT): each bad token is refused
+    by the policy that catches it; the good one reaches the chain."""
+    agent1 = str(bed.identity(f"spiffe://{TRUST_DOMAIN}/node/node1"))
+    agent3 = str(bed.identity(f"spiffe://{TRUST_DOMAIN}/node/node3"))
+    how = ["--server-name", AGENT2, "--identity", agent1, "--service", "made-up", "--audience", AGENT2_ID]
+    caught_by = {
+        "none": "common/tokens_valid.rego",  # and the message says no token was sent
+        "forged": "server/prev_token_signed.rego",  # our claims, another key
+        "edited": "server/prev_token_signed.rego",  # signed, then exp changed
+        "expired": "common/tokens_expired.rego",
+        "unchained": "common/tokens_chained.rego",  # aud is not node2
+        "foreign": "server/prev_token_signed.rego",  # node3's own valid token, presented by node1
+    }
+    for kind, policy in caught_by.items():
+        got = probe(two, NODE2, "request", *how, "--token", kind, "--foreign", agent3)
+        assert got["code"] == "PERMISSION_DENIED", (kind, got)
+        assert f"policy {policy} denies this" in got["details"], (kind, got)
+        assert f"spiffe://{TRUST_DOMAIN}/node/node1" in got["details"], (kind, got)
+    assert "sent no nsm-client-token" in probe(two, NODE2, "request", *how, "--token", "none")["details"]
+    assert probe(two, NODE2, "request", *how, "--token", "signed")["code"] == "NOT_FOUND"
 
 
 def test_another_trust_domain_is_refused_even_when_its_ca_is_trusted(
@@ -221,7 +245,8 @@ def test_rotating_certificates_and_the_ca_keeps_every_connection(bed: Testbed, t
     # node2 now serves the new CA's certificate: a client trusting only the new CA gets in.
     only_new = tmp_path / "only-new"
     issue.issue(new_ca, f"spiffe://{TRUST_DOMAIN}/node/node1", only_new)
-    got = probe(two, NODE2, "request", "--server-name", AGENT2, "--identity", str(only_new), "--service", "made-up")
+    got = probe(two, NODE2, "request", "--server-name", AGENT2, "--identity", str(only_new), "--service", "made-up",
+                "--audience", AGENT2_ID)  # fmt: skip
     assert got["code"] == "NOT_FOUND", got
     # The connection made before stays, and is refreshed over the rotated hop; a new one is made.
     assert ping(pod, peer)
