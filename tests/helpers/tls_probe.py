@@ -84,6 +84,8 @@ def token_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 def call(args: argparse.Namespace, ch: grpc.Channel) -> None:
     metadata = token_metadata(args)
+    path = json.dumps({"index": 0, "path_segments": []})  # upstream's registry path, JSON in `path`
+    with_path = [*metadata, ("path", path)] if metadata else None
     if args.call == "request":
         cid = str(uuid.uuid4())
         conn = Connection(id=cid, network_service=args.service,
@@ -94,14 +96,10 @@ def call(args: argparse.Namespace, ch: grpc.Channel) -> None:
         )
     elif args.call == "register":
         record = NetworkServiceEndpoint(name="rogue", network_service_names=["svc"], url="tcp://192.0.2.200:5001")
-        path = json.dumps({"index": 0, "path_segments": []})
-        registry_pb2_grpc.NetworkServiceEndpointRegistryStub(ch).Register(
-            record, timeout=5, metadata=[*metadata, ("path", path)] if metadata else None
-        )
+        registry_pb2_grpc.NetworkServiceEndpointRegistryStub(ch).Register(record, timeout=5, metadata=with_path)
     else:
-        path = json.dumps({"index": 0, "path_segments": []})
         registry_pb2_grpc.NetworkServiceEndpointRegistryStub(ch).Unregister(
-            NetworkServiceEndpoint(name=args.name), timeout=5, metadata=[*metadata, ("path", path)] if metadata else None
+            NetworkServiceEndpoint(name=args.name), timeout=5, metadata=with_path
         )
 
 
