@@ -54,10 +54,10 @@ def own_id(folder: Path) -> str:
     return str(uris.get_values_for_type(x509.UniformResourceIdentifier)[0])
 
 
-def token_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
+def token_metadata(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
     """The path token as upstream's per-RPC credentials send it, or the bad kind asked for."""
     if not args.identity or args.token == "none":
-        return []
+        return ()
     folder = Path(args.identity)
     key = serialization.load_pem_private_key((folder / "tls.key").read_bytes(), None)
     exp = int(time.time()) + 60
@@ -79,13 +79,13 @@ def token_metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
         payload = base64.urlsafe_b64encode(json.dumps(body).encode()).rstrip(b"=").decode()
         token = f"{head}.{payload}.{sig}"
     stamp = datetime.datetime.fromtimestamp(exp, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
-    return [("nsm-client-token", token), ("nsm-client-token-expires", stamp)]
+    return (("nsm-client-token", token), ("nsm-client-token-expires", stamp))
 
 
 def call(args: argparse.Namespace, ch: grpc.Channel) -> None:
     metadata = token_metadata(args)
     path = json.dumps({"index": 0, "path_segments": []})  # upstream's registry path, JSON in `path`
-    with_path = [*metadata, ("path", path)] if metadata else None
+    with_path = (*metadata, ("path", path)) if metadata else None
     if args.call == "request":
         cid = str(uuid.uuid4())
         conn = Connection(id=cid, network_service=args.service,
