@@ -121,10 +121,10 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(service, server)
     connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorService(events, access), server)
     registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(
-        ServiceRegistryProxy(registry, kept_services), server
+        ServiceRegistryProxy(registry, kept_services, policies), server
     )
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-        EndpointRegistryProxy(registry, local, settings.public_url, kept_services), server
+        EndpointRegistryProxy(registry, local, settings.public_url, kept_services, policies), server
     )
     pods = PodSockets(settings.pod_sockets, settings.state_dir, service, events, resolver)
     server.add_generic_rpc_handlers((pods.handler(),))

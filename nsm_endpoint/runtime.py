@@ -30,6 +30,7 @@ from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.transport import LOCAL_ONLY, Access, Transport
 from nsm_common.names import MAX_NAME
 from nsm_common.policy.policies import Policies
+from nsm_common.registry_path import call_metadata
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
 from nsm_endpoint.ipam import PointToPointPool
@@ -89,6 +90,12 @@ class EndpointRuntime:
             url=str(c.listen),
         )
 
+    def _registry_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        """Over TLS, this endpoint's path token for the registry (or agent) it registers with."""
+        if self.config.registry.scheme != "tcp" or self.registry_id is None:
+            return ()
+        return call_metadata(self.transport.identity, str(self.registry_id))
+
     async def _register_loop(self, channel: grpc.aio.Channel) -> None:
         services = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
         endpoints = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
@@ -104,9 +111,10 @@ class EndpointRuntime:
                 # Keep what an operator registered (matches); only create a missing service.
                 if not any(r.network_service.name == self.config.service for r in existing):
                     await services.Register(
-                        NetworkService(name=self.config.service, payload=self.config.payload), timeout=5
-                    )
-                granted = await endpoints.Register(self._record(), timeout=5)
+                        NetworkService(name=self.config.service, payload=self.config.payload), timeout=5,
+                        metadata=self._registry_metadata(),
+                    )  # fmt: skip
+                granted = await endpoints.Register(self._record(), timeout=5, metadata=self._registry_metadata())
                 left = ts_seconds(granted.expiration_time) - now()
                 delay = max(0.2, left / 3)  # renewed at a third of what the registry granted
                 if not self.registered.is_set():
@@ -141,7 +149,7 @@ class EndpointRuntime:
                 await registering
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel).Unregister(
-                    NetworkServiceEndpoint(name=self.config.name), timeout=3
+                    NetworkServiceEndpoint(name=self.config.name), timeout=3, metadata=self._registry_metadata()
                 )
                 log.info("endpoint unregistered", name=self.config.name)
             await channel.close(None)

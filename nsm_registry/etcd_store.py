@@ -27,7 +27,7 @@ from aetcd import utils
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
 from nsm_common.timeutil import now, ts_seconds
 from nsm_registry.hub import Hub, watch_hub
-from nsm_registry.store import EndpointEvent, ServiceEvent, StoreUnavailable
+from nsm_registry.store import Check, EndpointEvent, ServiceEvent, StoreUnavailable
 
 log = structlog.get_logger("nsm.registry")
 
@@ -180,17 +180,44 @@ class EtcdStore:
         raise AssertionError("unreachable")
 
     # Services ---------------------------------------------------------------------
-    async def put_service(self, service: NetworkService) -> NetworkService:
+    async def put_service(self, service: NetworkService, check: Check | None = None) -> NetworkService:
         await self._services.wait_ready()
-        res = await self._do(lambda c: c.put(SERVICES + service.name.encode(), service.SerializeToString()))
-        await self._services.seen(res.header.revision)
+        key = SERVICES + service.name.encode()
+        if check is None:
+            res = await self._do(lambda c: c.put(key, service.SerializeToString()))
+            await self._services.seen(res.header.revision)
+            return NetworkService.FromString(service.SerializeToString())
+        written: list[int] = []
+
+        async def attempt(c: aetcd.Client) -> bool:
+            existing = await c.get(key)
+            check(NetworkService.FromString(existing.value) if existing is not None else None)
+            t = c.transactions
+            compare = [t.mod(key) == existing.mod_revision] if existing is not None else [t.version(key) == 0]
+            ok, responses = await c.transaction(compare, success=[t.put(key, service.SerializeToString())], failure=[])
+            if ok:
+                written.append(responses[0].response_put.header.revision)
+            return bool(ok)
+
+        await self._retry(attempt, f"service {service.name!r}")
+        await self._services.seen(written[-1])
         return NetworkService.FromString(service.SerializeToString())
 
-    async def delete_service(self, name: str) -> bool:
-        return await self._delete(self._services, name)
+    async def delete_service(self, name: str, check: Check | None = None) -> bool:
+        return await self._delete(self._services, name, check)
+
+    async def _retry(self, attempt: Any, what: str) -> None:
+        """Run a read-then-transaction ATTEMPT until no concurrent write got in between."""
+        for _ in range(20):
+            if await self._do(attempt):
+                return
+            await asyncio.sleep(0.01)
+        raise StoreUnavailable(f"{what} keeps changing under us")
 
     # Endpoints --------------------------------------------------------------------
-    async def register_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
+    async def register_endpoint(
+        self, endpoint: NetworkServiceEndpoint, check: Check | None = None
+    ) -> NetworkServiceEndpoint:
         """Insert or replace atomically, keeping the first registration time of the name."""
         key = ENDPOINTS + endpoint.name.encode()
         record = _copy(endpoint)
@@ -201,10 +228,11 @@ class EtcdStore:
 
         async def attempt(c: aetcd.Client) -> bool:
             existing = await c.get(key)
-            if existing is not None:
-                old = NetworkServiceEndpoint.FromString(existing.value)
-                if old.HasField("initial_registration_time"):
-                    record.initial_registration_time.CopyFrom(old.initial_registration_time)
+            old = NetworkServiceEndpoint.FromString(existing.value) if existing is not None else None
+            if check is not None:
+                check(old)
+            if old is not None and old.HasField("initial_registration_time"):
+                record.initial_registration_time.CopyFrom(old.initial_registration_time)
             lease = await self._lease(c, expires)
             t = c.transactions
             compare = [t.mod(key) == existing.mod_revision] if existing is not None else [t.version(key) == 0]
@@ -215,28 +243,48 @@ class EtcdStore:
                 written.append(responses[0].response_put.header.revision)
             return bool(ok)
 
-        for _ in range(20):  # a concurrent registration of the same name: read again
-            if await self._do(attempt):
-                await self._endpoints.seen(written[-1])
-                return NetworkServiceEndpoint.FromString(record.SerializeToString())
-            await asyncio.sleep(0.01)
-        raise StoreUnavailable(f"endpoint {endpoint.name!r} keeps changing under us")
+        await self._retry(attempt, f"endpoint {endpoint.name!r}")  # a concurrent registration: read again
+        await self._endpoints.seen(written[-1])
+        return NetworkServiceEndpoint.FromString(record.SerializeToString())
 
     async def get_endpoint(self, name: str) -> NetworkServiceEndpoint | None:
         await self._endpoints.wait_ready()
         found = self._endpoints.records.get(ENDPOINTS + name.encode())
         return _copy(found[0]) if found is not None else None
 
-    async def delete_endpoint(self, name: str) -> bool:
-        return await self._delete(self._endpoints, name)
+    async def delete_endpoint(self, name: str, check: Check | None = None) -> bool:
+        return await self._delete(self._endpoints, name, check)
 
-    async def _delete(self, mirror: _Mirror, name: str) -> bool:
-        """Delete a record and wait until this replica's mirror has seen it gone."""
+    async def _delete(self, mirror: _Mirror, name: str, check: Check | None = None) -> bool:
+        """Delete a record (CHECK first, on the record as it is: a transaction on its revision)
+        and wait until this replica's mirror has seen it gone."""
         await mirror.wait_ready()
-        res = await self._do(lambda c: c.delete(mirror.prefix + name.encode()))
-        if res is not None:
-            await mirror.seen(res.header.revision)
-        return bool(res and res.deleted)
+        key = mirror.prefix + name.encode()
+        if check is None:
+            res = await self._do(lambda c: c.delete(key))
+            if res is not None:
+                await mirror.seen(res.header.revision)
+            return bool(res and res.deleted)
+        outcome: list[tuple[bool, int]] = []
+
+        async def attempt(c: aetcd.Client) -> bool:
+            existing = await c.get(key)
+            check(mirror.kind.FromString(existing.value) if existing is not None else None)
+            if existing is None:
+                outcome.append((False, 0))
+                return True
+            t = c.transactions
+            ok, responses = await c.transaction([t.mod(key) == existing.mod_revision], success=[t.delete(key)],
+                                                failure=[])  # fmt: skip
+            if ok:
+                outcome.append((True, responses[0].response_delete_range.header.revision))
+            return bool(ok)
+
+        await self._retry(attempt, f"{name!r}")
+        deleted, revision = outcome[-1]
+        if deleted:
+            await mirror.seen(revision)
+        return deleted
 
     async def _lease(self, c: aetcd.Client, expires: float) -> int:
         """A lease ending a second after `expires`, shared by all records ending in the same second.

@@ -12,6 +12,7 @@ from nsm_common.daemon import run_until_signal
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 from nsm_common.identity.transport import TransportError
 from nsm_registry.memory_store import MemoryStore
+from nsm_registry.registrants import Registrants
 from nsm_registry.server import EndpointRegistry, ServiceRegistry, run_expiry
 from nsm_registry.settings import RegistrySettings, parse_etcd_url, parse_settings
 from nsm_registry.store import Store
@@ -27,6 +28,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     except TransportError as exc:
         raise SystemExit(f"nsm-registry: {exc}") from exc
     transport.warn_if_insecure("nsm-registry", settings.listen)
+    registrants = Registrants(transport, settings.policies("nsm-registry", tokens=transport.identity is not None))
     store: Store
     if settings.store == "memory":
         store = MemoryStore()
@@ -35,9 +37,11 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
 
         store = EtcdStore(parse_etcd_url(settings.store))
     server = aio_server()
-    registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(ServiceRegistry(store, transport), server)
+    registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(
+        ServiceRegistry(store, transport, registrants), server
+    )
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-        EndpointRegistry(store, settings.max_expiration, transport), server
+        EndpointRegistry(store, settings.max_expiration, transport, registrants), server
     )
     bind_all(server, settings.listen, transport)
     await server.start()

@@ -9,7 +9,7 @@ from typing import TypeVar
 from nsm_api.registry_pb2 import NetworkService, NetworkServiceEndpoint
 from nsm_common.timeutil import ts_seconds
 from nsm_registry.hub import Hub, watch_hub
-from nsm_registry.store import EndpointEvent, ServiceEvent
+from nsm_registry.store import Check, EndpointEvent, ServiceEvent
 
 T = TypeVar("T")
 
@@ -22,14 +22,18 @@ class MemoryStore:
         self._service_hub = Hub()
         self._endpoint_hub = Hub()
 
-    async def put_service(self, service: NetworkService) -> NetworkService:
+    async def put_service(self, service: NetworkService, check: Check | None = None) -> NetworkService:
+        if check is not None:
+            check(self._services.get(service.name))
         stored = NetworkService()
         stored.CopyFrom(service)
         self._services[stored.name] = stored
         self._service_hub.publish(ServiceEvent(_copy(stored), deleted=False))
         return _copy(stored)
 
-    async def delete_service(self, name: str) -> bool:
+    async def delete_service(self, name: str, check: Check | None = None) -> bool:
+        if check is not None:
+            check(self._services.get(name))
         old = self._services.pop(name, None)
         if old is None:
             return False
@@ -45,8 +49,12 @@ class MemoryStore:
         self._endpoint_hub.publish(EndpointEvent(_copy(stored), deleted=False))
         return _copy(stored)
 
-    async def register_endpoint(self, endpoint: NetworkServiceEndpoint) -> NetworkServiceEndpoint:
+    async def register_endpoint(
+        self, endpoint: NetworkServiceEndpoint, check: Check | None = None
+    ) -> NetworkServiceEndpoint:
         old = self._endpoints.get(endpoint.name)
+        if check is not None:
+            check(old)
         record = NetworkServiceEndpoint()
         record.CopyFrom(endpoint)
         if old is not None and old.HasField("initial_registration_time"):
@@ -57,7 +65,9 @@ class MemoryStore:
         found = self._endpoints.get(name)
         return _copy(found) if found is not None else None
 
-    async def delete_endpoint(self, name: str) -> bool:
+    async def delete_endpoint(self, name: str, check: Check | None = None) -> bool:
+        if check is not None:
+            check(self._endpoints.get(name))
         old = self._endpoints.pop(name, None)
         if old is None:
             return False

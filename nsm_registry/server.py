@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from typing import TypeVar
 
 import grpc
 import structlog
@@ -20,18 +21,57 @@ from nsm_api.registry_pb2 import (
     NetworkServiceResponse,
 )
 from nsm_common.grpcutil import Ctx
+from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.transport import LOCAL_ONLY, Transport
 from nsm_common.matching import endpoint_matches, service_matches
+from nsm_common.registry_path import PATH_KEY
 from nsm_common.timeutil import now, ts_from, ts_seconds
 from nsm_registry.guard import store_errors_unavailable
+from nsm_registry.registrants import Admission, Refused, Registrants
 from nsm_registry.store import EndpointEvent, ServiceEvent, Store, StoreUnavailable
 from nsm_registry.validation import validate_endpoint, validate_service
 
 log = structlog.get_logger("nsm.registry")
+T = TypeVar("T")
 
 # Who may register and unregister (over TLS; a plaintext caller came through the registry's
 # own unix socket, or `--insecure` was asked for) and find.
 REGISTRANTS = ("agent", "workload", "registry")
+
+
+async def admit(
+    registrants: Registrants | None,
+    context: Ctx,
+    caller: SpiffeId | None,
+    operation: str,
+    name: str,
+    names: Sequence[str] = (),
+    labels: Mapping[str, Mapping[str, str]] | None = None,
+) -> Admission:
+    """The caller's admission (a plaintext one, or no registrants: nothing checked)."""
+    if registrants is None:
+        return Admission(None, None, None, f"{operation} of {name!r}")
+    try:
+        return registrants.admit(context, caller, operation, name, names, labels)
+    except Refused as exc:
+        await context.abort(exc.code, exc.message)
+        raise  # abort raises; this line is for the type checker
+
+
+async def refusing(context: Ctx, write: Awaitable[T]) -> T:
+    """A store write whose check may refuse it: the refusal becomes the call's status."""
+    try:
+        return await write
+    except Refused as exc:
+        log.info("registration refused", code=exc.code.name, error=exc.message)
+        await context.abort(exc.code, exc.message)
+        raise
+
+
+async def send_path(context: Ctx, admission: Admission) -> None:
+    """The path back to the caller in the `path` header, as upstream's registry sends it."""
+    if admission.path_json:
+        await context.send_initial_metadata(((PATH_KEY, admission.path_json),))
 
 
 def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:
@@ -41,13 +81,14 @@ def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:
 class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
     """The NetworkServiceRegistry service over a store."""
 
-    def __init__(self, store: Store, transport: Transport = LOCAL_ONLY) -> None:
+    def __init__(self, store: Store, transport: Transport = LOCAL_ONLY, registrants: Registrants | None = None) -> None:
         self.store = store
         self.transport = transport
+        self.registrants = registrants
 
     @store_errors_unavailable
     async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
-        await self.transport.authorize(context, REGISTRANTS, "Register")
+        caller = await self.transport.authorize(context, REGISTRANTS, "Register")
         problem = validate_service(request)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -55,7 +96,11 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         service.CopyFrom(request)
         if not service.payload:
             service.payload = "IP"
-        stored = await self.store.put_service(service)
+        admission = await admit(self.registrants, context, caller, "register", service.name)
+        if admission.path_ids is not None:
+            service.path_ids[:] = admission.path_ids
+        stored = await refusing(context, self.store.put_service(service, admission.check))
+        await send_path(context, admission)
         log.info("service registered", name=stored.name, payload=stored.payload)
         return stored
 
@@ -81,21 +126,30 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
 
     @store_errors_unavailable
     async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
-        await self.transport.authorize(context, REGISTRANTS, "Unregister")
+        caller = await self.transport.authorize(context, REGISTRANTS, "Unregister")
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is empty")
-        if await self.store.delete_service(request.name):
+        admission = await admit(self.registrants, context, caller, "unregister", request.name)
+        if await refusing(context, self.store.delete_service(request.name, admission.check)):
             log.info("service unregistered", name=request.name)
+        await send_path(context, admission)
         return Empty()
 
 
 class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
     """The NetworkServiceEndpointRegistry service over a store: expiry capped, names generated, watches."""
 
-    def __init__(self, store: Store, max_expiration: float, transport: Transport = LOCAL_ONLY) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_expiration: float,
+        transport: Transport = LOCAL_ONLY,
+        registrants: Registrants | None = None,
+    ) -> None:
         self.store = store
         self.max_expiration = max_expiration
         self.transport = transport
+        self.registrants = registrants
 
     @store_errors_unavailable
     async def Register(  # type: ignore[override]
@@ -107,18 +161,22 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         endpoint = NetworkServiceEndpoint()
         endpoint.CopyFrom(request)
-        if caller is not None and (not endpoint.path_ids or endpoint.path_ids[-1] != str(caller)):
-            # The last hop the registration came through serves its URL: who dials it checks
-            # that the server proves this ID (upstream keeps the registrants' IDs here too).
-            endpoint.path_ids.append(str(caller))
         if not endpoint.name:
             endpoint.name = f"nse-{uuid.uuid4()}"
+        labels = {k: v.labels for k, v in endpoint.network_service_labels.items()}
+        admission = await admit(self.registrants, context, caller, "register", endpoint.name,
+                                endpoint.network_service_names, labels)  # fmt: skip
+        if admission.path_ids is not None:
+            # The first is the name's owner; the last hop the registration came through serves
+            # its URL (who dials it checks that the server proves this ID).
+            endpoint.path_ids[:] = admission.path_ids
         at = now()
         limit = at + self.max_expiration
         asked = ts_seconds(endpoint.expiration_time) if endpoint.HasField("expiration_time") else 0.0
         endpoint.expiration_time.CopyFrom(ts_from(min(asked, limit) if asked > 0 else limit))
         endpoint.initial_registration_time.CopyFrom(ts_from(at))  # the store keeps an earlier one
-        stored = await self.store.register_endpoint(endpoint)
+        stored = await refusing(context, self.store.register_endpoint(endpoint, admission.check))
+        await send_path(context, admission)
         log.info(
             "endpoint registered",
             name=stored.name,
@@ -159,11 +217,13 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
 
     @store_errors_unavailable
     async def Unregister(self, request: NetworkServiceEndpoint, context: Ctx) -> Empty:  # type: ignore[override]
-        await self.transport.authorize(context, REGISTRANTS, "Unregister")
+        caller = await self.transport.authorize(context, REGISTRANTS, "Unregister")
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is empty")
-        if await self.store.delete_endpoint(request.name):
+        admission = await admit(self.registrants, context, caller, "unregister", request.name)
+        if await refusing(context, self.store.delete_endpoint(request.name, admission.check)):
             log.info("endpoint unregistered", name=request.name)
+        await send_path(context, admission)
         return Empty()
 
 

@@ -16,6 +16,7 @@ from nsm_api.registry_pb2 import (
 )
 from nsm_common.errors import NsmError
 from nsm_common.identity.transport import LOCAL_ONLY, Transport
+from nsm_common.registry_path import RegistryPath, call_metadata
 from nsm_common.urls import Address
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -61,6 +62,14 @@ class RegistryClient:
     def endpoints(self) -> registry_pb2_grpc.NetworkServiceEndpointRegistryAsyncStub:
         self._current()
         return self._endpoints
+
+    def metadata(self, path: RegistryPath | None = None) -> tuple[tuple[str, str | bytes], ...]:
+        """What a registration sends over TLS: this agent's token for the registry and, when it
+        passes a caller's registration on, the path so far (upstream's `path` metadata)."""
+        registry_id = self.transport.registry_id() if self.address.scheme == "tcp" else None
+        if registry_id is None:
+            return ()
+        return call_metadata(self.transport.identity, str(registry_id), path)
 
     def watch(self) -> None:
         """Keep a watched copy of the registry and answer from it when it can."""

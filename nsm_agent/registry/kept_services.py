@@ -102,7 +102,7 @@ async def keep_registered(kept: KeptServices, registry: RegistryClient) -> None:
             try:
                 if await registry.find_service(service.name) is not None:
                     continue
-                await registry.services.Register(service, timeout=registry.timeout)
+                await registry.services.Register(service, timeout=registry.timeout, metadata=registry.metadata())
                 log.info("service registered again: the registry had lost it", service=service.name)
             except NsmError as exc:
                 log.debug("the registry cannot say now", service=service.name, error=exc.message)

@@ -98,7 +98,9 @@ async def unregister_previous_boot(
                 continue  # it came back already
             try:
                 with local.unregistering(name):
-                    await registry.endpoints.Unregister(NetworkServiceEndpoint(name=name), timeout=registry.timeout)
+                    await registry.endpoints.Unregister(
+                        NetworkServiceEndpoint(name=name), timeout=registry.timeout, metadata=registry.metadata()
+                    )
             except grpc.aio.AioRpcError as exc:
                 log.warning("cannot unregister an endpoint of before the reboot", name=name, error=exc.details())
                 failed.append(name)

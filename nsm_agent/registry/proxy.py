@@ -23,11 +23,51 @@ from nsm_api.registry_pb2 import (
     NetworkServiceQuery,
     NetworkServiceResponse,
 )
+from nsm_common.chain.caller import Caller
 from nsm_common.grpcutil import Ctx
+from nsm_common.policy.documents import caller_facts, registry_document
+from nsm_common.policy.policies import Policies
+from nsm_common.registry_path import PathError, RegistryPath, enter, read_path
+from nsm_common.tokens import TokenError, subject
 
 
 async def _relay_error(context: Ctx, exc: grpc.aio.AioRpcError, where: str) -> None:
     await context.abort(exc.code(), f"{where}: {exc.details()}")
+
+
+async def forward_metadata(
+    registry: RegistryClient, policies: Policies | None, context: Ctx, operation: str, name: str
+) -> tuple[tuple[str, str | bytes], ...]:
+    """What a registration passed on to the registry carries. From a local caller (a plaintext
+    socket) this agent registers as itself; from a TLS caller the path goes on (the caller's
+    token, checked here as the registry checks ours, then this agent's), so the caller owns
+    the name."""
+    caller = Caller.of(context)
+    if caller.local or registry.transport.identity is None:
+        return registry.metadata()
+    metadata = context.invocation_metadata()
+    try:
+        if caller.token_error:
+            raise TokenError(caller.token_error)
+        path = read_path(metadata) or RegistryPath()
+    except (TokenError, PathError) as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{operation} of {name!r}: {exc}")
+        raise
+    presented = caller.presented.token if caller.presented is not None else ""
+    index = enter(path, presented, "")
+    out = registry.metadata(path)
+    if policies is not None:
+        doc = registry_document(
+            operation=operation, resource_name=name, resource_id=subject(path.tokens[0]), owners=None,
+            path_segments=path.segments(index), index=index, certificate=caller.certificate,
+            caller=caller_facts(caller.spiffe_id, registry.transport.roles),
+        )  # fmt: skip
+        denial = policies.check("registry", doc)
+        if denial is not None:
+            hint = "" if presented else " (the caller sent no nsm-client-token)"
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{operation} of {name!r} by {caller.spiffe_id}: {denial.message}{hint}")  # fmt: skip
+    return out
 
 
 # Over TLS: endpoints (workloads) register through their node's agent; agents may ask too.
@@ -38,15 +78,21 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
     """Services registered through this agent are kept (`kept`), to be registered again should
     the registry lose them; unregistered, they are forgotten."""
 
-    def __init__(self, registry: RegistryClient, kept: KeptServices | None = None) -> None:
+    def __init__(
+        self, registry: RegistryClient, kept: KeptServices | None = None, policies: Policies | None = None
+    ) -> None:
         self.registry = registry
         self.kept = kept
+        self.policies = policies
         self.where = f"registry at {registry.address}"
 
     async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
         await self.registry.transport.authorize(context, PROXY_CALLERS, "Register")
+        metadata = await forward_metadata(self.registry, self.policies, context, "register", request.name)
         try:
-            stored: NetworkService = await self.registry.services.Register(request, timeout=context.time_remaining())
+            stored: NetworkService = await self.registry.services.Register(
+                request, timeout=context.time_remaining(), metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
             raise
@@ -66,8 +112,11 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
 
     async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
         await self.registry.transport.authorize(context, PROXY_CALLERS, "Unregister")
+        metadata = await forward_metadata(self.registry, self.policies, context, "unregister", request.name)
         try:
-            done: Empty = await self.registry.services.Unregister(request, timeout=context.time_remaining())
+            done: Empty = await self.registry.services.Unregister(
+                request, timeout=context.time_remaining(), metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
             raise
@@ -80,12 +129,18 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
     """Registers local endpoints under this agent's public URL, remembering their own."""
 
     def __init__(
-        self, registry: RegistryClient, local: LocalEndpoints, public_url: str, kept: KeptServices | None = None
+        self,
+        registry: RegistryClient,
+        local: LocalEndpoints,
+        public_url: str,
+        kept: KeptServices | None = None,
+        policies: Policies | None = None,
     ) -> None:
         self.registry = registry
         self.local = local
         self.public_url = public_url
         self.kept = kept
+        self.policies = policies
         self.where = f"registry at {registry.address}"
 
     async def Register(  # type: ignore[override]
@@ -99,9 +154,10 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
         own_url = request.url
         if self.public_url and own_url and own_url != self.public_url:
             record.url = self.public_url
+        metadata = await forward_metadata(self.registry, self.policies, context, "register", request.name)
         try:
             stored: NetworkServiceEndpoint = await self.registry.endpoints.Register(
-                record, timeout=context.time_remaining()
+                record, timeout=context.time_remaining(), metadata=metadata
             )
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
@@ -125,8 +181,11 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
 
     async def Unregister(self, request: NetworkServiceEndpoint, context: Ctx) -> Empty:  # type: ignore[override]
         await self.registry.transport.authorize(context, PROXY_CALLERS, "Unregister")
+        metadata = await forward_metadata(self.registry, self.policies, context, "unregister", request.name)
         try:
-            done: Empty = await self.registry.endpoints.Unregister(request, timeout=context.time_remaining())
+            done: Empty = await self.registry.endpoints.Unregister(
+                request, timeout=context.time_remaining(), metadata=metadata
+            )
         except grpc.aio.AioRpcError as exc:
             await _relay_error(context, exc, self.where)
             raise

@@ -19,8 +19,11 @@ from nsm_common.identity.folder import IdentityFolder
 from nsm_common.identity.spiffe_id import Roles, SpiffeId
 from nsm_common.identity.tls import channel_credentials, channel_options, server_credentials
 from nsm_common.identity.transport import LOCAL_ONLY, Transport, TransportError, refusal
+from nsm_common.policy.policies import Policies
+from nsm_common.registry_path import call_metadata
 from nsm_common.urls import parse_address
 from nsm_registry.memory_store import MemoryStore
+from nsm_registry.registrants import Registrants
 from nsm_registry.server import EndpointRegistry
 
 TD = "example.org"
@@ -83,7 +86,7 @@ async def _served(pki: Path, transport: Transport) -> AsyncIterator[tuple[str, M
     store = MemoryStore()
     server = grpc.aio.server()
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-        EndpointRegistry(store, 60.0, transport), server
+        EndpointRegistry(store, 60.0, transport, Registrants(transport, Policies())), server
     )
     target = f"unix:{pki}/registry.sock"
     server.add_secure_port(target, server_credentials(IdentityFolder(pki / "registry", server=True)))
@@ -94,6 +97,11 @@ async def _served(pki: Path, transport: Transport) -> AsyncIterator[tuple[str, M
     finally:
         await server.stop(None)
         await store.close()
+
+
+def _token(pki: Path, who: str) -> tuple[tuple[str, str | bytes], ...]:
+    """WHO's path token for the registry, as a caller sends it."""
+    return call_metadata(IdentityFolder(pki / who, server=False), REGISTRY)
 
 
 def _stub(
@@ -114,14 +122,29 @@ async def test_roles_decide_who_registers_and_the_registrant_is_noted(pki: Path)
     async for target, _ in _served(pki, transport):
         record = NetworkServiceEndpoint(name="ep1", network_service_names=["svc"], url="tcp://192.0.2.1:5001")
         channel, stub = _stub(pki, target, "agent")
-        stored = await stub.Register(record, timeout=5)
+        stored = await stub.Register(record, timeout=5, metadata=_token(pki, "agent"))
         assert list(stored.path_ids) == [AGENT]
         record.path_ids.append(AGENT)  # the record as the registry returned it, sent again
-        assert list((await stub.Register(record, timeout=5)).path_ids) == [AGENT]
+        assert list((await stub.Register(record, timeout=5, metadata=_token(pki, "agent"))).path_ids) == [AGENT]
+        with pytest.raises(grpc.aio.AioRpcError) as info:  # no token: not on the path
+            await stub.Register(record, timeout=5)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "common/tokens_valid.rego" in (info.value.details() or "")
         await channel.close(None)
         channel, stub = _stub(pki, target, "workload")
         other = NetworkServiceEndpoint(name="ep2", url="tcp://192.0.2.9:1", network_service_names=["svc"])
-        assert list((await stub.Register(other, timeout=5)).path_ids) == [WORKLOAD]
+        assert list((await stub.Register(other, timeout=5, metadata=_token(pki, "workload"))).path_ids) == [WORKLOAD]
+        # ep1 is the agent's: the workload can neither take it over nor unregister it.
+        as_workload = _token(pki, "workload")
+        for call in (stub.Register(record, timeout=5, metadata=as_workload),
+                     stub.Unregister(NetworkServiceEndpoint(name="ep1"), timeout=5, metadata=as_workload)):  # fmt: skip
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert f"by {WORKLOAD}: policy registry/registrant_owns_name.rego denies this" in (
+                info.value.details() or ""
+            )
+            assert f"(the name is {AGENT}'s)" in (info.value.details() or "")
         await channel.close(None)
         channel, stub = _stub(pki, target, "nobody")
         with pytest.raises(grpc.aio.AioRpcError) as info:
