@@ -95,7 +95,7 @@ def call(args: argparse.Namespace, ch: grpc.Channel) -> None:
             NetworkServiceRequest(connection=conn, mechanism_preferences=[mech]), timeout=5, metadata=metadata
         )
     elif args.call == "register":
-        record = NetworkServiceEndpoint(name="rogue", network_service_names=["svc"], url="tcp://192.0.2.200:5001")
+        record = NetworkServiceEndpoint(name=args.record_name, network_service_names=["svc"], url="tcp://192.0.2.200:5001")
         registry_pb2_grpc.NetworkServiceEndpointRegistryStub(ch).Register(record, timeout=5, metadata=with_path)
     else:
         registry_pb2_grpc.NetworkServiceEndpointRegistryStub(ch).Unregister(
@@ -108,6 +108,7 @@ def main() -> int:
     p.add_argument("--target", required=True)
     p.add_argument("--call", choices=("request", "register", "unregister"), required=True)
     p.add_argument("--name", default="ep1", help="what unregister names")
+    p.add_argument("--record-name", default="rogue", help="what register names")
     p.add_argument("--service", default="svc", help="what request asks for")
     p.add_argument("--identity")
     p.add_argument("--ca")

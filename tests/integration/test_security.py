@@ -40,7 +40,8 @@ def dns(spiffe_id: str) -> str:
 
 AGENT2_ID = f"spiffe://{TRUST_DOMAIN}/node/node2"
 AGENT2 = dns(AGENT2_ID)
-REGISTRY_NAME = dns(f"spiffe://{TRUST_DOMAIN}/registry")
+REGISTRY_ID = f"spiffe://{TRUST_DOMAIN}/registry"
+REGISTRY_NAME = dns(REGISTRY_ID)
 
 
 def probe(cluster: Cluster, target: str, call: str, *how: str) -> dict[str, str]:
@@ -104,8 +105,15 @@ def test_only_identities_of_the_right_role_get_in(bed: Testbed, two: Cluster, tm
     agent1 = str(bed.identity(f"spiffe://{TRUST_DOMAIN}/node/node1"))
     probe_request = ["--server-name", AGENT2, "--identity", agent1, "--service", "made-up", "--audience", AGENT2_ID]
     assert probe(two, NODE2, "request", *probe_request)["code"] == "NOT_FOUND"
-    got = probe(two, REGISTRY, "unregister", "--server-name", REGISTRY_NAME, "--identity", workload, "--name", "x")
+    as_workload = ["--server-name", REGISTRY_NAME, "--identity", workload, "--audience", REGISTRY_ID]
+    got = probe(two, REGISTRY, "unregister", *as_workload, "--name", "x")
     assert got["code"] == "OK", got
+    # ep1 is node2's (its agent registered it): nobody else takes it over or unregisters it.
+    for call in ("register", "unregister"):
+        got = probe(two, REGISTRY, call, *as_workload, "--name", "ep1", "--record-name", "ep1")
+        assert got["code"] == "PERMISSION_DENIED", (call, got)
+        assert "policy registry/registrant_owns_name.rego denies this" in got["details"], got
+        assert f"(the name is spiffe://{TRUST_DOMAIN}/node/node2's)" in got["details"], got
     listed = bed.nsmctl("get", "endpoints", "--agent", two.registry).stdout
     assert "ep1" in listed and "rogue" not in listed
 
