@@ -95,7 +95,9 @@ def call(args: argparse.Namespace, ch: grpc.Channel) -> None:
             NetworkServiceRequest(connection=conn, mechanism_preferences=[mech]), timeout=5, metadata=metadata
         )
     elif args.call == "register":
-        record = NetworkServiceEndpoint(name=args.record_name, network_service_names=["svc"], url="tcp://192.0.2.200:5001")
+        record = NetworkServiceEndpoint(
+            name=args.record_name, network_service_names=["svc"], url="tcp://192.0.2.200:5001"
+        )
         registry_pb2_grpc.NetworkServiceEndpointRegistryStub(ch).Register(record, timeout=5, metadata=with_path)
     else:
         registry_pb2_grpc.NetworkServiceEndpointRegistryStub(ch).Unregister(
