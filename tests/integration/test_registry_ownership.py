@@ -44,7 +44,7 @@ def test_a_name_stays_its_owners_on_every_replica_and_after_a_restart(bed: Testb
         for what in ("register", "unregister"):
             got = call(ns, port, what, b, "ep-a")
             assert got["code"] == "PERMISSION_DENIED", (port, what, got)
-            assert OWNED in got["details"] and f"node/node-a's" in got["details"], got
+            assert OWNED in got["details"] and "node/node-a's" in got["details"], got
 
     first.stop()  # the owner is in etcd with the record, not in a replica's memory
     bed.registry(ns, port=5002, extra=store, name="registry-0")
