@@ -59,6 +59,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     except JournalFormatError as exc:
         raise SystemExit(f"nsm-agent: {exc}") from exc
     transport = settings.transport("nsm-agent", server=True)
+    policies = settings.policies("nsm-agent", tokens=transport.identity is not None)
     try:
         transport.check_listen(settings.listen)
         registry = RegistryClient(settings.registry, transport=transport)
@@ -88,7 +89,6 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout, events, transport)
     begin = Begin(closer, held_elsewhere=journal.holds)
     watch = EndpointWatch(events.mark_down)
-    policies = settings.policies("nsm-agent", tokens=transport.identity is not None)
     security = Security(transport.identity, policies, lambda: transport.roles)
     tokens = OutgoingTokens(transport.identity, policies)
     connect = ConnectEndpoint(settings.request_timeout, watch, transport=transport, tokens=tokens)
@@ -188,10 +188,11 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     record_boot(settings.state_dir)
     unregistering = asyncio.create_task(unregister_previous_boot(local, registry, kept_services)) if rebooted else None
     keeping = asyncio.create_task(keep_registered(kept_services, registry))
+    following = asyncio.create_task(policies.follow())
     try:
         await stop.wait()
     finally:
-        for task in (keeping, unregistering):
+        for task in (keeping, unregistering, following):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

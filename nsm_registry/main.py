@@ -46,11 +46,13 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     bind_all(server, settings.listen, transport)
     await server.start()
     expiry = asyncio.create_task(run_expiry(store))
+    following = asyncio.create_task(registrants.policies.follow())
     log.info("registry serving", listen=[str(a) for a in settings.listen], store=settings.store)
     try:
         await stop.wait()
     finally:
         expiry.cancel()
+        following.cancel()
         await store.close()
         await server.stop(grace=1.0)
         remove_unix_sockets(settings.listen)

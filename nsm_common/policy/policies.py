@@ -13,6 +13,7 @@ component does not start; on a reload the policies in force stay.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -154,6 +155,14 @@ class Policies:
             self._cache.clear()
             log.info("policies reloaded", files=[p.name for p in fresh])
             return True
+
+    async def follow(self) -> None:
+        """Look at the site files every second until cancelled: a change is taken, and a broken
+        file reported, when it is made rather than at the next call."""
+        while True:
+            await asyncio.sleep(RECHECK)
+            if self._paths:
+                await asyncio.to_thread(self.reload)
 
     def check(self, point: str, document: dict[str, Any]) -> Denial | None:
         """The first policy at POINT (and, on a server or the registry, the site's) whose `valid`

@@ -15,6 +15,7 @@ import pytest
 
 from nsm_api import networkservice_pb2_grpc
 from nsm_client.runtime import AgentClient, kernel_request
+from nsm_common.chain.path_tokens import OutgoingTokens
 from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.tls import channel_credentials, channel_options
 from nsm_common.urls import parse_address
@@ -109,13 +110,15 @@ def test_a_tls_socket_serves_local_clients_with_an_svid(bed: Testbed) -> None:
 
     workload = channel(f"spiffe://{TRUST_DOMAIN}/ns/default/sa/web")
     stub = networkservice_pb2_grpc.NetworkServiceStub(workload)
-    conn = stub.Request(kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"), timeout=15)
+    tokens = OutgoingTokens(bed.transport(f"spiffe://{TRUST_DOMAIN}/ns/default/sa/web").identity)
+    request = kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1")
+    conn = stub.Request(request, timeout=15, metadata=tokens.sign_for(request.connection, str(server)))
     assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0])
     opener = workload.unary_unary("/nsmpy.PodSockets/Open", request_serializer=None, response_deserializer=None)
     with pytest.raises(grpc.RpcError) as info:
         opener(b'{"netns": "/var/run/netns/%s"}' % pod.encode(), timeout=5)
     assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    stub.Close(conn, timeout=15)
+    stub.Close(conn, timeout=15, metadata=tokens.sign_for(conn, str(server)))
     workload.close()
     nobody = networkservice_pb2_grpc.NetworkServiceStub(channel(f"spiffe://{TRUST_DOMAIN}/tools/scan"))
     assert "is of no role" in denied(lambda: nobody.Request(kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1")))
