@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 
 from nsm_api import connection_pb2_grpc
 from nsm_api.connection_pb2 import (
@@ -21,6 +22,7 @@ from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.chain.monitor_scope import selects
 from nsm_common.grpcutil import Ctx
 from nsm_common.identity.transport import AGENTS, Access
+from nsm_common.tokens import subject
 
 MAX_PENDING = 10_000
 
@@ -80,14 +82,22 @@ class ConnectionEvents:
                     del self._by_segment[seg.id]
             self._publish(DELETE, gone)
 
-    async def stream(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
+    async def stream(
+        self, selector: MonitorScopeSelector, visible: Callable[[Connection], bool] | None = None
+    ) -> AsyncIterator[ConnectionEvent]:
+        """The connections SELECTOR picks (and VISIBLE lets this caller see): first all of them,
+        then every change."""
+
+        def shown(conn: Connection) -> bool:
+            return selects(selector, conn) and (visible is None or visible(conn))
+
         queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
         self._subscribers.add(queue)
         try:
             initial = ConnectionEvent(type=INITIAL_STATE_TRANSFER)
             for cid, wire in self.current.items():
                 conn = Connection.FromString(wire)
-                if selects(selector, conn):
+                if shown(conn):
                     initial.connections[cid].CopyFrom(conn)
             yield initial
             while True:
@@ -96,7 +106,7 @@ class ConnectionEvents:
                     return
                 picked = ConnectionEvent(type=event.type)
                 for cid, conn in event.connections.items():
-                    if selects(selector, conn):
+                    if shown(conn):
                         picked.connections[cid].CopyFrom(conn)
                 if picked.connections:
                     yield picked
@@ -135,6 +145,14 @@ class MonitorService(connection_pb2_grpc.MonitorConnectionServicer):
     async def MonitorConnections(  # type: ignore[override]
         self, request: MonitorScopeSelector, context: Ctx
     ) -> AsyncIterator[ConnectionEvent]:
-        await self.access.check(context, "MonitorConnections")
-        async for event in self.events.stream(request):
+        caller = await self.access.check(context, "MonitorConnections")
+        # Over TLS a caller sees only connections whose path holds its identity (a token it
+        # signed); a plaintext caller came through a local socket, which confines it itself.
+        visible = None if caller is None else functools.partial(holds, identity=str(caller))
+        async for event in self.events.stream(request, visible):
             yield event
+
+
+def holds(conn: Connection, identity: str) -> bool:
+    """Whether IDENTITY signed a token of the connection's path (it is on that path)."""
+    return any(subject(seg.token) == identity for seg in conn.path.path_segments if seg.token)

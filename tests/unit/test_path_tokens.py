@@ -3,6 +3,7 @@ them, the policies that check them, the owner of a connection, the registry's pa
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
@@ -10,13 +11,14 @@ import grpc
 import jwt
 import pytest
 
-from nsm_api.connection_pb2 import Connection, PathSegment
+from nsm_api.connection_pb2 import Connection, MonitorScopeSelector, PathSegment
 from nsm_api.connection_pb2 import Path as ConnPath
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.authorize import Authorize, owner_of
 from nsm_common.chain.begin import Begin
 from nsm_common.chain.caller import Caller
 from nsm_common.chain.chain import Call, Chain
+from nsm_common.chain.monitor import ConnectionEvents, holds
 from nsm_common.chain.path_tokens import OutgoingTokens, PresentedToken, SignSegment
 from nsm_common.chain.update_path import UpdatePath
 from nsm_common.errors import NsmError
@@ -230,3 +232,15 @@ def test_the_registry_path_is_upstreams_json() -> None:
                      ('{"path_segments": [' + ",".join(["{}"] * 40) + "]}", "at most 32")):  # fmt: skip
         with pytest.raises(PathError, match=why):
             read_path([("path", bad)])
+
+
+async def test_over_tls_a_monitor_shows_only_connections_whose_path_holds_the_caller(pki: Path) -> None:
+    events = ConnectionEvents()
+    mine = sign(ident(pki, "client").current(), SERVER, time.time() + 60).token
+    theirs = sign(ident(pki, "other").current(), SERVER, time.time() + 60).token
+    for cid, token in (("a", mine), ("b", theirs)):
+        events.update(Connection(id=cid, path=ConnPath(index=0, path_segments=[PathSegment(id=cid, token=token)])))
+    stream = events.stream(MonitorScopeSelector(), functools.partial(holds, identity=CLIENT))
+    first = await anext(stream)
+    assert list(first.connections) == ["a"]
+    await stream.aclose()  # type: ignore[attr-defined]
