@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from nsm_common.limits import LIMIT_OPTIONS, PeerLimit
 from nsm_common.urls import Address
 
 if TYPE_CHECKING:
@@ -41,8 +42,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 
 
 def aio_server() -> grpc.aio.Server:
-    """An asyncio gRPC server with the keepalive and message limits every component uses."""
-    return grpc.aio.server(options=SERVER_OPTIONS)
+    """An asyncio gRPC server with the keepalive and the limits every component uses (message
+    and metadata size, streams per connection, calls per peer: nsm_common/limits.py)."""
+    return grpc.aio.server(options=SERVER_OPTIONS + LIMIT_OPTIONS, interceptors=[PeerLimit()])
 
 
 def bind_all(server: grpc.aio.Server, addresses: Sequence[Address], transport: Transport) -> None:

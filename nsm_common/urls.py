@@ -42,7 +42,10 @@ def parse_address(url: str, default_port: int | None = None) -> Address:
     """Parse `unix:///PATH` or `tcp://HOST[:PORT]`; raise UrlError naming what is wrong."""
     if not url:
         raise UrlError("empty address; expected unix:///PATH or tcp://HOST:PORT")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced [ or ] in the host
+        raise UrlError(f"{url!r}: {exc}") from None
     if parts.scheme == "unix":
         path = parts.path
         if parts.netloc or not path.startswith("/"):

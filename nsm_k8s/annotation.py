@@ -63,7 +63,10 @@ def _entry(entry: str) -> tuple[str, str, str, dict[str, str]]:
     where = f"{ANNOTATION} entry {entry!r}"
     if "://" not in entry:
         raise AnnotationError(f"{where}: expected kernel://SERVICE[/IFNAME][?labels]")
-    parts = urlsplit(entry)
+    try:
+        parts = urlsplit(entry)
+    except ValueError as exc:  # an unbalanced [ or ] where the service name goes
+        raise AnnotationError(f"{where}: {exc}") from None
     if parts.scheme not in SCHEMES:
         raise AnnotationError(f"{where}: mechanism {parts.scheme!r} is not supported (use kernel://)")
     service = parts.netloc

@@ -61,6 +61,26 @@ class BadReview(ValueError):
     pass
 
 
+def _object(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """DOC[KEY] as an object ({} when absent or null); BadReview (HTTP 400) when it is not one."""
+    value = doc.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadReview(f"{where} is not an object")
+    return value
+
+
+def _text(doc: dict[str, Any], key: str, where: str) -> str:
+    """DOC[KEY] as a string ("" when absent or null); BadReview when it is not one."""
+    value = doc.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadReview(f"{where} is not a string")
+    return value
+
+
 def _container(name: str, config: WebhookConfig, args: list[str], value: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -87,7 +107,8 @@ def _app_mounts(spec: dict[str, Any], config: WebhookConfig) -> list[dict[str, A
     mounted there already."""
     patch: list[dict[str, Any]] = []
     mount = {"name": "nsm-socket", "mountPath": config.socket_dir, "readOnly": True}
-    for index, container in enumerate(spec.get("containers") or []):
+    containers = spec.get("containers")
+    for index, container in enumerate(containers if isinstance(containers, list) else []):
         mounts = container.get("volumeMounts") if isinstance(container, dict) else None
         if not isinstance(container, dict) or (mounts is not None and not isinstance(mounts, list)):
             continue  # the API server refuses such a pod anyway
@@ -109,18 +130,20 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("kind") != "AdmissionReview" or not isinstance(doc.get("request"), dict):
         raise BadReview("expected an admission.k8s.io/v1 AdmissionReview with a request")
     request = doc["request"]
-    kind = request.get("kind") or {}
+    kind = _object(request, "kind", "request.kind")
     pod = request.get("object")
     if kind.get("kind") != "Pod" or not isinstance(pod, dict):
         raise BadReview("this webhook reviews pods only")
-    uid = request.get("uid", "")
+    uid = _text(request, "uid", "request.uid")
     response: dict[str, Any] = {"uid": uid, "allowed": True}
     out = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
-    namespace = request.get("namespace") or (pod.get("metadata") or {}).get("namespace") or "default"
+    metadata = _object(pod, "metadata", "request.object.metadata")
+    namespace = _text(request, "namespace", "request.namespace") or _text(metadata, "namespace", "metadata.namespace")
+    namespace = namespace or "default"
     if namespace in SYSTEM_NAMESPACES:
         return out
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(ANNOTATION) or config.namespace_annotation(namespace)
+    annotations = _object(metadata, "annotations", "metadata.annotations")
+    value = _text(annotations, ANNOTATION, f"the annotation {ANNOTATION}") or config.namespace_annotation(namespace)
     if not value:
         return out
     try:
@@ -129,7 +152,7 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
         response["allowed"] = False
         response["status"] = {"code": HTTPStatus.BAD_REQUEST, "message": str(exc)}
         return out
-    spec = pod.get("spec") or {}
+    spec = _object(pod, "spec", "request.object.spec")
     patch: list[dict[str, Any]] = _app_mounts(spec, config)
     if not spec.get("initContainers"):
         patch.append({"op": "add", "path": "/spec/initContainers", "value": []})
@@ -165,8 +188,12 @@ def make_handler(config: WebhookConfig) -> type[BaseHTTPRequestHandler]:
             if self.path.split("?")[0] != "/mutate":
                 self._send(HTTPStatus.NOT_FOUND, {"error": f"no such path {self.path}; reviews go to /mutate"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > 4 << 20:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self._send(HTTPStatus.BAD_REQUEST, {"error": "Content-Length is not a number"})
+                return
+            if length < 0 or length > 4 << 20:
                 self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "review larger than 4 MiB"})
                 return
             try:

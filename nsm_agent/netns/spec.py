@@ -40,7 +40,10 @@ def parse_netns(params: Mapping[str, str]) -> NetnsSpec:
         if ino_hint is None:
             raise invalid("the KERNEL mechanism names no network namespace: give inodeURL or netnsInode")
         return NetnsSpec(ino=ino_hint)
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unbalanced [ or ]
+        raise invalid(f"inodeURL {url!r}: {exc}") from None
     if parts.scheme == "file":
         path = parts.path
         if parts.netloc:

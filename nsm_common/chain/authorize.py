@@ -3,11 +3,11 @@ for every Request and Close; a denial is PERMISSION_DENIED naming the policy."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
-from nsm_api.connection_pb2 import Connection
+from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.caller import Caller
 from nsm_common.chain.chain import Call, Next, Step
@@ -60,7 +60,14 @@ class Authorize(Step):
         self.identity = identity
         self.roles = roles
 
-    def _check(self, conn: Connection, caller: Caller | None, operation: str, service: str) -> None:
+    def _check(
+        self,
+        conn: Connection,
+        caller: Caller | None,
+        operation: str,
+        service: str,
+        mechanisms: Sequence[Mechanism] = (),
+    ) -> None:
         roles = self.roles()
         if caller is None or caller.local:
             # A local caller's segment is signed by this hop (SignSegment): checked with our own.
@@ -79,6 +86,7 @@ class Authorize(Step):
         doc = network_service_document(
             conn.path, operation=operation, certificate=certificate,
             caller=facts, network_service=service, labels=conn.labels, connection_owner=owner or None,
+            mechanisms=mechanisms,
         )  # fmt: skip
         segments = conn.path.path_segments
         doc["client"] = _facts(subject(segments[0].token), roles) if segments else {}
@@ -95,7 +103,8 @@ class Authorize(Step):
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         if call.replay is None:
             conn = request.connection
-            self._check(conn, call.get(Caller), "networkservice.request", conn.network_service)
+            self._check(conn, call.get(Caller), "networkservice.request", conn.network_service,
+                        request.mechanism_preferences)  # fmt: skip
         return await nxt.request(request, call)
 
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from nsm_api.connection_pb2 import Path
+from nsm_api.connection_pb2 import Mechanism, Path
 from nsm_common.identity.spiffe_id import Roles, SpiffeId
 
 
@@ -65,6 +65,7 @@ def network_service_document(
     connection_owner: str | None = None,
     server_spiffe_id: str | None = None,
     left_side: bool = True,
+    mechanisms: Sequence[Mechanism] = (),
 ) -> dict[str, Any]:
     """A NetworkService call's input: the left side of the path (up to this hop) on a server,
     the whole path on a client (LEFT_SIDE false)."""
@@ -77,6 +78,8 @@ def network_service_document(
         "network_service": network_service,
         "labels": dict(labels),
     }
+    if mechanisms:  # what the caller offers, in its order (the first it can have is used)
+        doc["mechanism_preferences"] = [{"cls": m.cls, "type": m.type} for m in mechanisms]
     if connection_owner is not None:
         doc["connection_owner"] = connection_owner
     if server_spiffe_id is not None:

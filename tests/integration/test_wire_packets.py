@@ -7,12 +7,16 @@ messages between the nodes' WireGuard ports; the pod's packets never show in cle
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import grpc
+import pytest
 from scapy.all import ICMP, IP, UDP, VXLAN, Raw, raw
 from scapy.contrib.wireguard import Wireguard, WireguardTransport
 
 from nsm_api.connection_pb2 import Connection
 from nsm_client.runtime import kernel_request
-from testbed.bed import Testbed, run
+from testbed.bed import Testbed, links, run
 from testbed.cluster import Cluster
 from tests.helpers.capture import capture
 from tests.helpers.mesh import agent_client
@@ -82,3 +86,35 @@ def test_wireguard_shows_the_underlay_only_ciphertext(bed: Testbed) -> None:
     clear = bytes.fromhex(PATTERN)  # found in each VXLAN packet by the test above
     assert not any(clear in raw(p) for p in seen)
     assert not any(p.haslayer(ICMP) or p.haslayer(VXLAN) for p in between)
+    inner = set(addresses(conn))  # the pods' own addresses never show on the underlay
+    assert not any(p.haslayer(IP) and {p[IP].src, p[IP].dst} & inner for p in seen)
+
+
+POLICY = Path(__file__).resolve().parents[2] / "docs" / "policies" / "require-wireguard.rego"
+
+
+def secret_service(bed: Testbed, offered: str) -> tuple[str, str]:
+    """Two nodes whose agents offer OFFERED between them, under the policy; the client's pod
+    and the agent's URL."""
+    cluster = Cluster.build(bed, nodes=2, agent_args=["--remote-mechanisms", offered, "--policy", str(POLICY)])
+    n1, n2 = cluster.nodes
+    bed.endpoint(cluster.pod(n2, "ep"), "ep-1", "secret", "10.92.0.0/24", n2.agent)
+    return cluster.pod(n1, "c1"), n1.agent
+
+
+def test_a_policy_can_refuse_vxlan_for_a_service(bed: Testbed) -> None:
+    """docs/policies/require-wireguard.rego on the agents: "secret" over VXLAN is refused with a
+    message naming the policy, and nothing is left behind."""
+    pod, agent = secret_service(bed, "VXLAN,WIREGUARD")
+    with pytest.raises(grpc.RpcError) as info:
+        agent_client(agent).request(kernel_request(f"/var/run/netns/{pod}", "secret", "nsm-1"))
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    assert f"policy {POLICY} denies this" in str(info.value.details())  # type: ignore[attr-defined]
+    assert links(pod) == ["lo"]
+
+
+def test_the_same_policy_serves_the_service_over_wireguard(bed: Testbed) -> None:
+    pod, agent = secret_service(bed, "WIREGUARD,VXLAN")
+    conn = agent_client(agent).request(kernel_request(f"/var/run/netns/{pod}", "secret", "nsm-1"))
+    assert hop_metrics(conn)["tunnel"] == "WIREGUARD"
+    pings(pod, conn)
