@@ -71,8 +71,8 @@ class EndpointRuntime:
         steps: list[Step] = [
             PresentedToken(),
             UpdatePath(config.name, config.lifetime, config.lifetime),
-            SignSegment(identity),
-            Authorize(self.policies, self.begin.held, identity, lambda: transport.roles),
+            SignSegment(identity, config.name),
+            Authorize(self.policies, self.begin.held, identity, lambda: transport.roles, config.name),
             self.begin,
             Monitor(self.events),
             PointToPointIpam(self.pools),

@@ -11,6 +11,7 @@ from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.caller import Caller
 from nsm_common.chain.chain import Call, Next, Step
+from nsm_common.chain.path_tokens import as_at_hop
 from nsm_common.errors import NsmError
 from nsm_common.identity.source import IdentitySource
 from nsm_common.identity.spiffe_id import Roles, SpiffeId, SpiffeIdError
@@ -54,11 +55,13 @@ class Authorize(Step):
         held: Callable[[str], Connection | None],
         identity: IdentitySource | None,
         roles: Callable[[], Roles | None],
+        name: str,
     ) -> None:
         self.policies = policies
         self.held = held
         self.identity = identity
         self.roles = roles
+        self.name = name
 
     def _check(
         self,
@@ -83,12 +86,14 @@ class Authorize(Step):
         # confines its caller already (a pod's socket serves only that pod's connections).
         held = self.held(conn.id) if caller is not None and not caller.local else None
         owner = owner_of(held) if held is not None else None
+        audience = str(caller.spiffe_id) if caller is not None and caller.spiffe_id is not None else ""
+        path = as_at_hop(conn, self.name, self.identity, audience)
         doc = network_service_document(
-            conn.path, operation=operation, certificate=certificate,
+            path, operation=operation, certificate=certificate,
             caller=facts, network_service=service, labels=conn.labels, connection_owner=owner or None,
             mechanisms=mechanisms,
         )  # fmt: skip
-        segments = conn.path.path_segments
+        segments = path.path_segments
         doc["client"] = _facts(subject(segments[0].token), roles) if segments else {}
         denial = self.policies.check("server", doc)
         if denial is None:

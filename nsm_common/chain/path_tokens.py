@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from nsm_api.connection_pb2 import Connection
+from nsm_api.connection_pb2 import Connection, Path
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.caller import Caller
 from nsm_common.chain.chain import Call, Next, Step
@@ -52,19 +52,48 @@ class PresentedToken(Step):
         await nxt.close(conn, call)
 
 
-def _sign_segments(conn: Connection, identity: IdentitySource | None, caller: Caller | None) -> None:
+def at_hop(conn: Connection, name: str) -> bool:
+    """Whether the path has been moved to this hop (its segment at the index). A Close may
+    name only the caller's part of the path: of a Request that never got its answer."""
+    segments = conn.path.path_segments
+    index = conn.path.index
+    return index < len(segments) and segments[index].name == name
+
+
+def _sign_segments(conn: Connection, identity: IdentitySource | None, caller: Caller | None, name: str) -> None:
     if identity is None or conn.path.index >= len(conn.path.path_segments):
         return
     svid = identity.current()
     me = str(svid.spiffe_id)
     segments = conn.path.path_segments
     index = conn.path.index
-    if index > 0 and caller is not None and caller.local:
+    local = caller is not None and caller.local
+    if not at_hop(conn, name):  # the caller's segment is at the index; this hop has none
+        if local:
+            segments[index].token = sign(svid, me, ts_seconds(segments[index].expires)).token
+        return
+    if index > 0 and local:
         prev = segments[index - 1]
         prev.token = sign(svid, me, ts_seconds(prev.expires)).token
     own = segments[index]
     audience = str(caller.spiffe_id) if caller is not None and caller.spiffe_id is not None else me
     own.token = sign(svid, audience, ts_seconds(own.expires)).token
+
+
+def as_at_hop(conn: Connection, name: str, identity: IdentitySource | None, audience: str) -> Path:
+    """The path as the policies see it at this hop: as it is, or, for a Close that names only
+    the caller's part, with this hop's segment after the caller's (signed for AUDIENCE)."""
+    path = Path()
+    path.CopyFrom(conn.path)
+    if at_hop(conn, name) or path.index >= len(path.path_segments):
+        return path
+    own = path.path_segments.add(name=name, id=conn.id)
+    own.expires.CopyFrom(path.path_segments[path.index].expires)
+    if identity is not None:
+        svid = identity.current()
+        own.token = sign(svid, audience or str(svid.spiffe_id), ts_seconds(own.expires)).token
+    path.index += 1
+    return path
 
 
 class SignSegment(Step):
@@ -73,16 +102,17 @@ class SignSegment(Step):
 
     Reads: `Caller`. Provides: the tokens of this hop's and a local caller's segments."""
 
-    def __init__(self, identity: IdentitySource | None) -> None:
+    def __init__(self, identity: IdentitySource | None, name: str) -> None:
         self.identity = identity
+        self.name = name
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         if call.replay is None:
-            _sign_segments(request.connection, self.identity, call.get(Caller))
+            _sign_segments(request.connection, self.identity, call.get(Caller), self.name)
         return await nxt.request(request, call)
 
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
-        _sign_segments(conn, self.identity, call.get(Caller))
+        _sign_segments(conn, self.identity, call.get(Caller), self.name)
         await nxt.close(conn, call)
 
 

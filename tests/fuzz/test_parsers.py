@@ -17,7 +17,7 @@ from nsm_common.urls import UrlError, parse_address
 from nsm_endpoint.ipam import PointToPointPool
 from nsm_k8s.annotation import AnnotationError, parse
 from nsm_registry.validation import validate_endpoint, validate_service
-from tests.fuzz.strategies import TEXT, messages_of
+from tests.helpers.fuzz_strategies import TEXT, messages_of
 
 URLISH = st.one_of(
     TEXT,

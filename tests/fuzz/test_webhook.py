@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nsm_k8s.webhook import BadReview, WebhookConfig, review
-from tests.fuzz.strategies import TEXT, mutated
+from tests.helpers.fuzz_strategies import TEXT, mutated
 
 JSON = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), TEXT),

@@ -112,8 +112,8 @@ def server_chain(pki: Path, begin: Begin | None = None) -> tuple[Chain, Begin]:
     identity = ident(pki, "server")
     begin = begin or Begin()
     roles = Roles(TD)
-    steps = [PresentedToken(), UpdatePath("server", 600, 600), SignSegment(identity),
-             Authorize(Policies(), begin.held, identity, lambda: roles), begin]  # fmt: skip
+    steps = [PresentedToken(), UpdatePath("server", 600, 600), SignSegment(identity, "server"),
+             Authorize(Policies(), begin.held, identity, lambda: roles, "server"), begin]  # fmt: skip
     return Chain(steps), begin
 
 
