@@ -258,7 +258,7 @@ def test_registry_messages_mutated_on_the_wire(
     registry: tuple[grpc.Channel, MemoryStore], method: str, data: bytes
 ) -> None:
     channel, _ = registry
-    code = status(lambda: channel.unary_unary(method)(data, timeout=5))
+    code = status(lambda: channel.unary_unary(method, None, None)(data, timeout=5))
     kind = NetworkServiceEndpoint if "Endpoint" in method else NetworkService
     if parses(kind, data):
         assert code not in NEVER, code

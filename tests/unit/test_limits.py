@@ -28,7 +28,7 @@ def test_a_peer_past_its_limit_is_refused_at_once_and_served_again_after(tmp_pat
     target = f"unix:{tmp_path}/t.sock"
     with served(lambda server: server.add_generic_rpc_handlers((handler,)), target):
         channel = grpc.insecure_channel(target)
-        call = channel.unary_unary("/t.T/Slow")
+        call = channel.unary_unary("/t.T/Slow", None, None)
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             held = [pool.submit(call, b"x", timeout=10) for _ in range(2)]
             for _ in range(2):  # both in progress
@@ -37,7 +37,7 @@ def test_a_peer_past_its_limit_is_refused_at_once_and_served_again_after(tmp_pat
                 call(b"y", timeout=10)
             except grpc.RpcError as exc:
                 assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
-                assert "too many calls at once from unix (at most 2)" in exc.details()  # type: ignore[attr-defined]
+                assert "too many calls at once from unix (at most 2)" in str(exc.details())  # type: ignore[attr-defined]
             else:
                 raise AssertionError("a third call at once was taken")
             release.set()
