@@ -18,7 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import heal, kernel_events, local_setup, remote_restart, remote_setup, restart, scale, throughput, tls
+from bench import (
+    heal,
+    kernel_events,
+    local_setup,
+    remote_restart,
+    remote_setup,
+    restart,
+    scale,
+    throughput,
+    tls,
+    tokens,
+)
 from bench.report import write_report
 from bench.stats import summary
 from nsm_common.daemon import raise_open_file_limit
@@ -100,6 +111,12 @@ def part_tls(bed: Testbed, quick: bool) -> dict[str, Any]:
     return {"n": n, **{k: summary(v) for k, v in got.items()}}
 
 
+def part_tokens(bed: Testbed, quick: bool) -> dict[str, Any]:
+    n = 300 if quick else 2000
+    got = tokens.run_all(n)
+    return {"n": n, "on": summary(got["on"]), "off": summary(got["off"]), "profile": got["profile"]}  # type: ignore[arg-type]
+
+
 PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "local": part_local,
     "remote": part_remote,
@@ -110,6 +127,7 @@ PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "remote_restart": part_remote_restart,
     "events": part_events,
     "tls": part_tls,
+    "tokens": part_tokens,
 }
 
 

@@ -10,13 +10,14 @@ anything but `true` denies; an evaluation that fails answers not-ok, which denie
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from regopy import Bundle, Interpreter, RegoError
@@ -40,19 +41,24 @@ class Policy:
     name: str
     package: str
     bundle: Bundle
-    _runner: Interpreter = field(default_factory=Interpreter, repr=False)
 
     @property
     def rule(self) -> str:
         return f"data.{self.package}.{RULE}"
 
-    def allows(self, document: dict[str, Any]) -> bool:
-        """Whether `valid` is true for input DOCUMENT; raises EngineError when the engine fails."""
+    def allows(self, document: dict[str, Any] | str) -> bool:
+        """Whether `valid` is true for input DOCUMENT (a dict, or its JSON); raises EngineError
+        when the engine fails."""
+        runner = Interpreter()
+        give_input(runner, document)
+        return self.allows_on(runner)
+
+    def allows_on(self, runner: Interpreter) -> bool:
+        """As `allows`, on an interpreter whose input is set already (several policies, one input)."""
         try:
-            self._runner.set_input(document)
-            out = self._runner.query_bundle(self.bundle)
+            out = runner.query_bundle(self.bundle)
         except RegoError as exc:
-            raise EngineError(f"policy {self.name} ({self.rule}) could not be evaluated: {_words(exc)}") from None
+            raise EngineError(f"policy {self.name} ({self.rule}) could not be evaluated: {_words(str(exc))}") from None
         if not out.ok():
             raise EngineError(f"policy {self.name} ({self.rule}) could not be evaluated (a runtime error, or "
                               "conflicting values of the rule)")  # fmt: skip
@@ -60,6 +66,64 @@ class Policy:
             return False
         value = out.binding("x")
         return value is not None and value.json() == "true"
+
+
+@dataclass
+class PolicyGroup:
+    """Several policies of one package each, built into one bundle and asked in one query
+    (the engine's cost is mostly per query). NAMES in order; the query answers each `valid`."""
+
+    names: list[str]
+    bundle: Bundle
+
+    def denied_on(self, runner: Interpreter) -> str | None:
+        """The first policy whose `valid` is not true (None: all are), on RUNNER's input;
+        raises EngineError when the engine fails."""
+        try:
+            out = runner.query_bundle(self.bundle)
+        except RegoError as exc:
+            raise EngineError(f"policies {', '.join(self.names)} could not be evaluated: {_words(str(exc))}") from None
+        if not out.ok() or "bindings" not in str(out):
+            raise EngineError(f"policies {', '.join(self.names)} could not be evaluated")
+        answers = json.loads(out.binding("x").json())
+        for name, answer in zip(self.names, answers, strict=True):
+            if answer is not True:
+                return name
+        return None
+
+
+def compile_group(sources: list[tuple[str, str]]) -> PolicyGroup:
+    """Build policies written as one package each (this project's defaults) into one bundle:
+    each package is renamed apart, so their `valid` rules do not merge. Raises PolicyError."""
+    builder = Interpreter()
+    rules = []
+    with _engine_output() as printed:
+        try:
+            for i, (name, source) in enumerate(sources):
+                renamed, count = _PACKAGE.subn(f"package policy_{i}", source, count=1)
+                if not count:
+                    raise PolicyError(f"policy {name}: no `package` line")
+                builder.add_module(name, renamed)
+                rules.append(f"data.policy_{i}.{RULE}")
+            bundle = builder.build(f"x = [{', '.join(rules)}]")
+        except RegoError as exc:
+            error: RegoError | None = exc
+        else:
+            error = None
+    if error is not None or not bundle.ok():
+        raise PolicyError(f"policies do not compile: {_words(printed[0]) or _messages(error)}")
+    return PolicyGroup([name for name, _ in sources], bundle)
+
+
+def give_input(runner: Interpreter, document: dict[str, Any] | str) -> None:
+    """Set the input of RUNNER (JSON text is read by the engine itself: cheaper than a dict)."""
+    try:
+        if isinstance(document, str):
+            runner.set_input_term(document)
+        else:
+            runner.set_input(document)
+    except RegoError as exc:
+        raise EngineError(f"the policy input could not be read: {_words(str(exc))}") from None
 
 
 def compile_policy(name: str, source: str) -> Policy:

@@ -25,8 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from regopy import Interpreter
 
-from nsm_common.policy.engine import EngineError, Policy, PolicyError, compile_policy
+from nsm_common.policy.engine import (
+    EngineError,
+    Policy,
+    PolicyError,
+    PolicyGroup,
+    compile_group,
+    compile_policy,
+    give_input,
+)
 from nsm_common.tokens import claims
 
 log = structlog.get_logger("nsm.policy")
@@ -60,10 +69,20 @@ class Denial:
     message: str
 
 
-def default_policy(name: str) -> Policy:
+def default_source(name: str) -> str:
     """One of the policies written here, by its name under nsm_common/policy/rego."""
-    source = resources.files("nsm_common.policy").joinpath(f"rego/{name}.rego").read_text()
-    return compile_policy(f"{name}.rego", source)
+    return resources.files("nsm_common.policy").joinpath(f"rego/{name}.rego").read_text()
+
+
+def default_policy(name: str) -> Policy:
+    return compile_policy(f"{name}.rego", default_source(name))
+
+
+def default_group(names: Sequence[str]) -> PolicyGroup | None:
+    """The defaults of one point, in one bundle (one query for all of them)."""
+    if not names:
+        return None
+    return compile_group([(f"{n}.rego", default_source(n)) for n in names])
 
 
 def site_files(paths: Sequence[Path]) -> list[Path]:
@@ -123,7 +142,7 @@ class Policies:
     def __init__(self, site: Sequence[Path] = (), *, tokens: bool = True) -> None:
         """Raises PolicyError for a site file that does not compile (the component does not start)."""
         names = DEFAULTS if tokens else WITHOUT_TOKENS
-        self._defaults = {point: [default_policy(n) for n in chosen] for point, chosen in names.items()}
+        self._defaults = {point: default_group(chosen) for point, chosen in names.items()}
         self._paths = list(site)
         self._site = load_site(self._paths)
         self._seen = _signature(self._paths)
@@ -131,6 +150,7 @@ class Policies:
         self._lock = threading.Lock()
         self.generation = 0
         self._cache: OrderedDict[tuple[int, str, str], tuple[Denial | None, float]] = OrderedDict()
+        self._runner = Interpreter()  # one input, every policy's bundle run on it
 
     @property
     def site(self) -> list[str]:
@@ -169,13 +189,14 @@ class Policies:
         is not true for DOCUMENT; an engine failure denies (fail closed)."""
         if time.monotonic() - self._looked >= RECHECK:
             self.reload()
-        key = (self.generation, point, json.dumps(document, sort_keys=True, default=str))
+        text = json.dumps(document, sort_keys=True, default=str)
+        key = (self.generation, point, text)
         at = time.time()
         cached = self._cache.get(key)
         if cached is not None and cached[1] > at:
             self._cache.move_to_end(key)
             return cached[0]
-        denial = self._evaluate(point, document)
+        denial = self._evaluate(point, text)
         exp = _earliest_exp(document)
         until = min(at + CACHE_TTL, exp if exp is not None else at + CACHE_TTL)
         self._cache[key] = (denial, until)
@@ -183,13 +204,21 @@ class Policies:
             self._cache.popitem(last=False)
         return denial
 
-    def _evaluate(self, point: str, document: dict[str, Any]) -> Denial | None:
-        chosen = list(self._defaults.get(point, []))
-        if point in SITE_POINTS:
-            chosen += self._site
+    def _evaluate(self, point: str, document: str) -> Denial | None:
+        runner = self._runner
+        group = self._defaults.get(point)
+        try:
+            give_input(runner, document)  # once, for every policy
+            denied = group.denied_on(runner) if group is not None else None
+        except EngineError as exc:
+            log.error("policy engine failed; denied", error=str(exc))
+            return Denial("defaults", "data.nsm.valid", f"{exc}; denied")
+        if denied is not None:
+            return Denial(denied, "data.nsm.valid", f"policy {denied} denies this: data.nsm.valid is not true")
+        chosen = list(self._site) if point in SITE_POINTS else []
         for policy in chosen:
             try:
-                allowed = policy.allows(document)
+                allowed = policy.allows_on(runner)
             except EngineError as exc:
                 log.error("policy engine failed; denied", policy=policy.name, error=str(exc))
                 return Denial(policy.name, policy.rule, f"{exc}; denied")
