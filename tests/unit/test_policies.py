@@ -73,3 +73,16 @@ def test_site_policies_apply_where_calls_are_served_not_to_replies(tmp_path: Pat
     assert chosen.check("server", {"path_segments": []}) is not None
     assert chosen.check("registry", {"path_segments": [], "resource_name": "a"}) is not None
     assert chosen.check("client", {"path_segments": []}) is None
+
+
+def test_the_documented_example_says_which_namespaces_may_use_which_services() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs" / "policies"
+    chosen = Policies([docs / "services-by-namespace.rego"], tokens=False)
+
+    def asks(service: str, namespace: str) -> bool:
+        doc = {"operation": "networkservice.request", "network_service": service, "path_segments": [],
+               "client": {"namespace": namespace}, "caller": {"local": True}}  # fmt: skip
+        return chosen.check("server", doc) is None
+
+    assert asks("web", "staging") and asks("db", "prod") and asks("unlisted", "dev")
+    assert not asks("db", "staging") and not asks("web", "dev")
