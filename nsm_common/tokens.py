@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ ALGORITHM = "ES256"
 # A token is a few hundred bytes; anything far larger is not one of ours and is refused
 # before it is parsed.
 MAX_TOKEN_LENGTH = 8192
+MIN_LIFETIME = 30.0  # seconds: the least a token is signed for
 
 # Go's time.RFC3339Nano: up to nine fraction digits (trailing zeros dropped), Z or ±hh:mm.
 _RFC3339 = re.compile(r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
@@ -109,8 +111,10 @@ class Signed:
 
 def sign(svid: Svid, audience: str | None, expires: float) -> Signed:
     """A token for this hop's segment: sub = SVID's ID, aud = [AUDIENCE] (none: no aud),
-    exp = EXPIRES in whole seconds (JWT NumericDate), never past the SVID's own end."""
-    exp = int(min(expires, svid.not_after.timestamp()))
+    exp = EXPIRES in whole seconds (JWT NumericDate), never past the SVID's own end. A
+    segment whose expiry has passed or is close (the Close of a connection about to expire)
+    still gets a token good for MIN_LIFETIME, long enough for the call it goes with."""
+    exp = int(min(max(expires, time.time() + MIN_LIFETIME), svid.not_after.timestamp()))
     claims: dict[str, Any] = {"sub": str(svid.spiffe_id), "exp": exp}
     if audience:
         claims["aud"] = [audience]

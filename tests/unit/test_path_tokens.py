@@ -25,11 +25,13 @@ from nsm_common.errors import NsmError
 from nsm_common.identity import issue
 from nsm_common.identity.folder import IdentityFolder
 from nsm_common.identity.spiffe_id import Roles, SpiffeId
+from nsm_common.identity.svid import Svid
 from nsm_common.policy.policies import Policies
 from nsm_common.registry_path import PathError, RegistryPath, enter, read_path
 from nsm_common.timeutil import ts_from
 from nsm_common.tokens import (
     EXPIRES_KEY,
+    MIN_LIFETIME,
     TOKEN_KEY,
     Presented,
     TokenError,
@@ -55,6 +57,12 @@ def pki(tmp_path: Path) -> Path:
     for name, sid in (("client", CLIENT), ("server", SERVER), ("other", OTHER)):
         issue.issue(tmp_path / "ca", sid, tmp_path / name)
     return tmp_path
+
+
+def expired(svid: Svid, audience: str) -> str:
+    """A token past its exp (sign() never makes one: it signs at least MIN_LIFETIME ahead)."""
+    claims = {"sub": str(svid.spiffe_id), "aud": [audience], "exp": int(time.time()) - 5}
+    return jwt.encode(claims, svid.key_pem, algorithm="ES256")
 
 
 def ident(pki: Path, who: str) -> IdentityFolder:
@@ -92,8 +100,9 @@ def test_a_token_names_its_signer_and_audience_and_verifies_only_with_its_key(pk
     assert verify(signed.token, svid.cert_pem)["sub"] == CLIENT
     with pytest.raises(TokenError, match="not signed by that certificate"):
         verify(signed.token, ident(pki, "other").current().cert_pem)
-    # Never past the SVID's own end.
+    # Never past the SVID's own end; never less than the call it goes with needs.
     assert sign(svid, SERVER, time.time() + 10**9).expires == int(svid.not_after.timestamp())
+    assert sign(svid, SERVER, time.time() - 100).expires >= int(time.time() + MIN_LIFETIME) - 1
     assert subject("not a token") == "" and claims("") is None
 
 
@@ -152,7 +161,7 @@ async def test_a_bad_token_is_denied_by_the_policy_that_catches_it(pki: Path, ki
     token = {
         "none": "",
         "unchained": sign(signer, OTHER, exp).token,
-        "expired": sign(signer, SERVER, time.time() - 5).token,
+        "expired": expired(signer, SERVER),
         "other-signer": sign(signer, SERVER, exp).token,
     }[kind]
     req = request_at(0, [PathSegment(name="client", id="c-1")])
@@ -214,7 +223,7 @@ def test_outgoing_tokens_sign_for_the_server_and_check_its_reply(pki: Path) -> N
     tokens.check_reply(reply, SERVER)
     with pytest.raises(NsmError, match=r"client/next_token_from_server\.rego"):
         tokens.check_reply(reply, OTHER)  # not the server we dialled
-    reply.path.path_segments[1].token = sign(server, CLIENT, time.time() - 1).token
+    reply.path.path_segments[1].token = expired(server, CLIENT)
     with pytest.raises(NsmError, match=r"common/tokens_expired\.rego"):
         tokens.check_reply(reply, SERVER)
     assert OutgoingTokens(None).sign_for(conn, SERVER) == ()  # no identity, no token
