@@ -56,7 +56,7 @@ WITHOUT_TOKENS: dict[str, tuple[str, ...]] = {
 }
 SITE_POINTS = ("server", "registry")
 RECHECK = 1.0  # seconds between looks at the site files
-CACHE_SIZE = 4096
+CACHE_SIZE = 1024  # a few KiB each (the input holds a certificate)
 CACHE_TTL = 10.0  # a decision is reused this long at most (policies may read the time)
 
 
