@@ -95,7 +95,8 @@ class Authorize(Step):
         )  # fmt: skip
         segments = path.path_segments
         doc["client"] = _facts(subject(segments[0].token), roles) if segments else {}
-        denial = self.policies.check("server", doc)
+        local = caller is None or caller.local
+        denial = self.policies.check("local" if local else "server", doc)
         if denial is None:
             return
         who = facts.get("spiffe_id") or "a local caller"

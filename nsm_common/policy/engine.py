@@ -16,7 +16,7 @@ import re
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,13 +92,16 @@ class PolicyGroup:
         return None
 
 
-def compile_group(sources: list[tuple[str, str]]) -> PolicyGroup:
+def compile_group(sources: list[tuple[str, str]], helpers: Sequence[tuple[str, str]] = ()) -> PolicyGroup:
     """Build policies written as one package each (this project's defaults) into one bundle:
-    each package is renamed apart, so their `valid` rules do not merge. Raises PolicyError."""
+    each package is renamed apart, so their `valid` rules do not merge. HELPERS: modules
+    they import, added as they are. Raises PolicyError."""
     builder = Interpreter()
     rules = []
     with _engine_output() as printed:
         try:
+            for name, source in helpers:
+                builder.add_module(name, source)
             for i, (name, source) in enumerate(sources):
                 renamed, count = _PACKAGE.subn(f"package policy_{i}", source, count=1)
                 if not count:

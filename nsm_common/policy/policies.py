@@ -41,6 +41,9 @@ from nsm_common.tokens import claims
 log = structlog.get_logger("nsm.policy")
 
 DEFAULTS: dict[str, tuple[str, ...]] = {
+    # A caller on a plaintext unix socket: its segment is this hop's own signature, and the
+    # socket confines it; only the site's policies have anything to say.
+    "local": (),
     "server": ("common/tokens_valid", "common/tokens_chained", "common/tokens_expired",
                "server/prev_token_signed", "server/caller_owns_connection"),
     "client": ("common/tokens_valid", "common/tokens_chained", "common/tokens_expired",
@@ -50,11 +53,14 @@ DEFAULTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 # Without identities there are no tokens: only what does not ask for them is checked.
 WITHOUT_TOKENS: dict[str, tuple[str, ...]] = {
+    "local": (),
     "server": ("server/caller_owns_connection",),
     "client": (),
     "registry": ("registry/registrant_owns_name",),
 }
-SITE_POINTS = ("server", "registry")
+SITE_POINTS = ("local", "server", "registry")
+# Modules the defaults import (not policies of their own).
+HELPERS = ("common/payloads",)
 RECHECK = 1.0  # seconds between looks at the site files
 CACHE_SIZE = 1024  # a few KiB each (the input holds a certificate)
 CACHE_TTL = 10.0  # a decision is reused this long at most (policies may read the time)
@@ -82,7 +88,8 @@ def default_group(names: Sequence[str]) -> PolicyGroup | None:
     """The defaults of one point, in one bundle (one query for all of them)."""
     if not names:
         return None
-    return compile_group([(f"{n}.rego", default_source(n)) for n in names])
+    helpers = [(f"{n}.rego", default_source(n)) for n in HELPERS]
+    return compile_group([(f"{n}.rego", default_source(n)) for n in names], helpers)
 
 
 def site_files(paths: Sequence[Path]) -> list[Path]:
@@ -207,6 +214,8 @@ class Policies:
     def _evaluate(self, point: str, document: str) -> Denial | None:
         runner = self._runner
         group = self._defaults.get(point)
+        if group is None and not (point in SITE_POINTS and self._site):
+            return None  # nothing to ask: no engine call at all
         try:
             give_input(runner, document)  # once, for every policy
             denied = group.denied_on(runner) if group is not None else None

@@ -11,7 +11,7 @@ import pytest
 
 from nsm_common.policy import policies as policy_set
 from nsm_common.policy.engine import PolicyError, compile_policy
-from nsm_common.policy.policies import DEFAULTS, Policies, default_policy
+from nsm_common.policy.policies import DEFAULTS, Policies, default_group, default_policy
 
 ALLOW_WEB = 'package site\n\nvalid { input.network_service == "web" }\n'
 ALLOW_DB = 'package site\n\nvalid { input.network_service == "db" }\n'
@@ -28,10 +28,12 @@ def test_a_policy_compiles_or_is_refused_with_the_engines_words() -> None:
         compile_policy("nopkg.rego", "valid = true\n")
 
 
-def test_every_default_policy_compiles() -> None:
-    for names in DEFAULTS.values():
+def test_every_default_policy_compiles_alone_and_with_the_others() -> None:
+    for point, names in DEFAULTS.items():
         for name in names:
             assert default_policy(name).package == "nsm"
+        group = default_group(names)
+        assert (group is None) == (not names), point
 
 
 def test_a_site_file_reloads_and_a_broken_one_keeps_the_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

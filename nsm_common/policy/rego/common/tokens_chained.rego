@@ -2,6 +2,8 @@
 # a hop in or out of the path (upstream's rule of the same name).
 package nsm
 
+import data.nsm_payloads.payload
+
 default valid = false
 
 valid {
@@ -9,12 +11,6 @@ valid {
 }
 
 valid {
-	links := {i | input.path_segments[i]; linked(input.path_segments[i].token, input.path_segments[i + 1].token)}
+	links := {i | payload[i]; payload[i].aud[_] == payload[i + 1].sub}
 	count(links) == count(input.path_segments) - 1
-}
-
-linked(this, next) {
-	[_, a, _] := io.jwt.decode(this)
-	[_, b, _] := io.jwt.decode(next)
-	a.aud[_] == b.sub
 }
