@@ -12,6 +12,7 @@ verifies one token.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 import time
 from collections.abc import Iterable
@@ -20,6 +21,8 @@ from typing import Any
 
 import jwt
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from nsm_common.identity.svid import Svid
 
@@ -118,7 +121,16 @@ def sign(svid: Svid, audience: str | None, expires: float) -> Signed:
     claims: dict[str, Any] = {"sub": str(svid.spiffe_id), "exp": exp}
     if audience:
         claims["aud"] = [audience]
-    return Signed(jwt.encode(claims, svid.key_pem, algorithm=ALGORITHM), float(exp))
+    return Signed(jwt.encode(claims, _key(svid.key_pem), algorithm=ALGORITHM), float(exp))
+
+
+@functools.lru_cache(maxsize=8)
+def _key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """The signing key, read once per identity (reading a PEM costs as much as a signature)."""
+    key = serialization.load_pem_private_key(pem, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise TokenError("the identity's key is not an EC key; path tokens are ES256")
+    return key
 
 
 def claims(token: str) -> dict[str, Any] | None:

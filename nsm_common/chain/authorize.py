@@ -71,6 +71,10 @@ class Authorize(Step):
         service: str,
         mechanisms: Sequence[Mechanism] = (),
     ) -> None:
+        local = caller is None or caller.local
+        point = "local" if local else "server"
+        if not self.policies.asks(point):
+            return
         roles = self.roles()
         if caller is None or caller.local:
             # A local caller's segment is signed by this hop (SignSegment): checked with our own.
@@ -95,8 +99,7 @@ class Authorize(Step):
         )  # fmt: skip
         segments = path.path_segments
         doc["client"] = _facts(subject(segments[0].token), roles) if segments else {}
-        local = caller is None or caller.local
-        denial = self.policies.check("local" if local else "server", doc)
+        denial = self.policies.check(point, doc)
         if denial is None:
             return
         who = facts.get("spiffe_id") or "a local caller"

@@ -191,11 +191,17 @@ class Policies:
             if self._paths:
                 await asyncio.to_thread(self.reload)
 
+    def asks(self, point: str) -> bool:
+        """Whether any policy is checked at POINT (else a caller need not build its input)."""
+        return self._defaults.get(point) is not None or (point in SITE_POINTS and bool(self._site))
+
     def check(self, point: str, document: dict[str, Any]) -> Denial | None:
         """The first policy at POINT (and, on a server or the registry, the site's) whose `valid`
         is not true for DOCUMENT; an engine failure denies (fail closed)."""
         if time.monotonic() - self._looked >= RECHECK:
             self.reload()
+        if not self.asks(point):
+            return None
         text = json.dumps(document, sort_keys=True, default=str)
         key = (self.generation, point, text)
         at = time.time()
