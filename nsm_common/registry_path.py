@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nsm_common.identity.source import IdentitySource
-from nsm_common.tokens import MAX_TOKEN_LENGTH, sign, subject, to_metadata
+from nsm_common.tokens import MAX_TOKEN_LENGTH, claims, sign, subject, to_metadata
 
 PATH_KEY = "path"
 MAX_PATH_BYTES = 64 * 1024
@@ -35,9 +35,13 @@ class RegistryPath:
         return json.dumps({"index": self.index, "path_segments": [{"token": t} for t in self.tokens]})
 
     def segments(self, upto: int | None = None) -> list[dict[str, Any]]:
-        """As the policies see them (upstream's shape)."""
+        """As the policies see them (upstream's shape, and each token's claims decoded)."""
         chosen = self.tokens if upto is None else self.tokens[: upto + 1]
-        return [{"token": t} for t in chosen]
+        out: list[dict[str, Any]] = []
+        for token in chosen:
+            found = claims(token)
+            out.append({"token": token, "claims": found} if found is not None else {"token": token})
+        return out
 
     def ids(self, upto: int) -> list[str]:
         """The signers of the segments up to index UPTO: who the call came through, in order."""

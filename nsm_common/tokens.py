@@ -11,8 +11,11 @@ verifies one token.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import functools
+import json
 import re
 import time
 from collections.abc import Iterable
@@ -135,14 +138,25 @@ def _key(pem: bytes) -> ec.EllipticCurvePrivateKey:
 
 def claims(token: str) -> dict[str, Any] | None:
     """The token's claims, signature not checked (who the token says signed it); None when
-    it is not a JWT."""
+    it is not a JWT (three base64url parts, the first two JSON objects)."""
     if not token or len(token) > MAX_TOKEN_LENGTH:
         return None
-    try:
-        found = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
+    found = _claims(token)
+    return dict(found) if found is not None else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _claims(token: str) -> dict[str, Any] | None:
+    # The same token is read several times per call (the policy input, its owner, its
+    # expiry): decoded once. A JWT's parts are base64url JSON; this is all a decode needs.
+    parts = token.split(".")
+    if len(parts) != 3:
         return None
-    return found if isinstance(found, dict) else None
+    try:
+        header, payload = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in parts[:2])
+    except (ValueError, binascii.Error):
+        return None
+    return payload if isinstance(header, dict) and isinstance(payload, dict) else None
 
 
 def subject(token: str) -> str:

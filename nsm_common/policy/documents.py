@@ -2,7 +2,8 @@
 for upstream run unchanged. Pure.
 
 A NetworkService call: the path as Go's encoding/json writes upstream's Path
-(`index`, `path_segments` with `name`, `id`, `token`, `expires`, `metrics`) and
+(`index`, `path_segments` with `name`, `id`, `token`, `expires`, `metrics`; added: each
+token's `claims`, decoded but not verified) and
 `auth_info.certificate` (the TLS peer's, PEM). A registry call: `resource_id`,
 `resource_name`, `resource_path_ids_map`, `path_segments`, `index`. Added here, beside
 upstream's fields: `operation`, `caller` and what the call is about (`network_service`,
@@ -16,6 +17,7 @@ from typing import Any
 
 from nsm_api.connection_pb2 import Mechanism, Path
 from nsm_common.identity.spiffe_id import Roles, SpiffeId
+from nsm_common.tokens import claims
 
 
 def segments(path: Path, upto: int | None = None) -> list[dict[str, Any]]:
@@ -31,6 +33,9 @@ def segments(path: Path, upto: int | None = None) -> list[dict[str, Any]]:
             item["id"] = seg.id
         if seg.token:
             item["token"] = seg.token
+            found = claims(seg.token)
+            if found is not None:  # decoded here once (the engine's decoding costs ten times more)
+                item["claims"] = found
         if seg.HasField("expires"):
             item["expires"] = {"seconds": seg.expires.seconds, "nanos": seg.expires.nanos}
         if seg.metrics:
