@@ -144,11 +144,10 @@ class OutgoingTokens:
         me = str(svid.spiffe_id)
         segments = reply.path.path_segments
         index = reply.path.index
+        # Ours as sent (sign_for named this hop the audience: the local hop has no ID of its own).
         for i, seg in enumerate(sent.path.path_segments[: index + 1]):
             if i < len(segments):
                 segments[i].token = seg.token
-        if index < len(segments):  # what we sent the local hop names us as audience
-            segments[index].token = sign(svid, me, ts_seconds(segments[index].expires)).token
         for seg in segments[index + 1 :]:
             seg.token = sign(svid, me, ts_seconds(seg.expires)).token
 
@@ -156,8 +155,11 @@ class OutgoingTokens:
         """Raises PERMISSION_DENIED when the reply's path fails the `client` policies."""
         if self.identity is None or self.policies is None:
             return
+        # From this hop on: what is before it was checked on the way in (Authorize), here or
+        # at the hops before; the tokens after it are the server's to answer for.
+        right = Path(index=0, path_segments=reply.path.path_segments[reply.path.index :])
         doc = network_service_document(
-            reply.path, operation="networkservice.reply", certificate="", caller={},
+            right, operation="networkservice.reply", certificate="", caller={},
             network_service=reply.network_service, labels=reply.labels,
             server_spiffe_id=server_id or None, left_side=False,
         )  # fmt: skip
