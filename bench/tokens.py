@@ -71,9 +71,10 @@ def run_all(n: int) -> dict[str, object]:
 
         def on() -> Chain:
             begin = Begin()
+            authorize = Authorize(Policies([pki / "site"]), server, lambda: roles, "server")
+            begin.may_touch = authorize.may_touch
             steps: list[Step] = [PresentedToken(), UpdatePath("server", 600, 600), SignSegment(server, "server"),
-                                 Authorize(Policies([pki / "site"]), begin.held, server, lambda: roles, "server"),
-                                 begin]  # fmt: skip
+                                 authorize, begin]  # fmt: skip
             return Chain(steps)
 
         def off() -> Chain:

@@ -78,7 +78,7 @@ class AgentClient:
         metadata = self.tokens.sign_for(request.connection, self.server_id)
         reply: Connection = self.ns.Request(request, timeout=self.timeout, metadata=metadata)
         try:
-            self.tokens.check_reply(reply, self.server_id)
+            self.tokens.check_reply(reply, self.server_id, request.connection)
         except NsmError:
             self.close(reply)
             raise

@@ -64,17 +64,27 @@ class PeerLimit(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 def _counted(handler: Handler, limit: PeerLimit) -> Handler:
     """The same handler, its behaviour wrapped in the per-peer count."""
 
-    def admit(context: Any) -> str | None:
+    def admit(context: Any) -> Callable[[], None] | None:
+        """Count the call in; its release (once, however the call ends), or None: refused."""
         key = peer_key(context)
         if limit.active[key] >= limit.limit:
             return None
         limit.active[key] += 1
-        return key
+        done = False
 
-    def release(key: str) -> None:
-        limit.active[key] -= 1
-        if limit.active[key] <= 0:
-            del limit.active[key]
+        def release(*_: object) -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            limit.active[key] -= 1
+            if limit.active[key] <= 0:
+                del limit.active[key]
+
+        # A stream cancelled while waiting at `yield` ends its generator only when it is
+        # collected: the call's end releases it at once.
+        context.add_done_callback(release)
+        return release
 
     def refusal(context: Any) -> Awaitable[None]:
         return context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,  # type: ignore[no-any-return]
@@ -84,13 +94,14 @@ def _counted(handler: Handler, limit: PeerLimit) -> Handler:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: Any) -> Any:
-            key = admit(context)
-            if key is None:
+            release = admit(context)
+            if release is None:
                 await refusal(context)
+                return None
             try:
                 return await inner_uu(request, context)
             finally:
-                release(key)  # type: ignore[arg-type]
+                release()
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer,
                                                    handler.response_serializer)  # fmt: skip
@@ -98,14 +109,15 @@ def _counted(handler: Handler, limit: PeerLimit) -> Handler:
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: Any) -> Any:
-            key = admit(context)
-            if key is None:
+            release = admit(context)
+            if release is None:
                 await refusal(context)
+                return
             try:
                 async for item in inner_us(request, context):  # type: ignore[attr-defined]
                     yield item
             finally:
-                release(key)  # type: ignore[arg-type]
+                release()
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, handler.request_deserializer,
                                                     handler.response_serializer)  # fmt: skip

@@ -68,8 +68,8 @@ def read_path(metadata: Iterable[tuple[str, str | bytes]] | None) -> RegistryPat
         raise PathError(f"metadata `path` is {len(text)} bytes; at most {MAX_PATH_BYTES}")
     try:
         doc = json.loads(text)
-    except ValueError as exc:
-        raise PathError(f"metadata `path` is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise PathError(f"metadata `path` is not JSON (or nested too deep): {exc}") from None
     if not isinstance(doc, dict):
         raise PathError("metadata `path` is not a JSON object")
     index = _field(doc, "index") or 0

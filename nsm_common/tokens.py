@@ -153,10 +153,16 @@ def _claims(token: str) -> dict[str, Any] | None:
     if len(parts) != 3:
         return None
     try:
-        header, payload = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in parts[:2])
-    except (ValueError, binascii.Error):
+        header, payload = (json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)), parse_constant=_no_constant)
+                           for p in parts[:2])  # fmt: skip
+    except (ValueError, binascii.Error, RecursionError):  # deep nesting is no claim either
         return None
     return payload if isinstance(header, dict) and isinstance(payload, dict) else None
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON: a token that holds them is no JWT."""
+    raise ValueError(f"{name} is not JSON")
 
 
 def subject(token: str) -> str:

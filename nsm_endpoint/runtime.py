@@ -68,11 +68,13 @@ class EndpointRuntime:
         self.events = ConnectionEvents()
         identity = transport.identity
         self.policies = Policies(tokens=identity is not None)
+        authorize = Authorize(self.policies, identity, lambda: transport.roles, config.name)
+        self.begin.may_touch = authorize.may_touch
         steps: list[Step] = [
             PresentedToken(),
             UpdatePath(config.name, config.lifetime, config.lifetime),
             SignSegment(identity, config.name),
-            Authorize(self.policies, self.begin.held, identity, lambda: transport.roles, config.name),
+            authorize,
             self.begin,
             Monitor(self.events),
             PointToPointIpam(self.pools),

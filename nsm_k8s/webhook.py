@@ -125,8 +125,8 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
     """The AdmissionReview response for one request body (BadReview: HTTP 400)."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadReview(f"the body is not JSON: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadReview(f"the body is not JSON (or nested too deep): {exc}") from exc
     if not isinstance(doc, dict) or doc.get("kind") != "AdmissionReview" or not isinstance(doc.get("request"), dict):
         raise BadReview("expected an admission.k8s.io/v1 AdmissionReview with a request")
     request = doc["request"]

@@ -24,6 +24,8 @@ from nsm_common.registry_path import TOKEN_LIFETIME, PathError, RegistryPath, en
 from nsm_common.timeutil import now
 from nsm_common.tokens import TokenError, from_metadata, sign
 
+RELAYS = ("agent", "registry")  # who may pass on a registration made by somebody else
+
 
 class Refused(Exception):
     """A registration or unregistration the registry will not make; a status and a message."""
@@ -84,6 +86,13 @@ class Registrants:
             path = read_path(metadata) or RegistryPath()
         except (TokenError, PathError) as exc:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{what}: {exc}") from None
+        relayed = bool(path.tokens) and path.index > 0
+        roles = self.transport.roles
+        if relayed and (roles is None or roles.role_of(caller) not in RELAYS):
+            # Only agents and registries pass others' registrations on (each checks the hop
+            # before it); anybody else registers in its own name.
+            why = f"{caller} may register only in its own name (its path holds others' segments)"
+            raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"{what}: {why}")
         own = sign(self.transport.identity.current(), str(caller), now() + TOKEN_LIFETIME)
         index = enter(path, presented.token if presented is not None else "", own.token)
         ids = path.ids(index - 1)

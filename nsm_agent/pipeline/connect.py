@@ -161,7 +161,7 @@ class ConnectEndpoint(Step):
         """The next hop's tokens: over TLS checked (the `client` policies); from a local hop on
         a plaintext socket, signed by this hop on its behalf."""
         if server_id:
-            self.tokens.check_reply(reply, server_id)
+            self.tokens.check_reply(reply, server_id, sent)
         else:
             self.tokens.vouch(sent, reply)
 

@@ -75,12 +75,14 @@ def agent_steps(
     """Every step of the agent's chain, in the order a Request meets them."""
     dp = datapath or Datapath()
     security = security or Security.without_identity()
+    authorize = Authorize(security.policies, security.identity, security.roles, name)
+    begin.may_touch = authorize.may_touch  # who may refresh or close, asked under Begin's lock
     return [
         ValidateRequest(kinds.supported()),
         PresentedToken(),
         UpdatePath(name, default_lifetime, max_lifetime),
         SignSegment(security.identity, name),
-        Authorize(security.policies, begin.held, security.identity, security.roles, name),
+        authorize,
         begin,
         Journal(journal),
         Monitor(events),

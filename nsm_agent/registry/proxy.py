@@ -53,6 +53,12 @@ async def forward_metadata(
     except (TokenError, PathError) as exc:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{operation} of {name!r}: {exc}")
         raise
+    roles = registry.transport.roles
+    relays = roles is not None and caller.spiffe_id is not None and roles.role_of(caller.spiffe_id) == "agent"
+    if path.tokens and path.index > 0 and not relays:  # only agents pass others' registrations on
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"{operation} of {name!r}: {caller.spiffe_id} may register only in its own name "
+                            "(its path holds others' segments)")  # fmt: skip
     presented = caller.presented.token if caller.presented is not None else ""
     index = enter(path, presented, "")
     out = registry.metadata(path)

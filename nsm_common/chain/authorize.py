@@ -19,13 +19,18 @@ from nsm_common.policy.documents import caller_facts, network_service_document
 from nsm_common.policy.policies import Policies
 from nsm_common.tokens import subject
 
+LOCAL_OWNER = "local"  # a connection a local client made here: no TLS caller's identity is it
+
 
 def owner_of(held: Connection) -> str:
     """Who made a connection: the signer of the caller's token in the reply this hop holds
-    (which is at this hop's index); "" when this hop was the first (a local client)."""
+    (which is at this hop's index); LOCAL_OWNER when this hop was the first (a local client,
+    on its own socket); "" when the caller's token names nobody."""
     segments = held.path.path_segments
     index = held.path.index
-    return subject(segments[index - 1].token) if 0 < index <= len(segments) else ""
+    if index == 0:
+        return LOCAL_OWNER
+    return subject(segments[index - 1].token) if index <= len(segments) else ""
 
 
 def first_certificate(pem: bytes) -> str:
@@ -43,22 +48,21 @@ def _facts(text: str, roles: Roles | None) -> dict[str, object]:
 
 
 class Authorize(Step):
-    """Checks the `server` policies and the site's on the path so far (its left side).
+    """Checks the `server` policies and the site's on the path so far (its left side), and,
+    for Begin, who may refresh or close a connection (`may_touch`).
 
-    Reads: `Caller`, `call.replay` (a restart carrying its own connection on is not checked),
-    the connection this hop holds by that id (`held`: its owner). After SignSegment, before
-    Begin. Provides: nothing; a denial stops the call with PERMISSION_DENIED."""
+    Reads: `Caller`, `call.replay` (a restart carrying its own connection on is not checked).
+    After SignSegment, before Begin. Provides: nothing; a denial stops the call with
+    PERMISSION_DENIED."""
 
     def __init__(
         self,
         policies: Policies,
-        held: Callable[[str], Connection | None],
         identity: IdentitySource | None,
         roles: Callable[[], Roles | None],
         name: str,
     ) -> None:
         self.policies = policies
-        self.held = held
         self.identity = identity
         self.roles = roles
         self.name = name
@@ -86,19 +90,17 @@ class Authorize(Step):
         else:
             facts = caller_facts(caller.spiffe_id, roles)
             certificate = caller.certificate
-        # Whose connection it is matters between identities; on a local socket the socket
-        # confines its caller already (a pod's socket serves only that pod's connections).
-        held = self.held(conn.id) if caller is not None and not caller.local else None
-        owner = owner_of(held) if held is not None else None
         audience = str(caller.spiffe_id) if caller is not None and caller.spiffe_id is not None else ""
         path = as_at_hop(conn, self.name, self.identity, audience)
         doc = network_service_document(
             path, operation=operation, certificate=certificate,
-            caller=facts, network_service=service, labels=conn.labels, connection_owner=owner or None,
-            mechanisms=mechanisms,
+            caller=facts, network_service=service, labels=conn.labels, mechanisms=mechanisms,
         )  # fmt: skip
+        # Who asked first: the path's first signer, as relayed by an agent (agents check the
+        # hop before them); any other caller is itself the client.
         segments = path.path_segments
-        doc["client"] = _facts(subject(segments[0].token), roles) if segments else {}
+        relayed = not local and facts.get("role") == "agent" and segments
+        doc["client"] = _facts(subject(segments[0].token), roles) if relayed else dict(facts)
         denial = self.policies.check(point, doc)
         if denial is None:
             return
@@ -108,6 +110,20 @@ class Authorize(Step):
             hint = " (the caller sent no nsm-client-token)"
         raise NsmError(grpc.StatusCode.PERMISSION_DENIED,
                        f"{operation} of service {service!r} by {who}: {denial.message}{hint}")  # fmt: skip
+
+    def may_touch(self, held: Connection, call: Call, operation: str) -> None:
+        """Begin asks this before a refresh or Close of a connection it holds (under the id's
+        lock): over TLS only the identity that made it may (policy `owner`); on a local socket
+        the socket confines its caller already (a pod's serves only that pod's connections)."""
+        caller = call.get(Caller)
+        if caller is None or caller.local or not self.policies.asks("owner"):
+            return
+        doc = {"connection_owner": owner_of(held) or "unknown", "caller": caller_facts(caller.spiffe_id, self.roles()),
+               "operation": operation}  # fmt: skip
+        denial = self.policies.check("owner", doc)
+        if denial is not None:
+            who = f"{operation} of connection {held.id!r} by {caller.spiffe_id}"
+            raise NsmError(grpc.StatusCode.PERMISSION_DENIED, f"{who}: {denial.message}")
 
     async def request(self, request: NetworkServiceRequest, call: Call, nxt: Next) -> Connection:
         if call.replay is None:

@@ -53,7 +53,8 @@ def _expires(conn: Connection) -> float:
 class Begin(Step):
     """One Request or Close per id at a time; refresh, reselect and expiry.
 
-    Reads: `call.replay` (a restart carrying the connection on). Provides: `call.refresh`
+    Reads: `call.replay` (a restart carrying the connection on); asks `may_touch` before a
+    refresh or Close of a connection it holds. Provides: `call.refresh`
     (this id is known), `call.avoid` (the endpoint a reselect moves away from).
     """
 
@@ -61,6 +62,7 @@ class Begin(Step):
         self,
         on_unknown_close: Callable[[Connection], Awaitable[None]] | None = None,
         held_elsewhere: Callable[[str], bool] | None = None,
+        may_touch: Callable[[Connection, Call, str], None] | None = None,
     ) -> None:
         # Called for a Close of an id this hop holds no record of: after a
         # restart, a connection may live only in the journal for a while.
@@ -75,6 +77,9 @@ class Begin(Step):
         # Ids this hop is carrying on after a restart: others wait their turn.
         self._restoring: dict[str, asyncio.Event] = {}
         self._wanted: Callable[[str], None] | None = None
+        # Whether this call may refresh or close the connection this hop holds (raises when
+        # not): asked under the id's lock, after a restart has carried the connection on.
+        self.may_touch = may_touch
 
     def hold(self, conn_ids: list[str], wanted: Callable[[str], None] | None = None) -> None:
         """Until `release`, Requests and Closes of these ids wait (the journal replays them first);
@@ -129,6 +134,8 @@ class Begin(Step):
             if call.replay is not None and not call.replay():
                 raise NsmError(grpc.StatusCode.CANCELLED, "closed while the agent was restarting")
             rec = self._records.get(own)
+            if rec is not None and self.may_touch is not None and call.replay is None:
+                self.may_touch(rec.conn, call, "networkservice.request")
             if rec is not None and conn.state == RESELECT_REQUESTED:
                 log.info("reselect requested", id=own, old_endpoint=rec.conn.network_service_endpoint_name)
                 self._forget(own)
@@ -224,6 +231,9 @@ class Begin(Step):
             own = self._by_caller[own]
         await self._wait_restored(own, call)
         async with self._lock(own):
+            held = self._records.get(own)
+            if held is not None and self.may_touch is not None:
+                self.may_touch(held.conn, call, "networkservice.close")
             rec = self._forget(own)
             if rec is None:
                 if self.on_unknown_close is not None:

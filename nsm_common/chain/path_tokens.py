@@ -52,6 +52,16 @@ class PresentedToken(Step):
         await nxt.close(conn, call)
 
 
+def _same_prefix(sent: Connection, reply: Connection) -> bool:
+    """The reply names this hop's index, and the segments up to it are the ones sent (name,
+    id, token; the next hop may cap the expiry of ours)."""
+    index = sent.path.index
+    if reply.path.index != index or len(reply.path.path_segments) <= index:
+        return False
+    pairs = zip(sent.path.path_segments[: index + 1], reply.path.path_segments[: index + 1], strict=False)
+    return all((a.name, a.id, a.token) == (b.name, b.id, b.token) for a, b in pairs)
+
+
 def at_hop(conn: Connection, name: str) -> bool:
     """Whether the path has been moved to this hop (its segment at the index). A Close may
     name only the caller's part of the path: of a Request that never got its answer."""
@@ -68,13 +78,14 @@ def _sign_segments(conn: Connection, identity: IdentitySource | None, caller: Ca
     segments = conn.path.path_segments
     index = conn.path.index
     local = caller is not None and caller.local
+    # A local caller's segments (its own and any it put before it) are signed by this hop:
+    # what a local caller sends is not to be taken for anybody else's signature downstream.
+    callers = segments[: index + 1] if not at_hop(conn, name) else segments[:index]
+    if local:
+        for seg in callers:
+            seg.token = sign(svid, me, ts_seconds(seg.expires)).token
     if not at_hop(conn, name):  # the caller's segment is at the index; this hop has none
-        if local:
-            segments[index].token = sign(svid, me, ts_seconds(segments[index].expires)).token
         return
-    if index > 0 and local:
-        prev = segments[index - 1]
-        prev.token = sign(svid, me, ts_seconds(prev.expires)).token
     own = segments[index]
     audience = str(caller.spiffe_id) if caller is not None and caller.spiffe_id is not None else me
     own.token = sign(svid, audience, ts_seconds(own.expires)).token
@@ -87,6 +98,7 @@ def as_at_hop(conn: Connection, name: str, identity: IdentitySource | None, audi
     path.CopyFrom(conn.path)
     if at_hop(conn, name) or path.index >= len(path.path_segments):
         return path
+    del path.path_segments[path.index + 1 :]  # what the caller put after its own is not ours
     own = path.path_segments.add(name=name, id=conn.id)
     own.expires.CopyFrom(path.path_segments[path.index].expires)
     if identity is not None:
@@ -137,24 +149,32 @@ class OutgoingTokens:
 
     def vouch(self, sent: Connection, reply: Connection) -> None:
         """A reply from a next hop on a plaintext unix socket: the path up to this hop as it
-        was sent, the segments after it signed by this hop (it speaks for that local hop)."""
+        was sent, the local hop's segment signed by this hop (it speaks for that local hop,
+        and for nothing that hop adds after itself). Raises PERMISSION_DENIED for a reply
+        whose path is not the one sent and one segment more."""
         if self.identity is None:
             return
-        svid = self.identity.current()
-        me = str(svid.spiffe_id)
+        index = sent.path.index
         segments = reply.path.path_segments
-        index = reply.path.index
+        if len(segments) != index + 2 or not _same_prefix(sent, reply):
+            raise NsmError(grpc.StatusCode.PERMISSION_DENIED, "the reply of the local endpoint changed the path: "
+                           "it may add only its own segment after this hop's")  # fmt: skip
+        svid = self.identity.current()
         # Ours as sent (sign_for named this hop the audience: the local hop has no ID of its own).
         for i, seg in enumerate(sent.path.path_segments[: index + 1]):
-            if i < len(segments):
-                segments[i].token = seg.token
-        for seg in segments[index + 1 :]:
-            seg.token = sign(svid, me, ts_seconds(seg.expires)).token
+            segments[i].token = seg.token
+        reply.path.index = index
+        local = segments[index + 1]
+        local.token = sign(svid, str(svid.spiffe_id), ts_seconds(local.expires)).token
 
-    def check_reply(self, reply: Connection, server_id: str) -> None:
-        """Raises PERMISSION_DENIED when the reply's path fails the `client` policies."""
+    def check_reply(self, reply: Connection, server_id: str, sent: Connection | None = None) -> None:
+        """Raises PERMISSION_DENIED when the reply's path fails the `client` policies, or (given
+        what was SENT) does not keep the path up to this hop as it was sent."""
         if self.identity is None or self.policies is None:
             return
+        if sent is not None and not _same_prefix(sent, reply):
+            raise NsmError(grpc.StatusCode.PERMISSION_DENIED,
+                           f"the reply of {server_id} changed the path up to this hop")  # fmt: skip
         # From this hop on: what is before it was checked on the way in (Authorize), here or
         # at the hops before; the tokens after it are the server's to answer for.
         right = Path(index=0, path_segments=reply.path.path_segments[reply.path.index :])

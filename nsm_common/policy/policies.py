@@ -14,6 +14,7 @@ component does not start; on a reload the policies in force stay.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -45,16 +46,19 @@ DEFAULTS: dict[str, tuple[str, ...]] = {
     # socket confines it; only the site's policies have anything to say.
     "local": (),
     "server": ("common/tokens_valid", "common/tokens_chained", "common/tokens_expired",
-               "server/prev_token_signed", "server/caller_owns_connection"),
+               "server/prev_token_signed", "server/prev_token_is_callers"),
+    # A refresh or Close of a connection this hop holds, under its lock (Begin).
+    "owner": ("server/caller_owns_connection",),
     "client": ("common/tokens_valid", "common/tokens_chained", "common/tokens_expired",
                "client/next_token_from_server"),
     "registry": ("common/tokens_valid", "common/tokens_chained", "common/tokens_expired",
-                 "server/prev_token_signed", "registry/registrant_owns_name"),
+                 "server/prev_token_signed", "server/prev_token_is_callers", "registry/registrant_owns_name"),
 }  # fmt: skip
 # Without identities there are no tokens: only what does not ask for them is checked.
 WITHOUT_TOKENS: dict[str, tuple[str, ...]] = {
     "local": (),
-    "server": ("server/caller_owns_connection",),
+    "server": (),
+    "owner": ("server/caller_owns_connection",),
     "client": (),
     "registry": ("registry/registrant_owns_name",),
 }
@@ -156,7 +160,7 @@ class Policies:
         self._looked = time.monotonic()
         self._lock = threading.Lock()
         self.generation = 0
-        self._cache: OrderedDict[tuple[int, str, str], tuple[Denial | None, float]] = OrderedDict()
+        self._cache: OrderedDict[tuple[int, str, bytes], tuple[Denial | None, float]] = OrderedDict()
         self._runner = Interpreter()  # one input, every policy's bundle run on it
 
     @property
@@ -189,7 +193,10 @@ class Policies:
         while True:
             await asyncio.sleep(RECHECK)
             if self._paths:
-                await asyncio.to_thread(self.reload)
+                # On the loop, not a thread: the engine is not known to be safe with a compile
+                # beside an evaluation, and a look costs a few stat calls (a compile, when a
+                # file changed, a few milliseconds).
+                self.reload()
 
     def asks(self, point: str) -> bool:
         """Whether any policy is checked at POINT (else a caller need not build its input)."""
@@ -198,16 +205,14 @@ class Policies:
     def check(self, point: str, document: dict[str, Any]) -> Denial | None:
         """The first policy at POINT (and, on a server or the registry, the site's) whose `valid`
         is not true for DOCUMENT; an engine failure denies (fail closed)."""
-        if time.monotonic() - self._looked >= RECHECK:
-            self.reload()
         if not self.asks(point):
             return None
         text = json.dumps(document, sort_keys=True, default=str)
-        key = (self.generation, point, text)
+        # Keyed by a digest: the input may be large (a message holds up to 4 MiB).
+        key = (self.generation, point, hashlib.sha256(text.encode()).digest())
         at = time.time()
         cached = self._cache.get(key)
         if cached is not None and cached[1] > at:
-            self._cache.move_to_end(key)
             return cached[0]
         denial = self._evaluate(point, text)
         exp = _earliest_exp(document)

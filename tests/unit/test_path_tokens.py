@@ -121,8 +121,9 @@ def server_chain(pki: Path, begin: Begin | None = None) -> tuple[Chain, Begin]:
     identity = ident(pki, "server")
     begin = begin or Begin()
     roles = Roles(TD)
-    steps = [PresentedToken(), UpdatePath("server", 600, 600), SignSegment(identity, "server"),
-             Authorize(Policies(), begin.held, identity, lambda: roles, "server"), begin]  # fmt: skip
+    authorize = Authorize(Policies(), identity, lambda: roles, "server")
+    begin.may_touch = authorize.may_touch
+    steps = [PresentedToken(), UpdatePath("server", 600, 600), SignSegment(identity, "server"), authorize, begin]
     return Chain(steps), begin
 
 
@@ -253,3 +254,75 @@ async def test_over_tls_a_monitor_shows_only_connections_whose_path_holds_the_ca
     first = await anext(stream)
     assert list(first.connections) == ["a"]
     await stream.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_local_clients_connection_is_nobody_elses_over_tls(pki: Path) -> None:
+    chain, begin = server_chain(pki)
+    req = request_at(0, [PathSegment(name="pod", id="p-9", expires=ts_from(time.time() + 60))])
+    reply = await chain.request(req, with_caller(Caller()))  # a pod on its own socket
+    held = begin.held(reply.path.path_segments[1].id)
+    assert held is not None and owner_of(held) == SERVER  # the segment this hop signed for it
+    bare = NetworkServiceRequest(connection=Connection(network_service="svc"))  # no path at all
+    first = await chain.request(bare, with_caller(Caller()))
+    held_bare = begin.held(first.id)
+    assert held_bare is not None and owner_of(held_bare) == "local"
+    exp = time.time() + 300
+    other = tls_caller(pki, "other", OTHER, sign(ident(pki, "other").current(), SERVER, exp).token, exp)
+    gone = Connection()
+    gone.CopyFrom(reply)
+    with pytest.raises(NsmError, match=r"server/caller_owns_connection\.rego"):
+        await chain.close(gone, with_caller(other))
+    assert begin.held(reply.path.path_segments[1].id) is not None
+
+
+async def test_a_token_in_somebody_elses_name_is_refused(pki: Path) -> None:
+    """Signed by the caller's own key, but naming another identity as its subject."""
+    chain, _ = server_chain(pki)
+    client = ident(pki, "client").current()
+    forged = jwt.encode(
+        {"sub": OTHER, "aud": [SERVER], "exp": int(time.time()) + 60}, client.key_pem, algorithm="ES256"
+    )
+    req = request_at(0, [PathSegment(name="client", id="c-f")])
+    with pytest.raises(NsmError, match=r"server/prev_token_is_callers\.rego"):
+        await chain.request(req, with_caller(tls_caller(pki, "client", CLIENT, forged, time.time() + 60)))
+
+
+async def test_a_local_callers_own_segments_are_all_signed_here(pki: Path) -> None:
+    """A pod that puts made-up segments before its own gets them signed by this hop: they
+    speak for nobody else downstream."""
+    chain, _ = server_chain(pki)
+    made_up = sign(ident(pki, "other").current(), CLIENT, time.time() + 60).token
+    segs = [PathSegment(name="fake", id="f-1", token=made_up, expires=ts_from(time.time() + 60)),
+            PathSegment(name="pod", id="p-2", expires=ts_from(time.time() + 60))]  # fmt: skip
+    reply = await chain.request(request_at(1, segs), with_caller(Caller()))
+    assert [subject(s.token) for s in reply.path.path_segments] == [SERVER, SERVER, SERVER]
+
+
+def test_a_reply_that_changes_the_path_before_this_hop_is_refused(pki: Path) -> None:
+    tokens = OutgoingTokens(ident(pki, "client"), Policies())
+    first = PathSegment(name="c", id="1", expires=ts_from(time.time() + 60))
+    sent = Connection(path=ConnPath(index=0, path_segments=[first]))
+    tokens.sign_for(sent, SERVER)
+    reply = Connection()
+    reply.CopyFrom(sent)
+    reply.path.path_segments.add(
+        name="s", id="2", token=sign(ident(pki, "server").current(), CLIENT, time.time() + 60).token
+    )
+    tokens.check_reply(reply, SERVER, sent)
+    reply.path.path_segments[0].id = "changed"
+    with pytest.raises(NsmError, match="changed the path up to this hop"):
+        tokens.check_reply(reply, SERVER, sent)
+    local = Connection()
+    local.CopyFrom(sent)
+    local.path.path_segments.add(name="ep", id="3")
+    local.path.path_segments.add(name="extra", id="4")  # a local endpoint adding hops after itself
+    with pytest.raises(NsmError, match="may add only its own segment"):
+        tokens.vouch(sent, local)
+
+
+def test_a_token_nested_too_deep_is_no_token() -> None:
+    import base64
+
+    deep = base64.urlsafe_b64encode(b"[" * 50_000 + b"]" * 50_000).decode().rstrip("=")
+    assert claims(f"eyJhbGciOiJFUzI1NiJ9.{deep}.x") is None
+    assert claims("eyJhbGciOiJFUzI1NiJ9.eyJleHAiOk5hTn0.x") is None  # {"exp":NaN}

@@ -5,10 +5,12 @@ real grpcio mutual TLS on unix sockets (no network)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import jwt
 import pytest
 
 from nsm_agent.pipeline.connect import ConnectEndpoint
@@ -20,7 +22,8 @@ from nsm_common.identity.spiffe_id import Roles, SpiffeId
 from nsm_common.identity.tls import channel_credentials, channel_options, server_credentials
 from nsm_common.identity.transport import LOCAL_ONLY, Transport, TransportError, refusal
 from nsm_common.policy.policies import Policies
-from nsm_common.registry_path import call_metadata
+from nsm_common.registry_path import RegistryPath, call_metadata
+from nsm_common.tokens import to_metadata
 from nsm_common.urls import parse_address
 from nsm_registry.memory_store import MemoryStore
 from nsm_registry.registrants import Registrants
@@ -145,6 +148,25 @@ async def test_roles_decide_who_registers_and_the_registrant_is_noted(pki: Path)
                 info.value.details() or ""
             )
             assert f"(the name is {AGENT}'s)" in (info.value.details() or "")
+        # Nor by a token naming the agent (signed with the workload's key), nor by a path
+        # claiming the agent asked first.
+        svid = IdentityFolder(pki / "workload", server=False).current()
+        forged = jwt.encode({"sub": AGENT, "aud": [REGISTRY], "exp": int(time.time()) + 60}, svid.key_pem,
+                            algorithm="ES256")  # fmt: skip
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Register(record, timeout=5, metadata=to_metadata(forged, time.time() + 60))
+        assert "server/prev_token_is_callers.rego" in (info.value.details() or "")
+        relayed = RegistryPath(0, [forged])
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Register(
+                record,
+                timeout=5,
+                metadata=call_metadata(
+                    IdentityFolder(pki / "workload", server=False), REGISTRY, RegistryPath(1, [forged, ""])
+                ),
+            )
+        assert "may register only in its own name" in (info.value.details() or ""), info.value.details()
+        del relayed
         await channel.close(None)
         channel, stub = _stub(pki, target, "nobody")
         with pytest.raises(grpc.aio.AioRpcError) as info:
