@@ -104,7 +104,7 @@ class Authorize(Step):
         denial = self.policies.check(point, doc)
         if denial is None:
             return
-        who = facts.get("spiffe_id") or "a local caller"
+        who = "a local caller" if local else facts.get("spiffe_id") or "a caller of no SPIFFE ID"
         hint = ""
         if caller is not None and not caller.local and caller.presented is None:
             hint = " (the caller sent no nsm-client-token)"
