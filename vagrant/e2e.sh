@@ -70,6 +70,24 @@ wait_for() {  # wait_for NODE SECONDS SCRIPT: until SCRIPT succeeds there
   on "$1" "for _ in \$(seq $(($2 * 5))); do if $3; then exit 0; fi; sleep 0.2; done; exit 1"
 }
 
+echo "== the services run"
+# Everything after needs them: an agent or the registry that does not start fails the run
+# here, with its own words, instead of every later check waiting out its timeout.
+for n in "${nodes[@]}"; do
+  units=(nsm-agent)
+  [[ $n == node1 ]] && units+=(nsm-registry)
+  for unit in "${units[@]}"; do
+    word=$([[ $unit == nsm-agent ]] && echo "agent serving" || echo "registry serving")
+    if ! wait_for "$n" 60 "journalctl -u $unit --no-pager | grep -q '$word'"; then
+      echo "  FAIL: $unit on $n does not serve:"
+      on "$n" "journalctl -u $unit --no-pager | tail -20" || true
+      echo "e2e.sh: the services do not run; nothing else checked"
+      exit 1
+    fi
+  done
+  echo "  ok: $n: ${units[*]} serving"
+done
+
 echo "== the networks stay inside"
 for n in "${nodes[@]}"; do
   # shellcheck disable=SC2016 # expanded in the guest
