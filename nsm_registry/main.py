@@ -28,7 +28,8 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     except TransportError as exc:
         raise SystemExit(f"nsm-registry: {exc}") from exc
     transport.warn_if_insecure("nsm-registry", settings.listen)
-    registrants = Registrants(transport, settings.policies("nsm-registry", tokens=transport.identity is not None))
+    policies = settings.policies("nsm-registry", tokens=transport.identity is not None)
+    registrants = Registrants(transport, policies)
     store: Store
     if settings.store == "memory":
         store = MemoryStore()
@@ -46,7 +47,7 @@ async def serve(settings: RegistrySettings, stop: asyncio.Event) -> None:
     bind_all(server, settings.listen, transport)
     await server.start()
     expiry = asyncio.create_task(run_expiry(store))
-    following = asyncio.create_task(registrants.policies.follow())
+    following = asyncio.create_task(policies.follow())
     log.info("registry serving", listen=[str(a) for a in settings.listen], store=settings.store)
     try:
         await stop.wait()

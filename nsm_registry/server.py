@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
@@ -21,7 +21,6 @@ from nsm_api.registry_pb2 import (
     NetworkServiceResponse,
 )
 from nsm_common.grpcutil import Ctx
-from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.transport import LOCAL_ONLY, Transport
 from nsm_common.matching import endpoint_matches, service_matches
 from nsm_common.registry_path import PATH_KEY
@@ -39,20 +38,10 @@ T = TypeVar("T")
 REGISTRANTS = ("agent", "workload", "registry")
 
 
-async def admit(
-    registrants: Registrants | None,
-    context: Ctx,
-    caller: SpiffeId | None,
-    operation: str,
-    name: str,
-    names: Sequence[str] = (),
-    labels: Mapping[str, Mapping[str, str]] | None = None,
-) -> Admission:
-    """The caller's admission (a plaintext one, or no registrants: nothing checked)."""
-    if registrants is None:
-        return Admission(None, None, None, f"{operation} of {name!r}")
+async def admitted(context: Ctx, admit: Callable[[], Admission]) -> Admission:
+    """The caller's admission (Registrants.admit); its refusal becomes the call's status."""
     try:
-        return registrants.admit(context, caller, operation, name, names, labels)
+        return admit()
     except Refused as exc:
         await context.abort(exc.code, exc.message)
         raise  # abort raises; this line is for the type checker
@@ -84,7 +73,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
     def __init__(self, store: Store, transport: Transport = LOCAL_ONLY, registrants: Registrants | None = None) -> None:
         self.store = store
         self.transport = transport
-        self.registrants = registrants
+        self.registrants = registrants or Registrants(transport)
 
     @store_errors_unavailable
     async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
@@ -96,7 +85,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         service.CopyFrom(request)
         if not service.payload:
             service.payload = "IP"
-        admission = await admit(self.registrants, context, caller, "register", service.name)
+        admission = await admitted(context, lambda: self.registrants.admit(context, caller, "register", service.name))
         if admission.path_ids is not None:
             service.path_ids[:] = admission.path_ids
         stored = await refusing(context, self.store.put_service(service, admission.check))
@@ -129,7 +118,7 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         caller = await self.transport.authorize(context, REGISTRANTS, "Unregister")
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is empty")
-        admission = await admit(self.registrants, context, caller, "unregister", request.name)
+        admission = await admitted(context, lambda: self.registrants.admit(context, caller, "unregister", request.name))
         if await refusing(context, self.store.delete_service(request.name, admission.check)):
             log.info("service unregistered", name=request.name)
         await send_path(context, admission)
@@ -149,7 +138,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         self.store = store
         self.max_expiration = max_expiration
         self.transport = transport
-        self.registrants = registrants
+        self.registrants = registrants or Registrants(transport)
 
     @store_errors_unavailable
     async def Register(  # type: ignore[override]
@@ -164,8 +153,8 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         if not endpoint.name:
             endpoint.name = f"nse-{uuid.uuid4()}"
         labels = {k: v.labels for k, v in endpoint.network_service_labels.items()}
-        admission = await admit(self.registrants, context, caller, "register", endpoint.name,
-                                endpoint.network_service_names, labels)  # fmt: skip
+        admission = await admitted(context, lambda: self.registrants.admit(
+            context, caller, "register", endpoint.name, endpoint.network_service_names, labels))  # fmt: skip
         if admission.path_ids is not None:
             # The first is the name's owner; the last hop the registration came through serves
             # its URL (who dials it checks that the server proves this ID).
@@ -220,7 +209,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         caller = await self.transport.authorize(context, REGISTRANTS, "Unregister")
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is empty")
-        admission = await admit(self.registrants, context, caller, "unregister", request.name)
+        admission = await admitted(context, lambda: self.registrants.admit(context, caller, "unregister", request.name))
         if await refusing(context, self.store.delete_endpoint(request.name, admission.check)):
             log.info("endpoint unregistered", name=request.name)
         await send_path(context, admission)

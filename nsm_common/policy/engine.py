@@ -96,25 +96,15 @@ def compile_group(sources: list[tuple[str, str]], helpers: Sequence[tuple[str, s
     """Build policies written as one package each (this project's defaults) into one bundle:
     each package is renamed apart, so their `valid` rules do not merge. HELPERS: modules
     they import, added as they are. Raises PolicyError."""
-    builder = Interpreter()
+    modules = list(helpers)
     rules = []
-    with _engine_output() as printed:
-        try:
-            for name, source in helpers:
-                builder.add_module(name, source)
-            for i, (name, source) in enumerate(sources):
-                renamed, count = _PACKAGE.subn(f"package policy_{i}", source, count=1)
-                if not count:
-                    raise PolicyError(f"policy {name}: no `package` line")
-                builder.add_module(name, renamed)
-                rules.append(f"data.policy_{i}.{RULE}")
-            bundle = builder.build(f"x = [{', '.join(rules)}]")
-        except RegoError as exc:
-            error: RegoError | None = exc
-        else:
-            error = None
-    if error is not None or not bundle.ok():
-        raise PolicyError(f"policies do not compile: {_words(printed[0]) or _messages(error)}")
+    for i, (name, source) in enumerate(sources):
+        renamed, count = _PACKAGE.subn(f"package policy_{i}", source, count=1)
+        if not count:
+            raise PolicyError(f"policy {name}: no `package` line")
+        modules.append((name, renamed))
+        rules.append(f"data.policy_{i}.{RULE}")
+    bundle = _build(modules, f"x = [{', '.join(rules)}]", "policies do not compile")
     return PolicyGroup([name for name, _ in sources], bundle)
 
 
@@ -136,18 +126,26 @@ def compile_policy(name: str, source: str) -> Policy:
     if found is None:
         raise PolicyError(f"policy {name}: no `package` line")
     package = found.group(1)
+    bundle = _build([(name, source)], f"x = data.{package}.{RULE}", f"policy {name} does not compile")
+    return Policy(name, package, bundle)
+
+
+def _build(modules: Sequence[tuple[str, str]], query: str, what: str) -> Bundle:
+    """One bundle of MODULES (name, source) answering QUERY; raises PolicyError (WHAT, then
+    the engine's own report) when they do not compile."""
     builder = Interpreter()
     with _engine_output() as printed:
         try:
-            builder.add_module(name, source)
-            bundle = builder.build(f"x = data.{package}.{RULE}")
+            for name, source in modules:
+                builder.add_module(name, source)
+            bundle = builder.build(query)
         except RegoError as exc:
             error: RegoError | None = exc
         else:
             error = None
     if error is not None or not bundle.ok():
-        raise PolicyError(f"policy {name} does not compile: {_words(printed[0]) or _messages(error)}")
-    return Policy(name, package, bundle)
+        raise PolicyError(f"{what}: {_words(printed[0]) or _messages(error)}")
+    return bundle
 
 
 _compiling = threading.Lock()
