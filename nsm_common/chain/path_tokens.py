@@ -93,11 +93,12 @@ def _sign_segments(conn: Connection, identity: IdentitySource | None, caller: Ca
 
 def as_at_hop(conn: Connection, name: str, identity: IdentitySource | None, audience: str) -> Path:
     """The path as the policies see it at this hop: as it is, or, for a Close that names only
-    the caller's part, with this hop's segment after the caller's (signed for AUDIENCE)."""
+    the caller's part, with this hop's segment after the caller's (signed for AUDIENCE).
+    Only that case is a copy: the policies only read the path."""
+    if at_hop(conn, name) or conn.path.index >= len(conn.path.path_segments):
+        return conn.path
     path = Path()
     path.CopyFrom(conn.path)
-    if at_hop(conn, name) or path.index >= len(path.path_segments):
-        return path
     del path.path_segments[path.index + 1 :]  # what the caller put after its own is not ours
     own = path.path_segments.add(name=name, id=conn.id)
     own.expires.CopyFrom(path.path_segments[path.index].expires)
