@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Sequence
 
 import structlog
 
@@ -12,6 +13,7 @@ from nsm_agent.datapath.link_events import KernelFollow
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.datapath.tunnels import VniBook, find_underlay
 from nsm_agent.datapath.wireguard import WireGuardDevice
+from nsm_agent.decisions.excluded_prefixes import ExcludedPrefixesError, IPNetwork, excluded_address
 from nsm_agent.decisions.tunnel import WIREGUARD_OVERHEAD
 from nsm_agent.netns.resolve import NetnsResolver
 from nsm_agent.pipeline.connect import ConnectEndpoint
@@ -28,6 +30,7 @@ from nsm_agent.registry.local_endpoints import LocalEndpoints, unregister_previo
 from nsm_agent.registry.proxy import EndpointRegistryProxy, ServiceRegistryProxy
 from nsm_agent.settings import AgentSettings, parse_settings
 from nsm_agent.state.boot import rebooted_since_last_run, record_boot
+from nsm_agent.state.excluded_file import ExcludedPrefixesFile
 from nsm_agent.state.journal import JournalFormatError, JournalStore
 from nsm_agent.state.keys import load_or_create
 from nsm_agent.state.repair import Repair
@@ -50,6 +53,17 @@ log = structlog.get_logger("nsm.agent")
 LOCAL_CALLERS = ("agent", "workload")
 
 
+def move_excluded(journal: JournalStore, repair: Repair, prefixes: Sequence[IPNetwork]) -> None:
+    """Requests again each connection whose address the node now excludes: its endpoint sees
+    the new prefixes and hands out another pair, and the wires take it in place."""
+    for entry in journal.entries():
+        if entry.reply is None:
+            continue
+        hit = excluded_address(entry.reply.context.ip_context, prefixes)
+        if hit is not None:
+            repair.repair(entry.conn_id, f"its address {hit[0]} is now inside the excluded prefix {hit[1]}")
+
+
 async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     """Run the agent until `stop`: servers, chain, restore from the journal; connections outlive it."""
     settings.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -58,6 +72,10 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         journal = JournalStore(settings.state_dir)
     except JournalFormatError as exc:
         raise SystemExit(f"nsm-agent: {exc}") from exc
+    try:
+        excluded = ExcludedPrefixesFile(settings.excluded_prefixes)
+    except (ExcludedPrefixesError, OSError) as exc:
+        raise SystemExit(f"nsm-agent: --excluded-prefixes: {exc}") from exc
     transport = settings.transport("nsm-agent", server=True)
     policies = settings.policies("nsm-agent", tokens=transport.identity is not None)
     try:
@@ -110,6 +128,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         connect=connect,
         security=security,
         link_watch=link_watch,
+        excluded=lambda: excluded.prefixes,
     )
     chain = Chain(steps)
     repair = Repair(journal, chain, begin, events)
@@ -189,10 +208,11 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     unregistering = asyncio.create_task(unregister_previous_boot(local, registry, kept_services)) if rebooted else None
     keeping = asyncio.create_task(keep_registered(kept_services, registry))
     following = asyncio.create_task(policies.follow())
+    moving = asyncio.create_task(excluded.follow(lambda prefixes: move_excluded(journal, repair, prefixes)))
     try:
         await stop.wait()
     finally:
-        for task in (keeping, unregistering, following):
+        for task in (keeping, unregistering, following, moving):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -81,6 +81,14 @@ class AgentSettings(PolicySettings, IdentitySettings):
     default_lifetime: Annotated[
         float, Option("NSM_TOKEN_LIFETIME", "lifetime this hop stamps on its own segment, seconds", metavar="S")
     ] = Field(default=DEFAULT_LIFETIME, gt=0)
+    excluded_prefixes: Annotated[
+        str,
+        Option(
+            "NSM_EXCLUDED_PREFIXES_FILE",
+            "upstream's excluded-prefixes YAML (`prefixes:`), followed; no endpoint hands out an address in them",
+            metavar="FILE",
+        ),
+    ] = ""
     log_level: Annotated[str, Option("NSM_LOG_LEVEL", "debug, info, warning or error")] = "info"
 
     @field_validator("registry", mode="before")

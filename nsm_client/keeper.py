@@ -25,11 +25,18 @@ import grpc
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import DELETE, DOWN, RESELECT_REQUESTED, Connection, MonitorScopeSelector, PathSegment
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_client.exclusions import overlap
 from nsm_client.prober import Prober
+from nsm_client.runtime import PodScope
 from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.identity.transport import LOCAL_ONLY
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
+
+
+class Refused(Exception):
+    """The agent's reply is unusable (an address inside the pod's excluded prefixes); it was
+    closed again."""
 
 
 class Keeper:
@@ -43,10 +50,14 @@ class Keeper:
         on_event: Callable[[str, Connection | None], None] = lambda what, conn: None,
         timeout: float = 15.0,
         prober: Prober | None = None,
+        pod: PodScope | None = None,
     ) -> None:
         """Keeps `request`'s connection for the lifetime it asks (its first segment's `expires`),
         refreshed at a third of what is left. Keepers of one process may share one `prober`
-        (one thread and one socket per namespace for all); its owner closes it."""
+        (one thread and one socket per namespace for all); its owner closes it. With POD, each
+        Request excludes the prefixes of the pod's other connections (keepers of one pod share
+        it, and ask one at a time, so that each sees the others' addresses)."""
+        self.pod = pod
         self.agent = agent
         self.request = request
         self.netns_path = netns_path
@@ -93,11 +104,31 @@ class Keeper:
             req.connection.path.path_segments[0].expires.FromSeconds(int(now() + self.lifetime))
         if reselect:
             req.connection.state = RESELECT_REQUESTED
-        conn: Connection = await self._ns.Request(req, timeout=self.timeout)
+        if self.pod is None:
+            conn: Connection = await self._ns.Request(req, timeout=self.timeout)
+        else:
+            async with self.pod.serial:
+                excluded = self.pod.prepare(req, await self._connections())
+                conn = await self._ns.Request(req, timeout=self.timeout)
+                problem = overlap(conn, excluded)
+                if problem:
+                    with contextlib.suppress(grpc.aio.AioRpcError):
+                        await self._ns.Close(conn, timeout=self.timeout)
+                    raise Refused(problem)
         self.conn = conn
         if conn.context.ip_context.dst_ip_addrs:
             self._prober.watch(self.key, self.netns_path, self._peer())
         return conn
+
+    async def _connections(self) -> list[Connection]:
+        """The agent's connections now (its Monitor's initial state)."""
+        stream = self._monitor.MonitorConnections(MonitorScopeSelector(), timeout=self.timeout)
+        try:
+            async for event in stream:
+                return list(event.connections.values())
+        finally:
+            stream.cancel()
+        return []
 
     async def adopt(self) -> Connection | None:
         """Take over a connection made earlier under this id (an init container's), if the agent has it."""
@@ -166,6 +197,11 @@ class Keeper:
                     self.on_event(f"heal attempt failed ({why}): {exc.code().name}: {exc.details()}", None)
                     await asyncio.sleep(self.probe_interval)
                     continue
+                except Refused as exc:
+                    self.on_event(f"heal attempt refused ({why}): {exc}", None)
+                    reselect = True
+                    await asyncio.sleep(self.probe_interval)
+                    continue
                 if await self._carries(conn):
                     break
                 self.on_event(f"heal attempt carries nothing ({why}); reselecting", conn)
@@ -197,6 +233,8 @@ class Keeper:
                 self.on_event("refreshed", self.conn)
             except grpc.aio.AioRpcError as exc:
                 self.on_event(f"refresh failed: {exc.code().name}: {exc.details()}", None)
+            except Refused as exc:
+                self.on_event(f"refresh refused: {exc}", None)
 
     async def _monitor_loop(self) -> None:
         while True:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+
+import grpc
 
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_api.connection_pb2 import (
@@ -16,14 +19,17 @@ from nsm_api.connection_pb2 import (
     PathSegment,
 )
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
+from nsm_client.exclusions import Asked, excluded_for, next_ifname, overlap, pod_connections
 from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.chain.path_tokens import OutgoingTokens
 from nsm_common.errors import NsmError
 from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.transport import LOCAL_ONLY, Transport
+from nsm_common.location import with_location
 from nsm_common.policy.policies import Policies
 from nsm_common.timeutil import now, ts_from
 from nsm_common.urls import Address
+from nsm_k8s import Requested
 
 
 def kernel_request(
@@ -35,7 +41,8 @@ def kernel_request(
     lifetime: float = DEFAULT_LIFETIME,
     conn_id: str | None = None,
 ) -> NetworkServiceRequest:
-    """A Request for a KERNEL interface in the namespace at `netns_path`."""
+    """A Request for a KERNEL interface in the namespace at `netns_path`; its labels carry
+    the location labels (nodeName, podName, clusterName) the environment gives."""
     cid = conn_id or str(uuid.uuid4())
     params = {"inodeURL": f"file://{netns_path}", "netnsInode": str(os.stat(netns_path).st_ino)}
     if ifname:
@@ -45,11 +52,41 @@ def kernel_request(
         connection=Connection(
             id=cid,
             network_service=service,
-            labels=dict(labels or {}),
+            labels=with_location(labels or {}),
             path=Path(index=0, path_segments=[segment]),
         ),
         mechanism_preferences=[Mechanism(cls="LOCAL", type="KERNEL", parameters=params)],
     )
+
+
+class PodScope:
+    """One pod's connections at its agent, for what a new Request of the pod excludes (see
+    exclusions.py): the pod is its network namespace's inode, GROUPS its awareness groups."""
+
+    def __init__(self, netns_inode: int, groups: Sequence[Sequence[Requested]] = ()) -> None:
+        self.netns_inode = str(netns_inode)
+        self.groups = [list(g) for g in groups]
+        self.serial = asyncio.Lock()  # the keepers of one pod ask one at a time
+
+    def name_interface(self, request: NetworkServiceRequest, connections: Iterable[Connection]) -> str:
+        """Gives REQUEST, when it names no interface, the pod's first free `nsm-N`."""
+        params = request.mechanism_preferences[0].parameters
+        if not params.get("name"):
+            params["name"] = next_ifname(pod_connections(connections, self.netns_inode, request.connection.id))
+        return params["name"]
+
+    def prepare(self, request: NetworkServiceRequest, connections: Iterable[Connection]) -> list[str]:
+        """Sets REQUEST's excluded prefixes to those of the pod's other CONNECTIONS (what an
+        earlier reply carried is dropped: the agent adds the node's own again); returns them."""
+        mech = request.mechanism_preferences[0] if request.mechanism_preferences else Mechanism()
+        conn = request.connection
+        asked = Asked(conn.network_service, mech.parameters.get("name", ""), dict(conn.labels))
+        others = pod_connections(connections, self.netns_inode, conn.id)
+        excluded = excluded_for(asked, others, self.groups)
+        ip = conn.context.ip_context
+        del ip.excluded_prefixes[:]
+        ip.excluded_prefixes.extend(excluded)
+        return excluded
 
 
 class AgentClient:
@@ -74,11 +111,21 @@ class AgentClient:
     def close_channel(self) -> None:
         self.channel.close()
 
-    def request(self, request: NetworkServiceRequest) -> Connection:
+    def request(self, request: NetworkServiceRequest, pod: PodScope | None = None) -> Connection:
+        """The connection REQUEST asks for. With POD, it first excludes the prefixes of the pod's
+        other connections, and a reply inside them is closed again (FAILED_PRECONDITION)."""
+        excluded: list[str] = []
+        if pod is not None:
+            connections = self.connections().values()
+            pod.name_interface(request, connections)
+            excluded = pod.prepare(request, connections)
         metadata = self.tokens.sign_for(request.connection, self.server_id)
         reply: Connection = self.ns.Request(request, timeout=self.timeout, metadata=metadata)
         try:
             self.tokens.check_reply(reply, self.server_id, request.connection)
+            problem = overlap(reply, excluded)
+            if problem:
+                raise NsmError(grpc.StatusCode.FAILED_PRECONDITION, problem)
         except NsmError:
             self.close(reply)
             raise
@@ -121,4 +168,4 @@ class AgentClient:
         return True
 
 
-__all__ = ["AgentClient", "kernel_request"]
+__all__ = ["AgentClient", "PodScope", "kernel_request"]

@@ -8,9 +8,10 @@ import os
 
 import grpc
 import structlog
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
+from nsm_api.connectioncontext_pb2 import PolicyRoute
 from nsm_api.registry_pb2 import (
     NetworkService,
     NetworkServiceEndpoint,
@@ -28,23 +29,28 @@ from nsm_common.chain.update_path import UpdatePath
 from nsm_common.grpcutil import aio_server, bind_all, remove_unix_sockets
 from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.transport import LOCAL_ONLY, Access, Transport
+from nsm_common.location import with_location
 from nsm_common.names import MAX_NAME
 from nsm_common.policy.policies import Policies
 from nsm_common.registry_path import call_metadata
 from nsm_common.timeutil import now, ts_seconds
 from nsm_common.urls import Address
-from nsm_endpoint.ipam import PointToPointPool
-from nsm_endpoint.steps import KernelAnswer, PointToPointIpam
+from nsm_endpoint.ipam import IpamPolicy, PointToPointPool
+from nsm_endpoint.steps import KernelAnswer, PointToPointIpam, PolicyRoutes
 
 log = structlog.get_logger("nsm.endpoint")
 
 
 class EndpointConfig(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
     name: str = Field(min_length=1, max_length=MAX_NAME)
     service: str = Field(min_length=1, max_length=MAX_NAME)
     payload: str = "IP"
     labels: dict[str, str] = Field(default_factory=dict)
     cidrs: list[str] = Field(min_length=1)
+    ipam_policy: IpamPolicy = IpamPolicy.POLITE
+    policy_routes: list[PolicyRoute] = Field(default_factory=list)  # for the client's side
     listen: Address
     registry: Address  # the node agent (or the registry itself)
     lifetime: float = Field(default=DEFAULT_LIFETIME, gt=0)
@@ -77,7 +83,8 @@ class EndpointRuntime:
             authorize,
             self.begin,
             Monitor(self.events),
-            PointToPointIpam(self.pools),
+            PointToPointIpam(self.pools, config.ipam_policy),
+            PolicyRoutes(config.policy_routes),
             KernelAnswer(st.st_dev, st.st_ino),
         ]
         self.chain = Chain(steps)
@@ -88,7 +95,7 @@ class EndpointRuntime:
         return NetworkServiceEndpoint(
             name=c.name,
             network_service_names=[c.service],
-            network_service_labels={c.service: NetworkServiceLabels(labels=c.labels)},
+            network_service_labels={c.service: NetworkServiceLabels(labels=with_location(c.labels))},
             url=str(c.listen),
         )
 
@@ -140,6 +147,7 @@ class EndpointRuntime:
             service=self.config.service,
             listen=str(self.config.listen),
             cidrs=self.config.cidrs,
+            ipam_policy=self.config.ipam_policy.value,
         )
         channel = self.transport.aio_channel(self.config.registry, self.registry_id)
         registering = asyncio.create_task(self._register_loop(channel))

@@ -59,6 +59,29 @@ def parse(value: str) -> list[Requested]:
     return out
 
 
+AWARENESS_GROUPS = "NSM_AWARENESS_GROUPS"
+
+
+def parse_awareness_groups(value: str) -> list[list[Requested]]:
+    """Upstream's awareness groups, `[URL,URL,...],[URL,...]` with each URL in the annotation's
+    grammar (an interface name stays empty when not given: it then matches any). The services
+    of one group may hand out overlapping addresses to one pod. AnnotationError names the problem."""
+    text = "".join(value.split())
+    if not text:
+        return []
+    if not (text.startswith("[") and text.endswith("]")):
+        raise AnnotationError(f"{AWARENESS_GROUPS}: expected [URL,...],[URL,...], not {value!r}")
+    groups: list[list[Requested]] = []
+    for n, body in enumerate(text[1:-1].split("],["), 1):
+        if "[" in body or "]" in body:
+            raise AnnotationError(f"{AWARENESS_GROUPS}: group {n}: unbalanced brackets in {value!r}")
+        items = body.split(",")
+        if any(not item for item in items):
+            raise AnnotationError(f"{AWARENESS_GROUPS}: group {n} has an empty entry")
+        groups.append([Requested(*_entry(item)) for item in items])
+    return groups
+
+
 def _entry(entry: str) -> tuple[str, str, str, dict[str, str]]:
     where = f"{ANNOTATION} entry {entry!r}"
     if "://" not in entry:

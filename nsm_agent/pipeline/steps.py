@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from nsm_agent.datapath import veth, vxlan
 from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.decisions.excluded_prefixes import IPNetwork
 from nsm_agent.netns.resolve import NetnsRef, NetnsResolver
 from nsm_agent.pipeline.client_netns import ClientNetns
 from nsm_agent.pipeline.connect import ConnectEndpoint
@@ -14,6 +15,7 @@ from nsm_agent.pipeline.discover import Discover
 from nsm_agent.pipeline.journal import Journal
 from nsm_agent.pipeline.kernel_wire import KernelWire, VethOps
 from nsm_agent.pipeline.link_watch import LinkWatch
+from nsm_agent.pipeline.node_exclusions import NodeExclusions
 from nsm_agent.pipeline.remote_mechanism import RemoteMechanismClient, RemoteMechanismServer, TunnelKinds
 from nsm_agent.pipeline.select import Locator, Select
 from nsm_agent.pipeline.tunnel_wire import TunnelWire, VxlanOps
@@ -71,8 +73,10 @@ def agent_steps(
     security: Security | None = None,
     datapath: Datapath | None = None,
     link_watch: LinkWatch | None = None,
+    excluded: Callable[[], Sequence[IPNetwork]] = tuple,
 ) -> list[Step]:
-    """Every step of the agent's chain, in the order a Request meets them."""
+    """Every step of the agent's chain, in the order a Request meets them. EXCLUDED: the
+    node's excluded prefixes now (none by default)."""
     dp = datapath or Datapath()
     security = security or Security.without_identity()
     authorize = Authorize(security.policies, security.identity, security.roles, name)
@@ -94,5 +98,6 @@ def agent_steps(
         TunnelWire(name, resolver, netlink, kinds, dp.vxlan_ops),
         KernelWire(name, resolver, netlink, dp.veth_ops),
         RemoteMechanismClient(kinds, list(kinds.supported())),
+        NodeExclusions(excluded),  # next to the call: a reply it refuses has no wire yet
         connect,
     ]

@@ -3,12 +3,12 @@ them on a command line (`ip netns` name, path, or PID)."""
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 from pydantic import BaseModel, Field, field_validator
 
 from nsm_common.names import ifname_problem
+from nsm_endpoint import IpamPolicy, parse_pools
 
 
 def netns_path(value: str) -> str:
@@ -68,24 +68,12 @@ class EndpointInput(NetnsInput):
     cidrs: list[str] = Field(min_length=1)
     payload: str = "IP"
     labels: dict[str, str] = Field(default_factory=dict)
+    ipam_policy: IpamPolicy = IpamPolicy.POLITE
 
-    @field_validator("cidrs")
+    @field_validator("cidrs", mode="before")
     @classmethod
     def _cidrs(cls, values: list[str]) -> list[str]:
-        out: list[str] = []
-        families: set[int] = set()
-        for value in values:
-            try:
-                net = ipaddress.ip_network(value, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{value!r} is not a CIDR such as 10.60.0.0/24 or fd00:60::/64") from exc
-            if net.num_addresses < 4:
-                raise ValueError(f"{value!r} is too small for a point-to-point pool")
-            if net.version in families:
-                raise ValueError(f"give at most one pool per address family ({value!r})")
-            families.add(net.version)
-            out.append(str(net))
-        return out
+        return parse_pools(values)
 
     @field_validator("payload")
     @classmethod

@@ -22,7 +22,7 @@ from nsm_api.registry_pb2 import NetworkServiceEndpointQuery, NetworkServiceQuer
 from nsm_client.claim import ClaimError, ensure, keep_claimed
 from nsm_client.cli import certs
 from nsm_client.cli.inputs import ConnectInput, EndpointInput, netns_path, parse_labels
-from nsm_client.runtime import AgentClient, kernel_request
+from nsm_client.runtime import AgentClient, PodScope, kernel_request
 from nsm_common import logs
 from nsm_common.chain.path import DEFAULT_LIFETIME
 from nsm_common.daemon import run_until_signal
@@ -32,6 +32,7 @@ from nsm_common.identity.transport import Transport, TransportError
 from nsm_common.settings import truthy
 from nsm_common.timeutil import ts_seconds
 from nsm_common.urls import AGENT_PORT, DEFAULT_SOCKET, Address, UrlError, parse_address
+from nsm_k8s import AnnotationError, Requested, parse, parse_awareness_groups
 
 
 class CliError(Exception):
@@ -77,6 +78,10 @@ def agent_client(args: argparse.Namespace) -> AgentClient:
 
 
 FLAG_OF_FIELD = {"cidrs": "cidr", "labels": "label"}
+AWARENESS_HELP = (
+    "services whose addresses may overlap in this pod, [URL,URL],[URL] as upstream's (env NSM_AWARENESS_GROUPS)"
+)
+DEFAULT_PBR_CONFIG = "/etc/policy-based-routing/config.yaml"  # upstream's endpoints read it there
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -136,11 +141,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise CliError(_validation_message(exc)) from exc
     request = kernel_request(inp.netns, inp.service, inp.ifname, inp.labels, client_name=args.client_name)
+    pod = PodScope(os.stat(inp.netns).st_ino, _awareness_groups(args))
     if args.watch:
-        return _connect_and_keep(args, request, inp.netns)
+        return _connect_and_keep(args, request, inp.netns, pod)
     client = agent_client(args)
     try:
-        conn = client.request(request)
+        conn = client.request(request, pod)
     finally:
         client.close_channel()
     if args.output == "json":
@@ -162,12 +168,26 @@ def _print_event(what: str, conn: Connection | None) -> None:
     print(json.dumps(line), flush=True)
 
 
-def _connect_and_keep(args: argparse.Namespace, request: NetworkServiceRequest, netns: str) -> int:
+def _awareness_groups(args: argparse.Namespace) -> list[list[Requested]]:
+    """--awareness-groups, else NSM_AWARENESS_GROUPS (upstream's syntax)."""
+    try:
+        return parse_awareness_groups(args.awareness_groups or os.environ.get("NSM_AWARENESS_GROUPS", ""))
+    except AnnotationError as exc:
+        raise CliError(f"--awareness-groups: {exc}") from exc
+
+
+def _connect_and_keep(args: argparse.Namespace, request: NetworkServiceRequest, netns: str, pod: PodScope) -> int:
     """Connect, then refresh and heal until SIGINT/SIGTERM, then close."""
     from nsm_client.keeper import Keeper
 
+    if not request.mechanism_preferences[0].parameters.get("name"):
+        client = agent_client(args)
+        try:
+            pod.name_interface(request, client.connections().values())
+        finally:
+            client.close_channel()
     keeper = Keeper(agent_address(args), request, netns, probe_interval=args.probe_interval, on_event=_print_event,
-                    timeout=args.timeout)  # fmt: skip
+                    timeout=args.timeout, pod=pod)  # fmt: skip
     run_until_signal(keeper.run)
     return 0
 
@@ -177,8 +197,6 @@ def cmd_pod(args: argparse.Namespace) -> int:
     (init container, --once), or keep those connections (sidecar, --watch)."""
     import uuid
 
-    from nsm_k8s import AnnotationError, parse
-
     value = args.services or os.environ.get("NSM_NETWORK_SERVICES", "")
     try:
         entries = parse(value)
@@ -187,6 +205,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
     pod = f"{os.environ.get('NSM_POD_NAMESPACE', 'default')}/{os.environ.get('NSM_POD_NAME', os.uname().nodename)}"
     own = "/proc/self/ns/net"
     st = os.stat(own)
+    scope = PodScope(st.st_ino, _awareness_groups(args))
     requests = []
     for entry in entries:
         # The same id in the init container and the sidecar: the sidecar adopts.
@@ -201,7 +220,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
         client = agent_client(args)
         try:
             for req in requests:
-                conn = client.request(req)
+                conn = client.request(req, scope)
                 print(json.dumps({"event": "connected", **_conn_summary(conn)}), flush=True)
         finally:
             client.close_channel()
@@ -212,7 +231,7 @@ def cmd_pod(args: argparse.Namespace) -> int:
     async def keep_all(stop: asyncio.Event) -> None:
         prober = Prober()  # one thread and socket for all of the pod's connections
         keepers = [
-            Keeper(agent_address(args), r, own, on_event=_print_event, timeout=args.timeout, prober=prober)
+            Keeper(agent_address(args), r, own, on_event=_print_event, timeout=args.timeout, prober=prober, pod=scope)
             for r in requests
         ]
         claiming = (
@@ -306,19 +325,32 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_endpoint(args: argparse.Namespace) -> int:
-    from nsm_endpoint import EndpointConfig, EndpointRuntime
+    from nsm_endpoint import EndpointConfig, EndpointRuntime, IpamPolicy, PolicyRoutesError, load_policy_routes
 
+    try:
+        policy = IpamPolicy.parse(args.ipam_policy or os.environ.get("NSM_IPAM_POLICY") or "polite")
+    except ValueError as exc:
+        raise CliError(f"--ipam-policy: {exc}") from exc
+    cidrs = args.cidr or [c for c in [os.environ.get("NSM_CIDR_PREFIX", "")] if c]
+    if not cidrs:
+        raise CliError("--cidr: give at least one pool (or env NSM_CIDR_PREFIX)")
     try:
         inp = EndpointInput(
             netns=args.netns,
             name=args.name,
             service=args.service,
-            cidrs=args.cidr,
+            cidrs=cidrs,
             payload=args.payload,
             labels=_labels(args.label),
+            ipam_policy=policy,
         )
     except ValidationError as exc:
         raise CliError(_validation_message(exc)) from exc
+    pbr = args.pbr_config or os.environ.get("NSM_PBR_CONFIG_PATH") or ""
+    try:
+        policy_routes = load_policy_routes(pbr or DEFAULT_PBR_CONFIG, required=bool(pbr))
+    except PolicyRoutesError as exc:
+        raise CliError(f"--pbr-config: {exc}") from exc
     try:
         listen = parse_address(args.listen or f"unix:///var/lib/networkservicemesh/endpoints/{inp.name}.sock")
     except UrlError as exc:
@@ -335,6 +367,8 @@ def cmd_endpoint(args: argparse.Namespace) -> int:
         payload=inp.payload,
         labels=inp.labels,
         cidrs=inp.cidrs,
+        ipam_policy=inp.ipam_policy,
+        policy_routes=policy_routes,
         listen=listen,
         registry=agent_address(args),
         lifetime=args.lifetime,
@@ -389,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
     c.add_argument("--client-name", default="nsmctl")
     c.add_argument("--watch", action="store_true", help="stay: refresh, heal, and close on SIGINT/SIGTERM")
+    c.add_argument("--awareness-groups", metavar="GROUPS", help=AWARENESS_HELP)
     c.add_argument("--probe-interval", type=float, default=0.2, help="seconds between data-plane probes (--watch)")
     c.set_defaults(func=cmd_connect)
 
@@ -403,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--once", action="store_true", help="connect and exit (init container)")
     mode.add_argument("--watch", action="store_true", help="adopt, refresh, heal, close on exit (sidecar)")
     pd.add_argument("--services", help="the annotation's value (default: env NSM_NETWORK_SERVICES)")
+    pd.add_argument("--awareness-groups", metavar="GROUPS", help=AWARENESS_HELP)
     pd.add_argument("--claim-socket", metavar="PATH",
                     help="the agent's claim socket: get the pod's own socket there (env NSM_CLAIM_SOCKET)")  # fmt: skip
     pd.set_defaults(func=cmd_pod)
@@ -421,10 +457,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--service", required=True)
     e.add_argument(
         "--cidr",
-        required=True,
         action="append",
-        help="pool for point-to-point addresses, e.g. 10.60.0.0/24; once more with an IPv6 pool for dual stack",
+        help="pool for point-to-point addresses, e.g. 10.60.0.0/24; repeat it or give a comma list for more "
+        "(an IPv6 pool: dual stack; a pair from each) (env NSM_CIDR_PREFIX)",
     )
+    e.add_argument("--ipam-policy", help="polite (keep a client's address that is free here) or strict "
+                   "(env NSM_IPAM_POLICY; default polite)")  # fmt: skip
+    e.add_argument("--pbr-config", metavar="FILE", help="policy routes for the client's side, upstream's YAML "
+                   f"(env NSM_PBR_CONFIG_PATH; default {DEFAULT_PBR_CONFIG} if it exists)")  # fmt: skip
     e.add_argument("--payload", default="IP")
     e.add_argument("--label", action="append", help="KEY=VALUE, repeatable")
     e.add_argument("--listen", help="unix:///PATH of the endpoint's own socket")

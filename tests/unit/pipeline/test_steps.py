@@ -45,6 +45,7 @@ ORDER = [
     "TunnelWire",
     "KernelWire",
     "RemoteMechanismClient",
+    "NodeExclusions",
     "ConnectEndpoint",
 ]
 
