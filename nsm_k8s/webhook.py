@@ -37,7 +37,11 @@ from pydantic import BaseModel, field_validator
 from nsm_common import settings
 from nsm_common.settings import Option
 from nsm_common.urls import Address, parse_address
-from nsm_k8s.annotation import ANNOTATION, AnnotationError, parse
+from nsm_k8s.annotation import ANNOTATION, AnnotationError, parse, parse_awareness_groups
+
+# The pod's awareness groups (upstream's NSM_AWARENESS_GROUPS of its client), passed on to
+# the client containers the webhook injects.
+AWARENESS_ANNOTATION = "networkservicemesh.io/awareness-groups"
 
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", "nsm-system"})
 SOCKET_DIR = "/var/lib/networkservicemesh"  # in the pod: its own socket's emptyDir
@@ -53,6 +57,7 @@ class WebhookConfig:
     image: str = CLIENT_IMAGE
     socket_dir: str = SOCKET_DIR
     claim_dir: str = CLAIM_DIR
+    cluster_name: str = ""  # the clusterName label of the pods' Requests ("": none)
     # The annotation of a namespace (kept by a watch); a pod's own annotation wins.
     namespace_annotation: Callable[[str], str | None] = field(default=lambda namespace: None)
 
@@ -81,7 +86,7 @@ def _text(doc: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
-def _container(name: str, config: WebhookConfig, args: list[str], value: str) -> dict[str, Any]:
+def _container(name: str, config: WebhookConfig, args: list[str], value: str, groups: str = "") -> dict[str, Any]:
     return {
         "name": name,
         "image": config.image,
@@ -92,6 +97,11 @@ def _container(name: str, config: WebhookConfig, args: list[str], value: str) ->
             {"name": "NSM_NETWORK_SERVICES", "value": value},
             {"name": "NSM_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {"name": "NSM_POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            # The location labels of every Request (nodeName, podName, clusterName).
+            {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            *([{"name": "CLUSTER_NAME", "value": config.cluster_name}] if config.cluster_name else []),
+            *([{"name": "NSM_AWARENESS_GROUPS", "value": groups}] if groups else []),
         ],
         "volumeMounts": [
             {"name": "nsm-socket", "mountPath": config.socket_dir},
@@ -146,8 +156,10 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
     value = _text(annotations, ANNOTATION, f"the annotation {ANNOTATION}") or config.namespace_annotation(namespace)
     if not value:
         return out
+    groups = _text(annotations, AWARENESS_ANNOTATION, f"the annotation {AWARENESS_ANNOTATION}")
     try:
         parse(value)
+        parse_awareness_groups(groups)
     except AnnotationError as exc:
         response["allowed"] = False
         response["status"] = {"code": HTTPStatus.BAD_REQUEST, "message": str(exc)}
@@ -156,12 +168,10 @@ def review(body: bytes, config: WebhookConfig) -> dict[str, Any]:
     patch: list[dict[str, Any]] = _app_mounts(spec, config)
     if not spec.get("initContainers"):
         patch.append({"op": "add", "path": "/spec/initContainers", "value": []})
-    patch.append(
-        {"op": "add", "path": "/spec/initContainers/-", "value": _container("nsm-init", config, ["--once"], value)}
-    )
-    patch.append(
-        {"op": "add", "path": "/spec/containers/-", "value": _container("nsm-client", config, ["--watch"], value)}
-    )
+    init = _container("nsm-init", config, ["--once"], value, groups)
+    patch.append({"op": "add", "path": "/spec/initContainers/-", "value": init})
+    sidecar = _container("nsm-client", config, ["--watch"], value, groups)
+    patch.append({"op": "add", "path": "/spec/containers/-", "value": sidecar})
     if not spec.get("volumes"):
         patch.append({"op": "add", "path": "/spec/volumes", "value": []})
     patch.append({"op": "add", "path": "/spec/volumes/-", "value": {"name": "nsm-socket", "emptyDir": {}}})
@@ -232,6 +242,9 @@ class WebhookSettings(BaseModel):
     tls_cert: Annotated[str, Option("NSM_TLS_CERT", "PEM certificate file", metavar="FILE")] = ""
     tls_key: Annotated[str, Option("NSM_TLS_KEY", "PEM key file", metavar="FILE")] = ""
     image: Annotated[str, Option("NSM_CLIENT_IMAGE", "image of the injected client containers")] = CLIENT_IMAGE
+    cluster_name: Annotated[
+        str, Option("NSM_CLUSTER_NAME", "the clusterName label the injected clients put on their Requests")
+    ] = ""
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -257,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = settings.parse(WebhookSettings, build_parser(), argv)
     addr = args.listen
-    config = WebhookConfig(image=args.image)
+    config = WebhookConfig(image=args.image, cluster_name=args.cluster_name)
     if os.environ.get("KUBERNETES_SERVICE_HOST"):  # in a cluster: namespace annotations from the API
         from lightkube import Client
 
@@ -267,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         # Admit with namespace annotations known: the first list, or a while trying.
         if not watcher.ready.wait(timeout=10):
             print("nsm-webhook: namespaces not listed yet; serving, annotations on pods only", flush=True)
-        config = WebhookConfig(image=args.image, namespace_annotation=watcher.get)
+        config = WebhookConfig(image=args.image, cluster_name=args.cluster_name, namespace_annotation=watcher.get)
     server = serve(addr.host, addr.port, args.tls_cert, args.tls_key, config)
     print(f"nsm-webhook serving https://{addr.host}:{addr.port}/mutate", flush=True)
     try:

@@ -2,6 +2,7 @@
 
 import contextlib
 import ipaddress
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -91,9 +92,9 @@ def test_preferred_addresses_are_taken_only_when_free_and_not_excluded() -> None
 
 def test_pools_parse_as_given_and_name_the_bad_entry() -> None:
     assert parse_pools(["172.16.1.0/29, fd00::/120", "10.60.0.0/24"]) == ["172.16.1.0/29", "fd00::/120", "10.60.0.0/24"]
-    with pytest.raises(ValueError, match="'172.16.300.0/29' is not a CIDR"):
+    with pytest.raises(ValueError, match=re.escape("'172.16.300.0/29' is not a CIDR")):
         parse_pools(["172.16.1.0/29,172.16.300.0/29"])
-    with pytest.raises(ValueError, match="overlaps the pool 172.16.1.0/29"):
+    with pytest.raises(ValueError, match=re.escape("overlaps the pool 172.16.1.0/29")):
         parse_pools(["172.16.1.0/29", "172.16.1.4/30"])
     with pytest.raises(ValueError, match="too small"):
         parse_pools(["10.0.0.1/32"])

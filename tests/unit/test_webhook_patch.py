@@ -49,3 +49,29 @@ def test_the_pods_containers_get_the_socket_read_only_where_nothing_is_mounted()
         if op["path"].startswith("/spec/containers/") and op["path"] != "/spec/containers/-"
     ]
     assert ops == [("/spec/containers/0/volumeMounts", [mount]), ("/spec/containers/1/volumeMounts/-", mount)]
+
+
+def review_of(annotations: dict[str, str], config: WebhookConfig) -> dict[str, Any]:
+    pod = {"metadata": {"name": "p", "namespace": "apps", "annotations": annotations}, "spec": {"containers": []}}
+    body = {"kind": "AdmissionReview", "request": {"uid": "u", "kind": {"kind": "Pod"}, "object": pod}}
+    return review(json.dumps(body).encode(), config)["response"]  # type: ignore[no-any-return]
+
+
+def test_the_clients_get_the_location_labels_and_the_pods_awareness_groups() -> None:
+    groups = "[kernel://a/nsm-1,kernel://b/nsm-2]"
+    annotations = {"networkservicemesh.io": "kernel://a/nsm-1,kernel://b/nsm-2",
+                   "networkservicemesh.io/awareness-groups": groups}  # fmt: skip
+    response = review_of(annotations, WebhookConfig(cluster_name="east"))
+    patch = json.loads(base64.b64decode(response["patch"]))
+    for op in patch:
+        if op["path"] in ("/spec/initContainers/-", "/spec/containers/-"):
+            env = {e["name"]: e for e in op["value"]["env"]}
+            assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+            assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+            assert env["CLUSTER_NAME"]["value"] == "east" and env["NSM_AWARENESS_GROUPS"]["value"] == groups
+
+
+def test_bad_awareness_groups_refuse_the_pod_naming_the_problem() -> None:
+    annotations = {"networkservicemesh.io": "kernel://a", "networkservicemesh.io/awareness-groups": "[kernel://a"}
+    response = review_of(annotations, WebhookConfig())
+    assert response["allowed"] is False and "NSM_AWARENESS_GROUPS: expected [URL" in response["status"]["message"]
