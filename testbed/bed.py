@@ -220,7 +220,14 @@ class Testbed:
         return proc, f"unix://{sock}"
 
     def endpoint(
-        self, netns: str, name: str, service: str, cidr: str, agent_url: str, extra: list[str] | None = None
+        self,
+        netns: str,
+        name: str,
+        service: str,
+        cidr: str,
+        agent_url: str,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> tuple[Proc, str]:
         sock = self.dir / f"ep-{name}.sock"
         proc = self.start(
@@ -242,6 +249,7 @@ class Testbed:
                 f"unix://{sock}",
                 *(extra or []),
             ],
+            env=env,
         )
         self.wait_for(proc, "endpoint registered")
         return proc, f"unix://{sock}"

@@ -8,12 +8,12 @@ import time
 from testbed.bed import BIN, Proc, Testbed
 
 
-def keep(bed: Testbed, agent: str, pod: str, service: str) -> Proc:
-    """Start a keeper asking `agent` for `service` as nsm-1 in `pod`."""
+def keep(bed: Testbed, agent: str, pod: str, service: str, ifname: str = "nsm-1") -> Proc:
+    """Start a keeper asking `agent` for `service` as IFNAME in `pod`."""
     return bed.start(
-        f"keeper-{pod}",
+        f"keeper-{pod}-{ifname}",
         [str(BIN / "nsmctl"), "connect", "--watch", "--agent", agent,
-         "--netns", pod, "--service", service, "--ifname", "nsm-1"],
+         "--netns", pod, "--service", service, "--ifname", ifname],
     )  # fmt: skip
 
 

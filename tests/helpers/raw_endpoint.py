@@ -6,12 +6,16 @@ Modes:
   hang      never answers a Request (deadline)
   crash     exits the process in the middle of a Request
   bad-cidr  answers with a malformed address
+  p2p       upstream's point-to-point IPAM on --cidr: a pair avoiding the Request's
+            excluded prefixes, keeping the client's addresses when they are free there,
+            adding its own to what the Request brings (upstream's default policy)
 Every Request and Close is appended to --journal as one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import threading
 import time
@@ -33,6 +37,7 @@ class Endpoint(networkservice_pb2_grpc.NetworkServiceServicer):
         self.inode_url = f"inode://{st.st_dev}/{st.st_ino}"
         self.next = 1
         self.leases: dict[str, int] = {}
+        self.pairs: dict[str, tuple[object, object]] = {}
         self.lock = threading.Lock()
 
     def log(self, line: str) -> None:
@@ -55,6 +60,10 @@ class Endpoint(networkservice_pb2_grpc.NetworkServiceServicer):
         else:
             mine = segs.add()
             mine.CopyFrom(PathSegment(name=self.args.name, id=f"{self.args.name}-{conn.id}"))
+        if self.args.mode == "p2p":
+            self.p2p(conn)
+            conn.mechanism.CopyFrom(Mechanism(cls="LOCAL", type="KERNEL", parameters={"inodeURL": self.inode_url}))
+            return conn
         with self.lock:
             n = self.leases.setdefault(conn.id, self.next)
             if n == self.next:
@@ -72,10 +81,42 @@ class Endpoint(networkservice_pb2_grpc.NetworkServiceServicer):
         conn.mechanism.CopyFrom(Mechanism(cls="LOCAL", type="KERNEL", parameters={"inodeURL": self.inode_url}))
         return conn
 
+    def p2p(self, conn: Connection) -> None:
+        ip = conn.context.ip_context
+        self.log(f"excluded {conn.id} {','.join(ip.excluded_prefixes)}")
+        self.log(f"brought {conn.id} {','.join(ip.src_ip_addrs)}")
+        net = ipaddress.ip_network(self.args.cidr)
+        excluded = [ipaddress.ip_network(p, strict=False) for p in ip.excluded_prefixes]
+        with self.lock:
+            used = {a for k, pair in self.pairs.items() if k != conn.id for a in pair}
+
+            def free(a: object) -> bool:
+                return (isinstance(a, (ipaddress.IPv4Address, ipaddress.IPv6Address)) and a in net and a not in used
+                        and not any(a.version == n.version and a in n for n in excluded))  # fmt: skip
+
+            pair = self.pairs.get(conn.id)
+            if pair is None or not all(free(a) for a in pair):
+                def brought(cidrs: list[str]) -> object:
+                    return next((a for a in (ipaddress.ip_interface(c).ip for c in cidrs) if free(a)), None)
+
+                dst, src = brought(list(ip.dst_ip_addrs)), brought(list(ip.src_ip_addrs))
+                pool = (a for a in net if free(a) and a not in (dst, src))
+                pair = (dst or next(pool), src or next(pool))
+                self.pairs[conn.id] = pair
+        dst_cidr, src_cidr = (f"{a}/{a.max_prefixlen}" for a in pair)  # type: ignore[attr-defined]
+        for field, value in ((ip.src_ip_addrs, src_cidr), (ip.dst_ip_addrs, dst_cidr)):
+            if value not in field:
+                field.append(value)
+        if dst_cidr not in [r.prefix for r in ip.src_routes]:
+            ip.src_routes.append(Route(prefix=dst_cidr))
+        if src_cidr not in [r.prefix for r in ip.dst_routes]:
+            ip.dst_routes.append(Route(prefix=src_cidr))
+
     def Close(self, request, context):  # type: ignore[no-untyped-def]
         self.log(f"close {request.id}")
         with self.lock:
             self.leases.pop(request.id, None)
+            self.pairs.pop(request.id, None)
         return Empty()
 
 
@@ -89,6 +130,7 @@ def main() -> None:
     p.add_argument("--registry", required=True, help="unix:///PATH of the agent or registry")
     p.add_argument("--journal", required=True)
     p.add_argument("--prefix", default="10.70.0", help="first three octets of the addresses it hands out")
+    p.add_argument("--cidr", default="", help="the pool of mode p2p")
     p.add_argument("--payload", default="", help="the service's payload, as registered (once, at start)")
     p.add_argument("--match", action="append", default=[], help="KEY=VALUE: a match on the client's labels")
     p.add_argument("--renew", action="store_true", help="renew the endpoint record (only it) as upstream does")
