@@ -96,6 +96,7 @@ class Endpoint(networkservice_pb2_grpc.NetworkServiceServicer):
 
             pair = self.pairs.get(conn.id)
             if pair is None or not all(free(a) for a in pair):
+
                 def brought(cidrs: list[str]) -> object:
                     return next((a for a in (ipaddress.ip_interface(c).ip for c in cidrs) if free(a)), None)
 

@@ -275,3 +275,32 @@ def test_a_bad_excluded_prefixes_file_stops_the_agent_naming_the_line(bed: Testb
     assert proc.popen.returncode != 0
     assert f"--excluded-prefixes: {bad} line 3: '10.96.0.0/40' is not a CIDR" in proc.output()
     assert not Path(sock.removeprefix("unix://")).exists()
+
+
+def test_location_labels_select_the_endpoint_on_the_clients_node(bed: Testbed) -> None:
+    """Upstream's local-endpoint match: `nodeName: "{{.nodeName}}"` picks the endpoint that
+    registered the client's node name (the location labels come from NODE_NAME)."""
+    from nsm_api import registry_pb2_grpc
+    from nsm_api.registry_pb2 import Destination, Match, NetworkService
+    from nsm_common.identity.transport import LOCAL_ONLY
+    from nsm_common.urls import parse_address
+
+    mesh = make_mesh(bed)
+    channel = LOCAL_ONLY.sync_channel(parse_address(mesh.agent))
+    local = Match(routes=[Destination(destination_selector={"nodeName": "{{.nodeName}}"})])
+    registry_pb2_grpc.NetworkServiceRegistryStub(channel).Register(
+        NetworkService(name="local-svc", payload="IP", matches=[local]), timeout=5
+    )
+    channel.close()
+    for node in ("node-a", "node-b"):
+        bed.endpoint(bed.netns(f"nse-{node}"), f"nse-{node}", "local-svc", "172.16.7.0/28" if node == "node-a"
+                     else "172.16.8.0/28", mesh.agent, env={"NODE_NAME": node})  # fmt: skip
+    for node in ("node-b", "node-b", "node-a", "node-a"):  # round robin alone would alternate
+        pod = bed.netns(f"on-{node}-{time.monotonic_ns() % 10_000}")
+        env = {**os.environ, "NODE_NAME": node, "NSM_IDENTITY_DIR": str(bed.identity("spiffe://nsm.test/ns/t/sa/t"))}
+        done = subprocess.run(
+            [str(BIN / "nsmctl"), "connect", "--agent", mesh.agent, "--netns", pod, "--service", "local-svc",
+             "-o", "json"], capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert f'"endpoint": "nse-{node}"' in done.stdout
