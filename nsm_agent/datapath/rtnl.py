@@ -45,19 +45,23 @@ from pyroute2.netlink.rtnl import (
     RTM_DELADDR,
     RTM_DELLINK,
     RTM_DELROUTE,
+    RTM_DELRULE,
     RTM_GETLINK,
+    RTM_GETRULE,
     RTM_NEWADDR,
     RTM_NEWLINK,
     RTM_NEWROUTE,
+    RTM_NEWRULE,
     rt_proto,
     rt_scope,
     rt_type,
 )
+from pyroute2.netlink.rtnl.fibmsg import FR_ACT_TO_TBL, fibmsg
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK, rtmsg
 
-from nsm_agent.decisions.wireplan import IPInterface, RoutePlan
+from nsm_agent.decisions.wireplan import IPInterface, PolicyPlan, RoutePlan
 
 # linux/netlink.h; pyroute2 does not name it. Errors then carry our request's
 # header only, not a copy of the whole request.
@@ -366,24 +370,86 @@ def _addr(kind: int, flags: int, index: int, addr: IPInterface) -> ifaddrmsg:
     return msg
 
 
-def replace_route(index: int, route: RoutePlan) -> rtmsg:
-    return _route(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, index, route)
+def replace_route(index: int, route: RoutePlan, table: int = RT_TABLE_MAIN) -> rtmsg:
+    return _route(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, index, route, table)
 
 
-def del_route(index: int, route: RoutePlan) -> rtmsg:
-    return _route(RTM_DELROUTE, 0, index, route)
+def del_route(index: int, route: RoutePlan, table: int = RT_TABLE_MAIN) -> rtmsg:
+    return _route(RTM_DELROUTE, 0, index, route, table)
 
 
-def _route(kind: int, flags: int, index: int, route: RoutePlan) -> rtmsg:
+def add_rule(table: int, policy: PolicyPlan, family: int) -> fibmsg:
+    """`ip rule add [from SRC] [ipproto P] [dport D] [sport S] lookup TABLE`; EEXIST when it
+    is there already (NLM_F_EXCL: the kernel would add a duplicate otherwise)."""
+    return _rule(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, table, policy, family)
+
+
+def del_rule(table: int, policy: PolicyPlan, family: int) -> fibmsg:
+    return _rule(RTM_DELRULE, 0, table, policy, family)
+
+
+def _rule(kind: int, flags: int, table: int, policy: PolicyPlan, family: int) -> fibmsg:
+    msg = fibmsg()
+    msg["header"]["type"] = kind
+    msg["header"]["flags"] = flags
+    msg["family"] = family
+    msg["table"] = table if table < 256 else 252  # RT_TABLE_COMPAT: the attribute says which
+    msg["action"] = FR_ACT_TO_TBL
+    attrs: list[tuple[str, object]] = [("FRA_TABLE", table)]
+    if policy.src is not None:
+        msg["src_len"] = policy.src.prefixlen
+        attrs.append(("FRA_SRC", str(policy.src.network_address)))
+    if policy.proto is not None:
+        attrs.append(("FRA_IP_PROTO", policy.proto))
+    if policy.dst_port is not None:
+        attrs.append(("FRA_DPORT_RANGE", f"{policy.dst_port[0]}:{policy.dst_port[1]}"))
+    if policy.src_port is not None:
+        attrs.append(("FRA_SPORT_RANGE", f"{policy.src_port[0]}:{policy.src_port[1]}"))
+    msg["attrs"] = attrs
+    return msg
+
+
+def dump_rules(family: int) -> fibmsg:
+    msg = fibmsg()
+    msg["header"]["type"] = RTM_GETRULE
+    msg["header"]["flags"] = NLM_F_DUMP
+    msg["family"] = family
+    return msg
+
+
+def as_delete(message: bytes) -> fibmsg:
+    """The RTM_DELRULE of a rule a dump showed (every selector as it was)."""
+    msg = fibmsg(message)
+    msg.decode()
+    out = fibmsg()
+    out["header"]["type"] = RTM_DELRULE
+    out["header"]["flags"] = 0
+    for name in ("family", "dst_len", "src_len", "tos", "table", "action"):
+        out[name] = msg[name]
+    out["attrs"] = [(n, v) for n, v in msg["attrs"] if n not in ("FRA_UNSPEC", "FRA_PAD")]
+    return out
+
+
+def rule_table(message: bytes) -> int:
+    """The table an RTM_NEWRULE message looks up."""
+    msg = fibmsg(message)
+    msg.decode()
+    table = msg.get_attr("FRA_TABLE")
+    return int(table if table is not None else msg["table"])
+
+
+def _route(kind: int, flags: int, index: int, route: RoutePlan, table: int = RT_TABLE_MAIN) -> rtmsg:
     msg = rtmsg()
     msg["header"]["type"] = kind
     msg["header"]["flags"] = flags
     msg["family"] = socket.AF_INET6 if route.dst.version == 6 else socket.AF_INET
     msg["dst_len"] = route.dst.prefixlen
-    msg["table"] = RT_TABLE_MAIN
+    msg["table"] = table if table < 256 else 252  # RT_TABLE_COMPAT: RTA_TABLE says which
     msg["proto"] = rt_proto["boot"]
     msg["type"] = rt_type["unicast"]
     attrs: list[tuple[str, object]] = [("RTA_DST", str(route.dst.network_address)), ("RTA_OIF", index)]
+    if table != RT_TABLE_MAIN:
+        attrs.append(("RTA_TABLE", table))
     if route.gateway is None:
         msg["scope"] = rt_scope["link"]
     else:

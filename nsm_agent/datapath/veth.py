@@ -13,7 +13,15 @@ from dataclasses import dataclass, replace
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nsm_agent.datapath import rtnl
-from nsm_agent.datapath.links import WireError, owned, random_mac, side_messages, update_side
+from nsm_agent.datapath.links import (
+    WireError,
+    owned,
+    random_mac,
+    remove_policies,
+    side_messages,
+    sync_policies,
+    update_side,
+)
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan, WirePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -75,6 +83,8 @@ def build(
         if e_index is None:
             raise WireError(f"the veth end {ep_ifname} vanished from {ep_ns.path}")
         sock_c.run(rtnl.set_link(c_index, alias=alias), *side_messages(c_index, plan.client))
+        if plan.client.policies:
+            sync_policies(sock_c, c_index, plan.client)
         sock_e.run(rtnl.set_link(e_index, alias=alias, up=True), *side_messages(e_index, plan.endpoint))
     except Exception as exc:
         with contextlib.suppress(NetlinkError, OSError):  # the first failure is the one to report
@@ -88,6 +98,9 @@ def build(
 def remove(nl: NetlinkThread, wire: VethWire) -> None:
     """Delete the pair (deleting either end removes both); only links carrying our alias."""
     try:
+        if wire.plan.client.policies:  # rules outlive the link; the namespace may be gone
+            with contextlib.suppress(OSError, NetlinkError):
+                remove_policies(nl.rtnl(wire.client_ns), wire.client_index)
         for ns, index in ((wire.client_ns, wire.client_index), (wire.ep_ns, wire.ep_index)):
             try:
                 sock = nl.rtnl(ns)

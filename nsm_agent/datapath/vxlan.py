@@ -14,7 +14,15 @@ from dataclasses import dataclass, replace
 from pyroute2.netlink.exceptions import NetlinkError
 
 from nsm_agent.datapath import rtnl
-from nsm_agent.datapath.links import WireError, owned, random_mac, side_messages, update_side
+from nsm_agent.datapath.links import (
+    WireError,
+    owned,
+    random_mac,
+    remove_policies,
+    side_messages,
+    sync_policies,
+    update_side,
+)
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.wireplan import SidePlan
 from nsm_agent.netns.resolve import NetnsRef
@@ -87,6 +95,8 @@ def build(
         if index is None:
             raise WireError(f"the VXLAN device {ifname} vanished from {ns.path}")
         pod.run(rtnl.set_link(index, alias=alias), *side_messages(index, side))
+        if side.policies:
+            sync_policies(pod, index, side)
     except Exception as exc:
         if index is not None:
             with contextlib.suppress(NetlinkError, OSError):  # the first failure is the one to report
@@ -103,6 +113,9 @@ def remove(nl: NetlinkThread, wire: VxlanWire) -> None:
         except OSError:
             return  # the pod is gone, and the device with it
         if pod.has_alias(wire.index, wire.alias):
+            if wire.side.policies:  # rules outlive the link
+                with contextlib.suppress(NetlinkError):
+                    remove_policies(pod, wire.index)
             pod.delete(wire.index)
     finally:
         nl.unhold(wire.ns)

@@ -9,12 +9,13 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nsm_api.connectioncontext_pb2 import ConnectionContext, Route
+from nsm_api.connectioncontext_pb2 import ConnectionContext, PolicyRoute, Route
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+MAX_POLICIES = 64
 MIN_MTU = 68
 MAX_MTU = 65535
 
@@ -30,9 +31,22 @@ class RoutePlan:
 
 
 @dataclass(frozen=True)
+class PolicyPlan:
+    """One policy route of the client's side: traffic matching it goes by its routes (in a
+    table of the connection's own)."""
+
+    src: IPNetwork | None  # None: any source
+    proto: int | None
+    dst_port: tuple[int, int] | None
+    src_port: tuple[int, int] | None
+    routes: tuple[RoutePlan, ...]
+
+
+@dataclass(frozen=True)
 class SidePlan:
     addrs: tuple[IPInterface, ...]
     routes: tuple[RoutePlan, ...]
+    policies: tuple[PolicyPlan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,44 @@ def _routes(field: str, routes: Sequence[Route], peers: Sequence[IPInterface]) -
     return tuple(out)
 
 
+def _ports(field: str, value: str) -> tuple[int, int] | None:
+    if not value:
+        return None
+    low, sep, high = value.partition("-")
+    try:
+        lo, hi = int(low), int(high) if sep else int(low)
+    except ValueError:
+        raise ContextError(f"{field}: {value!r} is not a port or LOW-HIGH") from None
+    if not 1 <= lo <= hi <= 65535:
+        raise ContextError(f"{field}: {value!r} is not within 1-65535 (LOW <= HIGH)")
+    return lo, hi
+
+
+def _policies(policies: Sequence[PolicyRoute], peers: Sequence[IPInterface]) -> tuple[PolicyPlan, ...]:
+    if len(policies) > MAX_POLICIES:
+        raise ContextError(f"policies: {len(policies)}; at most {MAX_POLICIES}")
+    out = []
+    for i, policy in enumerate(policies):
+        where = f"policies[{i}]"
+        source = getattr(policy, "from")
+        try:
+            src = ipaddress.ip_network(source, strict=False) if source else None
+        except ValueError:
+            raise ContextError(f"{where}.from: {source!r} is not a valid CIDR") from None
+        proto = None
+        if policy.proto:
+            if not policy.proto.isdigit() or int(policy.proto) > 255:
+                raise ContextError(f"{where}.proto: {policy.proto!r} is not an IP protocol number (0-255)")
+            proto = int(policy.proto)
+        routes = _routes(f"{where}.routes", policy.routes, peers)
+        if src is not None and any(r.dst.version != src.version for r in routes):
+            raise ContextError(f"{where}: routes of another family than from {source}")
+        dst_port = _ports(f"{where}.dst_port", policy.dst_port)
+        src_port = _ports(f"{where}.src_port", policy.src_port)
+        out.append(PolicyPlan(src, proto, dst_port, src_port, routes))
+    return tuple(out)
+
+
 def plan_ip_wire(context: ConnectionContext) -> WirePlan:
     """Both sides' addresses, routes and the MTU of a wire, from the endpoint's context; ContextError when it
     cannot be built."""
@@ -90,7 +142,7 @@ def plan_ip_wire(context: ConnectionContext) -> WirePlan:
     if mtu and not MIN_MTU <= mtu <= MAX_MTU:
         raise ContextError(f"MTU {mtu} is outside {MIN_MTU}..{MAX_MTU}")
     return WirePlan(
-        client=SidePlan(src, _routes("src_routes", ip.src_routes, dst)),
+        client=SidePlan(src, _routes("src_routes", ip.src_routes, dst), _policies(ip.policies, dst)),
         endpoint=SidePlan(dst, _routes("dst_routes", ip.dst_routes, src)),
         mtu=mtu,
     )

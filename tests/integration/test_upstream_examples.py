@@ -97,6 +97,14 @@ def test_mutually_aware_nses(bed: Testbed) -> None:
               "dport", "5555").stdout  # fmt: skip
     assert "172.16.1.100 from 172.16.1.101 dev nsm-1" in tcp, tcp
     assert "172.16.1.100 from 172.16.1.101 dev nsm-2" in udp, udp
+    rules = run("ip", "-n", nsc, "rule", "show").stdout
+    assert rules.count("from 172.16.1.101 ipproto tcp dport 6666 lookup") == 1, rules
+    # Closing the connections takes their rules (which outlive links) and tables along.
+    client = agent_client(mesh.agent)
+    for conn in list(client.connections().values()):
+        client.close(conn)
+    assert "172.16.1.101" not in run("ip", "-n", nsc, "rule", "show").stdout
+    assert only_lo(nsc)
     # Without the group the second Request excludes the only pair of its /31, and nothing is built.
     lone = bed.netns("lone")
     done = subprocess.run(
@@ -191,7 +199,7 @@ def test_ipam_policies(bed: Testbed) -> None:
     keepers = {pod: keep(bed, mesh.agent, pod, "ipam-policies", ifname) for pod, ifname in clients.items()}
     for proc in keepers.values():
         wait_event(proc, "connected")
-    peers = sorted(str(events(p)[0]["endpoint_ips"][0]).split("/")[0] for p in keepers.values())
+    peers = sorted(str(events(p)[0]["endpoint_ips"][0]).split("/")[0] for p in keepers.values())  # type: ignore[index]
     assert peers == ["172.16.1.0", "172.16.1.2"]
     assert ping(first_pod, "172.16.1.1") and ping(first_pod, "172.16.1.3")
     counts = {pod: len(events(p)) for pod, p in keepers.items()}
@@ -236,7 +244,7 @@ def test_polite_keeps_the_clients_address_across_a_heal(bed: Testbed, second: st
     else:
         journal = raw_p2p(bed, mesh.agent, b_pod, "nse-b", "svc", "172.16.5.0/29")
     healed = wait_event(keeper, "healed", n, timeout=30)
-    assert healed["endpoint"] == "nse-b" and "172.16.5.3/32" in list(healed["client_ips"])  # type: ignore[arg-type]
+    assert healed["endpoint"] == "nse-b" and "172.16.5.3/32" in str(healed["client_ips"])
     assert ping(client, str(healed["endpoint_ips"][0]).split("/")[0])  # type: ignore[index]
     if journal is not None:
         assert "brought" in journal.read_text() and "172.16.5.3/32" in journal.read_text()

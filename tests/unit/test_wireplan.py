@@ -1,6 +1,7 @@
 """Checking an endpoint's context before it reaches the kernel."""
 
 import ipaddress
+import re
 
 import pytest
 
@@ -61,3 +62,34 @@ def test_mtu_bounds() -> None:
     with pytest.raises(ContextError, match="MTU"):
         plan_ip_wire(ConnectionContext(MTU=20))
     assert plan_ip_wire(ConnectionContext(MTU=1400)).mtu == 1400
+
+
+def test_policies_plan_the_client_side_and_bad_ones_are_named() -> None:
+    from nsm_agent.decisions.wireplan import PolicyPlan, RoutePlan
+    from nsm_api.connectioncontext_pb2 import PolicyRoute
+
+    ctx = ConnectionContext()
+    ip = ctx.ip_context
+    ip.src_ip_addrs.append("172.16.1.101/32")
+    ip.dst_ip_addrs.append("172.16.1.100/32")
+    policy = PolicyRoute(proto="6", dst_port="6666", routes=[Route(prefix="172.16.1.100/32")])
+    setattr(policy, "from", "172.16.1.101/32")
+    ip.policies.append(policy)
+    plan = plan_ip_wire(ctx)
+    assert plan.client.policies == (
+        PolicyPlan(
+            ipaddress.ip_network("172.16.1.101/32"), 6, (6666, 6666), None,
+            (RoutePlan(ipaddress.ip_network("172.16.1.100/32"), None),),
+        ),
+    )  # fmt: skip
+    assert plan.endpoint.policies == ()
+    for change, message in [
+        (lambda p: setattr(p, "proto", "tcp"), "policies[0].proto: 'tcp' is not an IP protocol number"),
+        (lambda p: setattr(p, "dst_port", "9-1"), "policies[0].dst_port: '9-1' is not within 1-65535"),
+        (lambda p: setattr(p, "from", "fd00::1/128"), "routes of another family"),
+    ]:
+        bad = ConnectionContext()
+        bad.CopyFrom(ctx)
+        change(bad.ip_context.policies[0])
+        with pytest.raises(ContextError, match=re.escape(message)):
+            plan_ip_wire(bad)
