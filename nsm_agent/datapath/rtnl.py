@@ -4,7 +4,7 @@ pyroute2's IPRoute costs about 200 µs of Python per call (request filters, an
 event loop per call) for kernel work of a few µs, and opening one costs about
 as much again. A connection's wire takes a dozen such calls, so on the Request
 path they were most of the set-up time. Here each message is still encoded and
-decoded by pyroute2 (`ifinfmsg`, `ifaddrmsg`, `rtmsg`, `nlmsgerr`), but we send
+decoded by pyroute2 (`ifinfmsg`, `ifaddrmsg`, `rtmsg`, `fibmsg`, `nlmsgerr`), but we send
 several in one `send` and read their acknowledgements together: the kernel
 handles the messages of one batch in order, each on its own, and acks each one.
 
@@ -61,7 +61,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD, ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import RTNH_F_ONLINK, rtmsg
 
-from nsm_agent.decisions.wireplan import IPInterface, PolicyPlan, RoutePlan
+from nsm_agent.decisions.wireplan import IPInterface, IPNetwork, PolicyPlan, RoutePlan
 
 # linux/netlink.h; pyroute2 does not name it. Errors then carry our request's
 # header only, not a copy of the whole request.
@@ -77,6 +77,21 @@ _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg: family, pad, type, index, flags
 _RTA = struct.Struct("=HH")  # rtattr: length, type
 IFLA_IFNAME = 3  # linux/if_link.h
 IFLA_IFALIAS = 20
+RT_TABLE_UNSPEC = 0  # a table above 255 goes in the attribute, as iproute2 sends it
+RT_TABLE_COMPAT = 252  # ... and the kernel's dumps say this in the 8-bit field instead
+_FIBHDR = struct.Struct("=BBBBBBBBI")  # fib_rule_hdr: family, dst_len, src_len, tos, table, 2 reserved, action, flags
+_U32 = struct.Struct("=I")
+_U16 = struct.Struct("=H")
+_PORTS = struct.Struct("=HH")  # fib_rule_port_range: start, end
+FIB_RULE_INVERT = 0x2  # linux/fib_rules.h: `ip rule add not ...`
+# linux/fib_rules.h, to 6.18; pyroute2 0.9 names only those up to 24.
+FRA_SRC, FRA_PRIORITY, FRA_SUPPRESS_PREFIXLEN, FRA_TABLE = 2, 6, 14, 15
+FRA_IP_PROTO, FRA_SPORT_RANGE, FRA_DPORT_RANGE, FRA_SPORT_MASK, FRA_DPORT_MASK = 22, 23, 24, 28, 29
+# Selectors `add_rule` never sets: dst, iif, goto, fwmark, realm, tunnel id, suppress_ifgroup,
+# fwmask, oif, l3mdev, uid range, dscp, flow label and its mask, dscp mask.
+_OTHER_SELECTORS = frozenset({1, 3, 4, 10, 11, 12, 13, 16, 17, 19, 20, 25, 26, 27, 30})
+_ALL_U16 = 0xFFFF  # a port mask 6.15+ shows for a single port: no mask at all
+_ALL_U32 = 0xFFFFFFFF  # suppress_prefixlen not set
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,30 @@ def link_summary(message: bytes) -> LinkSummary:
             names[kind] = message[offset + _RTA.size : offset + length].split(b"\0", 1)[0].decode(errors="replace")
         offset += (length + 3) & ~3
     return LinkSummary(index, names[IFLA_IFNAME], names[IFLA_IFALIAS], bool(flags & IFF_UP))
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """What an `ip rule` of ours selects on; the rule `add_rule` makes and the kernel's dump of
+    it compare equal (`rule_match`, `rule_summary`)."""
+
+    family: int  # AF_INET or AF_INET6
+    src: IPNetwork | None  # None: from all
+    proto: int | None
+    dst_port: tuple[int, int] | None
+    src_port: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class RuleSummary:
+    """A rule a dump showed: its family, the table it looks up, its priority (what tells it
+    from a twin, for `del_rule`) and what it selects on (None when it selects on anything
+    `add_rule` never sets, or does other than look up a table)."""
+
+    family: int
+    table: int
+    priority: int
+    match: RuleMatch | None
 
 
 class _CappedAck(nlmsgerr):
@@ -256,6 +295,14 @@ class Rtnl:
         """Every link here, read as `link_summary` does (no pyroute2 decode)."""
         return [link_summary(data) for data in self.run(dump_links())[0].data]
 
+    def rules(self, table: int) -> list[RuleSummary]:
+        """The IPv4 and IPv6 rules here that look up `table`, in the kernel's order (by
+        priority). One dump of every family (AF_UNSPEC; the multicast routing families' too)."""
+        data = self.run(dump_rules(socket.AF_UNSPEC))[0].data
+        header = table if table < 256 else RT_TABLE_COMPAT  # what the 8-bit field says: skip the rest unread
+        found = (rule_summary(message) for message in data if message[_HEADER.size + 4] == header)
+        return [rule for rule in found if rule.table == table and rule.family in (socket.AF_INET, socket.AF_INET6)]
+
 
 def ifindex(message: bytes) -> int:
     """The ifindex in an RTM_NEWLINK message."""
@@ -378,33 +425,35 @@ def del_route(index: int, route: RoutePlan, table: int = RT_TABLE_MAIN) -> rtmsg
     return _route(RTM_DELROUTE, 0, index, route, table)
 
 
-def add_rule(table: int, policy: PolicyPlan, family: int) -> fibmsg:
-    """`ip rule add [from SRC] [ipproto P] [dport D] [sport S] lookup TABLE`; EEXIST when it
-    is there already (NLM_F_EXCL: the kernel would add a duplicate otherwise)."""
-    return _rule(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, table, policy, family)
+def rule_match(policy: PolicyPlan, family: int) -> RuleMatch:
+    """What the rule `add_rule` makes of `policy` selects on, as `rule_summary` reads it back."""
+    src = policy.src if policy.src is not None and policy.src.prefixlen else None  # /0: any, as the kernel shows it
+    return RuleMatch(family, src, policy.proto, policy.dst_port, policy.src_port)
 
 
-def del_rule(table: int, policy: PolicyPlan, family: int) -> fibmsg:
-    return _rule(RTM_DELRULE, 0, table, policy, family)
+def add_rule(table: int, match: RuleMatch) -> fibmsg:
+    """`ip rule add [from SRC] [ipproto P] [dport D] [sport S] lookup TABLE`.
 
-
-def _rule(kind: int, flags: int, table: int, policy: PolicyPlan, family: int) -> fibmsg:
+    Without a priority the kernel gives each new rule the one below the first rule
+    after `local`, so the same rule twice makes two rules, NLM_F_EXCL or not
+    (measured on 6.18): callers compare with `Rtnl.rules` first.
+    """
     msg = fibmsg()
-    msg["header"]["type"] = kind
-    msg["header"]["flags"] = flags
-    msg["family"] = family
-    msg["table"] = table if table < 256 else 252  # RT_TABLE_COMPAT: the attribute says which
+    msg["header"]["type"] = RTM_NEWRULE
+    msg["header"]["flags"] = NLM_F_CREATE | NLM_F_EXCL
+    msg["family"] = match.family
+    msg["table"] = table if table < 256 else RT_TABLE_UNSPEC  # 8 bits: FRA_TABLE says which
     msg["action"] = FR_ACT_TO_TBL
     attrs: list[tuple[str, object]] = [("FRA_TABLE", table)]
-    if policy.src is not None:
-        msg["src_len"] = policy.src.prefixlen
-        attrs.append(("FRA_SRC", str(policy.src.network_address)))
-    if policy.proto is not None:
-        attrs.append(("FRA_IP_PROTO", policy.proto))
-    if policy.dst_port is not None:
-        attrs.append(("FRA_DPORT_RANGE", f"{policy.dst_port[0]}:{policy.dst_port[1]}"))
-    if policy.src_port is not None:
-        attrs.append(("FRA_SPORT_RANGE", f"{policy.src_port[0]}:{policy.src_port[1]}"))
+    if match.src is not None:
+        msg["src_len"] = match.src.prefixlen
+        attrs.append(("FRA_SRC", str(match.src.network_address)))
+    if match.proto is not None:
+        attrs.append(("FRA_IP_PROTO", match.proto))
+    if match.dst_port is not None:
+        attrs.append(("FRA_DPORT_RANGE", f"{match.dst_port[0]}:{match.dst_port[1]}"))
+    if match.src_port is not None:
+        attrs.append(("FRA_SPORT_RANGE", f"{match.src_port[0]}:{match.src_port[1]}"))
     msg["attrs"] = attrs
     return msg
 
@@ -417,25 +466,58 @@ def dump_rules(family: int) -> fibmsg:
     return msg
 
 
-def as_delete(message: bytes) -> fibmsg:
-    """The RTM_DELRULE of a rule a dump showed (every selector as it was)."""
-    msg = fibmsg(message)
-    msg.decode()
-    out = fibmsg()
-    out["header"]["type"] = RTM_DELRULE
-    out["header"]["flags"] = 0
-    for name in ("family", "dst_len", "src_len", "tos", "table", "action"):
-        out[name] = msg[name]
-    out["attrs"] = [(n, v) for n, v in msg["attrs"] if n not in ("FRA_UNSPEC", "FRA_PAD")]
-    return out
+def del_rule(rule: RuleSummary) -> fibmsg:
+    """`ip rule del pref P table T`: the kernel compares only the selectors a deletion names,
+    and a priority and a table name one rule (a twin has another priority). Not the dumped
+    message sent back: later kernels' attributes (6.15's port masks) are beyond pyroute2 0.9."""
+    msg = fibmsg()
+    msg["header"]["type"] = RTM_DELRULE
+    msg["header"]["flags"] = 0
+    msg["family"] = rule.family
+    msg["table"] = rule.table if rule.table < 256 else RT_TABLE_UNSPEC
+    attrs: list[tuple[str, object]] = [("FRA_TABLE", rule.table)]
+    if rule.priority:  # 0: only `local`'s, unless given by hand; then the first rule of the table
+        attrs.append(("FRA_PRIORITY", rule.priority))
+    msg["attrs"] = attrs
+    return msg
 
 
-def rule_table(message: bytes) -> int:
-    """The table an RTM_NEWRULE message looks up."""
-    msg = fibmsg(message)
-    msg.decode()
-    table = msg.get_attr("FRA_TABLE")
-    return int(table if table is not None else msg["table"])
+def rule_summary(message: bytes) -> RuleSummary:
+    """Read an RTM_NEWRULE message's table and selectors with `struct`, as `link_summary`
+    does for links: each sync reads every rule of a pod, and a pod may hold many."""
+    family, dst_len, src_len, tos, table, _, _, action, flags = _FIBHDR.unpack_from(message, _HEADER.size)
+    offset, end = _HEADER.size + _FIBHDR.size, min(len(message), _HEADER.unpack_from(message)[0])
+    src: IPNetwork | None = None
+    proto: int | None = None
+    priority = 0
+    ports: dict[int, tuple[int, int]] = {}
+    plain = dst_len == 0 and tos == 0 and action == FR_ACT_TO_TBL and not flags & FIB_RULE_INVERT
+    while offset + _RTA.size <= end:
+        length, kind = _RTA.unpack_from(message, offset)
+        if length < _RTA.size:
+            break
+        value = message[offset + _RTA.size : offset + length]
+        if kind == FRA_TABLE:
+            table = _U32.unpack_from(value)[0]
+        elif kind == FRA_PRIORITY:
+            priority = _U32.unpack_from(value)[0]
+        elif kind == FRA_SRC:
+            src = ipaddress.ip_network((bytes(value), src_len), strict=False) if src_len else None
+        elif kind == FRA_IP_PROTO:
+            proto = value[0] or None
+        elif kind in (FRA_DPORT_RANGE, FRA_SPORT_RANGE):
+            ports[kind] = _PORTS.unpack_from(value)
+        elif kind == FRA_SUPPRESS_PREFIXLEN:
+            plain = plain and _U32.unpack_from(value)[0] == _ALL_U32
+        elif kind in (FRA_SPORT_MASK, FRA_DPORT_MASK):
+            plain = plain and _U16.unpack_from(value)[0] == _ALL_U16
+        elif kind in _OTHER_SELECTORS:
+            plain = False
+        # Anything else (protocol, padding, attributes of later kernels) selects nothing
+        # more: a rule in our table is ours, and taking it for a stranger would churn it each sync.
+        offset += (length + 3) & ~3
+    match = RuleMatch(family, src, proto, ports.get(FRA_DPORT_RANGE), ports.get(FRA_SPORT_RANGE)) if plain else None
+    return RuleSummary(family, table, priority, match)
 
 
 def _route(kind: int, flags: int, index: int, route: RoutePlan, table: int = RT_TABLE_MAIN) -> rtmsg:
@@ -444,7 +526,7 @@ def _route(kind: int, flags: int, index: int, route: RoutePlan, table: int = RT_
     msg["header"]["flags"] = flags
     msg["family"] = socket.AF_INET6 if route.dst.version == 6 else socket.AF_INET
     msg["dst_len"] = route.dst.prefixlen
-    msg["table"] = table if table < 256 else 252  # RT_TABLE_COMPAT: RTA_TABLE says which
+    msg["table"] = table if table < 256 else RT_TABLE_UNSPEC  # 8 bits: RTA_TABLE says which
     msg["proto"] = rt_proto["boot"]
     msg["type"] = rt_type["unicast"]
     attrs: list[tuple[str, object]] = [("RTA_DST", str(route.dst.network_address)), ("RTA_OIF", index)]

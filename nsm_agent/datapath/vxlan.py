@@ -95,11 +95,13 @@ def build(
         if index is None:
             raise WireError(f"the VXLAN device {ifname} vanished from {ns.path}")
         pod.run(rtnl.set_link(index, alias=alias), *side_messages(index, side))
-        if side.policies:
+        if side.policies:  # a new link's table has no rules: nothing to sync but adding
             sync_policies(pod, index, side)
     except Exception as exc:
         if index is not None:
             with contextlib.suppress(NetlinkError, OSError):  # the first failure is the one to report
+                if side.policies:  # rules outlive the link
+                    remove_policies(pod, index)
                 pod.delete(index)
         raise WireError(f"configuring VXLAN {ifname}: {exc}") from exc
     nl.hold(ns)
@@ -107,15 +109,16 @@ def build(
 
 
 def remove(nl: NetlinkThread, wire: VxlanWire) -> None:
+    """Delete the device if it is still ours. Policy rules first, whatever the plan says and
+    even when the device went already: rules outlive links (see veth.remove)."""
     try:
         try:
             pod = nl.rtnl(wire.ns)
         except OSError:
-            return  # the pod is gone, and the device with it
+            return  # the pod is gone, and the device and rules with it
+        with contextlib.suppress(NetlinkError):
+            remove_policies(pod, wire.index)
         if pod.has_alias(wire.index, wire.alias):
-            if wire.side.policies:  # rules outlive the link
-                with contextlib.suppress(NetlinkError):
-                    remove_policies(pod, wire.index)
             pod.delete(wire.index)
     finally:
         nl.unhold(wire.ns)
@@ -142,7 +145,8 @@ def update(nl: NetlinkThread, wire: VxlanWire, side: SidePlan, mtu: int) -> Vxla
 def adopt(
     nl: NetlinkThread, alias: str, ns: NetnsRef, ifname: str, vni: int, side: SidePlan, mtu: int
 ) -> VxlanWire | None:
-    """A device this agent built before a restart, if it is there with the agreed VNI."""
+    """A device this agent built before a restart, if it is there with the agreed VNI; its
+    policy rules synced against a dump (see veth.adopt)."""
     pod = nl.rtnl(ns)
     link = owned(pod, ifname, alias)
     if link is None:
@@ -151,8 +155,12 @@ def adopt(
     info = link.get("IFLA_LINKINFO")
     data = info.get("IFLA_INFO_DATA") if info is not None else None
     if data is None or data.get("IFLA_VXLAN_ID") != vni:
+        remove_policies(pod, index)  # rules outlive the link
         pod.delete(index)  # a stale tunnel: the agreement changed
         return None
     nl.hold(ns)
     wire = VxlanWire(alias, ns, ifname, index, vni, SidePlan((), ()), int(link.get("mtu")), str(link.get("address")))
-    return update(nl, wire, side, mtu)
+    wire = update(nl, wire, side, mtu)
+    if not side.policies:  # with policies, the update from an empty plan synced against a dump
+        remove_policies(pod, index)
+    return wire

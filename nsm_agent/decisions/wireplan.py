@@ -21,7 +21,7 @@ MAX_MTU = 65535
 
 
 class ContextError(ValueError):
-    """The context names a malformed address, prefix or route."""
+    """The context names a malformed address, prefix, route or policy route."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,8 @@ class PolicyPlan:
     table of the connection's own)."""
 
     src: IPNetwork | None  # None: any source
-    proto: int | None
-    dst_port: tuple[int, int] | None
+    proto: int | None  # an IP protocol number 1-255; None: any
+    dst_port: tuple[int, int] | None  # (low, high), both included; None: any
     src_port: tuple[int, int] | None
     routes: tuple[RoutePlan, ...]
 
@@ -46,7 +46,7 @@ class PolicyPlan:
 class SidePlan:
     addrs: tuple[IPInterface, ...]
     routes: tuple[RoutePlan, ...]
-    policies: tuple[PolicyPlan, ...] = ()
+    policies: tuple[PolicyPlan, ...] = ()  # the client's side only: NSM v1 installs them there
 
 
 @dataclass(frozen=True)
@@ -94,42 +94,68 @@ def _routes(field: str, routes: Sequence[Route], peers: Sequence[IPInterface]) -
     return tuple(out)
 
 
+def _number(text: str) -> int | None:
+    """`text` as a plain decimal number; None for anything else (signs, spaces, `_`, non-ASCII
+    digits: Python's int() takes all of those, the kernel's tools do not)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 def _ports(field: str, value: str) -> tuple[int, int] | None:
+    """A port or a LOW-HIGH range as the kernel's rule takes it; "" (any port): None."""
     if not value:
         return None
     low, sep, high = value.partition("-")
-    try:
-        lo, hi = int(low), int(high) if sep else int(low)
-    except ValueError:
-        raise ContextError(f"{field}: {value!r} is not a port or LOW-HIGH") from None
+    lo, hi = _number(low), _number(high) if sep else _number(low)
+    if lo is None or hi is None:
+        raise ContextError(f"{field}: {value!r} is not a port or LOW-HIGH")
     if not 1 <= lo <= hi <= 65535:
         raise ContextError(f"{field}: {value!r} is not within 1-65535 (LOW <= HIGH)")
     return lo, hi
 
 
+def _proto(field: str, value: str) -> int | None:
+    """An IP protocol number; "" and "0" mean any protocol (the kernel treats a rule's 0 so,
+    and does not show it), both None so that a rule read back compares equal."""
+    number = _number(value) if value else 0
+    if number is None or number > 255:
+        raise ContextError(f"{field}: {value!r} is not an IP protocol number (0-255)")
+    return number or None
+
+
+def _source(field: str, value: str) -> IPNetwork | None:
+    """The source a policy matches; "" is any source."""
+    if not value:
+        return None
+    if "/" not in value:
+        raise ContextError(f"{field}: {value!r} is not a CIDR (ADDR/LEN)")
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ContextError(f"{field}: {value!r} is not a valid CIDR") from None
+
+
+def _policy(where: str, policy: PolicyRoute, peers: Sequence[IPInterface]) -> PolicyPlan:
+    source = getattr(policy, "from")  # a Python keyword: not an attribute name
+    src = _source(f"{where}.from", source)
+    routes = _routes(f"{where}.routes", policy.routes, peers)
+    other = next((r for r in routes if src is not None and r.dst.version != src.version), None)
+    if other is not None:
+        raise ContextError(f"{where}.from: {source!r} is not of the family of its route {other.dst}")
+    return PolicyPlan(
+        src=src,
+        proto=_proto(f"{where}.proto", policy.proto),
+        dst_port=_ports(f"{where}.dst_port", policy.dst_port),
+        src_port=_ports(f"{where}.src_port", policy.src_port),
+        routes=routes,
+    )
+
+
 def _policies(policies: Sequence[PolicyRoute], peers: Sequence[IPInterface]) -> tuple[PolicyPlan, ...]:
+    """The client side's policy routes. Bounded: each is an `ip rule` in the client's namespace,
+    and the kernel walks a namespace's rules one by one for every packet's route lookup."""
     if len(policies) > MAX_POLICIES:
-        raise ContextError(f"policies: {len(policies)}; at most {MAX_POLICIES}")
-    out = []
-    for i, policy in enumerate(policies):
-        where = f"policies[{i}]"
-        source = getattr(policy, "from")
-        try:
-            src = ipaddress.ip_network(source, strict=False) if source else None
-        except ValueError:
-            raise ContextError(f"{where}.from: {source!r} is not a valid CIDR") from None
-        proto = None
-        if policy.proto:
-            if not policy.proto.isdigit() or int(policy.proto) > 255:
-                raise ContextError(f"{where}.proto: {policy.proto!r} is not an IP protocol number (0-255)")
-            proto = int(policy.proto)
-        routes = _routes(f"{where}.routes", policy.routes, peers)
-        if src is not None and any(r.dst.version != src.version for r in routes):
-            raise ContextError(f"{where}: routes of another family than from {source}")
-        dst_port = _ports(f"{where}.dst_port", policy.dst_port)
-        src_port = _ports(f"{where}.src_port", policy.src_port)
-        out.append(PolicyPlan(src, proto, dst_port, src_port, routes))
-    return tuple(out)
+        raise ContextError(f"policies: {len(policies)} of them; at most {MAX_POLICIES}")
+    return tuple(_policy(f"policies[{i}]", policy, peers) for i, policy in enumerate(policies))
 
 
 def plan_ip_wire(context: ConnectionContext) -> WirePlan:

@@ -58,6 +58,7 @@ class Pod:
         fields = {
             "metadata.name": self.pod["metadata"]["name"],
             "metadata.namespace": self.pod["metadata"]["namespace"],
+            "spec.nodeName": self.pod["spec"].get("nodeName", "node1"),
         }
         return {
             e["name"]: e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]

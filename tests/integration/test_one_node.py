@@ -28,7 +28,8 @@ def registry_endpoints(url: str) -> list[str]:
 def test_two_clients_connect_ping_close_and_leave_nothing(mesh: Mesh) -> None:
     bed = mesh.bed
     ep_pod = bed.netns("ep")
-    # A /29 holds three point-to-point pairs: enough to prove leases come back.
+    # A /29 holds four point-to-point pairs (all its addresses, as upstream's): enough to prove
+    # leases come back.
     bed.endpoint(ep_pod, "ep1", "web", "10.61.0.0/29", mesh.agent)
     before = registry_endpoints(mesh.registry)
     assert before == ["ep1"]
@@ -53,15 +54,15 @@ def test_two_clients_connect_ping_close_and_leave_nothing(mesh: Mesh) -> None:
     assert all(only_lo(p) for p in [*pods, ep_pod])
     assert client.connections() == {}
     assert registry_endpoints(mesh.registry) == before
-    # The pool is whole again: three more connections fit, a fourth does not.
-    more = [bed.netns(f"d{i}") for i in range(4)]
-    for pod in more[:3]:
+    # The pool is whole again: four more connections fit, a fifth does not.
+    more = [bed.netns(f"d{i}") for i in range(5)]
+    for pod in more[:4]:
         client.request(kernel_request(f"/var/run/netns/{pod}", "web", "nsm-1"))
     with pytest.raises(grpc.RpcError) as info:
-        client.request(kernel_request(f"/var/run/netns/{more[3]}", "web", "nsm-1"))
+        client.request(kernel_request(f"/var/run/netns/{more[4]}", "web", "nsm-1"))
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "10.61.0.0/29" in str(info.value.details())
-    assert only_lo(more[3])
+    assert only_lo(more[4])
     client.close_channel()
 
 

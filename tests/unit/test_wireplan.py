@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from nsm_agent.decisions.wireplan import ContextError, plan_ip_wire
-from nsm_api.connectioncontext_pb2 import ConnectionContext, IPContext, Route
+from nsm_agent.decisions.wireplan import MAX_POLICIES, ContextError, PolicyPlan, RoutePlan, plan_ip_wire
+from nsm_api.connectioncontext_pb2 import ConnectionContext, IPContext, PolicyRoute, Route
 
 
 def ctx(**ip: object) -> ConnectionContext:
@@ -64,32 +64,81 @@ def test_mtu_bounds() -> None:
     assert plan_ip_wire(ConnectionContext(MTU=1400)).mtu == 1400
 
 
-def test_policies_plan_the_client_side_and_bad_ones_are_named() -> None:
-    from nsm_agent.decisions.wireplan import PolicyPlan, RoutePlan
-    from nsm_api.connectioncontext_pb2 import PolicyRoute
+def policy(source: str = "", **fields: object) -> PolicyRoute:
+    """A PolicyRoute; `from` is a Python keyword, so it is set apart."""
+    out = PolicyRoute(**fields)  # type: ignore[arg-type]
+    setattr(out, "from", source)
+    return out
 
-    ctx = ConnectionContext()
-    ip = ctx.ip_context
-    ip.src_ip_addrs.append("172.16.1.101/32")
-    ip.dst_ip_addrs.append("172.16.1.100/32")
-    policy = PolicyRoute(proto="6", dst_port="6666", routes=[Route(prefix="172.16.1.100/32")])
-    setattr(policy, "from", "172.16.1.101/32")
-    ip.policies.append(policy)
-    plan = plan_ip_wire(ctx)
+
+def with_policies(*policies: PolicyRoute) -> ConnectionContext:
+    """The mutually-aware-nses addresses: the client 172.16.1.101, the endpoint 172.16.1.100."""
+    return ctx(src_ip_addrs=["172.16.1.101/32"], dst_ip_addrs=["172.16.1.100/32"], policies=list(policies))
+
+
+def net(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    return ipaddress.ip_network(text)
+
+
+def test_policies_plan_the_client_side_only() -> None:
+    tcp = policy("172.16.1.101/32", proto="6", dst_port="6666", routes=[Route(prefix="172.16.1.100/32")])
+    plan = plan_ip_wire(with_policies(tcp))
     assert plan.client.policies == (
-        PolicyPlan(
-            ipaddress.ip_network("172.16.1.101/32"), 6, (6666, 6666), None,
-            (RoutePlan(ipaddress.ip_network("172.16.1.100/32"), None),),
-        ),
-    )  # fmt: skip
+        PolicyPlan(net("172.16.1.101/32"), 6, (6666, 6666), None, (RoutePlan(net("172.16.1.100/32"), None),)),
+    )
     assert plan.endpoint.policies == ()
-    for change, message in [
-        (lambda p: setattr(p, "proto", "tcp"), "policies[0].proto: 'tcp' is not an IP protocol number"),
-        (lambda p: setattr(p, "dst_port", "9-1"), "policies[0].dst_port: '9-1' is not within 1-65535"),
-        (lambda p: setattr(p, "from", "fd00::1/128"), "routes of another family"),
-    ]:
-        bad = ConnectionContext()
-        bad.CopyFrom(ctx)
-        change(bad.ip_context.policies[0])
-        with pytest.raises(ContextError, match=re.escape(message)):
-            plan_ip_wire(bad)
+
+
+def test_policy_fields_as_the_kernel_takes_them() -> None:
+    plan = plan_ip_wire(
+        with_policies(
+            policy(proto="17", src_port="1000-2000", routes=[Route(prefix="10.8.0.0/16")]),  # any source
+            policy("10.1.2.3/24", proto="0", dst_port="80-80"),  # a host's bits go; proto 0 is any
+            policy("fd00::/64", routes=[Route(prefix="fd10::/64", nextHop="fd00::9")]),
+        )
+    )
+    first, second, third = plan.client.policies
+    # Without nextHop a route goes by the endpoint's address, as src_routes do.
+    assert first == PolicyPlan(
+        None, 17, None, (1000, 2000), (RoutePlan(net("10.8.0.0/16"), ipaddress.ip_address("172.16.1.100")),)
+    )
+    assert second == PolicyPlan(net("10.1.2.0/24"), None, (80, 80), None, ())
+    assert third.routes == (RoutePlan(net("fd10::/64"), ipaddress.ip_address("fd00::9")),)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"proto": "tcp"}, "policies[1].proto: 'tcp' is not an IP protocol number (0-255)"),
+        ({"proto": "256"}, "policies[1].proto: '256' is not an IP protocol number (0-255)"),
+        ({"proto": "-1"}, "policies[1].proto: '-1' is not an IP protocol number"),
+        ({"proto": "\u0666"}, "policies[1].proto: '\u0666' is not an IP protocol number"),  # int() would take it
+        ({"dst_port": "9-1"}, "policies[1].dst_port: '9-1' is not within 1-65535 (LOW <= HIGH)"),
+        ({"dst_port": "0"}, "policies[1].dst_port: '0' is not within 1-65535"),
+        ({"dst_port": "65536"}, "policies[1].dst_port: '65536' is not within 1-65535"),
+        ({"dst_port": "http"}, "policies[1].dst_port: 'http' is not a port or LOW-HIGH"),
+        ({"src_port": "1_000"}, "policies[1].src_port: '1_000' is not a port or LOW-HIGH"),
+        ({"src_port": "5-"}, "policies[1].src_port: '5-' is not a port or LOW-HIGH"),
+        ({"src_port": " 5"}, "policies[1].src_port: ' 5' is not a port or LOW-HIGH"),
+        ({"source": "172.16.1.101"}, "policies[1].from: '172.16.1.101' is not a CIDR (ADDR/LEN)"),
+        ({"source": "300.0.0.1/32"}, "policies[1].from: '300.0.0.1/32' is not a valid CIDR"),
+        ({"source": "fd00::1/128"}, "policies[1].from: 'fd00::1/128' is not of the family of its route"),
+        ({"routes": [Route(prefix="nowhere")]}, "policies[1].routes: route prefix 'nowhere' is not a valid CIDR"),
+        ({"routes": [Route(prefix="fd10::/64")]}, "route fd10::/64 has no nextHop and the other side has no IPv6"),
+    ],
+)  # fmt: skip
+def test_a_bad_policy_field_is_named_with_its_value(fields: dict[str, object], message: str) -> None:
+    good = policy("172.16.1.101/32", proto="6", dst_port="6666", routes=[Route(prefix="172.16.1.100/32")])
+    bad = policy(str(fields.pop("source", "172.16.1.101/32")), proto="6", dst_port="6666")
+    bad.routes.extend(fields.pop("routes", [Route(prefix="172.16.1.100/32")]))  # type: ignore[arg-type]
+    for name, value in fields.items():
+        setattr(bad, name, value)
+    with pytest.raises(ContextError, match=re.escape(message)):  # the second policy: its index is named
+        plan_ip_wire(with_policies(good, bad))
+
+
+def test_policies_are_bounded() -> None:
+    many = [policy(dst_port=str(port)) for port in range(1, MAX_POLICIES + 2)]
+    with pytest.raises(ContextError, match=f"policies: {MAX_POLICIES + 1} of them; at most {MAX_POLICIES}"):
+        plan_ip_wire(with_policies(*many))
+    assert len(plan_ip_wire(with_policies(*many[:MAX_POLICIES])).client.policies) == MAX_POLICIES
