@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from nsm_api.connection_pb2 import Connection
+from nsm_common.prefixes import address_inside
 from nsm_k8s import Requested
 
 
@@ -99,16 +100,10 @@ def overlap(conn: Connection, excluded: Sequence[str]) -> str | None:
             nets.append(ipaddress.ip_network(prefix, strict=False))
         except ValueError:
             continue
-    ip = conn.context.ip_context
-    for cidr in [*ip.src_ip_addrs, *ip.dst_ip_addrs]:
-        try:
-            addr = ipaddress.ip_interface(cidr).ip
-        except ValueError:
-            continue
-        hit = next((n for n in nets if n.version == addr.version and addr in n), None)
-        if hit is not None:
-            return (
-                f"endpoint {conn.network_service_endpoint_name or '?'} handed out {cidr}, inside the excluded "
-                f"prefix {hit} (another connection of this pod uses it)"
-            )
-    return None
+    hit = address_inside(conn.context.ip_context, nets)
+    if hit is None:
+        return None
+    return (
+        f"endpoint {conn.network_service_endpoint_name or '?'} handed out {hit[0]}, inside the excluded "
+        f"prefix {hit[1]} (another connection of this pod uses it)"
+    )

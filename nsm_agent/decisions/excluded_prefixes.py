@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import yaml
 
 from nsm_api.connectioncontext_pb2 import IPContext
+from nsm_common.prefixes import address_inside
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAX_PREFIXES = 1024
@@ -63,16 +64,8 @@ def parse_excluded_prefixes(text: str, source: str) -> tuple[IPNetwork, ...]:
 
 
 def excluded_address(ip: IPContext, prefixes: Sequence[IPNetwork]) -> tuple[str, IPNetwork] | None:
-    """The first address of the connection's context inside PREFIXES, with the prefix; or None."""
-    for cidr in [*ip.src_ip_addrs, *ip.dst_ip_addrs]:
-        try:
-            addr = ipaddress.ip_interface(cidr).ip
-        except ValueError:
-            continue
-        hit = next((p for p in prefixes if p.version == addr.version and addr in p), None)
-        if hit is not None:
-            return cidr, hit
-    return None
+    """The first address of the connection's context inside the node's PREFIXES; or None."""
+    return address_inside(ip, prefixes)
 
 
 def merged(asked: Iterable[str], prefixes: Sequence[IPNetwork]) -> list[str]:
