@@ -28,8 +28,13 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # A peer that restarts (registry, agent, endpoint) is found again within a
     # couple of seconds, not after gRPC's default backoff of up to two minutes.
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    # Despite its name, C-core reads this as the time a connection attempt (TCP, TLS,
+    # HTTP/2 SETTINGS) may take, at least. At 100 ms a call that does not wait for ready
+    # failed on its first attempt whenever the peer's handshake was slower than that: 3
+    # VMs under software emulation ("timed out before receiving SETTINGS frame"). 5 s,
+    # as long as keepalive gives a silent peer; a refused connection still fails at once.
+    ("grpc.min_reconnect_backoff_ms", 5000),
 ]
 SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 10_000),

@@ -39,6 +39,13 @@ check() {  # check WHAT NODE SCRIPT
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
+  local rc=$?
+  if ((rc || failures)); then  # what CI's log needs to tell why, before anything is removed
+    for n in "${nodes[@]}"; do
+      echo "== $n: load, and the last of its agent's log"
+      on "$n" "cat /proc/loadavg; journalctl -u nsm-agent -u 'e2e-*' --no-pager -n 60 -o short-precise" 2>&1 || true
+    done
+  fi
   for n in "${nodes[@]}"; do
     on "$n" "systemctl stop 'e2e-*' 2>/dev/null || true
       systemctl reset-failed 'e2e-*' 2>/dev/null || true
@@ -124,7 +131,9 @@ wait_for node1 60 "NSM_CONNECT_TO=$agent $bin/nsmctl get endpoints | grep -q hea
 
 echo "== connections from node1"
 pod node1 e2e-client
-declare -A peer
+# Empty until its connection is made: a failed connect is counted, the later checks fail
+# on their own instead of the script stopping at an unset name.
+declare -A peer=([wireguard]="" [vxlan]="" [ethernet]="")
 wg_mtu=1420
 for service in wireguard vxlan ethernet; do
   if ! out=$(connect node1 e2e-client "e2e-$service" "nsm-${service:0:5}"); then
@@ -149,10 +158,14 @@ for service in wireguard vxlan ethernet; do
 done
 # One L2 segment across the VMs: what ARP found for the endpoint's address on node1 is
 # the MAC of the endpoint's own interface on node3.
-mac=$(on node3 "dev=\$(ip -n e2e-l2 -br addr | awk '/ ${peer[ethernet]}\\// {print \$1}'); \
-  ip -n e2e-l2 -br link show dev \${dev%@*} | awk '{print \$3}'" || true)
-check "ETHERNET payload: ARP on node1 finds the endpoint's own MAC on node3 (${mac:-none})" node1 \
-  "[[ -n '$mac' ]] && ip -n e2e-client neigh show ${peer[ethernet]} | grep -q 'lladdr $mac'"
+if [[ -n ${peer[ethernet]} ]]; then
+  mac=$(on node3 "dev=\$(ip -n e2e-l2 -br addr | awk '/ ${peer[ethernet]}\\// {print \$1}'); \
+    ip -n e2e-l2 -br link show dev \${dev%@*} | awk '{print \$3}'" || true)
+  check "ETHERNET payload: ARP on node1 finds the endpoint's own MAC on node3 (${mac:-none})" node1 \
+    "[[ -n '$mac' ]] && ip -n e2e-client neigh show ${peer[ethernet]} | grep -q 'lladdr $mac'"
+else
+  fail "ETHERNET payload: no connection to look at ARP through"
+fi
 for n in node1 node2; do
   check "$n's agent chose the kernel module" "$n" \
     "journalctl -u nsm-agent --no-pager | grep -q \"implementation='kernel module'\" && ! pgrep -x wireguard-go"
