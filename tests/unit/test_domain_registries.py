@@ -1,0 +1,131 @@
+"""Names across domains, and finding another domain's registry: the static map, and DNS
+asked of a real DNS server (dnslib's, on a loopback UDP port this test picks) through
+dnspython, as the registry asks it. No root."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import dns.asyncresolver
+import pytest
+from dnslib import AAAA, QTYPE, RR, SRV, A, DNSRecord
+from dnslib.server import BaseResolver, DNSHandler, DNSServer
+
+from nsm_common.interdomain import DomainNameError, Remote, is_remote, join, split, validate_domain
+from nsm_common.urls import parse_address
+from nsm_registry.domain_registries import DomainNotFound, DomainRegistries, parse_domain_registries
+
+ZONE = {
+    # cluster2: SRV for the port, A for the address, on the same name (upstream's way).
+    ("registry.nsm-system.cluster2.", "SRV"): SRV(priority=0, weight=0, port=7002, target="elsewhere.example."),
+    ("registry.nsm-system.cluster2.", "A"): A("192.0.2.12"),
+    # v6only: no A record, only AAAA.
+    ("registry.nsm-system.v6only.", "SRV"): SRV(priority=0, weight=0, port=5002, target="x."),
+    ("registry.nsm-system.v6only.", "AAAA"): AAAA("2001:db8::12"),
+    # noport: an address and no SRV record.
+    ("registry.nsm-system.noport.", "A"): A("192.0.2.13"),
+}
+
+
+class Zone(BaseResolver):  # type: ignore[misc]
+    """Answers from ZONE; anything else is NXDOMAIN (a name with other records: no answer)."""
+
+    asked: list[tuple[str, str]] = []  # noqa: RUF012 (read by the tests, one server at a time)
+
+    def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
+        reply = request.reply()
+        qname, qtype = str(request.q.qname), QTYPE[request.q.qtype]
+        self.asked.append((qname, qtype))
+        record = ZONE.get((qname, qtype))
+        if record is not None:
+            reply.add_answer(RR(qname, getattr(QTYPE, qtype), rdata=record, ttl=5))
+        elif not any(name == qname for name, _ in ZONE):
+            reply.header.rcode = 3  # NXDOMAIN
+        return reply
+
+
+@pytest.fixture
+def dns_server() -> Iterator[tuple[str, int]]:
+    Zone.asked = []
+    server = DNSServer(Zone(), port=0, address="127.0.0.1")
+    server.start_thread()
+    try:
+        yield "127.0.0.1", server.server.server_address[1]
+    finally:
+        server.stop()
+        server.server.server_close()
+
+
+def resolver_for(address: tuple[str, int]) -> dns.asyncresolver.Resolver:
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [address[0]]
+    resolver.port = address[1]
+    resolver.lifetime = 3.0
+    return resolver
+
+
+def test_names_split_at_the_first_separator_as_upstreams_helpers_do() -> None:
+    assert split("svc@cluster2") == Remote("svc", "cluster2")
+    assert split("nse-1@My.Cluster3.") == Remote("nse-1", "my.cluster3")
+    with pytest.raises(DomainNameError, match="'a@b'"):  # what follows the first @ is the domain
+        split("svc@a@b")
+    assert split("svc") is None and not is_remote("svc") and is_remote("svc@x")
+    assert join("svc", "cluster2") == "svc@cluster2" == str(Remote("svc", "cluster2"))
+    with pytest.raises(DomainNameError, match="nothing before"):
+        split("@cluster2")
+    with pytest.raises(DomainNameError, match="empty"):
+        split("svc@")
+
+
+@pytest.mark.parametrize(
+    ("domain", "why"),
+    [("-bad.example", "'-bad'"), ("a..b", "''"), ("x" * 64, "at most 63"), ("under_score", "'under_score'")],
+)
+def test_a_domain_must_be_a_dns_name(domain: str, why: str) -> None:
+    with pytest.raises(DomainNameError, match=why):
+        validate_domain(domain)
+
+
+def test_the_static_map_names_each_bad_entry_and_refuses_its_own_domain() -> None:
+    found = parse_domain_registries(["cluster2=tcp://198.51.100.2:5002", "Cluster3=tcp://[2001:db8::3]"])
+    assert found == {
+        "cluster2": parse_address("tcp://198.51.100.2:5002"),
+        "cluster3": parse_address("tcp://[2001:db8::3]:5002"),
+    }
+    for bad, why in [
+        (["cluster2"], "expected DOMAIN=URL"),
+        (["cluster2=unix:///x.sock"], "over tcp://"),
+        (["cluster2=tcp://"], "needs a host"),
+        (["c2=tcp://h:1", "C2=tcp://h:2"], "given twice"),
+        (["bad_domain=tcp://h:1"], "not a DNS label"),
+    ]:
+        with pytest.raises(ValueError, match=why):
+            parse_domain_registries(bad)
+    with pytest.raises(DomainNameError, match="this registry's own domain"):
+        parse_domain_registries(["cluster1=tcp://h:1"], own_domain="cluster1")
+
+
+def test_the_static_map_wins_and_an_address_domain_skips_dns(dns_server: tuple[str, int]) -> None:
+    registries = DomainRegistries({"cluster2": parse_address("tcp://198.51.100.2:5002")}, resolver_for(dns_server))
+    assert str(asyncio.run(registries.find("cluster2"))) == "tcp://198.51.100.2:5002"
+    assert str(asyncio.run(registries.find("192.0.2.7:6002"))) == "tcp://192.0.2.7:6002"
+    assert str(asyncio.run(registries.find("[2001:db8::7]:6002"))) == "tcp://[2001:db8::7]:6002"
+    assert Zone.asked == []
+
+
+def test_dns_gives_the_port_from_srv_and_the_address_from_the_same_name(dns_server: tuple[str, int]) -> None:
+    registries = DomainRegistries(resolver=resolver_for(dns_server))
+    assert str(asyncio.run(registries.find("cluster2"))) == "tcp://192.0.2.12:7002"
+    assert Zone.asked == [("registry.nsm-system.cluster2.", "SRV"), ("registry.nsm-system.cluster2.", "A")]
+    assert str(asyncio.run(registries.find("v6only"))) == "tcp://[2001:db8::12]:5002"
+
+
+def test_a_domain_dns_does_not_know_is_a_clear_error(dns_server: tuple[str, int]) -> None:
+    registries = DomainRegistries(resolver=resolver_for(dns_server))
+    with pytest.raises(DomainNotFound, match=r"no registry for domain nowhere: registry\.nsm-system\.nowhere"):
+        asyncio.run(registries.find("nowhere"))
+    with pytest.raises(DomainNotFound, match="domain noport"):  # an address, but no SRV for the port
+        asyncio.run(registries.find("noport"))
+    with pytest.raises(DomainNameError):
+        asyncio.run(registries.find("bad_domain"))
