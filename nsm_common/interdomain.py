@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from nsm_common.names import MAX_NAME
+
 SEPARATOR = "@"
 # A domain is a DNS name (its registry is found as `registry.nsm-system.DOMAIN`): labels of
 # letters, digits and inner hyphens, at most 63 each and 253 in all.
@@ -22,12 +24,14 @@ class DomainNameError(ValueError):
 
 
 def validate_domain(domain: str) -> str:
-    """DOMAIN in lower case, or DomainNameError naming what is wrong with it."""
+    """DOMAIN in lower case, or DomainNameError naming what is wrong with it. Stricter than
+    the API's check of a whole `NAME@DOMAIN` (`names.name_problem`, a DNS subdomain): this
+    is the name DNS will be asked, label by label."""
     name = domain.lower().rstrip(".")
     if not name:
         raise DomainNameError("a domain cannot be empty")
-    if len(name) > 253:
-        raise DomainNameError(f"domain {domain!r} is longer than 253 characters")
+    if len(name) > MAX_NAME:
+        raise DomainNameError(f"domain {domain!r} is longer than {MAX_NAME} characters")
     for label in name.split("."):
         if not _LABEL.match(label):
             raise DomainNameError(

@@ -88,10 +88,9 @@ class DomainRegistries:
             srv = await self.resolver.resolve(query, dns.rdatatype.SRV)
             port = int(next(iter(srv)).port)  # type: ignore[attr-defined]
             host = await self._address(query)
-        except (dns.exception.DNSException, StopIteration) as exc:
+        except dns.exception.DNSException as exc:  # an empty answer is NoAnswer, one of these
             raise DomainNotFound(f"no registry for domain {name}: {query}: {exc or type(exc).__name__}") from exc
-        bracketed = f"[{host}]" if ":" in host else host
-        return parse_address(f"tcp://{bracketed}:{port}")
+        return Address("tcp", host=host, port=port)
 
     async def _address(self, query: str) -> str:
         """The first A record of QUERY, else its first AAAA."""
