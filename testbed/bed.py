@@ -27,6 +27,28 @@ TRUST_DOMAIN = "nsm.test"
 TESTER = f"spiffe://{TRUST_DOMAIN}/ns/test/sa/nsmctl"  # what the tests and nsmctl call as
 
 
+def _timeout_scale() -> float:
+    # A VM under qemu's software emulation starts an agent in tens of seconds where this
+    # machine takes one or two: the run there says how much slower it is, and every wait
+    # for a daemon stretches by that much instead of each test guessing its own.
+    raw = os.environ.get("NSM_TESTBED_TIMEOUT_SCALE", "1")
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise SystemExit(f"NSM_TESTBED_TIMEOUT_SCALE must be a number, not {raw!r}") from None
+    if not 1 <= scale <= 100:
+        raise SystemExit(f"NSM_TESTBED_TIMEOUT_SCALE must be between 1 and 100, not {raw!r}")
+    return scale
+
+
+TIMEOUT_SCALE = _timeout_scale()
+
+
+def patience(seconds: float) -> float:
+    """How long to wait for something that takes `seconds` here, on this (maybe slower) machine."""
+    return seconds * TIMEOUT_SCALE
+
+
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(argv), check=check, capture_output=True, text=True)
 
@@ -167,6 +189,7 @@ class Testbed:
 
     def wait_for(self, proc: Proc, text: str, timeout: float = 20) -> None:
         """Wait until the process logs `text`; fail with its log if it dies first."""
+        timeout = patience(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in proc.output():

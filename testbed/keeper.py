@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from testbed.bed import BIN, Proc, Testbed
+from testbed.bed import BIN, Proc, Testbed, patience
 
 
 def keep(bed: Testbed, agent: str, pod: str, service: str, ifname: str = "nsm-1") -> Proc:
@@ -23,7 +23,7 @@ def events(proc: Proc) -> list[dict[str, object]]:
 
 def wait_event(proc: Proc, word: str, after: int = 0, timeout: float = 15) -> dict[str, object]:
     """The first event from number `after` on whose name holds `word`."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + patience(timeout)
     while time.monotonic() < deadline:
         for e in events(proc)[after:]:
             if word in str(e["event"]):

@@ -10,7 +10,7 @@ import pytest
 
 from nsm_client.runtime import AgentClient
 from nsm_common.urls import parse_address
-from testbed.bed import Proc, Testbed, links
+from testbed.bed import Proc, Testbed, links, patience
 from testbed.mesh import Mesh, one_node
 
 HERE = Path(__file__).resolve().parent
@@ -75,7 +75,7 @@ def raw_endpoint(
 
 
 def agent_client(url: str, timeout: float = 15.0) -> AgentClient:
-    return AgentClient(parse_address(url), timeout=timeout)
+    return AgentClient(parse_address(url), timeout=patience(timeout))
 
 
 def ifindex(netns: str, ifname: str) -> int:
