@@ -102,7 +102,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         wg_mtu = underlay.mtu - WIREGUARD_OVERHEAD[underlay.family]
         wireguard = WireGuardDevice(keys, settings.wireguard_port, wg_mtu, settings.wireguard_go)
     kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms)
-    own_urls = {str(a) for a in settings.listen} | ({settings.public_url} if settings.public_url else set())
+    own_urls = {str(a) for a in settings.listen} | {u for u in (settings.node_url, settings.public_url) if u}
     remote = kinds.supported()
     closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout, events, transport)
     begin = Begin(closer, held_elsewhere=journal.holds)
@@ -143,7 +143,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         ServiceRegistryProxy(registry, kept_services, policies), server
     )
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-        EndpointRegistryProxy(registry, local, settings.public_url, kept_services, policies), server
+        EndpointRegistryProxy(registry, local, settings.node_url, kept_services, policies, settings.public_url), server
     )
     pods = PodSockets(settings.pod_sockets, settings.state_dir, service, events, resolver)
     server.add_generic_rpc_handlers((pods.handler(),))
@@ -175,8 +175,10 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         name=settings.name,
         listen=[str(a) for a in settings.listen],
         registry=str(settings.registry),
-        public_url=settings.public_url or "none (no tcp listen address)",
+        public_url=settings.node_url or "none (no tcp listen address)",
         tunnel_ip=underlay.ip if underlay else "none",
+        **({"interdomain_url": settings.public_url} if settings.public_url else {}),
+        **({"interdomain_ip": settings.public_ip} if settings.public_ip else {}),
         underlay_mtu=underlay.mtu if underlay else 0,
         remote_mechanisms=list(remote),
     )

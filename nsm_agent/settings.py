@@ -9,6 +9,7 @@ default, so that none changes by accident.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -60,6 +61,24 @@ class AgentSettings(PolicySettings, IdentitySettings):
             default_text="that of the default-route interface",
         ),
     ] = ""
+    public_url: Annotated[
+        str,
+        Option(
+            "NSM_PUBLIC_URL",
+            "where other domains reach this agent, `tcp://HOST:PORT` (a NAT's or port forward's)",
+            metavar="URL",
+            default_text="the node URL: other domains reach the node",
+        ),
+    ] = ""
+    public_ip: Annotated[
+        str,
+        Option(
+            "NSM_PUBLIC_IP",
+            "where other domains reach this node's tunnels (a NAT's address)",
+            metavar="ADDR",
+            default_text="the tunnel address",
+        ),
+    ] = ""
     remote_mechanisms: Annotated[
         list[str], Option("NSM_REMOTE_MECHANISMS", "offered and accepted, in order", metavar="LIST", comma=True)
     ] = Field(default_factory=lambda: list(REMOTE_MECHANISMS))
@@ -103,9 +122,26 @@ class AgentSettings(PolicySettings, IdentitySettings):
             return [parse_address(v) if isinstance(v, str) else v for v in value]
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        if value and parse_address(value).scheme != "tcp":
+            raise ValueError(f"{value!r}: other domains reach an agent over tcp://HOST:PORT")
+        return value
+
+    @field_validator("public_ip")
+    @classmethod
+    def _public_ip(cls, value: str) -> str:
+        if value:
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address") from None
+        return value
+
     @property
-    def public_url(self) -> str:
-        """The URL other agents reach this one at: its first TCP listen address."""
+    def node_url(self) -> str:
+        """The URL other agents of this domain reach this one at: its first TCP listen address."""
         for addr in self.listen:
             if addr.scheme == "tcp":
                 host = self.tunnel_ip if addr.host in ("0.0.0.0", "::") and self.tunnel_ip else addr.host

@@ -72,8 +72,15 @@ class DomainRegistries:
         service: str = REGISTRY_SERVICE,
     ) -> None:
         self.static = dict(static or {})
-        self.resolver = resolver or dns.asyncresolver.Resolver()
+        self._resolver = resolver
         self.service = service
+
+    @property
+    def resolver(self) -> dns.asyncresolver.Resolver:
+        # Made on first use: a registry that never asks DNS never reads resolv.conf.
+        if self._resolver is None:
+            self._resolver = dns.asyncresolver.Resolver()
+        return self._resolver
 
     async def find(self, domain: str) -> Address:
         """DOMAIN's registry; DomainNotFound with what was asked of DNS when it has none."""

@@ -97,6 +97,10 @@ class Registrants:
         own = sign(self.transport.identity.current(), str(caller), now() + TOKEN_LIFETIME)
         index = enter(path, presented.token if presented is not None else "", own.token)
         ids = path.ids(index - 1)
+        if roles is not None and roles.role_of(caller) == "registry" and len(ids) > 1:
+            # Another domain's registry passing a registration on does not serve its URL: the
+            # hop before it does (the record's last ID is whom its dialers check).
+            ids = ids[:-1]
         registrant = ids[0] if ids and ids[0] else str(caller)
         doc = registry_document(
             operation=operation, resource_name=name, resource_id=registrant, owners=None,

@@ -21,10 +21,14 @@ from nsm_api.registry_pb2 import (
     NetworkServiceResponse,
 )
 from nsm_common.grpcutil import Ctx
+from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.transport import LOCAL_ONLY, Transport
+from nsm_common.interdomain import endpoint_from, endpoint_to, service_from, service_to
 from nsm_common.matching import endpoint_matches, service_matches
 from nsm_common.registry_path import PATH_KEY
 from nsm_common.timeutil import now, ts_from, ts_seconds
+from nsm_registry.domain_registries import DomainRegistries
+from nsm_registry.federation import FarRegistry, Federation, FederationError, Route
 from nsm_registry.guard import store_errors_unavailable
 from nsm_registry.registrants import Admission, Refused, Registrants
 from nsm_registry.store import EndpointEvent, ServiceEvent, Store, StoreUnavailable
@@ -63,6 +67,40 @@ async def send_path(context: Ctx, admission: Admission) -> None:
         await context.send_initial_metadata(((PATH_KEY, admission.path_json),))
 
 
+def no_federation(transport: Transport) -> Federation:
+    """A registry without a domain: it refuses names of other domains."""
+    return Federation("", DomainRegistries(), transport)
+
+
+async def routed(context: Ctx, federation: Federation, names: list[str]) -> Route | None:
+    """Where a call with NAMES goes (Federation.route); a refusal becomes the call's status."""
+    try:
+        return federation.route(names)
+    except FederationError as exc:
+        await context.abort(exc.code, exc.message)
+        raise
+
+
+async def far_registry(context: Ctx, federation: Federation, domain: str) -> FarRegistry:
+    """DOMAIN's registry; when none is known, the call ends with why."""
+    try:
+        return await federation.far(domain)
+    except FederationError as exc:
+        await context.abort(exc.code, exc.message)
+        raise
+
+
+async def far_call(context: Ctx, far: FarRegistry, call: Awaitable[T]) -> T:
+    """A call of the far registry; its refusal becomes this call's, saying where it came from."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as exc:
+        relayed = far.relayed(exc)
+        log.info("another domain's registry refused", domain=far.domain, code=relayed.code.name, error=relayed.message)
+        await context.abort(relayed.code, relayed.message)
+        raise
+
+
 def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:
     return not endpoint.HasField("expiration_time") or ts_seconds(endpoint.expiration_time) > at
 
@@ -70,10 +108,17 @@ def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:
 class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
     """The NetworkServiceRegistry service over a store."""
 
-    def __init__(self, store: Store, transport: Transport = LOCAL_ONLY, registrants: Registrants | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport = LOCAL_ONLY,
+        registrants: Registrants | None = None,
+        federation: Federation | None = None,
+    ) -> None:
         self.store = store
         self.transport = transport
         self.registrants = registrants or Registrants(transport)
+        self.federation = federation or no_federation(transport)
 
     @store_errors_unavailable
     async def Register(self, request: NetworkService, context: Ctx) -> NetworkService:  # type: ignore[override]
@@ -81,15 +126,25 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         problem = validate_service(request)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        service = NetworkService()
-        service.CopyFrom(request)
+        route = await routed(context, self.federation, [request.name])
+        admission = await admitted(context, lambda: self.registrants.admit(context, caller, "register", request.name))
+        service = service_to(request, route.domain) if route else NetworkService()
+        if route is None:
+            service.CopyFrom(request)
         if not service.payload:
             service.payload = "IP"
-        admission = await admitted(context, lambda: self.registrants.admit(context, caller, "register", service.name))
-        if admission.path_ids is not None:
-            service.path_ids[:] = admission.path_ids
-        stored = await refusing(context, self.store.put_service(service, admission.check))
+        if route is not None and route.far:
+            far = await far_registry(context, self.federation, route.domain)
+            metadata = far.metadata(self.transport, admission.path_json)
+            stored = await far_call(context, far, far.services.Register(
+                service, timeout=context.time_remaining(), metadata=metadata))  # fmt: skip
+        else:
+            if admission.path_ids is not None:
+                service.path_ids[:] = admission.path_ids
+            stored = await refusing(context, self.store.put_service(service, admission.check))
         await send_path(context, admission)
+        if route is not None:
+            stored = service_from(stored, route.domain)
         log.info("service registered", name=stored.name, payload=stored.payload)
         return stored
 
@@ -98,7 +153,24 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         self, request: NetworkServiceQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceResponse]:
         await self.transport.authorize(context, REGISTRANTS, "Find")
-        query = request.network_service
+        route = await routed(context, self.federation, [request.network_service.name])
+        if route is None:
+            async for resp in self._find(request.network_service, request.watch):
+                yield resp
+            return
+        query = service_to(request.network_service, route.domain)
+        if route.far:
+            answers = self._find_far(
+                context, route.domain, NetworkServiceQuery(network_service=query, watch=request.watch)
+            )
+        else:
+            answers = self._find(query, request.watch)
+        async for resp in answers:
+            yield NetworkServiceResponse(
+                network_service=service_from(resp.network_service, route.domain), deleted=resp.deleted
+            )
+
+    async def _find(self, query: NetworkService, watch: bool) -> AsyncIterator[NetworkServiceResponse]:
         stream = self.store.watch_services()
         try:
             async for item in stream:
@@ -106,20 +178,39 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
                     for service in item:
                         if service_matches(query, service):
                             yield NetworkServiceResponse(network_service=service)
-                    if not request.watch:
+                    if not watch:
                         return
                 elif isinstance(item, ServiceEvent) and service_matches(query, item.service):
                     yield NetworkServiceResponse(network_service=item.service, deleted=item.deleted)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
+    async def _find_far(
+        self, context: Ctx, domain: str, query: NetworkServiceQuery
+    ) -> AsyncIterator[NetworkServiceResponse]:
+        far = await far_registry(context, self.federation, domain)
+        try:
+            async for resp in far.services.Find(query, timeout=context.time_remaining()):
+                yield resp
+        except grpc.aio.AioRpcError as exc:
+            relayed = far.relayed(exc)
+            await context.abort(relayed.code, relayed.message)
+
     @store_errors_unavailable
     async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
         caller = await self.transport.authorize(context, REGISTRANTS, "Unregister")
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is empty")
+        route = await routed(context, self.federation, [request.name])
         admission = await admitted(context, lambda: self.registrants.admit(context, caller, "unregister", request.name))
-        if await refusing(context, self.store.delete_service(request.name, admission.check)):
+        name = service_to(request, route.domain).name if route else request.name
+        if route is not None and route.far:
+            far = await far_registry(context, self.federation, route.domain)
+            metadata = far.metadata(self.transport, admission.path_json)
+            await far_call(context, far, far.services.Unregister(
+                NetworkService(name=name), timeout=context.time_remaining(), metadata=metadata))  # fmt: skip
+            log.info("service unregistered", name=request.name)
+        elif await refusing(context, self.store.delete_service(name, admission.check)):
             log.info("service unregistered", name=request.name)
         await send_path(context, admission)
         return Empty()
@@ -134,11 +225,13 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         max_expiration: float,
         transport: Transport = LOCAL_ONLY,
         registrants: Registrants | None = None,
+        federation: Federation | None = None,
     ) -> None:
         self.store = store
         self.max_expiration = max_expiration
         self.transport = transport
         self.registrants = registrants or Registrants(transport)
+        self.federation = federation or no_federation(transport)
 
     @store_errors_unavailable
     async def Register(  # type: ignore[override]
@@ -148,10 +241,18 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         problem = validate_endpoint(request)
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        endpoint = NetworkServiceEndpoint()
-        endpoint.CopyFrom(request)
+        route = await routed(context, self.federation, [request.name, *request.network_service_names])
+        if route is not None and route.far:
+            return await self._register_far(context, caller, request, route.domain)
+        endpoint = endpoint_to(request, route.domain) if route else NetworkServiceEndpoint()
+        if route is None:
+            endpoint.CopyFrom(request)
         if not endpoint.name:
             endpoint.name = f"nse-{uuid.uuid4()}"
+        if self.federation.floating and not endpoint.url.startswith("tcp://"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"endpoint {endpoint.name!r}: a floating registry keeps only URLs other domains "
+                                f"can reach (tcp://, the agent's --public-url), not {endpoint.url!r}")  # fmt: skip
         labels = {k: v.labels for k, v in endpoint.network_service_labels.items()}
         admission = await admitted(context, lambda: self.registrants.admit(
             context, caller, "register", endpoint.name, endpoint.network_service_names, labels))  # fmt: skip
@@ -173,6 +274,28 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
             url=stored.url,
             expires_in=round(ts_seconds(stored.expiration_time) - at, 1),
         )
+        return endpoint_from(stored, route.domain) if route else stored
+
+    async def _register_far(
+        self, context: Ctx, caller: SpiffeId | None, request: NetworkServiceEndpoint, domain: str
+    ) -> NetworkServiceEndpoint:
+        """Registers into DOMAIN's registry, which names and caps the record (its expiry is the one
+        the registrant renews by); the answer comes back with the suffix on its names."""
+        if not request.url.startswith("tcp://"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"endpoint {request.name!r} registers {request.url!r} into domain {domain}, which "
+                                "cannot reach it: register through an agent, with its --public-url")  # fmt: skip
+        labels = {k: v.labels for k, v in request.network_service_labels.items()}
+        admission = await admitted(context, lambda: self.registrants.admit(
+            context, caller, "register", request.name, request.network_service_names, labels))  # fmt: skip
+        far = await far_registry(context, self.federation, domain)
+        metadata = far.metadata(self.transport, admission.path_json)
+        stored = await far_call(context, far, far.endpoints.Register(
+            endpoint_to(request, domain), timeout=context.time_remaining(), metadata=metadata))  # fmt: skip
+        await send_path(context, admission)
+        stored = endpoint_from(stored, domain)
+        log.info("endpoint registered", name=stored.name, services=list(stored.network_service_names),
+                 url=stored.url, into=far.where)  # fmt: skip
         return stored
 
     @store_errors_unavailable
@@ -180,8 +303,38 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         self, request: NetworkServiceEndpointQuery, context: Ctx
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
         await self.transport.authorize(context, REGISTRANTS, "Find")
-        query = request.network_service_endpoint
-        if query.name and not request.watch:
+        asked = request.network_service_endpoint
+        route = await routed(context, self.federation, [asked.name, *asked.network_service_names])
+        if route is None:
+            answers = self._find(asked, request.watch)
+        elif route.far:
+            query = NetworkServiceEndpointQuery(
+                network_service_endpoint=endpoint_to(asked, route.domain), watch=request.watch
+            )
+            answers = self._find_far(context, route.domain, query)
+        else:
+            answers = self._find(endpoint_to(asked, route.domain), request.watch)
+        async for resp in answers:
+            if route is not None:
+                resp = NetworkServiceEndpointResponse(
+                    network_service_endpoint=endpoint_from(resp.network_service_endpoint, route.domain),
+                    deleted=resp.deleted,
+                )
+            yield resp
+
+    async def _find_far(
+        self, context: Ctx, domain: str, query: NetworkServiceEndpointQuery
+    ) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        far = await far_registry(context, self.federation, domain)
+        try:
+            async for resp in far.endpoints.Find(query, timeout=context.time_remaining()):
+                yield resp
+        except grpc.aio.AioRpcError as exc:
+            relayed = far.relayed(exc)
+            await context.abort(relayed.code, relayed.message)
+
+    async def _find(self, query: NetworkServiceEndpoint, watch: bool) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        if query.name and not watch:
             # One record by name: no need to walk them all.
             found = await self.store.get_endpoint(query.name)
             if found is not None and _live(found, now()) and endpoint_matches(query, found):
@@ -195,7 +348,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
                     for endpoint in item:
                         if _live(endpoint, at) and endpoint_matches(query, endpoint):
                             yield NetworkServiceEndpointResponse(network_service_endpoint=endpoint)
-                    if not request.watch:
+                    if not watch:
                         return
                 elif isinstance(item, EndpointEvent) and endpoint_matches(query, item.endpoint):
                     if not item.deleted and not _live(item.endpoint, now()):
@@ -209,8 +362,16 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         caller = await self.transport.authorize(context, REGISTRANTS, "Unregister")
         if not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is empty")
+        route = await routed(context, self.federation, [request.name])
         admission = await admitted(context, lambda: self.registrants.admit(context, caller, "unregister", request.name))
-        if await refusing(context, self.store.delete_endpoint(request.name, admission.check)):
+        record = endpoint_to(request, route.domain) if route else request
+        if route is not None and route.far:
+            far = await far_registry(context, self.federation, route.domain)
+            metadata = far.metadata(self.transport, admission.path_json)
+            await far_call(context, far, far.endpoints.Unregister(
+                record, timeout=context.time_remaining(), metadata=metadata))  # fmt: skip
+            log.info("endpoint unregistered", name=request.name, into=far.where)
+        elif await refusing(context, self.store.delete_endpoint(record.name, admission.check)):
             log.info("endpoint unregistered", name=request.name)
         await send_path(context, admission)
         return Empty()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from nsm_common import settings
 from nsm_common.identity.options import IdentitySettings
+from nsm_common.interdomain import validate_domain
 from nsm_common.policy.options import PolicySettings
 from nsm_common.settings import Option
 from nsm_common.urls import REGISTRY_PORT, Address, parse_address
+from nsm_registry.domain_registries import parse_domain_registries
 
 
 def parse_etcd_url(url: str) -> list[tuple[str, int]]:
@@ -38,6 +40,27 @@ class RegistrySettings(PolicySettings, IdentitySettings):
         float,
         Option("NSM_MAX_EXPIRATION", "longest an endpoint registration lives unrenewed, seconds", metavar="SECONDS"),
     ] = Field(default=60.0, gt=0)
+    domain: Annotated[
+        str,
+        Option(
+            "NSM_DOMAIN",
+            "this registry's domain, unique in the federation: `SERVICE@DOMAIN` is served here",
+            metavar="NAME",
+            default_text="none: no interdomain work",
+        ),
+    ] = ""
+    domain_registry: Annotated[
+        list[str],
+        Option(
+            "NSM_DOMAIN_REGISTRIES",
+            "another domain's registry, `DOMAIN=URL` (else DNS: `registry.nsm-system.DOMAIN`)",
+            metavar="DOMAIN=URL",
+            repeat=True,
+        ),
+    ] = Field(default_factory=list)
+    floating: Annotated[
+        bool, Option("NSM_FLOATING", "hold only records other domains register into (`name@THIS`), with public URLs")
+    ] = False
     log_level: Annotated[str, Option("NSM_LOG_LEVEL", "debug, info, warning or error")] = "info"
 
     @field_validator("listen", mode="before")
@@ -46,6 +69,20 @@ class RegistrySettings(PolicySettings, IdentitySettings):
         if isinstance(value, list):
             return [parse_address(v, default_port=REGISTRY_PORT) if isinstance(v, str) else v for v in value]
         return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        return validate_domain(value) if value else value
+
+    @model_validator(mode="after")
+    def _domains(self) -> RegistrySettings:
+        parse_domain_registries(self.domain_registry, self.domain)  # raises naming the bad entry
+        if self.floating and not self.domain:
+            raise ValueError("--floating needs --domain: the domain clients name the floating registry's records by")
+        if self.floating and self.domain_registry:
+            raise ValueError("--floating passes nothing on: it takes no --domain-registry")
+        return self
 
     @field_validator("store")
     @classmethod

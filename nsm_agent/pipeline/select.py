@@ -17,6 +17,7 @@ from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint
 from nsm_common.chain.chain import Call, Next, Step
 from nsm_common.errors import NsmError
+from nsm_common.interdomain import SEPARATOR
 
 log = structlog.get_logger("nsm.agent")
 
@@ -62,7 +63,9 @@ class Locator:
     def locate(self, endpoint: NetworkServiceEndpoint) -> Chosen:
         """Where `endpoint` is reached, from its registered URL."""
         if endpoint.url in self.own_urls:
-            url = self.local.get(endpoint.name)
+            # A request from another domain names the endpoint `name@THAT-DOMAIN` (this
+            # domain, to its registry); the endpoint registered here as `name`.
+            url = self.local.get(endpoint.name) or self.local.get(endpoint.name.partition(SEPARATOR)[0])
             if url is None:
                 raise NsmError(
                     grpc.StatusCode.UNAVAILABLE,

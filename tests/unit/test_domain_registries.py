@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-import dns.asyncresolver
 import pytest
-from dnslib import AAAA, QTYPE, RR, SRV, A, DNSRecord
-from dnslib.server import BaseResolver, DNSHandler, DNSServer
+from dnslib import AAAA, SRV, A
 
 from nsm_common.interdomain import DomainNameError, Remote, is_remote, join, split, validate_domain
 from nsm_common.urls import parse_address
 from nsm_registry.domain_registries import DomainNotFound, DomainRegistries, parse_domain_registries
+from tests.helpers.dns_zone import Zone, resolver_for, serving
 
 ZONE = {
     # cluster2: SRV for the port, A for the address, on the same name (upstream's way).
@@ -26,43 +25,13 @@ ZONE = {
     # noport: an address and no SRV record.
     ("registry.nsm-system.noport.", "A"): A("192.0.2.13"),
 }
-
-
-class Zone(BaseResolver):  # type: ignore[misc]
-    """Answers from ZONE; anything else is NXDOMAIN (a name with other records: no answer)."""
-
-    asked: list[tuple[str, str]] = []  # noqa: RUF012 (read by the tests, one server at a time)
-
-    def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
-        reply = request.reply()
-        qname, qtype = str(request.q.qname), QTYPE[request.q.qtype]
-        self.asked.append((qname, qtype))
-        record = ZONE.get((qname, qtype))
-        if record is not None:
-            reply.add_answer(RR(qname, getattr(QTYPE, qtype), rdata=record, ttl=5))
-        elif not any(name == qname for name, _ in ZONE):
-            reply.header.rcode = 3  # NXDOMAIN
-        return reply
+Served = tuple[Zone, tuple[str, int]]  # the zone (what it was asked) and the server's address
 
 
 @pytest.fixture
-def dns_server() -> Iterator[tuple[str, int]]:
-    Zone.asked = []
-    server = DNSServer(Zone(), port=0, address="127.0.0.1")
-    server.start_thread()
-    try:
-        yield "127.0.0.1", server.server.server_address[1]
-    finally:
-        server.stop()
-        server.server.server_close()
-
-
-def resolver_for(address: tuple[str, int]) -> dns.asyncresolver.Resolver:
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    resolver.nameservers = [address[0]]
-    resolver.port = address[1]
-    resolver.lifetime = 3.0
-    return resolver
+def dns_server() -> Iterator[Served]:
+    with serving(ZONE) as served:
+        yield served
 
 
 def test_names_split_at_the_first_separator_as_upstreams_helpers_do() -> None:
@@ -106,23 +75,23 @@ def test_the_static_map_names_each_bad_entry_and_refuses_its_own_domain() -> Non
         parse_domain_registries(["cluster1=tcp://h:1"], own_domain="cluster1")
 
 
-def test_the_static_map_wins_and_an_address_domain_skips_dns(dns_server: tuple[str, int]) -> None:
-    registries = DomainRegistries({"cluster2": parse_address("tcp://198.51.100.2:5002")}, resolver_for(dns_server))
+def test_the_static_map_wins_and_an_address_domain_skips_dns(dns_server: Served) -> None:
+    registries = DomainRegistries({"cluster2": parse_address("tcp://198.51.100.2:5002")}, resolver_for(dns_server[1]))
     assert str(asyncio.run(registries.find("cluster2"))) == "tcp://198.51.100.2:5002"
     assert str(asyncio.run(registries.find("192.0.2.7:6002"))) == "tcp://192.0.2.7:6002"
     assert str(asyncio.run(registries.find("[2001:db8::7]:6002"))) == "tcp://[2001:db8::7]:6002"
-    assert Zone.asked == []
+    assert dns_server[0].asked == []
 
 
-def test_dns_gives_the_port_from_srv_and_the_address_from_the_same_name(dns_server: tuple[str, int]) -> None:
-    registries = DomainRegistries(resolver=resolver_for(dns_server))
+def test_dns_gives_the_port_from_srv_and_the_address_from_the_same_name(dns_server: Served) -> None:
+    registries = DomainRegistries(resolver=resolver_for(dns_server[1]))
     assert str(asyncio.run(registries.find("cluster2"))) == "tcp://192.0.2.12:7002"
-    assert Zone.asked == [("registry.nsm-system.cluster2.", "SRV"), ("registry.nsm-system.cluster2.", "A")]
+    assert dns_server[0].asked == [("registry.nsm-system.cluster2.", "SRV"), ("registry.nsm-system.cluster2.", "A")]
     assert str(asyncio.run(registries.find("v6only"))) == "tcp://[2001:db8::12]:5002"
 
 
-def test_a_domain_dns_does_not_know_is_a_clear_error(dns_server: tuple[str, int]) -> None:
-    registries = DomainRegistries(resolver=resolver_for(dns_server))
+def test_a_domain_dns_does_not_know_is_a_clear_error(dns_server: Served) -> None:
+    registries = DomainRegistries(resolver=resolver_for(dns_server[1]))
     with pytest.raises(DomainNotFound, match=r"no registry for domain nowhere: registry\.nsm-system\.nowhere"):
         asyncio.run(registries.find("nowhere"))
     with pytest.raises(DomainNotFound, match="domain noport"):  # an address, but no SRV for the port

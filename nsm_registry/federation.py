@@ -1,0 +1,156 @@
+"""This registry among others: calls for `NAME@DOMAIN` go to DOMAIN's registry.
+
+A registry with a domain (`--domain`) answers `x@OWN` as `x`, and passes a call whose names
+carry another domain on to that domain's registry, the suffix off every name on the way
+there and back on every answer (upstream's proxy-dns does the same), so the far registry
+holds plain names. Clients only ever speak to their own registry. Without a domain a
+registry does no interdomain work: names with `@` are refused, not guessed at.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from nsm_api import registry_pb2_grpc
+from nsm_common.identity.spiffe_id import SpiffeId
+from nsm_common.identity.transport import Transport, TransportError
+from nsm_common.interdomain import DomainNameError, domain_of
+from nsm_common.registry_path import PATH_KEY, call_metadata, read_path
+from nsm_common.urls import Address
+from nsm_registry.domain_registries import DomainNotFound, DomainRegistries
+
+log = structlog.get_logger("nsm.registry")
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+# How long a registry found by DNS is kept before DNS is asked again.
+RESOLVED_FOR = 30.0
+
+
+class FederationError(Exception):
+    """A call that cannot go to another domain: a status and a message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a call whose names carry `@DOMAIN` goes: this registry's own store (`far` False:
+    the suffix names this domain) or DOMAIN's registry."""
+
+    domain: str
+    far: bool
+
+
+@dataclass
+class FarRegistry:
+    """Another domain's registry: where it is and the stubs of one channel to it."""
+
+    domain: str
+    address: Address
+    server_id: SpiffeId | None
+    channel: grpc.aio.Channel
+    services: registry_pb2_grpc.NetworkServiceRegistryAsyncStub
+    endpoints: registry_pb2_grpc.NetworkServiceEndpointRegistryAsyncStub
+
+    @property
+    def where(self) -> str:
+        return f"registry of domain {self.domain} at {self.address}"
+
+    def metadata(self, transport: Transport, path_json: str = "") -> Metadata:
+        """This registry's token for the far one and, where it passes a registration on, the path."""
+        if self.server_id is None:
+            return ()
+        path = read_path(((PATH_KEY, path_json),)) if path_json else None
+        return call_metadata(transport.identity, str(self.server_id), path)
+
+    def relayed(self, exc: grpc.aio.AioRpcError) -> FederationError:
+        """The far registry's refusal, as this registry's answer, saying where it came from."""
+        return FederationError(exc.code(), f"{self.where}: {exc.details()}")
+
+
+class Federation:
+    """Which domain a call is for, and a channel to that domain's registry (kept per address)."""
+
+    def __init__(self, domain: str, registries: DomainRegistries, transport: Transport, floating: bool = False) -> None:
+        self.domain = domain
+        self.registries = registries
+        self.transport = transport
+        self.floating = floating
+        self._resolved: dict[str, tuple[Address, float]] = {}
+        self._far: dict[Address, FarRegistry] = {}
+
+    def route(self, names: Iterable[str]) -> Route | None:
+        """Where a call with NAMES goes; None: no name carries `@`. Raises FederationError
+        (INVALID_ARGUMENT) for names no registry here can answer."""
+        try:
+            domain = domain_of(names)
+        except DomainNameError as exc:
+            raise FederationError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if domain is None:
+            return None
+        if domain == self.domain:
+            return Route(domain, far=False)
+        if self.floating:
+            raise FederationError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"{domain}: a floating registry holds plain names and passes nothing on; "
+                                  f"the registry of the caller's domain takes the @{self.domain} off")  # fmt: skip
+        if not self.domain:
+            raise FederationError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"a name of domain {domain}: this registry has no domain of its own "
+                                  "(--domain, env NSM_DOMAIN), so it does no interdomain work")  # fmt: skip
+        return Route(domain, far=True)
+
+    async def far(self, domain: str) -> FarRegistry:
+        """DOMAIN's registry (found by the static map or DNS, cached); FederationError when none is known."""
+        address = await self._address(domain)
+        far = self._far.get(address)
+        if far is not None and far.channel.get_state() != grpc.ChannelConnectivity.SHUTDOWN:
+            return far
+        # The far registry proves a registry's ID: of this trust domain for now.
+        try:
+            server_id = self.transport.registry_id()
+            channel = self.transport.aio_channel(address, server_id)
+        except TransportError as exc:
+            raise FederationError(grpc.StatusCode.FAILED_PRECONDITION, f"domain {domain}: {exc}") from None
+        far = FarRegistry(
+            domain, address, server_id, channel,
+            registry_pb2_grpc.NetworkServiceRegistryStub(channel),  # type: ignore[arg-type]
+            registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel),  # type: ignore[arg-type]
+        )  # fmt: skip
+        self._far[address] = far
+        return far
+
+    async def _address(self, domain: str) -> Address:
+        cached = self._resolved.get(domain)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        try:
+            address = await self.registries.find(domain)
+        except DomainNotFound as exc:
+            raise FederationError(grpc.StatusCode.NOT_FOUND, str(exc)) from None
+        if domain not in self.registries.static:
+            log.info("domain registry found", domain=domain, url=str(address))
+        self._resolved[domain] = (address, time.monotonic() + RESOLVED_FOR)
+        return address
+
+    async def close(self) -> None:
+        for far in self._far.values():
+            await far.channel.close(None)
+        self._far.clear()
+
+
+async def relayed_stream(far: FarRegistry, stream: AsyncIterator[object]) -> AsyncIterator[object]:
+    """A far Find's answers as they come; its error as FederationError naming the far registry."""
+    try:
+        async for item in stream:
+            yield item
+    except grpc.aio.AioRpcError as exc:
+        raise far.relayed(exc) from None

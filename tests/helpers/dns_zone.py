@@ -1,0 +1,55 @@
+"""A real DNS server for tests (dnslib's, on a loopback UDP port it picks) answering from a
+zone the test writes, and a dnspython resolver that asks only it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dns.asyncresolver
+from dnslib import QTYPE, RR, DNSRecord
+from dnslib.server import BaseResolver, DNSHandler, DNSServer
+
+# (name with its trailing dot, record type) -> the record's data (dnslib's SRV, A, AAAA...)
+Records = dict[tuple[str, str], Any]
+
+
+class Zone(BaseResolver):  # type: ignore[misc]
+    """Answers from RECORDS; a name it has not is NXDOMAIN (a name with other records: no answer)."""
+
+    def __init__(self, records: Records) -> None:
+        self.records = records
+        self.asked: list[tuple[str, str]] = []
+
+    def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
+        reply = request.reply()
+        qname, qtype = str(request.q.qname), QTYPE[request.q.qtype]
+        self.asked.append((qname, qtype))
+        record = self.records.get((qname, qtype))
+        if record is not None:
+            reply.add_answer(RR(qname, getattr(QTYPE, qtype), rdata=record, ttl=5))
+        elif not any(name == qname for name, _ in self.records):
+            reply.header.rcode = 3  # NXDOMAIN
+        return reply
+
+
+@contextmanager
+def serving(records: Records, address: str = "127.0.0.1") -> Iterator[tuple[Zone, tuple[str, int]]]:
+    """A DNS server for RECORDS on ADDRESS; yields its zone (what it was asked) and (host, port)."""
+    zone = Zone(records)
+    server = DNSServer(zone, port=0, address=address)
+    server.start_thread()
+    try:
+        yield zone, (address, server.server.server_address[1])
+    finally:
+        server.stop()
+        server.server.server_close()
+
+
+def resolver_for(address: tuple[str, int]) -> dns.asyncresolver.Resolver:
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [address[0]]
+    resolver.port = address[1]
+    resolver.lifetime = 3.0
+    return resolver
