@@ -101,7 +101,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         keys = load_or_create(settings.state_dir)
         wg_mtu = underlay.mtu - WIREGUARD_OVERHEAD[underlay.family]
         wireguard = WireGuardDevice(keys, settings.wireguard_port, wg_mtu, settings.wireguard_go)
-    kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms)
+    kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms, settings.public_ip)
     own_urls = {str(a) for a in settings.listen} | {u for u in (settings.node_url, settings.public_url) if u}
     remote = kinds.supported()
     closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout, events, transport)
@@ -143,7 +143,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         ServiceRegistryProxy(registry, kept_services, policies), server
     )
     registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-        EndpointRegistryProxy(registry, local, settings.node_url, kept_services, policies, settings.public_url), server
+        EndpointRegistryProxy(registry, local, settings.registered_url, kept_services, policies), server
     )
     pods = PodSockets(settings.pod_sockets, settings.state_dir, service, events, resolver)
     server.add_generic_rpc_handlers((pods.handler(),))

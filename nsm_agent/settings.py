@@ -65,7 +65,7 @@ class AgentSettings(PolicySettings, IdentitySettings):
         str,
         Option(
             "NSM_PUBLIC_URL",
-            "where other domains reach this agent, `tcp://HOST:PORT` (a NAT's or port forward's)",
+            "where other domains reach this agent, `tcp://HOST:PORT` (a NAT's): its endpoints' URL",
             metavar="URL",
             default_text="the node URL: other domains reach the node",
         ),
@@ -138,6 +138,13 @@ class AgentSettings(PolicySettings, IdentitySettings):
             except ValueError:
                 raise ValueError(f"{value!r} is not an IP address") from None
         return value
+
+    @property
+    def registered_url(self) -> str:
+        """The URL this agent registers its endpoints at: where other domains reach it, when it
+        is told (its own domain's agents dial it there too: a cloud's 1:1 NAT answers from
+        inside as well), else its node URL."""
+        return self.public_url or self.node_url
 
     @property
     def node_url(self) -> str:

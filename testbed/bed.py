@@ -49,8 +49,8 @@ def patience(seconds: float) -> float:
     return seconds * TIMEOUT_SCALE
 
 
-def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), check=check, capture_output=True, text=True)
+def run(*argv: str, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True, input=input_text)
 
 
 def links(netns: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Several nodes on one underlay, each with its own agent: the multi-node test bed.
 
     python -m testbed.cluster --nodes 3 [--ipv6] [--mtu 1500]
+    python -m testbed.cluster --clusters 3 [--nodes 2]     (testbed/clusters.py)
 
 builds it, prints how to reach it, and removes it all on Ctrl-C.
 """
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from testbed.bed import Testbed, run
+from testbed.clusters import Federation
 from testbed.etcd import start_etcd
 
 UNDERLAY = {4: ("192.0.2.{}", 24, "192.0.2.254"), 6: ("2001:db8::{}", 64, "2001:db8::fe")}
@@ -112,20 +114,39 @@ class Cluster:
         return self.bed.netns(f"{node.name}-{short}")
 
 
+def describe_federation(fed: Federation) -> None:
+    print(f"internet: namespace {fed.internet_ns}")
+    for d in fed.domains:
+        print(f"domain {d.name}: registry {d.registry} ({d.registry_public} outside), router {d.router_ns}")
+        for node in d.nodes:
+            print(f"  {node.name}: namespace {node.netns}, {node.private_ip} inside, {node.public_ip} outside, "
+                  f"agent {node.agent}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Build a multi-node mesh test bed in namespaces")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--ipv6", action="store_true", help="IPv6 underlay")
     p.add_argument("--mtu", type=int, default=1500)
     p.add_argument("--etcd", action="store_true", help="the registry stores in an etcd of its own")
+    p.add_argument("--clusters", type=int, default=0,
+                   help="that many clusters behind routers on a shared internet, each a domain (3 or more: "
+                        "the last holds only a floating registry)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.clusters and (args.ipv6 or args.etcd or args.mtu != 1500):
+        p.error("--clusters builds IPv4 clusters with memory registries: --ipv6, --etcd and --mtu do not apply")
+    if args.clusters == 1 or args.clusters < 0:
+        p.error("--clusters: at least 2")
     bed = Testbed()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        cluster = Cluster.build(bed, args.nodes, 6 if args.ipv6 else 4, args.mtu, etcd=args.etcd)
-        print(f"registry: {cluster.registry} ({cluster.registry_tcp} on the underlay), store {cluster.store}")
-        for node in cluster.nodes:
-            print(f"{node.name}: namespace {node.netns}, tunnel {node.tunnel_ip}, agent {node.agent}")
+        if args.clusters:
+            describe_federation(Federation.build(bed, args.clusters, args.nodes))
+        else:
+            cluster = Cluster.build(bed, args.nodes, 6 if args.ipv6 else 4, args.mtu, etcd=args.etcd)
+            print(f"registry: {cluster.registry} ({cluster.registry_tcp} on the underlay), store {cluster.store}")
+            for node in cluster.nodes:
+                print(f"{node.name}: namespace {node.netns}, tunnel {node.tunnel_ip}, agent {node.agent}")
         print(f"logs: {bed.dir}; Ctrl-C removes everything", flush=True)
         while True:
             time.sleep(3600)

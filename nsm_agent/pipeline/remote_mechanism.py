@@ -20,6 +20,12 @@ import structlog
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.datapath.tunnels import Underlay, VniBook
 from nsm_agent.datapath.wireguard import WireGuardDevice, WireGuardError
+from nsm_agent.decisions.interdomain import (
+    crosses_domains,
+    nothing_to_offer_between_domains,
+    offered_between_domains,
+    refused_between_domains,
+)
 from nsm_agent.decisions.tunnel import (
     VXLAN,
     VXLAN_OVERHEAD,
@@ -91,12 +97,14 @@ class TunnelKinds:
         vnis: VniBook,
         wireguard: WireGuardDevice | None,
         enabled: list[str],
+        public_ip: str = "",
     ) -> None:
         self.netlink = netlink
         self.underlay = underlay
         self.vnis = vnis
         self.wireguard = wireguard
         self.enabled = enabled
+        self.public_ip = public_ip  # where other domains reach this node's tunnels (--public-ip)
         # On the client's node: what the endpoint's agent agreed, per connection. Its owner
         # is RemoteMechanismClient; TunnelWire, above it, reads it once the answer is back.
         self.toward_endpoint: dict[str, _Agreed] = {}
@@ -118,10 +126,12 @@ class TunnelKinds:
         # VXLAN between IPv6 inner addresses, inside WireGuard over the underlay.
         return pod_mtu(self.underlay.mtu, self.underlay.family, WIREGUARD_OVERHEAD) - VXLAN_OVERHEAD[6]
 
-    def my_side(self, kind: str, vni: int, prefix: str) -> dict[str, str]:
-        """This node's parameters for a REMOTE mechanism of `kind` (address, port, key, MTU, VNI)."""
+    def my_side(self, kind: str, vni: int, prefix: str, crossing: bool = False) -> dict[str, str]:
+        """This node's parameters for a REMOTE mechanism of `kind` (address, port, key, MTU, VNI);
+        CROSSING: for a peer in another domain, which reaches this node at its public address."""
         assert self.underlay is not None
-        side = {f"{prefix}_ip": self.underlay.ip, "vni": str(vni), "MTU": str(self.mtu(kind))}
+        ip = self.public_ip if crossing and self.public_ip else self.underlay.ip
+        side = {f"{prefix}_ip": ip, "vni": str(vni), "MTU": str(self.mtu(kind))}
         if kind == VXLAN:
             side[f"{prefix}_port"] = str(self.vnis.port)
         else:
@@ -203,7 +213,7 @@ class RemoteMechanismServer(_TunnelStep):
         if known is not None and known.mechanism.type == offer.type:
             agreed, fresh = known, False
         else:
-            agreed, fresh = await self._agree(conn_id, offer), True
+            agreed, fresh = await self._agree(conn_id, offer, crosses_domains(request.connection)), True
         call.put(TunnelToClient(agreed.tunnel))
         try:
             reply = await nxt.request(request, call)
@@ -217,9 +227,12 @@ class RemoteMechanismServer(_TunnelStep):
         reply.mechanism.CopyFrom(agreed.mechanism)
         return reply
 
-    async def _agree(self, conn_id: str, offer: Mechanism) -> _Agreed:
+    async def _agree(self, conn_id: str, offer: Mechanism, crossing: bool) -> _Agreed:
         if offer.type not in self.kinds.supported():
             raise invalid(f"mechanism {offer.type} is not supported by this agent")
+        problem = refused_between_domains(offer.type) if crossing else None
+        if problem:
+            raise invalid(problem)
         params = parse_vxlan(offer.parameters, need_dst=False, default_port=self.kinds.vnis.port)
         if offer.type == WIREGUARD:
             parse_public_key(offer.parameters, "src_public_key")
@@ -228,7 +241,7 @@ class RemoteMechanismServer(_TunnelStep):
         mech = Mechanism()
         mech.CopyFrom(offer)
         mech.cls = "REMOTE"
-        mech.parameters.update(self.kinds.my_side(offer.type, vni, "dst"))
+        mech.parameters.update(self.kinds.my_side(offer.type, vni, "dst", crossing))
         mech.parameters["MTU"] = str(mtu)
         try:
             tunnel = await self.kinds.tunnel(conn_id, offer.type, dict(mech.parameters), "src", vni, mtu)
@@ -268,12 +281,16 @@ class RemoteMechanismClient(_TunnelStep):
             call.put(DownstreamOffer([known.mechanism]))
             reply = await nxt.request(request, call)
             return await self._accept(conn_id, reply, call, known.tunnel.vni, nxt, known)
+        crossing = crosses_domains(request.connection)
+        kinds = offered_between_domains(self.offer) if crossing else self.offer
+        if not kinds:
+            raise NsmError(grpc.StatusCode.FAILED_PRECONDITION, nothing_to_offer_between_domains(self.offer))
         vnis = self.kinds.vnis
         for _ in range(VNI_ATTEMPTS):
             proposal = await self.kinds.netlink.run(lambda nl: vnis.reserve(nl, conn_id))
             offer = [
-                Mechanism(cls="REMOTE", type=kind, parameters=self.kinds.my_side(kind, proposal, "src"))
-                for kind in self.offer
+                Mechanism(cls="REMOTE", type=kind, parameters=self.kinds.my_side(kind, proposal, "src", crossing))
+                for kind in kinds
             ]
             call.put(DownstreamOffer(offer))
             try:
@@ -306,6 +323,9 @@ class RemoteMechanismClient(_TunnelStep):
         try:
             if mech.type not in self.offer:
                 raise invalid(f"mechanism {mech.type!r}, which was not offered")
+            problem = refused_between_domains(mech.type) if crosses_domains(reply) else None
+            if problem:
+                raise invalid(problem)
             params = parse_vxlan(mech.parameters, need_dst=True)
             tunnel = await self.kinds.tunnel(conn_id, mech.type, dict(mech.parameters), "dst", vni, params.mtu)
         except NsmError as exc:

@@ -25,7 +25,6 @@ from nsm_api.registry_pb2 import (
 )
 from nsm_common.chain.caller import Caller
 from nsm_common.grpcutil import Ctx
-from nsm_common.interdomain import is_remote
 from nsm_common.policy.documents import caller_facts, registry_document
 from nsm_common.policy.policies import Policies
 from nsm_common.registry_path import PathError, RegistryPath, enter, read_path
@@ -133,23 +132,19 @@ class ServiceRegistryProxy(registry_pb2_grpc.NetworkServiceRegistryServicer):
 
 
 class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
-    """Registers local endpoints under this agent's URL, remembering their own: its node URL,
-    or, for a registration into another domain (`name@DOMAIN`), the URL other domains reach
-    it at (`--public-url`; the node URL when none is given: the node is reachable as it is)."""
+    """Registers local endpoints under this agent's public URL, remembering their own."""
 
     def __init__(
         self,
         registry: RegistryClient,
         local: LocalEndpoints,
-        node_url: str,
+        public_url: str,
         kept: KeptServices | None = None,
         policies: Policies | None = None,
-        interdomain_url: str = "",
     ) -> None:
         self.registry = registry
         self.local = local
-        self.node_url = node_url
-        self.interdomain_url = interdomain_url or node_url
+        self.public_url = public_url
         self.kept = kept
         self.policies = policies
         self.where = f"registry at {registry.address}"
@@ -163,10 +158,8 @@ class EndpointRegistryProxy(registry_pb2_grpc.NetworkServiceEndpointRegistryServ
         record = NetworkServiceEndpoint()
         record.CopyFrom(request)
         own_url = request.url
-        crossing = any(is_remote(n) for n in (request.name, *request.network_service_names))
-        url = self.interdomain_url if crossing else self.node_url
-        if url and own_url and own_url != url:
-            record.url = url
+        if self.public_url and own_url and own_url != self.public_url:
+            record.url = self.public_url
         metadata = await forward_metadata(self.registry, self.policies, context, "register", request.name)
         try:
             stored: NetworkServiceEndpoint = await self.registry.endpoints.Register(

@@ -1,0 +1,72 @@
+"""Clusters behind routers on a shared internet (testbed/clusters.py), every one on the same
+private range 10.0.0.0/24: a pod of cluster1 reaches `svc@cluster2` agent to agent over
+WireGuard between the nodes' public addresses (the routers' 1:1 NAT), with IP and ETHERNET
+payloads; `svc@floating` through the floating registry; and what is refused."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from nsm_client.runtime import kernel_request
+from testbed.bed import Testbed, links, ping, run
+from testbed.clusters import Federation
+from tests.helpers.mesh import agent_client
+
+POOL = "10.90.0.0/24"  # the endpoint's: connections carry their own addresses
+
+
+@pytest.fixture
+def fed(bed: Testbed) -> Federation:
+    return Federation.build(bed, clusters=3, nodes=1, agent_args=["--remote-mechanisms", "WIREGUARD"])
+
+
+def wireguard_endpoints(netns: str) -> str:
+    return run("ip", "netns", "exec", netns, "wg", "show", "all", "endpoints").stdout
+
+
+@pytest.mark.parametrize("payload", ["IP", "ETHERNET"])
+def test_a_pod_reaches_a_service_of_another_cluster(fed: Federation, payload: str) -> None:
+    bed = fed.bed
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    assert here.private_ip == there.private_ip  # the same private range on both sides
+    bed.endpoint(fed.pod(there, "ep"), "ep1", "svc", POOL, there.agent, extra=["--payload", payload])
+    pod = fed.pod(here, "c1")
+    conn = agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc@cluster2", "nsm-1"))
+    assert conn.payload == payload
+    assert conn.network_service == "svc@cluster2" and conn.network_service_endpoint_name == "ep1@cluster2"
+    assert [s.name for s in conn.path.path_segments] == ["nsmctl", here.name, there.name, "ep1"]
+    assert conn.path.path_segments[1].metrics["tunnel"] == "WIREGUARD"
+    peer = conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
+    assert ping(pod, peer, count=3)
+    # Node to node over the public addresses, no gateway in the data path.
+    assert f"{there.public_ip}:51820" in wireguard_endpoints(here.netns)
+    assert f"{here.public_ip}:51820" in wireguard_endpoints(there.netns)
+    agent_client(here.agent).close(conn)
+    assert not ping(pod, peer, count=1, timeout=1)
+
+
+def test_a_service_of_the_floating_registry(fed: Federation) -> None:
+    bed = fed.bed
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    bed.endpoint(fed.pod(there, "ep"), "fep@floating", "fsvc@floating", POOL, there.agent)
+    floating = next(p for p in bed.procs if p.name == "registry-floating")
+    # The floating registry holds plain names, with the node's public URL.
+    assert f"url=tcp://{there.public_ip}:5001" in floating.output() and "name=fep" in floating.output()
+    pod = fed.pod(here, "c1")
+    conn = agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", "fsvc@floating", "nsm-1"))
+    assert conn.network_service_endpoint_name == "fep@floating"
+    assert [s.name for s in conn.path.path_segments] == ["nsmctl", here.name, there.name, "fep@floating"]
+    assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=3)
+
+
+def test_only_wireguard_crosses_between_domains(bed: Testbed) -> None:
+    fed = Federation.build(bed, clusters=2, nodes=1, agent_args=["--remote-mechanisms", "VXLAN"])
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    bed.endpoint(fed.pod(there, "ep"), "ep1", "svc", POOL, there.agent)
+    pod = fed.pod(here, "c1")
+    with pytest.raises(grpc.RpcError) as info:
+        agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc@cluster2", "nsm-1"))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "a connection to another domain needs WIREGUARD" in str(info.value.details())
+    assert links(pod) == ["lo"]  # nothing left behind
