@@ -14,41 +14,25 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 
 import grpc
 import pytest
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_api.connection_pb2 import (
     INITIAL_STATE_TRANSFER,
     RESELECT_REQUESTED,
     Connection,
-    Mechanism,
     MonitorScopeSelector,
-    Path,
     PathSegment,
 )
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceEndpointQuery
 from testbed.bed import Testbed, ping
 from tests.helpers.mesh import ifindex, make_mesh, only_lo, raw_endpoint
+from tests.helpers.upstream import upstream_request
 
 MAX_LIFETIME = 120
-
-
-def upstream_request(service: str, ifname: str, params: dict[str, str]) -> NetworkServiceRequest:
-    cid = str(uuid.uuid4())
-    expires = Timestamp(seconds=int(time.time()) + 24 * 3600)
-    return NetworkServiceRequest(
-        connection=Connection(
-            id=cid,
-            network_service=service,
-            path=Path(index=0, path_segments=[PathSegment(name="upstream-client", id=cid, expires=expires)]),
-        ),
-        mechanism_preferences=[Mechanism(cls="LOCAL", type="KERNEL", parameters={"name": ifname, **params})],
-    )
 
 
 def peer(conn: Connection) -> str:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from nsm_api import networkservice_pb2_grpc
 from nsm_client.runtime import kernel_request
-from testbed.bed import Testbed, links, ping, run
+from testbed.bed import Testbed, links, patience, ping, run
 from testbed.clusters import Federation
 from tests.helpers.mesh import agent_client
+from tests.helpers.upstream import upstream_request
 
 POOL = "10.90.0.0/24"  # the endpoint's: connections carry their own addresses
 
@@ -70,3 +72,20 @@ def test_only_wireguard_crosses_between_domains(bed: Testbed) -> None:
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "a connection to another domain needs WIREGUARD" in str(info.value.details())
     assert links(pod) == ["lo"]  # nothing left behind
+
+
+def test_an_upstream_built_client_asks_its_agent_for_a_service_of_another_cluster(fed: Federation) -> None:
+    """Only the wire stubs, plaintext on the agent's own unix socket, as an upstream pod asks."""
+    bed = fed.bed
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    bed.endpoint(fed.pod(there, "ep"), "ep1", "svc", POOL, there.agent)
+    pod = fed.pod(here, "c1")
+    holder = bed.start("holder", ["sleep", "600"], netns=pod)
+    channel = grpc.insecure_channel(here.agent)
+    stub = networkservice_pb2_grpc.NetworkServiceStub(channel)
+    request = upstream_request("svc@cluster2", "nsm-1", {"inodeURL": f"file:///proc/{holder.popen.pid}/ns/net"})
+    conn = stub.Request(request, timeout=patience(15))
+    assert [s.name for s in conn.path.path_segments] == ["upstream-client", here.name, there.name, "ep1"]
+    assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
+    stub.Close(conn, timeout=patience(15))
+    channel.close()
