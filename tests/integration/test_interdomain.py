@@ -89,3 +89,17 @@ def test_an_upstream_built_client_asks_its_agent_for_a_service_of_another_cluste
     assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
     stub.Close(conn, timeout=patience(15))
     channel.close()
+
+
+def test_inside_a_domain_agents_reach_each_other_at_their_public_urls(bed: Testbed) -> None:
+    """Endpoints are registered at the agent's --public-url; its own cluster's agents dial it
+    there (the router's NAT answers from inside), and the tunnel stays on the private range."""
+    fed = Federation.build(bed, clusters=2, nodes=2, agent_args=["--remote-mechanisms", "VXLAN"])
+    n1, n2 = fed.domain("cluster1").nodes
+    bed.endpoint(fed.pod(n1, "ep"), "ep1", "svc", POOL, n1.agent)
+    pod = fed.pod(n2, "c1")
+    conn = agent_client(n2.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc", "nsm-1"))
+    assert [s.name for s in conn.path.path_segments] == ["nsmctl", n2.name, n1.name, "ep1"]
+    hop = conn.path.path_segments[1].metrics
+    assert hop["tunnel"] == "VXLAN" and hop["remote"] == n1.private_ip
+    assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
