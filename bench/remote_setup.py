@@ -15,6 +15,7 @@ import socket
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 from pyroute2 import IPRoute
 
@@ -28,6 +29,14 @@ from testbed.cluster import Cluster, Node
 WG_PORT = 51900
 WG_MTU = 1440  # the mesh's too over a 1500-byte IPv4 underlay: 1500 - 60
 VXLAN_PORT = 4790  # not the mesh's, so both can run side by side
+
+
+class NodePair(Protocol):
+    """Two nodes and their pods: a cluster, or two clusters' nodes (bench/interdomain.py)."""
+
+    @property
+    def nodes(self) -> list[Node]: ...
+    def pod(self, node: Node, short: str) -> str: ...
 
 
 @dataclass
@@ -93,7 +102,9 @@ def wireguard_pair(bed: Testbed, nodes: list[Node]) -> WgPair:
     return WgPair(took, inner)
 
 
-def by_hand(bed: Testbed, cluster: Cluster, n: int, ends: tuple[str, str], tag: str) -> tuple[list[float], list[float]]:
+def by_hand(
+    bed: Testbed, cluster: NodePair, n: int, ends: tuple[str, str], tag: str
+) -> tuple[list[float], list[float]]:
     """`n` VXLAN pairs between pods of node 1 and node 2 with tunnel ends `ends`."""
     nodes = cluster.nodes[:2]
     node_socks = [inside(f"/var/run/netns/{node.netns}", IPRoute) for node in nodes]

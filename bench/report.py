@@ -141,6 +141,22 @@ def _tokens(d: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def _interdomain(d: dict[str, Any]) -> list[Row]:
+    mesh, hand = d["mesh"]["p50_ms"], d["hand"]["p50_ms"]
+    tp = d["throughput"]
+    return [
+        (f"12 interdomain set-up p50, svc@cluster2 through both registries (N={d['n']})",
+         f"{mesh:.2f} ms (p99 {d['mesh']['p99_ms']:.1f})",
+         f"VXLAN in a hand-built WireGuard link between the same nodes {hand:.2f} ms", f"{mesh / hand:.2f}×",
+         "—", None),
+        ("12 first interdomain connection of a node pair", f"{d['mesh_first_ms']:.0f} ms",
+         f"wireguard-go pair by hand {d['hand_first_ms']:.0f} ms", f"{d['mesh_first_ms'] / d['hand_first_ms']:.2f}×",
+         "—", None),
+        ("12 interdomain throughput (iperf3, through both NATs)", f"{tp['mesh_gbps']:.2f} Gbit/s",
+         f"the same shape by hand {tp['baseline_gbps']:.2f} Gbit/s", f"{tp['ratio']:.2f}", "—", None),
+    ]  # fmt: skip
+
+
 def _vm(d: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [
         (f"9 throughput between VMs, kernel WireGuard (TCG; MTU {d['mtu']})", f"{d['mesh_mbps']:.0f} Mbit/s",
@@ -156,7 +172,8 @@ def _vm(d: dict[str, Any]) -> list[Row]:
 
 SECTIONS = (("local", _local), ("remote", _remote), ("scale", _scale), ("throughput", _throughput),
             ("heal", _heal), ("restart", _restart), ("remote_restart", _remote_restart),
-            ("events", _events), ("tls", _tls), ("tokens", _tokens), ("vm", _vm))  # fmt: skip
+            ("events", _events), ("tls", _tls), ("tokens", _tokens), ("interdomain", _interdomain),
+            ("vm", _vm))  # fmt: skip
 
 
 def write_report(data: dict[str, Any], out: Path) -> str:

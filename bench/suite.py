@@ -20,6 +20,7 @@ from typing import Any
 
 from bench import (
     heal,
+    interdomain,
     kernel_events,
     local_setup,
     remote_restart,
@@ -117,6 +118,23 @@ def part_tokens(bed: Testbed, quick: bool) -> dict[str, Any]:
     return {"n": n, "on": summary(got["on"]), "off": summary(got["off"]), "profile": got["profile"]}  # type: ignore[arg-type]
 
 
+def part_interdomain(bed: Testbed, quick: bool) -> dict[str, Any]:
+    n = 20 if quick else 100
+    got = interdomain.setup(bed, n)
+    with Testbed(prefix=bed.prefix + "t") as sub:
+        speed = interdomain.throughput(sub, 3 if quick else 10)
+    return {
+        "n": n,
+        "mesh": summary(got["mesh_setup"]),  # type: ignore[arg-type]
+        "hand": summary(got["hand_setup"]),  # type: ignore[arg-type]
+        "mesh_first_ms": float(got["mesh_first_s"]) * 1000,  # type: ignore[arg-type]
+        "hand_first_ms": float(got["hand_first_s"]) * 1000,  # type: ignore[arg-type]
+        "mesh_close": summary(got["mesh_close"]),  # type: ignore[arg-type]
+        "hand_close": summary(got["hand_close"]),  # type: ignore[arg-type]
+        "throughput": speed,
+    }
+
+
 PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "local": part_local,
     "remote": part_remote,
@@ -128,6 +146,7 @@ PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "events": part_events,
     "tls": part_tls,
     "tokens": part_tokens,
+    "interdomain": part_interdomain,
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from bench.remote_setup import WG_MTU, wireguard_pair
+from bench.remote_setup import WG_MTU, NodePair, wireguard_pair
 from nsm_client.runtime import AgentClient, kernel_request
 from nsm_common.urls import parse_address
 from testbed.bed import Testbed, run
@@ -46,7 +46,7 @@ def veth(bed: Testbed, seconds: int) -> dict[str, float]:
     return _row(mesh, iperf(bed, a, b, "10.124.0.2", seconds))
 
 
-def _hand_vxlan(cluster: Cluster, ends: tuple[str, str], mtu: int, subnet: str) -> str:
+def hand_vxlan(cluster: NodePair, ends: tuple[str, str], mtu: int, subnet: str) -> str:
     """A VXLAN between node 1 and node 2 by hand; returns node 2's address on it."""
     n1, n2 = cluster.nodes
     for here, local, remote, host in ((n1, ends[0], ends[1], 1), (n2, ends[1], ends[0], 2)):
@@ -63,7 +63,7 @@ def vxlan(bed: Testbed, seconds: int) -> dict[str, float]:
     ep, pod = cluster.pod(n2, "ep"), cluster.pod(n1, "c")
     bed.endpoint(ep, "vx-ep", "vx", "10.125.0.0/24", n2.agent)
     mesh = iperf(bed, pod, ep, _connect(n1.agent, pod, "vx"), seconds)
-    far = _hand_vxlan(cluster, (n1.tunnel_ip, n2.tunnel_ip), 1450, "10.126.0")
+    far = hand_vxlan(cluster, (n1.tunnel_ip, n2.tunnel_ip), 1450, "10.126.0")
     return _row(mesh, iperf(bed, n1.netns, n2.netns, far, seconds))
 
 
@@ -78,7 +78,7 @@ def wireguard(bed: Testbed, seconds: int) -> dict[str, float]:
     mesh = iperf(bed, pod, ep, _connect(n1.agent, pod, "wg"), seconds)
     pair = wireguard_pair(bed, cluster.nodes)
     plain = iperf(bed, n1.netns, n2.netns, pair.inner[1], seconds)
-    far = _hand_vxlan(cluster, pair.inner, WG_MTU - 70, "10.128.0")
+    far = hand_vxlan(cluster, pair.inner, WG_MTU - 70, "10.128.0")
     shaped = iperf(bed, n1.netns, n2.netns, far, seconds)
     return {**_row(mesh, plain), "same_shape_gbps": shaped, "same_shape_ratio": mesh / shaped}
 
