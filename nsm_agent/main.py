@@ -11,6 +11,7 @@ import structlog
 
 from nsm_agent.datapath.link_events import KernelFollow
 from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.datapath.path_mtu import PathMtus
 from nsm_agent.datapath.tunnels import VniBook, find_underlay
 from nsm_agent.datapath.wireguard import WireGuardDevice
 from nsm_agent.decisions.excluded_prefixes import ExcludedPrefixesError, IPNetwork, excluded_address
@@ -101,7 +102,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         keys = load_or_create(settings.state_dir)
         wg_mtu = underlay.mtu - WIREGUARD_OVERHEAD[underlay.family]
         wireguard = WireGuardDevice(keys, settings.wireguard_port, wg_mtu, settings.wireguard_go)
-    kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms, settings.public_ip)
+    path_mtus = PathMtus(underlay.mtu) if underlay is not None else None
+    kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms, settings.public_ip, path_mtus)
     own_urls = {str(a) for a in settings.listen} | {u for u in (settings.node_url, settings.public_url) if u}
     remote = kinds.supported()
     closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout, events, transport)

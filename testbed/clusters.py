@@ -57,6 +57,7 @@ class Domain:
 class Federation:
     bed: Testbed
     internet_ns: str = ""
+    internet_mtu: int = 1500
     domains: list[Domain] = field(default_factory=list)
     floating: Domain | None = None
 
@@ -68,11 +69,13 @@ class Federation:
         nodes: int = 1,
         agent_args: list[str] | None = None,
         registry_args: dict[str, list[str]] | None = None,
+        internet_mtu: int = 1500,
     ) -> Federation:
         """CLUSTERS clusters of NODES nodes each (the last only a floating registry when there
         are three or more); every registry knows every other by the static map, unless
-        REGISTRY_ARGS (per domain name) says otherwise."""
-        fed = cls(bed)
+        REGISTRY_ARGS (per domain name) says otherwise. INTERNET_MTU: the routers' links to the
+        internet (the clusters' own are 1500), a path MTU only a probe finds."""
+        fed = cls(bed, internet_mtu=internet_mtu)
         fed.internet_ns = bed.netns("inet")
         run("ip", "-n", fed.internet_ns, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", fed.internet_ns, "link", "set", "br0", "up")
@@ -116,7 +119,8 @@ class Federation:
         run(
             "ip", "link", "add", "pub", "netns", router, "type", "veth", "peer", "name", port, "netns", self.internet_ns
         )
-        run("ip", "-n", self.internet_ns, "link", "set", port, "master", "br0", "up")
+        run("ip", "-n", self.internet_ns, "link", "set", port, "mtu", str(self.internet_mtu), "master", "br0", "up")
+        run("ip", "-n", router, "link", "set", "pub", "mtu", str(self.internet_mtu))
         for dev in ("priv", "pub"):
             run("ip", "-n", router, "link", "set", dev, "up")
         run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")

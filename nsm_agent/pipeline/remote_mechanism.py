@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from nsm_agent.datapath.netlink import NetlinkThread
+from nsm_agent.datapath.path_mtu import PathMtus
 from nsm_agent.datapath.tunnels import Underlay, VniBook
 from nsm_agent.datapath.wireguard import WireGuardDevice, WireGuardError
 from nsm_agent.decisions.interdomain import (
@@ -98,6 +99,7 @@ class TunnelKinds:
         wireguard: WireGuardDevice | None,
         enabled: list[str],
         public_ip: str = "",
+        path_mtus: PathMtus | None = None,
     ) -> None:
         self.netlink = netlink
         self.underlay = underlay
@@ -105,6 +107,7 @@ class TunnelKinds:
         self.wireguard = wireguard
         self.enabled = enabled
         self.public_ip = public_ip  # where other domains reach this node's tunnels (--public-ip)
+        self.path_mtus = path_mtus  # probed toward nodes of other domains
         # On the client's node: what the endpoint's agent agreed, per connection. Its owner
         # is RemoteMechanismClient; TunnelWire, above it, reads it once the answer is back.
         self.toward_endpoint: dict[str, _Agreed] = {}
@@ -119,12 +122,20 @@ class TunnelKinds:
         able = (VXLAN, WIREGUARD) if self.wireguard is not None else (VXLAN,)
         return tuple(k for k in self.enabled if k in able)
 
-    def mtu(self, kind: str) -> int:
+    def mtu(self, kind: str, path_mtu: int | None = None) -> int:
+        """The pod MTU over a tunnel of KIND: over the underlay, or a path of PATH_MTU bytes."""
         assert self.underlay is not None
+        outer = path_mtu or self.underlay.mtu
         if kind == VXLAN:
-            return pod_mtu(self.underlay.mtu, self.underlay.family, VXLAN_OVERHEAD)
+            return pod_mtu(outer, self.underlay.family, VXLAN_OVERHEAD)
         # VXLAN between IPv6 inner addresses, inside WireGuard over the underlay.
-        return pod_mtu(self.underlay.mtu, self.underlay.family, WIREGUARD_OVERHEAD) - VXLAN_OVERHEAD[6]
+        return pod_mtu(outer, self.underlay.family, WIREGUARD_OVERHEAD) - VXLAN_OVERHEAD[6]
+
+    async def mtu_toward(self, kind: str, address: str) -> int:
+        """The pod MTU over a tunnel of KIND to a node of another domain at ADDRESS: from the
+        probed path MTU when the probe is answered, else from the underlay's."""
+        probed = await self.path_mtus.to(address) if self.path_mtus is not None else None
+        return self.mtu(kind, min(probed, self.underlay.mtu) if probed and self.underlay else None)
 
     def my_side(self, kind: str, vni: int, prefix: str, crossing: bool = False) -> dict[str, str]:
         """This node's parameters for a REMOTE mechanism of `kind` (address, port, key, MTU, VNI);
@@ -237,7 +248,11 @@ class RemoteMechanismServer(_TunnelStep):
         if offer.type == WIREGUARD:
             parse_public_key(offer.parameters, "src_public_key")
         vni = await self.kinds.netlink.run(lambda nl: self.kinds.vnis.reserve(nl, conn_id, params.vni))
-        mtu = min(x for x in (params.mtu, self.kinds.mtu(offer.type)) if x)
+        if crossing and params.src_ip is not None:
+            own = await self.kinds.mtu_toward(offer.type, str(params.src_ip))
+        else:
+            own = self.kinds.mtu(offer.type)
+        mtu = min(x for x in (params.mtu, own) if x)
         mech = Mechanism()
         mech.CopyFrom(offer)
         mech.cls = "REMOTE"

@@ -10,7 +10,7 @@ import pytest
 
 from nsm_api import networkservice_pb2_grpc
 from nsm_client.runtime import kernel_request
-from testbed.bed import Testbed, links, patience, ping, run
+from testbed.bed import Testbed, links, patience, ping, ping_df, run
 from testbed.clusters import Federation
 from tests.helpers.mesh import agent_client
 from tests.helpers.upstream import upstream_request
@@ -103,3 +103,23 @@ def test_inside_a_domain_agents_reach_each_other_at_their_public_urls(bed: Testb
     hop = conn.path.path_segments[1].metrics
     assert hop["tunnel"] == "VXLAN" and hop["remote"] == n1.private_ip
     assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
+
+
+def test_the_path_mtu_across_the_internet_is_probed(bed: Testbed) -> None:
+    """The routers' internet links carry 1400 bytes, the clusters' own 1500: sized from the
+    underlay, the tunnel would lose every full packet. The endpoint's agent probes (DF) and
+    both pods get the MTU the path carries: 1400 - 60 (WireGuard) - 70 (the inner VXLAN)."""
+    fed = Federation.build(bed, clusters=2, nodes=1, agent_args=["--remote-mechanisms", "WIREGUARD"], internet_mtu=1400)
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    ep = fed.pod(there, "ep")
+    bed.endpoint(ep, "ep1", "svc", POOL, there.agent)
+    pod = fed.pod(here, "c1")
+    conn = agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc@cluster2", "nsm-1"))
+    shown = run("ip", "-n", pod, "link", "show", "nsm-1").stdout
+    mtu = int(shown.split(" mtu ")[1].split()[0])
+    far_log = next(p for p in bed.procs if p.name == f"agent-{there.name}").output()
+    assert 1400 - 8 - 130 <= mtu <= 1400 - 130, far_log  # the search stops within 8 bytes
+    peer = conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
+    answered, out = ping_df(pod, peer, mtu - 28)  # a full packet, Don't Fragment
+    assert answered, out
+    assert "path MTU probed" in next(p for p in bed.procs if p.name == f"agent-{there.name}").output()
