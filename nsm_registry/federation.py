@@ -9,8 +9,9 @@ registry does no interdomain work: names with `@` are refused, not guessed at.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -29,6 +30,8 @@ log = structlog.get_logger("nsm.registry")
 Metadata = tuple[tuple[str, str | bytes], ...]
 # How long a registry found by DNS is kept before DNS is asked again.
 RESOLVED_FOR = 30.0
+# How long the handshakes with a far registry (one per trust domain it may be of) may take.
+READY_WITHIN = 3.0
 
 
 class FederationError(Exception):
@@ -114,19 +117,33 @@ class Federation:
         far = self._far.get(address)
         if far is not None and far.channel.get_state() != grpc.ChannelConnectivity.SHUTDOWN:
             return far
-        # The far registry proves a registry's ID: of this trust domain for now.
         try:
-            server_id = self.transport.registry_id()
-            channel = self.transport.aio_channel(address, server_id)
+            candidates: list[SpiffeId | None] = list(self.transport.registry_ids()) or [None]
+            tried = [self._open(domain, address, server_id) for server_id in candidates]
         except TransportError as exc:
             raise FederationError(grpc.StatusCode.FAILED_PRECONDITION, f"domain {domain}: {exc}") from None
-        far = FarRegistry(
+        # The far registry proves a registry's ID of this trust domain or of a federated one;
+        # which, only its certificate says: with several, one channel per ID, all at once, and
+        # the one whose handshake succeeds is kept.
+        chosen = tried[0] if len(tried) == 1 else await _first_ready(tried)
+        for other in tried:
+            if other is not chosen:
+                await other.channel.close(None)
+        if chosen is not None:
+            self._far[address] = chosen
+            return chosen
+        ids = ", ".join(str(i) for i in candidates)
+        raise FederationError(grpc.StatusCode.UNAVAILABLE,
+                              f"registry of domain {domain} at {address}: no TLS connection proving any of {ids} "
+                              f"(away, or of a trust domain without a --trust-bundle here)")  # fmt: skip
+
+    def _open(self, domain: str, address: Address, server_id: SpiffeId | None) -> FarRegistry:
+        channel = self.transport.aio_channel(address, server_id)
+        return FarRegistry(
             domain, address, server_id, channel,
             registry_pb2_grpc.NetworkServiceRegistryStub(channel),  # type: ignore[arg-type]
             registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel),  # type: ignore[arg-type]
         )  # fmt: skip
-        self._far[address] = far
-        return far
 
     async def _address(self, domain: str) -> Address:
         cached = self._resolved.get(domain)
@@ -147,10 +164,12 @@ class Federation:
         self._far.clear()
 
 
-async def relayed_stream(far: FarRegistry, stream: AsyncIterator[object]) -> AsyncIterator[object]:
-    """A far Find's answers as they come; its error as FederationError naming the far registry."""
+async def _first_ready(tried: list[FarRegistry], timeout: float = READY_WITHIN) -> FarRegistry | None:
+    """The first of TRIED whose channel connects within TIMEOUT (None: none did)."""
+    waits = {asyncio.ensure_future(far.channel.channel_ready()): far for far in tried}
     try:
-        async for item in stream:
-            yield item
-    except grpc.aio.AioRpcError as exc:
-        raise far.relayed(exc) from None
+        done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        return waits[next(iter(done))] if done else None
+    finally:
+        for wait in waits:
+            wait.cancel()

@@ -154,12 +154,17 @@ class Testbed:
         return name
 
     # Identities -------------------------------------------------------------------
-    def identity(self, spiffe_id: str) -> Path:
-        """The folder of SPIFFE_ID's identity (tls.crt, tls.key, ca.crt), issued by the bed's CA
-        on first use."""
-        ca = self.dir / "pki" / "ca"
+    def ca(self, trust_domain: str = TRUST_DOMAIN) -> Path:
+        """The folder of the bed's CA for TRUST_DOMAIN (ca.crt, ca.key), made on first use."""
+        ca = self.dir / "pki" / ("ca" if trust_domain == TRUST_DOMAIN else f"ca-{trust_domain}")
         if not (ca / "ca.crt").exists():
-            issue.init_ca(ca, TRUST_DOMAIN)
+            issue.init_ca(ca, trust_domain)
+        return ca
+
+    def identity(self, spiffe_id: str) -> Path:
+        """The folder of SPIFFE_ID's identity (tls.crt, tls.key, ca.crt), issued on first use by
+        the bed's CA of its trust domain."""
+        ca = self.ca(spiffe_id.removeprefix("spiffe://").split("/", 1)[0])
         out = self.dir / "pki" / spiffe_id.removeprefix("spiffe://").replace("/", "_")
         if not (out / "tls.crt").exists():
             issue.issue(ca, spiffe_id, out)
@@ -200,7 +205,12 @@ class Testbed:
         raise TimeoutError(f"{proc.name} did not log {text!r} within {timeout}s:\n{proc.output()}")
 
     def registry(
-        self, netns: str | None, port: int = 5002, extra: list[str] | None = None, name: str = "registry"
+        self,
+        netns: str | None,
+        port: int = 5002,
+        extra: list[str] | None = None,
+        name: str = "registry",
+        trust_domain: str = TRUST_DOMAIN,
     ) -> tuple[Proc, str]:
         """A registry in `netns` on tcp://127.0.0.1:PORT there, and on a unix socket anyone here can reach.
 
@@ -208,13 +218,19 @@ class Testbed:
         """
         sock = f"unix://{self.dir}/{name}.sock"
         listen = ["--listen", sock] + (["--listen", f"tcp://127.0.0.1:{port}"] if netns else [])
-        ident = self._identity_args(f"spiffe://{TRUST_DOMAIN}/registry", extra)
+        ident = self._identity_args(f"spiffe://{trust_domain}/registry", extra)
         proc = self.start(name, [str(BIN / "nsm-registry"), *listen, *ident, *(extra or [])], netns=netns)
         self.wait_for(proc, "registry serving")
         return proc, sock
 
     def agent(
-        self, netns: str, name: str, registry_url: str, extra: list[str] | None = None, wait: bool = True
+        self,
+        netns: str,
+        name: str,
+        registry_url: str,
+        extra: list[str] | None = None,
+        wait: bool = True,
+        trust_domain: str = TRUST_DOMAIN,
     ) -> tuple[Proc, str]:
         """An agent in `netns`; unless `wait` is False, returns once it serves."""
         sock = self.dir / f"{name}.sock"
@@ -233,7 +249,7 @@ class Testbed:
                 str(state),
                 "--pod-sockets",
                 str(self.dir / f"{name}-pods"),
-                *self._identity_args(f"spiffe://{TRUST_DOMAIN}/node/{name}", extra),
+                *self._identity_args(f"spiffe://{trust_domain}/node/{name}", extra),
                 *(extra or []),
             ],
             netns=netns,

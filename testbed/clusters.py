@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from testbed.bed import Testbed, run
+from testbed.bed import TRUST_DOMAIN, Testbed, run
 
 PRIVATE = "10.0.0.{}"  # every cluster's underlay, the same range in all
 PRIVATE_PLEN = 24
@@ -59,6 +59,8 @@ class Federation:
     internet_ns: str = ""
     internet_mtu: int = 1500
     domains: list[Domain] = field(default_factory=list)
+    trust_domains: dict[str, str] = field(default_factory=dict)  # domain name -> its trust domain
+    bundles: bool = True
     floating: Domain | None = None
 
     @classmethod
@@ -70,12 +72,16 @@ class Federation:
         agent_args: list[str] | None = None,
         registry_args: dict[str, list[str]] | None = None,
         internet_mtu: int = 1500,
+        trust_domains: dict[str, str] | None = None,
+        bundles: bool = True,
     ) -> Federation:
         """CLUSTERS clusters of NODES nodes each (the last only a floating registry when there
         are three or more); every registry knows every other by the static map, unless
         REGISTRY_ARGS (per domain name) says otherwise. INTERNET_MTU: the routers' links to the
-        internet (the clusters' own are 1500), a path MTU only a probe finds."""
-        fed = cls(bed, internet_mtu=internet_mtu)
+        internet (the clusters' own are 1500), a path MTU only a probe finds. TRUST_DOMAINS: a
+        trust domain (and CA) per domain name (else the bed's one); with BUNDLES every component
+        trusts the other domains' CAs (`--trust-bundle`), without them none does."""
+        fed = cls(bed, internet_mtu=internet_mtu, trust_domains=dict(trust_domains or {}), bundles=bundles)
         fed.internet_ns = bed.netns("inet")
         run("ip", "-n", fed.internet_ns, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", fed.internet_ns, "link", "set", "br0", "up")
@@ -91,7 +97,7 @@ class Federation:
                 args += [f"--domain-registry={d}={url}" for d, url in peers.items() if d != name]
             if registry_args and name in registry_args:
                 args = [f"--domain={name}", *registry_args[name]]
-            domain = fed._cluster(k, name, args)
+            domain = fed._cluster(k, name, args + fed._bundle_args(name))
             if name == FLOATING:
                 fed.floating = domain
             else:
@@ -99,6 +105,15 @@ class Federation:
                     fed.add_node(domain, i, agent_args)
             fed.domains.append(domain)
         return fed
+
+    def trust_domain(self, name: str) -> str:
+        return self.trust_domains.get(name, TRUST_DOMAIN)
+
+    def _bundle_args(self, name: str) -> list[str]:
+        """`--trust-bundle` for every other domain's trust domain (none without bundles)."""
+        own = self.trust_domain(name)
+        others = sorted({td for td in self.trust_domains.values() if td != own}) if self.bundles else []
+        return [f"--trust-bundle={td}={self.bed.ca(td) / 'ca.crt'}" for td in others]
 
     def domain(self, name: str) -> Domain:
         return next(d for d in self.domains if d.name == name)
@@ -128,8 +143,9 @@ class Federation:
         domain = Domain(k, name, ul, router, "", f"tcp://{public_ip(k, 0)}:5002")
         host = PRIVATE.format(REGISTRY_HOST)
         _, domain.registry = bed.registry(
-            ul, extra=["--listen", f"tcp://{host}:5002", *registry_args], name=f"registry-{name}"
-        )
+            ul, extra=["--listen", f"tcp://{host}:5002", *registry_args], name=f"registry-{name}",
+            trust_domain=self.trust_domain(name),
+        )  # fmt: skip
         return domain
 
     def _nat(self, router: str, k: int, host: int, public_host: int) -> None:
@@ -169,8 +185,10 @@ class Federation:
             f"tcp://{PRIVATE.format(REGISTRY_HOST)}:5002",
             extra=[
                 "--listen", f"tcp://{private}:5001", "--tunnel-ip", private,
-                "--public-url", f"tcp://{public}:5001", "--public-ip", public, *(agent_args or []),
+                "--public-url", f"tcp://{public}:5001", "--public-ip", public, *self._bundle_args(domain.name),
+                *(agent_args or []),
             ],
+            trust_domain=self.trust_domain(domain.name),
         )  # fmt: skip
         node = DomainNode(name, ns, private, public, agent)
         domain.nodes.append(node)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, field_validator
+from pydantic import BaseModel, Field, field_validator
 
+from nsm_common.identity.bundles import BundleError
 from nsm_common.identity.spiffe_id import IdPattern, Roles, SpiffeIdError
 from nsm_common.identity.svid import IdentityError
 from nsm_common.identity.transport import Transport
@@ -32,6 +33,15 @@ class IdentitySettings(BaseModel):
     workload_ids: Annotated[str, Option("NSM_WORKLOAD_IDS", "SPIFFE IDs that are workloads", metavar="PATTERN")] = (
         Roles.workload.text
     )
+    trust_bundle: Annotated[
+        list[str],
+        Option(
+            "NSM_TRUST_BUNDLES",
+            "another trust domain's CAs, `TRUST_DOMAIN=FILE`: its agents and registries are let in",
+            metavar="TD=FILE",
+            repeat=True,
+        ),
+    ] = Field(default_factory=list)
 
     @field_validator("identity", mode="before")
     @classmethod
@@ -48,6 +58,7 @@ class IdentitySettings(BaseModel):
         """The component's transport; a bad identity exits naming the flag and what to fix."""
         try:
             return Transport.load(self.identity, insecure=self.insecure, server=server, agent=self.agent_ids,
-                                  registry=self.registry_id, workload=self.workload_ids)  # fmt: skip
-        except (IdentityError, SpiffeIdError) as exc:  # each names its flag or variable
+                                  registry=self.registry_id, workload=self.workload_ids,
+                                  trust_bundles=self.trust_bundle)  # fmt: skip
+        except (IdentityError, SpiffeIdError, BundleError) as exc:  # each names its flag or variable
             raise SystemExit(f"{program}: {exc}") from exc

@@ -137,13 +137,22 @@ class Roles:
     agent: IdPattern = IdPattern("spiffe://{trust_domain}/node/{name}")
     registry: IdPattern = IdPattern("spiffe://{trust_domain}/registry")
     workload: IdPattern = IdPattern("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+    # Trust domains federated with this one (--trust-bundle): their agents and registries
+    # have those roles here too; their workloads speak through them, never straight.
+    federated: frozenset[str] = frozenset()
 
     def role_of(self, spiffe_id: SpiffeId) -> str | None:
         """'agent', 'registry' or 'workload' (the first pattern that fits), or None:
-        an ID of another trust domain, or of none of the three, has no role."""
-        if spiffe_id.trust_domain != self.trust_domain:
+        an ID of an unfederated trust domain, or of none of the three, has no role."""
+        td = spiffe_id.trust_domain
+        chosen: tuple[tuple[str, IdPattern], ...]
+        if td == self.trust_domain:
+            chosen = (("agent", self.agent), ("registry", self.registry), ("workload", self.workload))
+        elif td in self.federated:
+            chosen = (("agent", self.agent), ("registry", self.registry))
+        else:
             return None
-        for role, pattern in (("agent", self.agent), ("registry", self.registry), ("workload", self.workload)):
-            if pattern.matches(spiffe_id, self.trust_domain) is not None:
+        for role, pattern in chosen:
+            if pattern.matches(spiffe_id, td) is not None:
                 return role
         return None

@@ -17,12 +17,14 @@ from nsm_common.identity.spiffe_id import SpiffeId, SpiffeIdError
 from nsm_common.identity.svid import Svid
 
 
-def server_credentials(identity: IdentitySource) -> grpc.ServerCredentials:
-    """Mutual TLS: the client must present a certificate of the bundle's CAs."""
+def server_credentials(identity: IdentitySource, extra_roots: bytes = b"") -> grpc.ServerCredentials:
+    """Mutual TLS: the client must present a certificate of the bundle's CAs (or of
+    EXTRA_ROOTS: federated trust domains')."""
     served = identity.current().fingerprint
 
     def config(svid: Svid) -> Any:
-        return grpc.ssl_server_certificate_configuration([(svid.key_pem, svid.cert_pem)], svid.bundle_pem)
+        roots = svid.bundle_pem + extra_roots if extra_roots else svid.bundle_pem
+        return grpc.ssl_server_certificate_configuration([(svid.key_pem, svid.cert_pem)], roots)
 
     def fetch() -> Any:
         nonlocal served
@@ -36,8 +38,9 @@ def server_credentials(identity: IdentitySource) -> grpc.ServerCredentials:
                                                require_client_authentication=True)  # fmt: skip
 
 
-def channel_credentials(svid: Svid) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(svid.bundle_pem, svid.key_pem, svid.cert_pem)
+def channel_credentials(svid: Svid, extra_roots: bytes = b"") -> grpc.ChannelCredentials:
+    roots = svid.bundle_pem + extra_roots if extra_roots else svid.bundle_pem
+    return grpc.ssl_channel_credentials(roots, svid.key_pem, svid.cert_pem)
 
 
 def channel_options(server_id: SpiffeId) -> list[tuple[str, str]]:

@@ -9,6 +9,7 @@ from it); servers learn the caller's SPIFFE ID from the call and check its role.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import grpc
 import structlog
 
 from nsm_common.grpcutil import CHANNEL_OPTIONS, Ctx, replace_unix_socket
+from nsm_common.identity.bundles import TrustBundles
 from nsm_common.identity.folder import IdentityFolder
 from nsm_common.identity.source import IdentitySource
 from nsm_common.identity.spiffe_id import IdPattern, Roles, SpiffeId, SpiffeIdError
@@ -49,6 +51,7 @@ class Transport:
     agent: IdPattern = Roles.agent
     registry: IdPattern = Roles.registry
     workload: IdPattern = Roles.workload
+    bundles: TrustBundles = field(default_factory=TrustBundles)  # federated trust domains' CAs
     _roles: Roles | None = field(default=None, repr=False)
 
     @classmethod
@@ -61,6 +64,7 @@ class Transport:
         agent: str = Roles.agent.text,
         registry: str = Roles.registry.text,
         workload: str = Roles.workload.text,
+        trust_bundles: Sequence[str] = (),
     ) -> Transport:
         """From a component's settings: the SPIFFE Workload API where SPIFFE_ENDPOINT_SOCKET is
         set, else the folder; raises IdentityError (a bad identity) or SpiffeIdError (a bad
@@ -77,7 +81,12 @@ class Transport:
                 source = IdentityFolder(identity_dir, server=server)
             except IdentityError as exc:
                 raise IdentityError(f"--identity {identity_dir} (env NSM_IDENTITY_DIR): {exc}") from None
-        return cls(source, insecure, IdPattern.parse(agent), IdPattern.parse(registry), IdPattern.parse(workload))
+        own = source.current().spiffe_id.trust_domain if source is not None else None
+        if trust_bundles and source is None:
+            raise IdentityError("--trust-bundle needs an identity of this component's own (--identity DIR)")
+        bundles = TrustBundles.load(trust_bundles, own)
+        return cls(source, insecure, IdPattern.parse(agent), IdPattern.parse(registry), IdPattern.parse(workload),
+                   bundles)  # fmt: skip
 
     @property
     def roles(self) -> Roles | None:
@@ -86,7 +95,7 @@ class Transport:
             return None
         if self._roles is None:
             own = self.identity.current().spiffe_id.trust_domain
-            self._roles = Roles(own, self.agent, self.registry, self.workload)
+            self._roles = Roles(own, self.agent, self.registry, self.workload, self.bundles.domains)
         return self._roles
 
     def warn_if_insecure(self, program: str, addresses: list[Address]) -> None:
@@ -110,7 +119,7 @@ class Transport:
         if self.identity is None:
             raise TransportError(f"a TLS socket ({path}) needs an identity: --identity DIR (env NSM_IDENTITY_DIR)")
         replace_unix_socket(path)
-        if server.add_secure_port(f"unix://{path}", server_credentials(self.identity)) == 0:
+        if server.add_secure_port(f"unix://{path}", server_credentials(self.identity, self.bundles.roots)) == 0:
             raise OSError(f"cannot listen on unix://{path}")
 
     def bind(self, server: grpc.aio.Server, addr: Address) -> int:
@@ -118,7 +127,7 @@ class Transport:
         if addr.scheme != "tcp":
             return server.add_insecure_port(addr.grpc_target)
         if self.identity is not None:
-            return server.add_secure_port(addr.grpc_target, server_credentials(self.identity))
+            return server.add_secure_port(addr.grpc_target, server_credentials(self.identity, self.bundles.roots))
         self.check_listen([addr])
         return server.add_insecure_port(addr.grpc_target)
 
@@ -136,6 +145,12 @@ class Transport:
         assert roles is not None  # TLS is served only with an identity
         local = on_unix is not None and context.peer().startswith("unix:")
         why = refusal(caller, roles, on_unix if local and on_unix is not None else allowed, what)
+        if why is None and caller is not None and self.bundles.pems:
+            # Several trust domains' CAs are trusted at once: which one vouched is checked here.
+            cert = next(iter(auth.get("x509_pem_cert") or ()), b"")
+            assert self.identity is not None
+            problem = self.bundles.problem(caller, cert, self.identity.current().bundle_pem)
+            why = f"{what}: {problem}" if problem else None
         if why is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         return caller
@@ -152,6 +167,15 @@ class Transport:
         except SpiffeIdError as exc:
             raise TransportError(f"the registry's ID pattern {roles.registry.text!r} must be one ID to dial "
                                  f"the registry: {exc}") from exc  # fmt: skip
+
+    def registry_ids(self) -> list[SpiffeId]:
+        """The registry's ID in this trust domain, then in each federated one (another domain's
+        registry proves one of them); empty without an identity."""
+        own = self.registry_id()
+        if own is None:
+            return []
+        text = self.registry.text
+        return [own, *(SpiffeId.parse(text.replace("{trust_domain}", td)) for td in sorted(self.bundles.domains))]
 
     def fingerprint(self) -> str:
         """Changes when this component's identity does: channels are made again for it."""
@@ -170,7 +194,7 @@ class Transport:
         if server_id is None:
             raise TransportError(f"calling {addr} over mutual TLS needs the SPIFFE ID the server must have")
         svid = self.identity.current()
-        return channel_credentials(svid), [*CHANNEL_OPTIONS, *channel_options(server_id)]
+        return channel_credentials(svid, self.bundles.roots), [*CHANNEL_OPTIONS, *channel_options(server_id)]
 
     def aio_channel(self, addr: Address, server_id: SpiffeId | None = None) -> grpc.aio.Channel:
         """A channel to ADDR; over TCP the server must prove SERVER_ID (raises TransportError)."""

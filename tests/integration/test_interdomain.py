@@ -123,3 +123,35 @@ def test_the_path_mtu_across_the_internet_is_probed(bed: Testbed) -> None:
     answered, out = ping_df(pod, peer, mtu - 28)  # a full packet, Don't Fragment
     assert answered, out
     assert "path MTU probed" in next(p for p in bed.procs if p.name == f"agent-{there.name}").output()
+
+
+TRUST = {"cluster1": "cluster1.test", "cluster2": "cluster2.test", "floating": "floating.test"}
+
+
+def test_each_domain_its_own_trust_domain_federated_by_bundles(bed: Testbed) -> None:
+    """Every cluster its own CA; each trusts the others' by --trust-bundle: registries call
+    across, agents Request across, path tokens verify across."""
+    fed = Federation.build(
+        bed, clusters=3, nodes=1, agent_args=["--remote-mechanisms", "WIREGUARD"], trust_domains=TRUST
+    )
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    bed.endpoint(fed.pod(there, "ep"), "ep1", "svc", POOL, there.agent)
+    bed.endpoint(fed.pod(there, "fep"), "fep@floating", "fsvc@floating", "10.91.0.0/24", there.agent)
+    pod = fed.pod(here, "c1")
+    for service in ("svc@cluster2", "fsvc@floating"):
+        conn = agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", service, f"nsm-{service[0]}"))
+        assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2), service
+    far = next(p for p in bed.procs if p.name == f"agent-{there.name}").output()
+    assert "spiffe://cluster1.test/node/c1n1" in far or "tunnel up" in far
+
+
+def test_a_peer_of_a_trust_domain_without_a_bundle_is_refused(bed: Testbed) -> None:
+    fed = Federation.build(bed, clusters=2, nodes=1, agent_args=["--remote-mechanisms", "WIREGUARD"],
+                           trust_domains=TRUST, bundles=False)  # fmt: skip
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    bed.endpoint(fed.pod(there, "ep"), "ep1", "svc", POOL, there.agent)
+    pod = fed.pod(here, "c1")
+    with pytest.raises(grpc.RpcError) as info:
+        agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc@cluster2", "nsm-1"))
+    assert "registry of domain cluster2" in str(info.value.details()), info.value.details()
+    assert links(pod) == ["lo"]
