@@ -88,7 +88,9 @@ class Federation:
         self.transport = transport
         self.floating = floating
         self._resolved: dict[str, tuple[Address, float]] = {}
-        self._far: dict[Address, FarRegistry] = {}
+        # Per address and this registry's identity (a renewed one opens new channels).
+        self._far: dict[tuple[Address, str], FarRegistry] = {}
+        self._opening = asyncio.Lock()  # one handshake round per far registry, not one per call
 
     def route(self, names: Iterable[str]) -> Route | None:
         """Where a call with NAMES goes; None: no name carries `@`. Raises FederationError
@@ -114,9 +116,18 @@ class Federation:
     async def far(self, domain: str) -> FarRegistry:
         """DOMAIN's registry (found by the static map or DNS, cached); FederationError when none is known."""
         address = await self._address(domain)
-        far = self._far.get(address)
-        if far is not None and far.channel.get_state() != grpc.ChannelConnectivity.SHUTDOWN:
+        key = (address, self.transport.fingerprint())
+        far = self._far.get(key)
+        if far is not None:
             return far
+        async with self._opening:
+            far = self._far.get(key)
+            if far is None:
+                far = await self._connect(domain, address)
+                self._far[key] = far
+            return far
+
+    async def _connect(self, domain: str, address: Address) -> FarRegistry:
         try:
             candidates: list[SpiffeId | None] = list(self.transport.registry_ids()) or [None]
             tried = [self._open(domain, address, server_id) for server_id in candidates]
@@ -130,7 +141,6 @@ class Federation:
             if other is not chosen:
                 await other.channel.close(None)
         if chosen is not None:
-            self._far[address] = chosen
             return chosen
         ids = ", ".join(str(i) for i in candidates)
         raise FederationError(grpc.StatusCode.UNAVAILABLE,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -101,6 +101,19 @@ async def far_call(context: Ctx, far: FarRegistry, call: Awaitable[T]) -> T:
         raise
 
 
+async def far_answers(context: Ctx, far: FarRegistry, call: grpc.aio.UnaryStreamCall[Any, T]) -> AsyncIterator[T]:
+    """A far Find's answers as they come; its error ends this call, saying where it came from;
+    this call's end (a watch cancelled) ends the far one."""
+    try:
+        async for resp in call:
+            yield resp
+    except grpc.aio.AioRpcError as exc:
+        relayed = far.relayed(exc)
+        await context.abort(relayed.code, relayed.message)
+    finally:
+        call.cancel()
+
+
 def _live(endpoint: NetworkServiceEndpoint, at: float) -> bool:
     return not endpoint.HasField("expiration_time") or ts_seconds(endpoint.expiration_time) > at
 
@@ -189,12 +202,8 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         self, context: Ctx, domain: str, query: NetworkServiceQuery
     ) -> AsyncIterator[NetworkServiceResponse]:
         far = await far_registry(context, self.federation, domain)
-        try:
-            async for resp in far.services.Find(query, timeout=context.time_remaining()):
-                yield resp
-        except grpc.aio.AioRpcError as exc:
-            relayed = far.relayed(exc)
-            await context.abort(relayed.code, relayed.message)
+        async for resp in far_answers(context, far, far.services.Find(query, timeout=context.time_remaining())):
+            yield resp
 
     @store_errors_unavailable
     async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
@@ -326,12 +335,8 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         self, context: Ctx, domain: str, query: NetworkServiceEndpointQuery
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
         far = await far_registry(context, self.federation, domain)
-        try:
-            async for resp in far.endpoints.Find(query, timeout=context.time_remaining()):
-                yield resp
-        except grpc.aio.AioRpcError as exc:
-            relayed = far.relayed(exc)
-            await context.abort(relayed.code, relayed.message)
+        async for resp in far_answers(context, far, far.endpoints.Find(query, timeout=context.time_remaining())):
+            yield resp
 
     async def _find(self, query: NetworkServiceEndpoint, watch: bool) -> AsyncIterator[NetworkServiceEndpointResponse]:
         if query.name and not watch:

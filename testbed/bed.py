@@ -153,6 +153,13 @@ class Testbed:
         run("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
+    def resolv_conf(self, netns: str, nameserver: str) -> None:
+        """Processes started in NETNS from now on ask NAMESERVER (`ip netns exec` mounts
+        /etc/netns/NETNS/resolv.conf over /etc/resolv.conf); removed with the namespace."""
+        folder = Path("/etc/netns") / netns
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "resolv.conf").write_text(f"nameserver {nameserver}\noptions timeout:1 attempts:2\n")
+
     # Identities -------------------------------------------------------------------
     def ca(self, trust_domain: str = TRUST_DOMAIN) -> Path:
         """The folder of the bed's CA for TRUST_DOMAIN (ca.crt, ca.key), made on first use."""
@@ -319,6 +326,7 @@ class Testbed:
                 time.sleep(0.02)
         for ns in reversed(self.namespaces):
             run("ip", "netns", "del", ns, check=False)
+            shutil.rmtree(f"/etc/netns/{ns}", ignore_errors=True)  # resolv_conf's, if any
         self.namespaces.clear()
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -61,6 +61,7 @@ class Federation:
     domains: list[Domain] = field(default_factory=list)
     trust_domains: dict[str, str] = field(default_factory=dict)  # domain name -> its trust domain
     bundles: bool = True
+    nameserver: str = ""  # on the internet: the registries' DNS server (the caller starts it)
     floating: Domain | None = None
 
     @classmethod
@@ -74,16 +75,21 @@ class Federation:
         internet_mtu: int = 1500,
         trust_domains: dict[str, str] | None = None,
         bundles: bool = True,
+        nameserver: str = "",
     ) -> Federation:
         """CLUSTERS clusters of NODES nodes each (the last only a floating registry when there
         are three or more); every registry knows every other by the static map, unless
         REGISTRY_ARGS (per domain name) says otherwise. INTERNET_MTU: the routers' links to the
         internet (the clusters' own are 1500), a path MTU only a probe finds. TRUST_DOMAINS: a
         trust domain (and CA) per domain name (else the bed's one); with BUNDLES every component
-        trusts the other domains' CAs (`--trust-bundle`), without them none does."""
+        trusts the other domains' CAs (`--trust-bundle`), without them none does. NAMESERVER: an
+        address on the internet the registries ask DNS of (the caller starts the server there)."""
         fed = cls(bed, internet_mtu=internet_mtu, trust_domains=dict(trust_domains or {}), bundles=bundles)
+        fed.nameserver = nameserver
         fed.internet_ns = bed.netns("inet")
         run("ip", "-n", fed.internet_ns, "link", "add", "br0", "type", "bridge")
+        if nameserver:  # a DNS server for the registries, to start in the internet's namespace
+            run("ip", "-n", fed.internet_ns, "addr", "add", f"{nameserver}/{PUBLIC_PLEN}", "dev", "br0")
         run("ip", "-n", fed.internet_ns, "link", "set", "br0", "up")
         with_floating = clusters >= 3
         names = [f"cluster{k}" for k in range(1, clusters + (0 if with_floating else 1))]
@@ -141,6 +147,8 @@ class Federation:
         run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         self._nat(router, k, REGISTRY_HOST, 0)
         domain = Domain(k, name, ul, router, "", f"tcp://{public_ip(k, 0)}:5002")
+        if self.nameserver:
+            bed.resolv_conf(ul, self.nameserver)
         host = PRIVATE.format(REGISTRY_HOST)
         _, domain.registry = bed.registry(
             ul, extra=["--listen", f"tcp://{host}:5002", *registry_args], name=f"registry-{name}",

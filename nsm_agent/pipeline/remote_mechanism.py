@@ -247,11 +247,12 @@ class RemoteMechanismServer(_TunnelStep):
         params = parse_vxlan(offer.parameters, need_dst=False, default_port=self.kinds.vnis.port)
         if offer.type == WIREGUARD:
             parse_public_key(offer.parameters, "src_public_key")
-        vni = await self.kinds.netlink.run(lambda nl: self.kinds.vnis.reserve(nl, conn_id, params.vni))
+        # Probed before anything is reserved: a Request cancelled meanwhile leaves nothing.
         if crossing and params.src_ip is not None:
             own = await self.kinds.mtu_toward(offer.type, str(params.src_ip))
         else:
             own = self.kinds.mtu(offer.type)
+        vni = await self.kinds.netlink.run(lambda nl: self.kinds.vnis.reserve(nl, conn_id, params.vni))
         mtu = min(x for x in (params.mtu, own) if x)
         mech = Mechanism()
         mech.CopyFrom(offer)

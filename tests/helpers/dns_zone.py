@@ -1,5 +1,10 @@
 """A real DNS server for tests (dnslib's, on a loopback UDP port it picks) answering from a
-zone the test writes, and a dnspython resolver that asks only it."""
+zone the test writes, and a dnspython resolver that asks only it.
+
+    python -m tests.helpers.dns_zone --listen ADDR --srv NAME=PORT --a NAME=ADDR ...
+
+serves the same way on port 53 of ADDR, in whatever namespace it is started (the
+interdomain test bed's internet), until it is stopped."""
 
 from __future__ import annotations
 
@@ -53,3 +58,31 @@ def resolver_for(address: tuple[str, int]) -> dns.asyncresolver.Resolver:
     resolver.port = address[1]
     resolver.lifetime = 3.0
     return resolver
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import threading
+
+    from dnslib import SRV, A
+
+    p = argparse.ArgumentParser(description="a DNS server answering SRV and A records")
+    p.add_argument("--listen", required=True)
+    p.add_argument("--srv", action="append", default=[], metavar="NAME=PORT")
+    p.add_argument("--a", action="append", default=[], metavar="NAME=ADDR")
+    args = p.parse_args(argv)
+    records: Records = {}
+    for item in args.srv:
+        name, _, port = item.partition("=")
+        records[(f"{name}.", "SRV")] = SRV(priority=0, weight=0, port=int(port), target=f"{name}.")
+    for item in args.a:
+        name, _, addr = item.partition("=")
+        records[(f"{name}.", "A")] = A(addr)
+    server = DNSServer(Zone(records), port=53, address=args.listen)
+    server.start_thread()
+    print(f"dns serving on {args.listen}:53", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -5,13 +5,15 @@ payloads; `svc@floating` through the floating registry; and what is refused."""
 
 from __future__ import annotations
 
+import sys
+
 import grpc
 import pytest
 
 from nsm_api import networkservice_pb2_grpc
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, patience, ping, ping_df, run
-from testbed.clusters import Federation
+from testbed.clusters import Federation, public_ip
 from tests.helpers.mesh import agent_client
 from tests.helpers.upstream import upstream_request
 
@@ -141,8 +143,12 @@ def test_each_domain_its_own_trust_domain_federated_by_bundles(bed: Testbed) -> 
     for service in ("svc@cluster2", "fsvc@floating"):
         conn = agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", service, f"nsm-{service[0]}"))
         assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2), service
-    far = next(p for p in bed.procs if p.name == f"agent-{there.name}").output()
-    assert "spiffe://cluster1.test/node/c1n1" in far or "tunnel up" in far
+    # Three CAs: each cluster's components hold certificates of their own trust domain only.
+    cas = {(bed.ca(td) / "ca.crt").read_bytes() for td in TRUST.values()}
+    assert len(cas) == 3
+    assert (bed.identity(f"spiffe://cluster2.test/node/{there.name}") / "ca.crt").read_bytes() != (
+        bed.identity(f"spiffe://cluster1.test/node/{here.name}") / "ca.crt"
+    ).read_bytes()
 
 
 def test_a_peer_of_a_trust_domain_without_a_bundle_is_refused(bed: Testbed) -> None:
@@ -155,3 +161,22 @@ def test_a_peer_of_a_trust_domain_without_a_bundle_is_refused(bed: Testbed) -> N
         agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc@cluster2", "nsm-1"))
     assert "registry of domain cluster2" in str(info.value.details()), info.value.details()
     assert links(pod) == ["lo"]
+
+
+def test_a_domain_s_registry_found_by_dns(bed: Testbed) -> None:
+    """Cluster1's registry has no map: it asks the DNS server on the internet for the SRV and
+    A records of registry.nsm-system.cluster2, as upstream's registries do."""
+    nameserver = "203.0.113.53"
+    fed = Federation.build(bed, clusters=2, nodes=1, agent_args=["--remote-mechanisms", "WIREGUARD"],
+                           registry_args={"cluster1": []}, nameserver=nameserver)  # fmt: skip
+    name = "registry.nsm-system.cluster2"
+    serve = ["--listen", nameserver, "--srv", f"{name}=5002", "--a", f"{name}={public_ip(2, 0)}"]
+    dns = bed.start("dns", [sys.executable, "-m", "tests.helpers.dns_zone", *serve], netns=fed.internet_ns)
+    bed.wait_for(dns, "dns serving")
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    bed.endpoint(fed.pod(there, "ep"), "ep1", "svc", POOL, there.agent)
+    pod = fed.pod(here, "c1")
+    conn = agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc@cluster2", "nsm-1"))
+    assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
+    registry = next(p for p in bed.procs if p.name == "registry-cluster1").output()
+    assert "domain registry found" in registry and f"url=tcp://{public_ip(2, 0)}:5002" in registry

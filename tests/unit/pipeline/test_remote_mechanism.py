@@ -128,3 +128,35 @@ async def test_the_endpoint_side_answers_keeps_the_vni_and_gives_it_back() -> No
     with pytest.raises(NsmError):
         await Chain([ValidateRequest(("VXLAN",)), step, FailOn(1), Recorder()]).request(peer_request())
     assert k.vnis.held == {}
+
+
+def crossing(req: NetworkServiceRequest) -> NetworkServiceRequest:
+    req.connection.network_service = "svc@cluster2"
+    return req
+
+
+async def test_between_domains_only_wireguard_is_offered_and_nothing_is_held_without_it() -> None:
+    k = kinds()
+    end = Recorder()
+    with pytest.raises(NsmError) as caught:
+        await Chain([RemoteMechanismClient(k, ["VXLAN"]), end]).request(crossing(kernel_request()), remote_call())
+    assert caught.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert "needs WIREGUARD; this agent offers VXLAN" in caught.value.message
+    assert end.calls == [] and k.vnis.held == {} and k.toward_endpoint == {}
+
+
+async def test_the_endpoint_side_refuses_vxlan_from_another_domain() -> None:
+    k = kinds()
+    chain = Chain([ValidateRequest(("VXLAN",)), RemoteMechanismServer(k), Recorder()])
+    with pytest.raises(NsmError) as caught:
+        await chain.request(crossing(peer_request()))
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "only WIREGUARD" in caught.value.message
+    assert k.vnis.held == {}
+
+
+def test_a_peer_of_another_domain_is_given_the_public_address() -> None:
+    k = TunnelKinds(FakeNetlink(), Underlay("10.0.0.1", 1500), VniBook(4789, scan=lambda nl, port: set()), None,
+                    ["VXLAN"], public_ip="203.0.113.11")  # fmt: skip
+    assert k.my_side("VXLAN", 7, "src")["src_ip"] == "10.0.0.1"
+    assert k.my_side("VXLAN", 7, "src", crossing=True)["src_ip"] == "203.0.113.11"
+    assert k.mtu("WIREGUARD") == 1370 and k.mtu("WIREGUARD", path_mtu=1400) == 1270

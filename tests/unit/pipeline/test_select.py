@@ -102,6 +102,10 @@ async def test_an_endpoint_registered_through_this_agent_is_reached_at_its_own_s
     with pytest.raises(NsmError) as caught:
         await Chain([select(tmp_path), Recorder()]).request(kernel_request(), call_with(stray))
     assert "never registered through it" in caught.value.message
+    # Asked from another domain, the endpoint is `mine@THIS-DOMAIN`; it registered here as `mine`.
+    asked = endpoint("mine@cluster2", AGENT)
+    await Chain([select(tmp_path), end]).request(kernel_request(), call_with(asked))
+    assert end.calls[1].get(Chosen) == Chosen(asked, "unix:///mine.sock", False)
 
 
 async def test_after_a_restart_a_connection_goes_where_the_journal_says(tmp_path: Path) -> None:
