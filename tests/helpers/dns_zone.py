@@ -8,12 +8,14 @@ interdomain test bed's internet), until it is stopped."""
 
 from __future__ import annotations
 
+import argparse
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import dns.asyncresolver
-from dnslib import QTYPE, RR, DNSRecord
+from dnslib import QTYPE, RR, SRV, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSServer
 
 # (name with its trailing dot, record type) -> the record's data (dnslib's SRV, A, AAAA...)
@@ -61,11 +63,6 @@ def resolver_for(address: tuple[str, int]) -> dns.asyncresolver.Resolver:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-    import threading
-
-    from dnslib import SRV, A
-
     p = argparse.ArgumentParser(description="a DNS server answering SRV and A records")
     p.add_argument("--listen", required=True)
     p.add_argument("--srv", action="append", default=[], metavar="NAME=PORT")
