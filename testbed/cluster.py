@@ -1,7 +1,7 @@
 """Several nodes on one underlay, each with its own agent: the multi-node test bed.
 
     python -m testbed.cluster --nodes 3 [--ipv6] [--mtu 1500]
-    python -m testbed.cluster --clusters 3 [--nodes 2]     (testbed/clusters.py)
+    python -m testbed.cluster --clusters 3 [--nodes 2] [--ipv6]     (testbed/clusters.py)
 
 builds it, prints how to reach it, and removes it all on Ctrl-C.
 """
@@ -133,15 +133,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="that many clusters behind routers on a shared internet, each a domain (3 or more: "
                         "the last holds only a floating registry)")  # fmt: skip
     args = p.parse_args(argv)
-    if args.clusters and (args.ipv6 or args.etcd or args.mtu != 1500):
-        p.error("--clusters builds IPv4 clusters with memory registries: --ipv6, --etcd and --mtu do not apply")
+    if args.clusters and (args.etcd or args.mtu != 1500):
+        p.error("--clusters builds clusters with memory registries on 1500-byte links: --etcd and --mtu do not apply")
     if args.clusters == 1 or args.clusters < 0:
         p.error("--clusters: at least 2")
     bed = Testbed()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if args.clusters:
-            describe_federation(Federation.build(bed, args.clusters, args.nodes))
+            describe_federation(Federation.build(bed, args.clusters, args.nodes, family=6 if args.ipv6 else 4))
         else:
             cluster = Cluster.build(bed, args.nodes, 6 if args.ipv6 else 4, args.mtu, etcd=args.etcd)
             print(f"registry: {cluster.registry} ({cluster.registry_tcp} on the underlay), store {cluster.store}")

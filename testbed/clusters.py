@@ -1,12 +1,13 @@
 """Several clusters, each behind its own router, joined by a shared "internet": the
 interdomain test bed.
 
-    python -m testbed.cluster --clusters 3 [--nodes 2]
+    python -m testbed.cluster --clusters 3 [--nodes 2] [--ipv6]
 
 Every cluster has the same private underlay (10.0.0.0/24: nodes .1, .2, ..., its registry
-.253, its router .254) and a domain of its own (`cluster1`, `cluster2`, ...). Its router
-joins the internet bridge (203.0.113.0/24) and gives each node and the registry a public
-address of its own, forwarded one to one (a cloud's 1:1 NAT): node I of cluster K is
+.253, its router .254; with IPv6 fd00:10::/64, the same hosts in hex) and a domain of its
+own (`cluster1`, `cluster2`, ...). Its router joins the internet bridge (203.0.113.0/24,
+or 2001:db8:113::/64) and gives each node and the registry a public address of its own,
+forwarded one to one (a cloud's 1:1 NAT, NAT66 for IPv6): node I of cluster K is
 203.0.113.(10K+I) outside, the registry 203.0.113.10K. The last cluster holds only a
 floating registry (domain `floating`), when there are three or more.
 """
@@ -17,18 +18,26 @@ from dataclasses import dataclass, field
 
 from testbed.bed import TRUST_DOMAIN, Testbed, run
 
-PRIVATE = "10.0.0.{}"  # every cluster's underlay, the same range in all
-PRIVATE_PLEN = 24
+# Per address family: every cluster's underlay (the same range in all), and the internet
+# between them (documentation ranges), each with its prefix length.
+PRIVATE = {4: ("10.0.0.{}", 24), 6: ("fd00:10::{:x}", 64)}
+PUBLIC = {4: ("203.0.113.{}", 24), 6: ("2001:db8:113::{:x}", 64)}
 REGISTRY_HOST = 253
 ROUTER_HOST = 254
-PUBLIC = "203.0.113.{}"  # the internet between them (TEST-NET-3)
-PUBLIC_PLEN = 24
 FLOATING = "floating"
 
 
-def public_ip(cluster: int, host: int) -> str:
+def public_ip(cluster: int, host: int, family: int = 4) -> str:
     """Cluster K's public address of HOST (0: its registry)."""
-    return PUBLIC.format(10 * cluster + host)
+    return PUBLIC[family][0].format(10 * cluster + host)
+
+
+def private_ip(host: int, family: int = 4) -> str:
+    return PRIVATE[family][0].format(host)
+
+
+def _url(address: str, port: int) -> str:
+    return f"tcp://[{address}]:{port}" if ":" in address else f"tcp://{address}:{port}"
 
 
 @dataclass
@@ -58,6 +67,7 @@ class Federation:
     bed: Testbed
     internet_ns: str = ""
     internet_mtu: int = 1500
+    family: int = 4
     domains: list[Domain] = field(default_factory=list)
     trust_domains: dict[str, str] = field(default_factory=dict)  # domain name -> its trust domain
     bundles: bool = True
@@ -76,6 +86,7 @@ class Federation:
         trust_domains: dict[str, str] | None = None,
         bundles: bool = True,
         nameserver: str = "",
+        family: int = 4,
     ) -> Federation:
         """CLUSTERS clusters of NODES nodes each (the last only a floating registry when there
         are three or more); every registry knows every other by the static map, unless
@@ -83,18 +94,30 @@ class Federation:
         internet (the clusters' own are 1500), a path MTU only a probe finds. TRUST_DOMAINS: a
         trust domain (and CA) per domain name (else the bed's one); with BUNDLES every component
         trusts the other domains' CAs (`--trust-bundle`), without them none does. NAMESERVER: an
-        address on the internet the registries ask DNS of (the caller starts the server there)."""
-        fed = cls(bed, internet_mtu=internet_mtu, trust_domains=dict(trust_domains or {}), bundles=bundles)
+        address on the internet the registries ask DNS of (the caller starts the server there).
+        FAMILY: 4, or 6 for IPv6 underlays and an IPv6 internet."""
+        fed = cls(bed, internet_mtu=internet_mtu, family=family, trust_domains=dict(trust_domains or {}),
+                  bundles=bundles)  # fmt: skip
         fed.nameserver = nameserver
         fed.internet_ns = bed.netns("inet")
         run("ip", "-n", fed.internet_ns, "link", "add", "br0", "type", "bridge")
         if nameserver:  # a DNS server for the registries, to start in the internet's namespace
-            run("ip", "-n", fed.internet_ns, "addr", "add", f"{nameserver}/{PUBLIC_PLEN}", "dev", "br0")
+            run(
+                "ip",
+                "-n",
+                fed.internet_ns,
+                "addr",
+                "add",
+                f"{nameserver}/{PUBLIC[family][1]}",
+                *fed._nodad,
+                "dev",
+                "br0",
+            )
         run("ip", "-n", fed.internet_ns, "link", "set", "br0", "up")
         with_floating = clusters >= 3
         names = [f"cluster{k}" for k in range(1, clusters + (0 if with_floating else 1))]
         names += [FLOATING] if with_floating else []
-        peers = {name: f"tcp://{public_ip(k, 0)}:5002" for k, name in enumerate(names, start=1)}
+        peers = {name: _url(public_ip(k, 0, family), 5002) for k, name in enumerate(names, start=1)}
         for k, name in enumerate(names, start=1):
             args = [f"--domain={name}"]
             if name == FLOATING:
@@ -121,6 +144,16 @@ class Federation:
         others = sorted({td for td in self.trust_domains.values() if td != own}) if self.bundles else []
         return [f"--trust-bundle={td}={self.bed.ca(td) / 'ca.crt'}" for td in others]
 
+    @property
+    def _nodad(self) -> list[str]:
+        return ["nodad"] if self.family == 6 else []
+
+    def _private(self, host: int) -> str:
+        return private_ip(host, self.family)
+
+    def _addr(self, netns: str, address: str, plen: int, dev: str) -> None:
+        run("ip", "-n", netns, "addr", "add", f"{address}/{plen}", *self._nodad, "dev", dev)
+
     def domain(self, name: str) -> Domain:
         return next(d for d in self.domains if d.name == name)
 
@@ -128,14 +161,15 @@ class Federation:
         bed = self.bed
         ul = bed.netns(f"c{k}ul")
         router = bed.netns(f"c{k}rt")
+        plen = PRIVATE[self.family][1]
         run("ip", "-n", ul, "link", "add", "br0", "type", "bridge")
-        run("ip", "-n", ul, "addr", "add", f"{PRIVATE.format(REGISTRY_HOST)}/{PRIVATE_PLEN}", "dev", "br0")
+        self._addr(ul, self._private(REGISTRY_HOST), plen, "br0")
         run("ip", "-n", ul, "link", "set", "br0", "up")
-        run("ip", "-n", ul, "route", "add", "default", "via", PRIVATE.format(ROUTER_HOST))
+        run("ip", "-n", ul, "route", "add", "default", "via", self._private(ROUTER_HOST))
         # The router: one leg on the cluster's underlay, one on the internet.
         run("ip", "link", "add", "priv", "netns", router, "type", "veth", "peer", "name", "rt", "netns", ul)
         run("ip", "-n", ul, "link", "set", "rt", "master", "br0", "up")
-        run("ip", "-n", router, "addr", "add", f"{PRIVATE.format(ROUTER_HOST)}/{PRIVATE_PLEN}", "dev", "priv")
+        self._addr(router, self._private(ROUTER_HOST), plen, "priv")
         port = f"{bed.prefix}-c{k}"[-15:]
         run(
             "ip", "link", "add", "pub", "netns", router, "type", "veth", "peer", "name", port, "netns", self.internet_ns
@@ -144,31 +178,31 @@ class Federation:
         run("ip", "-n", router, "link", "set", "pub", "mtu", str(self.internet_mtu))
         for dev in ("priv", "pub"):
             run("ip", "-n", router, "link", "set", dev, "up")
-        run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        forwarding = "net.ipv4.ip_forward=1" if self.family == 4 else "net.ipv6.conf.all.forwarding=1"
+        run("ip", "netns", "exec", router, "sysctl", "-qw", forwarding)
         self._nat(router, k, REGISTRY_HOST, 0)
-        domain = Domain(k, name, ul, router, "", f"tcp://{public_ip(k, 0)}:5002")
+        domain = Domain(k, name, ul, router, "", _url(public_ip(k, 0, self.family), 5002))
         if self.nameserver:
             bed.resolv_conf(ul, self.nameserver)
-        host = PRIVATE.format(REGISTRY_HOST)
         _, domain.registry = bed.registry(
-            ul, extra=["--listen", f"tcp://{host}:5002", *registry_args], name=f"registry-{name}",
+            ul, extra=["--listen", _url(self._private(REGISTRY_HOST), 5002), *registry_args], name=f"registry-{name}",
             trust_domain=self.trust_domain(name),
         )  # fmt: skip
         return domain
 
     def _nat(self, router: str, k: int, host: int, public_host: int) -> None:
         """Forward public address 203.0.113.(10K+PUBLIC_HOST) to private HOST, both ways."""
-        outside, inside = public_ip(k, public_host), PRIVATE.format(host)
-        run("ip", "-n", router, "addr", "add", f"{outside}/{PUBLIC_PLEN}", "dev", "pub")
-        table = f"nat{host}"
+        outside, inside = public_ip(k, public_host, self.family), self._private(host)
+        self._addr(router, outside, PUBLIC[self.family][1], "pub")
+        table, ip = f"nat{host}", ("ip" if self.family == 4 else "ip6")
         # From inside too (hairpin, as a cloud's NAT answers its own nodes): the router stands
         # in for the sender, so that the answer comes back through it.
-        rules = f"""table ip {table} {{
-  chain pre {{ type nat hook prerouting priority dstnat; ip daddr {outside} dnat to {inside}; }}
+        rules = f"""table {ip} {table} {{
+  chain pre {{ type nat hook prerouting priority dstnat; {ip} daddr {outside} dnat to {inside}; }}
   chain post {{
     type nat hook postrouting priority srcnat;
-    oifname "pub" ip saddr {inside} snat to {outside};
-    iifname "priv" oifname "priv" ip daddr {inside} snat to {PRIVATE.format(ROUTER_HOST)};
+    oifname "pub" {ip} saddr {inside} snat to {outside};
+    iifname "priv" oifname "priv" {ip} daddr {inside} snat to {self._private(ROUTER_HOST)};
   }}
 }}"""
         run("ip", "netns", "exec", router, "nft", "-f", "-", input_text=rules)
@@ -181,19 +215,19 @@ class Federation:
         port = f"{bed.prefix}-{name}"[-15:]
         run("ip", "link", "add", port, "netns", domain.underlay_ns, "type", "veth", "peer", "name", "eth0", "netns", ns)
         run("ip", "-n", domain.underlay_ns, "link", "set", port, "master", "br0", "up")
-        private = PRIVATE.format(i)
-        run("ip", "-n", ns, "addr", "add", f"{private}/{PRIVATE_PLEN}", "dev", "eth0")
+        private = self._private(i)
+        self._addr(ns, private, PRIVATE[self.family][1], "eth0")
         run("ip", "-n", ns, "link", "set", "eth0", "up")
-        run("ip", "-n", ns, "route", "add", "default", "via", PRIVATE.format(ROUTER_HOST))
+        run("ip", "-n", ns, "route", "add", "default", "via", self._private(ROUTER_HOST))
         self._nat(domain.router_ns, domain.index, i, i)
-        public = public_ip(domain.index, i)
+        public = public_ip(domain.index, i, self.family)
         _, agent = bed.agent(
             ns,
             name,
-            f"tcp://{PRIVATE.format(REGISTRY_HOST)}:5002",
+            _url(self._private(REGISTRY_HOST), 5002),
             extra=[
-                "--listen", f"tcp://{private}:5001", "--tunnel-ip", private,
-                "--public-url", f"tcp://{public}:5001", "--public-ip", public, *self._bundle_args(domain.name),
+                "--listen", _url(private, 5001), "--tunnel-ip", private,
+                "--public-url", _url(public, 5001), "--public-ip", public, *self._bundle_args(domain.name),
                 *(agent_args or []),
             ],
             trust_domain=self.trust_domain(domain.name),

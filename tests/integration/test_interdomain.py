@@ -180,3 +180,21 @@ def test_a_domain_s_registry_found_by_dns(bed: Testbed) -> None:
     assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
     registry = next(p for p in bed.procs if p.name == "registry-cluster1").output()
     assert "domain registry found" in registry and f"url=tcp://{public_ip(2, 0)}:5002" in registry
+
+
+def test_over_an_ipv6_internet(bed: Testbed) -> None:
+    """IPv6 underlays in both clusters (the same fd00:10::/64), NAT66 one to one, the
+    internet 2001:db8:113::/64 carrying 1400 bytes: WireGuard between the public addresses,
+    the path MTU probed with ICMPv6."""
+    fed = Federation.build(bed, clusters=2, nodes=1, agent_args=["--remote-mechanisms", "WIREGUARD"], family=6,
+                           internet_mtu=1400)  # fmt: skip
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    assert here.private_ip == there.private_ip == "fd00:10::1"
+    bed.endpoint(fed.pod(there, "ep"), "ep1", "svc", POOL, there.agent)
+    pod = fed.pod(here, "c1")
+    conn = agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc@cluster2", "nsm-1"))
+    assert conn.path.path_segments[1].metrics["tunnel"] == "WIREGUARD"
+    assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=3)
+    assert f"[{there.public_ip}]:51820" in wireguard_endpoints(here.netns)
+    shown = run("ip", "-n", pod, "link", "show", "nsm-1").stdout
+    assert 1400 - 8 - 150 <= int(shown.split(" mtu ")[1].split()[0]) <= 1400 - 150  # WireGuard over IPv6: 80 + 70
