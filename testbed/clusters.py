@@ -87,6 +87,7 @@ class Federation:
         bundles: bool = True,
         nameserver: str = "",
         family: int = 4,
+        domain_agent_args: dict[str, list[str]] | None = None,
     ) -> Federation:
         """CLUSTERS clusters of NODES nodes each (the last only a floating registry when there
         are three or more); every registry knows every other by the static map, unless
@@ -95,7 +96,8 @@ class Federation:
         trust domain (and CA) per domain name (else the bed's one); with BUNDLES every component
         trusts the other domains' CAs (`--trust-bundle`), without them none does. NAMESERVER: an
         address on the internet the registries ask DNS of (the caller starts the server there).
-        FAMILY: 4, or 6 for IPv6 underlays and an IPv6 internet."""
+        FAMILY: 4, or 6 for IPv6 underlays and an IPv6 internet. DOMAIN_AGENT_ARGS: more flags for
+        the agents of the domains named."""
         fed = cls(bed, internet_mtu=internet_mtu, family=family, trust_domains=dict(trust_domains or {}),
                   bundles=bundles)  # fmt: skip
         fed.nameserver = nameserver
@@ -131,7 +133,7 @@ class Federation:
                 fed.floating = domain
             else:
                 for i in range(1, nodes + 1):
-                    fed.add_node(domain, i, agent_args)
+                    fed.add_node(domain, i, [*(agent_args or []), *(domain_agent_args or {}).get(name, [])])
             fed.domains.append(domain)
         return fed
 

@@ -5,6 +5,7 @@ payloads; `svc@floating` through the floating registry; and what is refused."""
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 
 import grpc
@@ -198,3 +199,19 @@ def test_over_an_ipv6_internet(bed: Testbed) -> None:
     assert f"[{there.public_ip}]:51820" in wireguard_endpoints(here.netns)
     shown = run("ip", "-n", pod, "link", "show", "nsm-1").stdout
     assert 1400 - 8 - 150 <= int(shown.split(" mtu ")[1].split()[0]) <= 1400 - 150  # WireGuard over IPv6: 80 + 70
+
+
+def test_the_client_cluster_s_own_ranges_stay_out_of_the_far_endpoint_s_addresses(bed: Testbed) -> None:
+    """Cluster1 excludes 10.90.0.0/25 (its own ranges, say): the endpoint in cluster2, whose
+    pool is 10.90.0.0/24, hands this connection addresses from the other half."""
+    excluded = bed.dir / "excluded.yaml"
+    excluded.write_text("prefixes:\n- 10.90.0.0/25\n")
+    fed = Federation.build(bed, clusters=2, nodes=1, agent_args=["--remote-mechanisms", "WIREGUARD"],
+                           domain_agent_args={"cluster1": ["--excluded-prefixes", str(excluded)]})  # fmt: skip
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    bed.endpoint(fed.pod(there, "ep"), "ep1", "svc", POOL, there.agent)
+    pod = fed.pod(here, "c1")
+    conn = agent_client(here.agent).request(kernel_request(f"/var/run/netns/{pod}", "svc@cluster2", "nsm-1"))
+    ips = [*conn.context.ip_context.src_ip_addrs, *conn.context.ip_context.dst_ip_addrs]
+    assert ips and all(ipaddress.ip_interface(a).ip in ipaddress.ip_network("10.90.0.128/25") for a in ips), ips
+    assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
