@@ -34,8 +34,17 @@ class Svid:
     dns_names: tuple[str, ...]
     cert_pem: bytes  # the leaf, then any intermediates
     key_pem: bytes
-    bundle_pem: bytes  # the trust bundle: one or more CAs
+    bundle_pem: bytes  # the trust bundle: one or more CAs (from the Workload API, federated ones too)
     not_after: datetime.datetime
+    # From the Workload API where it federates: its own trust domain's CAs alone, and each
+    # federated trust domain's (a folder's ca.crt is its own trust domain's only).
+    own_bundle_pem: bytes = b""
+    federated_pems: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def own_bundle(self) -> bytes:
+        """The CAs of this identity's own trust domain: those that may vouch for its IDs."""
+        return self.own_bundle_pem or self.bundle_pem
 
     @property
     def fingerprint(self) -> str:

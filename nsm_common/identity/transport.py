@@ -93,10 +93,19 @@ class Transport:
         """The roles in this component's own trust domain; None without an identity."""
         if self.identity is None:
             return None
-        if self._roles is None:
+        federated = self.trust().domains
+        if self._roles is None or self._roles.federated != federated:
             own = self.identity.current().spiffe_id.trust_domain
-            self._roles = Roles(own, self.agent, self.registry, self.workload, self.bundles.domains)
+            self._roles = Roles(own, self.agent, self.registry, self.workload, federated)
         return self._roles
+
+    def trust(self) -> TrustBundles:
+        """The federated trust domains' CAs: `--trust-bundle`'s, and the Workload API's federated
+        bundles (as it sends them, rotations too)."""
+        given = self.identity.current().federated_pems if self.identity is not None else ()
+        if not given:
+            return self.bundles
+        return TrustBundles({**dict(given), **self.bundles.pems})
 
     def warn_if_insecure(self, program: str, addresses: list[Address]) -> None:
         """The one warning an operator gets for plaintext TCP (`--insecure`)."""
@@ -145,11 +154,12 @@ class Transport:
         assert roles is not None  # TLS is served only with an identity
         local = on_unix is not None and context.peer().startswith("unix:")
         why = refusal(caller, roles, on_unix if local and on_unix is not None else allowed, what)
-        if why is None and caller is not None and self.bundles.pems:
+        trust = self.trust()
+        if why is None and caller is not None and trust.pems:
             # Several trust domains' CAs are trusted at once: which one vouched is checked here.
             cert = next(iter(auth.get("x509_pem_cert") or ()), b"")
             assert self.identity is not None
-            problem = self.bundles.problem(caller, cert, self.identity.current().bundle_pem)
+            problem = trust.problem(caller, cert, self.identity.current().own_bundle)
             why = f"{what}: {problem}" if problem else None
         if why is not None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
@@ -175,7 +185,7 @@ class Transport:
         if own is None:
             return []
         text = self.registry.text
-        return [own, *(SpiffeId.parse(text.replace("{trust_domain}", td)) for td in sorted(self.bundles.domains))]
+        return [own, *(SpiffeId.parse(text.replace("{trust_domain}", td)) for td in sorted(self.trust().domains))]
 
     def fingerprint(self) -> str:
         """Changes when this component's identity does: channels are made again for it."""

@@ -5,6 +5,7 @@ folder's would be (a bad one is reported and the old kept)."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import structlog
@@ -52,9 +53,16 @@ class WorkloadApiIdentity:
         key_pem = svid.private_key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        cas = [ca for bundle in context.x509_bundle_set.bundles for ca in bundle.x509_authorities]
-        bundle_pem = b"".join(sorted(ca.public_bytes(serialization.Encoding.PEM) for ca in cas))
-        return parse(cert_pem, key_pem, bundle_pem, server=self.server, names=NAMES)
+        pem = serialization.Encoding.PEM
+        by_domain = {
+            bundle.trust_domain.name: b"".join(sorted(ca.public_bytes(pem) for ca in bundle.x509_authorities))
+            for bundle in context.x509_bundle_set.bundles
+        }
+        bundle_pem = b"".join(sorted(by_domain.values()))
+        svid_read = parse(cert_pem, key_pem, bundle_pem, server=self.server, names=NAMES)
+        own = svid_read.spiffe_id.trust_domain
+        federated = tuple(sorted((td, p) for td, p in by_domain.items() if td != own))
+        return dataclasses.replace(svid_read, own_bundle_pem=by_domain.get(own, b""), federated_pems=federated)
 
     def current(self) -> Svid:
         """The identity to use now; a rotation the server sent since is taken if it is valid."""

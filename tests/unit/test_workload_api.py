@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from nsm_common.identity import issue
+from nsm_common.identity.spiffe_id import SpiffeId
 from nsm_common.identity.svid import IdentityError
 from nsm_common.identity.transport import Transport
 from nsm_common.identity.workload_api import WorkloadApiIdentity
@@ -115,3 +116,41 @@ def test_the_svid_and_its_rotations_come_from_the_workload_api(
 def test_no_workload_api_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(IdentityError, match=r"SPIFFE_ENDPOINT_SOCKET=unix://.*: no X\.509 SVID from the Workload API"):
         WorkloadApiIdentity(f"unix://{tmp_path}/none.sock", server=True, timeout=1.0)
+
+
+def test_federated_bundles_from_the_workload_api_let_that_trust_domain_in(
+    tmp_path: Path, api: tuple[str, WorkloadApi], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPIRE federating with away.test sends its bundle in `federated_bundles`: away.test's
+    agents and registries get their roles, and only away.test's CAs vouch for its IDs."""
+    socket, servicer = api
+    issue.init_ca(tmp_path / "ca", "example.org")
+    issue.issue(tmp_path / "ca", SID, tmp_path / "own")
+    issue.init_ca(tmp_path / "away", "away.test")
+    message = response(tmp_path / "own")
+    away_cas = x509.load_pem_x509_certificates((tmp_path / "away" / "ca.crt").read_bytes())
+    message.federated_bundles["spiffe://away.test"] = b"".join(
+        c.public_bytes(serialization.Encoding.DER) for c in away_cas
+    )
+    servicer.updates.put(message)
+    monkeypatch.setenv("SPIFFE_ENDPOINT_SOCKET", socket)
+    transport = Transport.load(None, insecure=False, server=True)
+    assert isinstance(transport.identity, WorkloadApiIdentity)
+    own = transport.identity.current()
+    own_ca = x509.load_pem_x509_certificates((tmp_path / "ca" / "ca.crt").read_bytes())
+    assert x509.load_pem_x509_certificates(own.own_bundle) == own_ca
+    assert len(x509.load_pem_x509_certificates(own.bundle_pem)) == 2  # the handshake trusts both
+    assert transport.trust().domains == {"away.test"}
+    roles = transport.roles
+    assert roles is not None and roles.role_of(SpiffeId.parse("spiffe://away.test/registry")) == "registry"
+    assert [str(i) for i in transport.registry_ids()] == [
+        "spiffe://example.org/registry",
+        "spiffe://away.test/registry",
+    ]
+    # away.test's CA cannot vouch for an ID of example.org.
+    issue.init_ca(tmp_path / "rogue", "example.org")
+    issue.issue(tmp_path / "rogue", "spiffe://example.org/registry", tmp_path / "forged")
+    forged = (tmp_path / "forged" / "tls.crt").read_bytes()
+    problem = transport.trust().problem(SpiffeId.parse("spiffe://example.org/registry"), forged, own.own_bundle)
+    assert problem is not None and "not issued by a CA of trust domain example.org" in problem
+    transport.identity.close()
