@@ -37,7 +37,7 @@ from nsm_registry.domain_registries import DomainRegistries
 from nsm_registry.federation import Federation
 from nsm_registry.memory_store import MemoryStore
 from nsm_registry.registrants import Registrants
-from nsm_registry.server import EndpointRegistry, ServiceRegistry
+from nsm_registry.server import EndpointRegistry, ServiceRegistry, run_expiry
 from tests.helpers.dns_zone import resolver_for, serving
 
 TD = "example.org"
@@ -84,9 +84,11 @@ async def registry(
     )
     port = transport.bind(server, parse_address("tcp://127.0.0.1:0"))
     await server.start()
+    expiry = asyncio.create_task(run_expiry(store, poll=0.05))
     try:
         yield Served(parse_address(f"tcp://127.0.0.1:{port}"), store)
     finally:
+        expiry.cancel()
         await server.stop(None)
         await federation.close()
         await store.close()
@@ -293,3 +295,24 @@ async def test_a_far_registry_away_is_a_clear_error(pki: Path) -> None:
         assert code == grpc.StatusCode.UNAVAILABLE
         assert why.startswith("registry of domain cluster2 at tcp://127.0.0.1:9: ")
         assert await services(c1.store) == []
+
+
+async def test_a_far_registration_not_renewed_expires_there_and_a_watch_here_sees_it_go(pki: Path) -> None:
+    async with (
+        registry(pki, "cluster2", max_expiration=1.0) as c2,
+        registry(pki, "cluster1", {"cluster2": c2.address}) as c1,
+        client(pki, c1) as agent,
+    ):
+        query = NetworkServiceEndpointQuery(
+            network_service_endpoint=NetworkServiceEndpoint(name="db@cluster2"), watch=True
+        )
+        stream = agent.nse.Find(query)
+        got = await agent.nse.Register(endpoint("db@cluster2", "svc@cluster2"), timeout=5, metadata=agent.token)
+        assert ts_seconds(got.expiration_time) - now() <= 1.1  # capped by the far registry: renew by then
+        first = await asyncio.wait_for(stream.read(), 5)
+        assert isinstance(first, NetworkServiceEndpointResponse) and not first.deleted
+        gone = await asyncio.wait_for(stream.read(), 5)
+        assert isinstance(gone, NetworkServiceEndpointResponse) and gone.deleted
+        assert gone.network_service_endpoint.name == "db@cluster2"
+        assert await endpoints(c2.store) == []
+        stream.cancel()
