@@ -173,9 +173,9 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
             return
         query = service_to(request.network_service, route.domain)
         if route.far:
-            answers = self._find_far(
-                context, route.domain, NetworkServiceQuery(network_service=query, watch=request.watch)
-            )
+            far = await far_registry(context, self.federation, route.domain)
+            asked = NetworkServiceQuery(network_service=query, watch=request.watch)
+            answers = far_answers(context, far, far.services.Find(asked, timeout=context.time_remaining()))
         else:
             answers = self._find(query, request.watch)
         async for resp in answers:
@@ -197,13 +197,6 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
                     yield NetworkServiceResponse(network_service=item.service, deleted=item.deleted)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
-
-    async def _find_far(
-        self, context: Ctx, domain: str, query: NetworkServiceQuery
-    ) -> AsyncIterator[NetworkServiceResponse]:
-        far = await far_registry(context, self.federation, domain)
-        async for resp in far_answers(context, far, far.services.Find(query, timeout=context.time_remaining())):
-            yield resp
 
     @store_errors_unavailable
     async def Unregister(self, request: NetworkService, context: Ctx) -> Empty:  # type: ignore[override]
@@ -320,7 +313,8 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
             query = NetworkServiceEndpointQuery(
                 network_service_endpoint=endpoint_to(asked, route.domain), watch=request.watch
             )
-            answers = self._find_far(context, route.domain, query)
+            far = await far_registry(context, self.federation, route.domain)
+            answers = far_answers(context, far, far.endpoints.Find(query, timeout=context.time_remaining()))
         else:
             answers = self._find(endpoint_to(asked, route.domain), request.watch)
         async for resp in answers:
@@ -329,13 +323,6 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
                     network_service_endpoint=endpoint_from(resp.network_service_endpoint, route.domain),
                     deleted=resp.deleted,
                 )
-            yield resp
-
-    async def _find_far(
-        self, context: Ctx, domain: str, query: NetworkServiceEndpointQuery
-    ) -> AsyncIterator[NetworkServiceEndpointResponse]:
-        far = await far_registry(context, self.federation, domain)
-        async for resp in far_answers(context, far, far.endpoints.Find(query, timeout=context.time_remaining())):
             yield resp
 
     async def _find(self, query: NetworkServiceEndpoint, watch: bool) -> AsyncIterator[NetworkServiceEndpointResponse]:

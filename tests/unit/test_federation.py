@@ -127,21 +127,20 @@ async def client(pki: Path, served: Served) -> AsyncIterator[Client]:
         await channel.close(None)
 
 
-async def services(store: MemoryStore) -> list[str]:
-    """The names of the services STORE holds (the first answer of a watch is all of them)."""
-    stream = store.watch_services()
+async def _names(stream: AsyncIterator[object]) -> list[str]:
+    """The names in a store watch's first answer: every record it holds."""
     first = await anext(stream)
     await stream.aclose()  # type: ignore[attr-defined]
     assert isinstance(first, list)
-    return sorted(s.name for s in first)
+    return sorted(r.name for r in first)
+
+
+async def services(store: MemoryStore) -> list[str]:
+    return await _names(store.watch_services())
 
 
 async def endpoints(store: MemoryStore) -> list[str]:
-    stream = store.watch_endpoints()
-    first = await anext(stream)
-    await stream.aclose()  # type: ignore[attr-defined]
-    assert isinstance(first, list)
-    return sorted(e.name for e in first)
+    return await _names(store.watch_endpoints())
 
 
 async def refused(call: object) -> tuple[grpc.StatusCode, str]:
