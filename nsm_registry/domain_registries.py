@@ -70,16 +70,18 @@ class DomainRegistries:
         static: Mapping[str, Address] | None = None,
         resolver: dns.asyncresolver.Resolver | None = None,
         service: str = REGISTRY_SERVICE,
+        resolv_conf: str = "/etc/resolv.conf",
     ) -> None:
         self.static = dict(static or {})
         self._resolver = resolver
         self.service = service
+        self.resolv_conf = resolv_conf
 
     @property
     def resolver(self) -> dns.asyncresolver.Resolver:
         # Made on first use: a registry that never asks DNS never reads resolv.conf.
         if self._resolver is None:
-            self._resolver = dns.asyncresolver.Resolver()
+            self._resolver = dns.asyncresolver.Resolver(filename=self.resolv_conf)
         return self._resolver
 
     async def find(self, domain: str) -> Address:
@@ -92,17 +94,23 @@ class DomainRegistries:
             return self.static[name]
         query = f"{self.service}.{name}"
         try:
-            srv = await self.resolver.resolve(query, dns.rdatatype.SRV)
+            resolver = self.resolver
+        except dns.resolver.NoResolverConfiguration:
+            raise DomainNotFound(f"no registry for domain {name}: it is not in --domain-registry, and this "
+                                 "machine has no DNS resolver configured (/etc/resolv.conf)") from None  # fmt: skip
+        try:
+            srv = await resolver.resolve(query, dns.rdatatype.SRV)
             port = int(next(iter(srv)).port)  # type: ignore[attr-defined]
-            host = await self._address(query)
+            host = await self._address(resolver, query)
         except dns.exception.DNSException as exc:  # an empty answer is NoAnswer, one of these
             raise DomainNotFound(f"no registry for domain {name}: {query}: {exc or type(exc).__name__}") from exc
         return Address("tcp", host=host, port=port)
 
-    async def _address(self, query: str) -> str:
+    @staticmethod
+    async def _address(resolver: dns.asyncresolver.Resolver, query: str) -> str:
         """The first A record of QUERY, else its first AAAA."""
         try:
-            answer = await self.resolver.resolve(query, dns.rdatatype.A)
+            answer = await resolver.resolve(query, dns.rdatatype.A)
         except dns.resolver.NoAnswer:
-            answer = await self.resolver.resolve(query, dns.rdatatype.AAAA)
+            answer = await resolver.resolve(query, dns.rdatatype.AAAA)
         return str(next(iter(answer)).address)  # type: ignore[attr-defined]

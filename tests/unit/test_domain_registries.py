@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from dnslib import AAAA, SRV, A
@@ -98,3 +99,9 @@ def test_a_domain_dns_does_not_know_is_a_clear_error(dns_server: Served) -> None
         asyncio.run(registries.find("noport"))
     with pytest.raises(DomainNameError):
         asyncio.run(registries.find("bad_domain"))
+
+
+def test_no_resolver_configured_is_a_clear_error(tmp_path: Path) -> None:
+    registries = DomainRegistries(resolv_conf=str(tmp_path / "resolv.conf"))  # no such file
+    with pytest.raises(DomainNotFound, match=r"not in --domain-registry, and this machine has no DNS resolver"):
+        asyncio.run(registries.find("cluster2"))
