@@ -15,6 +15,7 @@ from nsm_api import networkservice_pb2_grpc
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, patience, ping, ping_df, run
 from testbed.clusters import Federation, public_ip
+from testbed.keeper import events, keep, peer, wait_event
 from tests.helpers.mesh import agent_client
 from tests.helpers.upstream import upstream_request
 
@@ -215,3 +216,30 @@ def test_the_client_cluster_s_own_ranges_stay_out_of_the_far_endpoint_s_addresse
     ips = [*conn.context.ip_context.src_ip_addrs, *conn.context.ip_context.dst_ip_addrs]
     assert ips and all(ipaddress.ip_interface(a).ip in ipaddress.ip_network("10.90.0.128/25") for a in ips), ips
     assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
+
+
+def test_heal_across_domains_when_the_endpoint_s_node_drops_off(bed: Testbed) -> None:
+    """Two endpoints of svc in cluster2, on two nodes; the client in cluster1 keeps its
+    connection (`nsmctl connect --watch`). The serving endpoint's node drops off its
+    cluster's underlay: the client's probe finds the far end silent and heals onto the other
+    endpoint, across the boundary. (An endpoint that dies on a node whose agent lives is not
+    healed yet when that node is not the client's, in one domain or two: no agent follows
+    another agent's Monitor; issue 19's heal across domains.)"""
+    fed = Federation.build(bed, clusters=2, nodes=2, agent_args=["--remote-mechanisms", "WIREGUARD"])
+    here = fed.domain("cluster1").nodes[0]
+    far = fed.domain("cluster2").nodes
+    for i, node in enumerate(far, start=1):
+        bed.endpoint(fed.pod(node, "ep"), f"ep{i}", "svc", f"10.9{i}.0.0/24", node.agent)
+    pod = fed.pod(here, "c1")
+    keeper = keep(bed, here.agent, pod, "svc@cluster2")
+    first = wait_event(keeper, "connected")
+    serving = str(first["endpoint"])
+    assert serving in ("ep1@cluster2", "ep2@cluster2") and ping(pod, peer(first), count=2)
+    n = len(events(keeper))
+    node = far[0] if serving == "ep1@cluster2" else far[1]
+    run("ip", "-n", node.netns, "link", "set", "eth0", "down")
+    healed = wait_event(keeper, "healed", n, timeout=30)
+    assert healed["endpoint"] != serving
+    assert ping(pod, peer(healed), count=2, timeout=2)
+    keeper.stop()
+    assert links(pod) == ["lo"]
