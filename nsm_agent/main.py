@@ -18,7 +18,7 @@ from nsm_agent.decisions.excluded_prefixes import ExcludedPrefixesError, IPNetwo
 from nsm_agent.decisions.tunnel import WIREGUARD_OVERHEAD
 from nsm_agent.netns.resolve import NetnsResolver
 from nsm_agent.pipeline.connect import ConnectEndpoint
-from nsm_agent.pipeline.endpoint_watch import EndpointWatch
+from nsm_agent.pipeline.endpoint_watch import EndpointWatch, PeerWatch
 from nsm_agent.pipeline.link_watch import LinkWatch
 from nsm_agent.pipeline.remote_mechanism import TunnelKinds
 from nsm_agent.pipeline.select import Locator
@@ -111,7 +111,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     watch = EndpointWatch(events.mark_down)
     security = Security(transport.identity, policies, lambda: transport.roles)
     tokens = OutgoingTokens(transport.identity, policies)
-    connect = ConnectEndpoint(settings.request_timeout, watch, transport=transport, tokens=tokens)
+    peers = PeerWatch(events.mark_down)
+    connect = ConnectEndpoint(settings.request_timeout, watch, transport=transport, tokens=tokens, peers=peers)
     follow = KernelFollow(netlink, relocate=resolver.find)
     link_watch = LinkWatch(follow)  # what it reports goes to the repairs, which need the chain: below
     follow.attach(link_watch)
@@ -232,6 +233,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         # Connections outlive the agent: the kernel carries their traffic, and
         # the next start carries on from the journal. Stopping serves no one.
         await watch.aclose()
+        await peers.aclose()
         await connect.aclose()
         await registry.close()
         netlink.close()

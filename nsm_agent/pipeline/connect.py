@@ -11,7 +11,7 @@ import grpc
 import structlog
 from google.protobuf.empty_pb2 import Empty
 
-from nsm_agent.pipeline.endpoint_watch import EndpointWatch
+from nsm_agent.pipeline.endpoint_watch import EndpointWatch, PeerWatch
 from nsm_agent.pipeline.journal import journalled, note
 from nsm_agent.pipeline.remote_mechanism import DownstreamOffer
 from nsm_agent.pipeline.select import Chosen
@@ -60,6 +60,14 @@ class _Downstream:
         return Mechanism.FromString(self.mechanism_wire)
 
 
+def _next_hop_id(reply: Connection, conn: Connection) -> str:
+    """The connection's id at the next hop: that hop's path segment's (each hop names the
+    connection by its own segment; the reply comes back named by ours)."""
+    segments = reply.path.path_segments
+    index = conn.path.index + 1
+    return segments[index].id if index < len(segments) and segments[index].id else conn.id
+
+
 class ConnectEndpoint(Step):
     """Sends the Request on to the chosen endpoint (or its node's agent) and returns its answer;
     closes it there on Close.
@@ -75,10 +83,12 @@ class ConnectEndpoint(Step):
         dial: Callable[[str], EndpointStub] | None = None,
         transport: Transport = LOCAL_ONLY,
         tokens: OutgoingTokens | None = None,
+        peers: PeerWatch | None = None,
     ) -> None:
         self.timeout = timeout
         self.tokens = tokens or OutgoingTokens(None)
         self.watch = watch
+        self.peers = peers
         self.dial = dial  # an endpoint by URL; by default a cached gRPC channel (a fake in tests)
         self.transport = transport
         # One per URL, the server's expected ID and our own identity (a renewed identity makes
@@ -150,12 +160,20 @@ class ConnectEndpoint(Step):
             if known is None and new_here(call):
                 await asyncio.shield(self._spawn_close(url, server_id, reply, quiet=True))
             raise
-        if known is not None and known.url != url and self.watch is not None:
-            self.watch.forget(known.url, conn.id)
+        if known is not None and known.url != url:
+            self._unwatch(known.url, conn.id)
         self._downstream[conn.id] = _Downstream(url, server_id, reply.mechanism.SerializeToString())
         if self.watch is not None and url in self._channels:
             self.watch.watch(url, conn.id, self._channels[url])
+        if self.peers is not None and url in self._channels:
+            self.peers.watch(url, conn.id, _next_hop_id(reply, conn), lambda: self._channels.get(url))
         return reply
+
+    def _unwatch(self, url: str, conn_id: str) -> None:
+        if self.watch is not None:
+            self.watch.forget(url, conn_id)
+        if self.peers is not None:
+            self.peers.forget(url, conn_id)
 
     def _check_reply(self, sent: Connection, reply: Connection, server_id: str) -> None:
         """The next hop's tokens: over TLS checked (the `client` policies); from a local hop on
@@ -167,8 +185,8 @@ class ConnectEndpoint(Step):
 
     async def close(self, conn: Connection, call: Call, nxt: Next) -> None:
         known = self._downstream.pop(conn.id, None)
-        if known is not None and self.watch is not None:
-            self.watch.forget(known.url, conn.id)
+        if known is not None:
+            self._unwatch(known.url, conn.id)
         if known is not None:
             down = Connection()
             down.CopyFrom(conn)

@@ -53,6 +53,29 @@ def test_heal_on_one_node(bed: Testbed, fault: str) -> None:
     assert links(client) == ["lo"]
 
 
+def test_an_endpoint_killed_on_another_node_is_healed_from_its_agent_s_monitor(bed: Testbed) -> None:
+    """The endpoint's pod still answers pings, so no probe notices: its node's agent reports
+    it DOWN, and the client's agent, following that agent's Monitor, passes it on."""
+    cluster = Cluster.build(bed, nodes=3)
+    n1, n2, n3 = cluster.nodes
+    procs = {
+        "ep-2": bed.endpoint(cluster.pod(n2, "ep"), "ep-2", "svc", "10.93.0.0/24", n2.agent)[0],
+        "ep-3": bed.endpoint(cluster.pod(n3, "ep"), "ep-3", "svc", "10.94.0.0/24", n3.agent)[0],
+    }
+    client = cluster.pod(n1, "c1")
+    keeper = keep(bed, n1.agent, client, "svc")
+    first = wait_event(keeper, "connected")
+    n = len(events(keeper))
+    fault_at = time.time()
+    os.kill(procs[str(first["endpoint"])].popen.pid, signal.SIGKILL)
+    took, healed = time_to_ping(client, fault_at, keeper, n)
+    assert healed["endpoint"] != first["endpoint"]
+    assert "the agent reports the endpoint down" in str(healed["event"])
+    print(f"heal after an endpoint on another node was killed: {took * 1000:.0f} ms from fault to restored ping")
+    keeper.stop()
+    assert links(client) == ["lo"]
+
+
 def test_heal_across_nodes_when_the_endpoint_node_is_cut_off(bed: Testbed) -> None:
     cluster = Cluster.build(bed, nodes=3)
     n1, n2, n3 = cluster.nodes

@@ -6,6 +6,8 @@ payloads; `svc@floating` through the floating registry; and what is refused."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import sys
 
 import grpc
@@ -218,28 +220,36 @@ def test_the_client_cluster_s_own_ranges_stay_out_of_the_far_endpoint_s_addresse
     assert ping(pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
 
 
-def test_heal_across_domains_when_the_endpoint_s_node_drops_off(bed: Testbed) -> None:
+@pytest.mark.parametrize("fault", ["endpoint-killed", "node-cut-off"])
+def test_heal_across_domains_to_the_other_endpoint(bed: Testbed, fault: str) -> None:
     """Two endpoints of svc in cluster2, on two nodes; the client in cluster1 keeps its
-    connection (`nsmctl connect --watch`). The serving endpoint's node drops off its
-    cluster's underlay: the client's probe finds the far end silent and heals onto the other
-    endpoint, across the boundary. (An endpoint that dies on a node whose agent lives is not
-    healed yet when that node is not the client's, in one domain or two: no agent follows
-    another agent's Monitor; issue 19's heal across domains.)"""
+    connection (`nsmctl connect --watch`). The serving endpoint's process is killed (its
+    pod still answers pings: its agent reports it DOWN, and the client's agent, following
+    that agent's Monitor, passes it on), or its node drops off its cluster's underlay (the
+    client's probe finds the far end silent): either way the client is healed onto the
+    other endpoint, across the boundary."""
     fed = Federation.build(bed, clusters=2, nodes=2, agent_args=["--remote-mechanisms", "WIREGUARD"])
     here = fed.domain("cluster1").nodes[0]
     far = fed.domain("cluster2").nodes
-    for i, node in enumerate(far, start=1):
-        bed.endpoint(fed.pod(node, "ep"), f"ep{i}", "svc", f"10.9{i}.0.0/24", node.agent)
+    procs = {
+        f"ep{i}@cluster2": bed.endpoint(fed.pod(node, "ep"), f"ep{i}", "svc", f"10.9{i}.0.0/24", node.agent)[0]
+        for i, node in enumerate(far, start=1)
+    }
     pod = fed.pod(here, "c1")
     keeper = keep(bed, here.agent, pod, "svc@cluster2")
     first = wait_event(keeper, "connected")
     serving = str(first["endpoint"])
-    assert serving in ("ep1@cluster2", "ep2@cluster2") and ping(pod, peer(first), count=2)
+    assert serving in procs and ping(pod, peer(first), count=2)
     n = len(events(keeper))
-    node = far[0] if serving == "ep1@cluster2" else far[1]
-    run("ip", "-n", node.netns, "link", "set", "eth0", "down")
+    if fault == "endpoint-killed":
+        os.kill(procs[serving].popen.pid, signal.SIGKILL)
+    else:
+        node = far[0] if serving == "ep1@cluster2" else far[1]
+        run("ip", "-n", node.netns, "link", "set", "eth0", "down")
     healed = wait_event(keeper, "healed", n, timeout=30)
     assert healed["endpoint"] != serving
+    if fault == "endpoint-killed":
+        assert "the agent reports the endpoint down" in str(healed["event"])
     assert ping(pod, peer(healed), count=2, timeout=2)
     keeper.stop()
     assert links(pod) == ["lo"]
