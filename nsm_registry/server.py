@@ -90,10 +90,21 @@ async def far_registry(context: Ctx, federation: Federation, domain: str) -> Far
         raise
 
 
-async def far_call(context: Ctx, far: FarRegistry, call: Awaitable[T]) -> T:
-    """A call of the far registry; its refusal becomes this call's, saying where it came from."""
+async def pass_on(
+    context: Ctx,
+    federation: Federation,
+    domain: str,
+    admission: Admission,
+    method: Callable[[FarRegistry], Callable[..., Awaitable[T]]],
+    message: object,
+) -> tuple[FarRegistry, T]:
+    """A registration or unregistration passed on to DOMAIN's registry (METHOD picks the stub's
+    call), with this registry's token and the path; a refusal there becomes this call's,
+    saying where it came from."""
+    far = await far_registry(context, federation, domain)
+    metadata = far.metadata(federation.transport, admission.path_json)
     try:
-        return await call
+        return far, await method(far)(message, timeout=context.time_remaining(), metadata=metadata)
     except grpc.aio.AioRpcError as exc:
         relayed = far.relayed(exc)
         log.info("another domain's registry refused", domain=far.domain, code=relayed.code.name, error=relayed.message)
@@ -141,16 +152,12 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         route = await routed(context, self.federation, [request.name])
         admission = await admitted(context, lambda: self.registrants.admit(context, caller, "register", request.name))
-        service = service_to(request, route.domain) if route else NetworkService()
-        if route is None:
-            service.CopyFrom(request)
+        service = service_to(request, route.domain if route else "")  # a copy: the suffix off, if any
         if not service.payload:
             service.payload = "IP"
         if route is not None and route.far:
-            far = await far_registry(context, self.federation, route.domain)
-            metadata = far.metadata(self.transport, admission.path_json)
-            stored = await far_call(context, far, far.services.Register(
-                service, timeout=context.time_remaining(), metadata=metadata))  # fmt: skip
+            _, stored = await pass_on(context, self.federation, route.domain, admission,
+                                      lambda far: far.services.Register, service)  # fmt: skip
         else:
             if admission.path_ids is not None:
                 service.path_ids[:] = admission.path_ids
@@ -207,10 +214,8 @@ class ServiceRegistry(registry_pb2_grpc.NetworkServiceRegistryServicer):
         admission = await admitted(context, lambda: self.registrants.admit(context, caller, "unregister", request.name))
         name = service_to(request, route.domain).name if route else request.name
         if route is not None and route.far:
-            far = await far_registry(context, self.federation, route.domain)
-            metadata = far.metadata(self.transport, admission.path_json)
-            await far_call(context, far, far.services.Unregister(
-                NetworkService(name=name), timeout=context.time_remaining(), metadata=metadata))  # fmt: skip
+            await pass_on(context, self.federation, route.domain, admission,
+                          lambda far: far.services.Unregister, NetworkService(name=name))  # fmt: skip
             log.info("service unregistered", name=request.name)
         elif await refusing(context, self.store.delete_service(name, admission.check)):
             log.info("service unregistered", name=request.name)
@@ -246,9 +251,7 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         route = await routed(context, self.federation, [request.name, *request.network_service_names])
         if route is not None and route.far:
             return await self._register_far(context, caller, request, route.domain)
-        endpoint = endpoint_to(request, route.domain) if route else NetworkServiceEndpoint()
-        if route is None:
-            endpoint.CopyFrom(request)
+        endpoint = endpoint_to(request, route.domain if route else "")  # a copy: the suffix off, if any
         if not endpoint.name:
             endpoint.name = f"nse-{uuid.uuid4()}"
         if self.federation.floating and not endpoint.url.startswith("tcp://"):
@@ -290,10 +293,8 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         labels = {k: v.labels for k, v in request.network_service_labels.items()}
         admission = await admitted(context, lambda: self.registrants.admit(
             context, caller, "register", request.name, request.network_service_names, labels))  # fmt: skip
-        far = await far_registry(context, self.federation, domain)
-        metadata = far.metadata(self.transport, admission.path_json)
-        stored = await far_call(context, far, far.endpoints.Register(
-            endpoint_to(request, domain), timeout=context.time_remaining(), metadata=metadata))  # fmt: skip
+        far, stored = await pass_on(context, self.federation, domain, admission,
+                                    lambda far: far.endpoints.Register, endpoint_to(request, domain))  # fmt: skip
         await send_path(context, admission)
         stored = endpoint_from(stored, domain)
         log.info("endpoint registered", name=stored.name, services=list(stored.network_service_names),
@@ -358,10 +359,8 @@ class EndpointRegistry(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer)
         admission = await admitted(context, lambda: self.registrants.admit(context, caller, "unregister", request.name))
         record = endpoint_to(request, route.domain) if route else request
         if route is not None and route.far:
-            far = await far_registry(context, self.federation, route.domain)
-            metadata = far.metadata(self.transport, admission.path_json)
-            await far_call(context, far, far.endpoints.Unregister(
-                record, timeout=context.time_remaining(), metadata=metadata))  # fmt: skip
+            far, _ = await pass_on(context, self.federation, route.domain, admission,
+                                   lambda far: far.endpoints.Unregister, record)  # fmt: skip
             log.info("endpoint unregistered", name=request.name, into=far.where)
         elif await refusing(context, self.store.delete_endpoint(record.name, admission.check)):
             log.info("endpoint unregistered", name=request.name)

@@ -145,4 +145,6 @@ class PathMtus:
             future.set_result(None)
             return None
         finally:
+            if not future.done():  # cancelled: whoever waits on this probe goes on without it
+                future.set_result(None)
             del self._probing[address]

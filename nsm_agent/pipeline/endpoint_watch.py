@@ -126,8 +126,8 @@ class PeerWatch:
                         if gone:
                             log.info("the next hop reports connections down", url=url, ids=gone)
                             self.on_down(sorted(gone))
-                except grpc.aio.AioRpcError as exc:
-                    log.debug("next hop's monitor stream ended", url=url, code=exc.code().name)
+                except (grpc.aio.AioRpcError, grpc.aio.UsageError) as exc:  # UsageError: a channel closed
+                    log.debug("next hop's monitor stream ended", url=url, error=str(exc))
             await asyncio.sleep(self.backoff)
 
     async def aclose(self) -> None:

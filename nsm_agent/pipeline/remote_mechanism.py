@@ -134,8 +134,8 @@ class TunnelKinds:
     async def mtu_toward(self, kind: str, address: str) -> int:
         """The pod MTU over a tunnel of KIND to a node of another domain at ADDRESS: from the
         probed path MTU when the probe is answered, else from the underlay's."""
-        probed = await self.path_mtus.to(address) if self.path_mtus is not None else None
-        return self.mtu(kind, min(probed, self.underlay.mtu) if probed and self.underlay else None)
+        # The probe searches up to the underlay's MTU: what it finds is never larger.
+        return self.mtu(kind, await self.path_mtus.to(address) if self.path_mtus is not None else None)
 
     def my_side(self, kind: str, vni: int, prefix: str, crossing: bool = False) -> dict[str, str]:
         """This node's parameters for a REMOTE mechanism of `kind` (address, port, key, MTU, VNI);

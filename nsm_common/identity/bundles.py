@@ -62,11 +62,11 @@ class TrustBundles:
             pems[td] = pem
         return cls(pems)
 
-    @property
-    def domains(self) -> frozenset[str]:
+    @functools.cached_property
+    def domains(self) -> frozenset[str]:  # asked per call (roles): made once
         return frozenset(self.pems)
 
-    @property
+    @functools.cached_property
     def roots(self) -> bytes:
         """Every federated CA, to add to the component's own for grpcio."""
         return b"".join(pem if pem.endswith(b"\n") else pem + b"\n" for pem in self.pems.values())

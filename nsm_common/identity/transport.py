@@ -53,6 +53,7 @@ class Transport:
     workload: IdPattern = Roles.workload
     bundles: TrustBundles = field(default_factory=TrustBundles)  # federated trust domains' CAs
     _roles: Roles | None = field(default=None, repr=False)
+    _merged: tuple[tuple[tuple[str, bytes], ...], TrustBundles] | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -105,7 +106,9 @@ class Transport:
         given = self.identity.current().federated_pems if self.identity is not None else ()
         if not given:
             return self.bundles
-        return TrustBundles({**dict(given), **self.bundles.pems})
+        if self._merged is None or self._merged[0] != given:  # made again only when they change
+            self._merged = (given, TrustBundles({**dict(given), **self.bundles.pems}))
+        return self._merged[1]
 
     def warn_if_insecure(self, program: str, addresses: list[Address]) -> None:
         """The one warning an operator gets for plaintext TCP (`--insecure`)."""
