@@ -262,9 +262,15 @@ def quiesce(world: World) -> None:
             start_endpoint(world.bed, ep)
     for node in world.cluster.nodes:
         run("ip", "-n", node.netns, "link", "set", "eth0", "up")
-    # A registry restarted last is full again once every endpoint has renewed.
+    # A registry restarted last is full again once every endpoint has renewed. The clients
+    # refresh meanwhile: the wait (up to REGISTRATION) is longer than a LIFETIME, and a
+    # connection its client stops refreshing rightly expires at every hop.
     deadline = time.monotonic() + REGISTRATION
+    refreshed = time.monotonic()
     while time.monotonic() < deadline and not _all_registered(world):
+        if time.monotonic() - refreshed > LIFETIME / 4:
+            _refresh_all(world)
+            refreshed = time.monotonic()
         time.sleep(0.2)
     # Orphans expire; the connections the clients hold are refreshed meanwhile.
     until = time.monotonic() + LIFETIME + 1.5
