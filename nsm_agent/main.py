@@ -15,6 +15,7 @@ from nsm_agent.datapath.path_mtu import PathMtus
 from nsm_agent.datapath.tunnels import VniBook, find_underlay
 from nsm_agent.datapath.wireguard import WireGuardDevice
 from nsm_agent.decisions.excluded_prefixes import ExcludedPrefixesError, IPNetwork, excluded_address
+from nsm_agent.decisions.traversal import RelayRef
 from nsm_agent.decisions.tunnel import WIREGUARD_OVERHEAD
 from nsm_agent.netns.resolve import NetnsResolver
 from nsm_agent.pipeline.connect import ConnectEndpoint
@@ -36,6 +37,11 @@ from nsm_agent.state.journal import JournalFormatError, JournalStore
 from nsm_agent.state.keys import load_or_create
 from nsm_agent.state.repair import Repair
 from nsm_agent.state.restore import Restore, journal_closer
+from nsm_agent.traversal.advertise import advertise, find_relays
+from nsm_agent.traversal.messages import Keys
+from nsm_agent.traversal.paths import Traversal
+from nsm_agent.traversal.rawudp import RawPort
+from nsm_agent.traversal.relay import serve_relay
 from nsm_api import connection_pb2_grpc, networkservice_pb2_grpc, registry_pb2_grpc
 from nsm_common import logs
 from nsm_common.chain.begin import Begin
@@ -103,7 +109,19 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         wg_mtu = underlay.mtu - WIREGUARD_OVERHEAD[underlay.family]
         wireguard = WireGuardDevice(keys, settings.wireguard_port, wg_mtu, settings.wireguard_go)
     path_mtus = PathMtus(underlay.mtu) if underlay is not None else None
-    kinds = TunnelKinds(netlink, underlay, vnis, wireguard, settings.remote_mechanisms, settings.public_ip, path_mtus)
+    traversal = None
+    if wireguard is not None and underlay is not None:
+        wg = wireguard
+        keys_mac = Keys(wg.keys.private_path.read_text().strip())
+        traversal = Traversal(
+            keys_mac,
+            RawPort(underlay.family, wg.port),
+            lambda key, addr: wg.set_endpoint(key, *addr),
+            lambda: find_relays(registry),
+        )
+    kinds = TunnelKinds(
+        netlink, underlay, vnis, wireguard, settings.remote_mechanisms, settings.public_ip, path_mtus, traversal
+    )
     own_urls = {str(a) for a in settings.listen} | {u for u in (settings.node_url, settings.public_url) if u}
     remote = kinds.supported()
     closer = journal_closer(journal, settings.name, resolver, netlink, settings.request_timeout, events, transport)
@@ -166,6 +184,18 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(settings.tls_socket)
             raise SystemExit(f"nsm-agent: --claim-socket: cannot listen on {settings.claim_socket}: {exc}") from exc
+    relay_service = None
+    if settings.relay:
+        if wireguard is None or underlay is None:
+            raise SystemExit("nsm-agent: --relay needs a tunnel address (--tunnel-ip): the relay serves there")
+        own = RelayRef((settings.public_ip or underlay.ip, settings.relay_port), wireguard.keys.public)
+        try:
+            relay_service, _ = await serve_relay(Keys(wireguard.keys.private_path.read_text().strip()),
+                                                 underlay.ip, settings.relay_port)  # fmt: skip
+        except OSError as exc:
+            raise SystemExit(
+                f"nsm-agent: --relay-port: cannot listen on {underlay.ip}:{settings.relay_port}: {exc}"
+            ) from exc
     await server.start()
     if settings.tls_socket:
         os.chmod(settings.tls_socket, 0o666)  # its callers prove who they are
@@ -214,10 +244,17 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     keeping = asyncio.create_task(keep_registered(kept_services, registry))
     following = asyncio.create_task(policies.follow())
     moving = asyncio.create_task(excluded.follow(lambda prefixes: move_excluded(journal, repair, prefixes)))
+    advertising = (
+        asyncio.create_task(advertise(registry, settings.name, settings.registered_url, own))
+        if relay_service is not None
+        else None
+    )
+    if traversal is not None:
+        traversal.start()
     try:
         await stop.wait()
     finally:
-        for task in (keeping, unregistering, following, moving):
+        for task in (keeping, unregistering, following, moving, advertising):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -235,6 +272,10 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         await watch.aclose()
         await peers.aclose()
         await connect.aclose()
+        if traversal is not None:
+            await traversal.aclose()
+        if relay_service is not None:
+            relay_service.close()
         await registry.close()
         netlink.close()
         remove_unix_sockets(settings.listen)

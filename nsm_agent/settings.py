@@ -25,7 +25,8 @@ from nsm_common.policy.options import PolicySettings
 from nsm_common.settings import Option
 from nsm_common.urls import DEFAULT_SOCKET, REGISTRY_PORT, Address, parse_address
 
-REMOTE_MECHANISMS = (WIREGUARD, VXLAN)  # offered in this order unless told otherwise
+REMOTE_MECHANISMS = (WIREGUARD, VXLAN)
+RELAY_PORT = 51800  # offered in this order unless told otherwise
 STATE_DIR = "/var/lib/nsm"
 POD_SOCKETS = "/var/lib/networkservicemesh/pods"
 
@@ -88,6 +89,17 @@ class AgentSettings(PolicySettings, IdentitySettings):
     wireguard_go: Annotated[
         str, Option("NSM_WIREGUARD_GO", "userspace WireGuard where the kernel has no module", metavar="PATH")
     ] = "wireguard-go"
+    relay: Annotated[
+        bool,
+        Option(
+            "NSM_RELAY",
+            "serve a reflector and relay for nodes behind NAT, at the public (else tunnel) address; "
+            "registered for the domain's agents to find",
+        ),
+    ] = False
+    relay_port: Annotated[int, Option("NSM_RELAY_PORT", "UDP port of the reflector and relay", metavar="N")] = Field(
+        default=RELAY_PORT, ge=1, le=MAX_PORT
+    )
     vxlan_port: Annotated[int, Option("NSM_VXLAN_PORT", "UDP port of VXLAN tunnels", metavar="N")] = Field(
         default=VXLAN_PORT, ge=1, le=MAX_PORT
     )

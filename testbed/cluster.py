@@ -1,7 +1,7 @@
 """Several nodes on one underlay, each with its own agent: the multi-node test bed.
 
     python -m testbed.cluster --nodes 3 [--ipv6] [--mtu 1500]
-    python -m testbed.cluster --clusters 3 [--nodes 2] [--ipv6]     (testbed/clusters.py)
+    python -m testbed.cluster --clusters 3 [--nodes 2] [--ipv6] [--nat [--symmetric]]     (testbed/clusters.py)
 
 builds it, prints how to reach it, and removes it all on Ctrl-C.
 """
@@ -115,12 +115,12 @@ class Cluster:
 
 
 def describe_federation(fed: Federation) -> None:
-    print(f"internet: namespace {fed.internet_ns}")
+    print(f"internet: namespace {fed.internet_ns}" + (" (routers: NAT gateways)" if fed.nat else ""))
     for d in fed.domains:
         print(f"domain {d.name}: registry {d.registry} ({d.registry_public} outside), router {d.router_ns}")
-        for node in d.nodes:
-            print(f"  {node.name}: namespace {node.netns}, {node.private_ip} inside, {node.public_ip} outside, "
-                  f"agent {node.agent}")  # fmt: skip
+        for node in d.nodes + d.public_nodes:
+            print(f"  {node.name}: namespace {node.netns}, {node.private_ip} inside, {node.public_url} outside, "
+                  f"WireGuard port {node.wireguard_port}, agent {node.agent}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,16 +132,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clusters", type=int, default=0,
                    help="that many clusters behind routers on a shared internet, each a domain (3 or more: "
                         "the last holds only a floating registry)")  # fmt: skip
+    p.add_argument("--nat", action="store_true",
+                   help="with --clusters: each router a NAT gateway (one public address, masquerade, only "
+                        "TCP control ports forwarded in) instead of a 1:1 NAT")  # fmt: skip
+    p.add_argument(
+        "--symmetric",
+        action="store_true",
+        help="with --nat: the routers map each new connection to a random port (a symmetric NAT)",
+    )
     args = p.parse_args(argv)
     if args.clusters and (args.etcd or args.mtu != 1500):
         p.error("--clusters builds clusters with memory registries on 1500-byte links: --etcd and --mtu do not apply")
     if args.clusters == 1 or args.clusters < 0:
         p.error("--clusters: at least 2")
+    if args.nat and not args.clusters:
+        p.error("--nat: the routers of --clusters")
+    if args.symmetric and not args.nat:
+        p.error("--symmetric: a kind of --nat")
     bed = Testbed()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if args.clusters:
-            describe_federation(Federation.build(bed, args.clusters, args.nodes, family=6 if args.ipv6 else 4))
+            fed = Federation.build(bed, args.clusters, args.nodes, family=6 if args.ipv6 else 4, nat=args.nat,
+                                   symmetric=args.symmetric)  # fmt: skip
+            describe_federation(fed)
         else:
             cluster = Cluster.build(bed, args.nodes, 6 if args.ipv6 else 4, args.mtu, etcd=args.etcd)
             print(f"registry: {cluster.registry} ({cluster.registry_tcp} on the underlay), store {cluster.store}")

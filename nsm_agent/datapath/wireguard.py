@@ -223,6 +223,15 @@ class WireGuardDevice:
             peer.users.add(conn_id)
             return str(inner_address(public_key))
 
+    async def set_endpoint(self, public_key: str, ip: str, port: int) -> None:
+        """Point a configured peer at another address (NAT traversal's path change); a peer gone
+        meanwhile is left gone."""
+        async with self._changing, _as_wireguard_error():
+            if public_key not in self.peers:
+                return
+            host = f"[{ip}]" if ":" in ip else ip
+            await asyncio.to_thread(self._wg, "peer", public_key, "endpoint", f"{host}:{port}")
+
     async def release(self, netlink: NetlinkThread, conn_id: str, public_key: str) -> None:
         """Forget a connection; a peer no connection needs goes, and the device with the last."""
         async with self._changing, _as_wireguard_error():

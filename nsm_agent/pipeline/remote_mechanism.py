@@ -27,6 +27,7 @@ from nsm_agent.decisions.interdomain import (
     offered_between_domains,
     refused_between_domains,
 )
+from nsm_agent.decisions.traversal import agreed_relay, parse_relay, relay_params
 from nsm_agent.decisions.tunnel import (
     VXLAN,
     VXLAN_OVERHEAD,
@@ -39,6 +40,7 @@ from nsm_agent.decisions.tunnel import (
 )
 from nsm_agent.pipeline.select import Chosen
 from nsm_agent.pipeline.validate import PeerOffer
+from nsm_agent.traversal.paths import Traversal
 from nsm_api.connection_pb2 import Connection, Mechanism
 from nsm_api.networkservice_pb2 import NetworkServiceRequest
 from nsm_common.chain.chain import Call, Next, Step
@@ -100,6 +102,7 @@ class TunnelKinds:
         enabled: list[str],
         public_ip: str = "",
         path_mtus: PathMtus | None = None,
+        traversal: Traversal | None = None,
     ) -> None:
         self.netlink = netlink
         self.underlay = underlay
@@ -108,6 +111,7 @@ class TunnelKinds:
         self.enabled = enabled
         self.public_ip = public_ip  # where other domains reach this node's tunnels (--public-ip)
         self.path_mtus = path_mtus  # probed toward nodes of other domains
+        self.traversal = traversal  # WireGuard through NAT, toward nodes of other domains
         # On the client's node: what the endpoint's agent agreed, per connection. Its owner
         # is RemoteMechanismClient; TunnelWire, above it, reads it once the answer is back.
         self.toward_endpoint: dict[str, _Agreed] = {}
@@ -137,9 +141,17 @@ class TunnelKinds:
         # The probe searches up to the underlay's MTU: what it finds is never larger.
         return self.mtu(kind, await self.path_mtus.to(address) if self.path_mtus is not None else None)
 
+    async def ready_to_cross(self, offer: dict[str, str] | None = None) -> None:
+        """Before this node's side goes to another domain: its NAT mapping, learned (a second at
+        most), from its domain's relays or the one the client's OFFER names."""
+        if self.traversal is not None:
+            await self.traversal.ready(parse_relay(offer, "src") if offer else None)
+
     def my_side(self, kind: str, vni: int, prefix: str, crossing: bool = False) -> dict[str, str]:
         """This node's parameters for a REMOTE mechanism of `kind` (address, port, key, MTU, VNI);
-        CROSSING: for a peer in another domain, which reaches this node at its public address."""
+        CROSSING: for a peer in another domain, which reaches this node's WireGuard port where
+        its NAT maps it (learned from a reflector), else at its public address; and the relay
+        this node offers, if its domain has one."""
         assert self.underlay is not None
         ip = self.public_ip if crossing and self.public_ip else self.underlay.ip
         side = {f"{prefix}_ip": ip, "vni": str(vni), "MTU": str(self.mtu(kind))}
@@ -149,10 +161,20 @@ class TunnelKinds:
             assert self.wireguard is not None
             side[f"{prefix}_port"] = str(self.wireguard.port)
             side[f"{prefix}_public_key"] = self.wireguard.keys.public
+            traversal = self.traversal
+            if crossing and traversal is not None:
+                if traversal.mapping is not None:
+                    side[f"{prefix}_ip"], side[f"{prefix}_port"] = traversal.mapping[0], str(traversal.mapping[1])
+                relay = traversal.offered_relay()
+                if relay is not None:
+                    side.update(relay_params(relay, prefix))
         return side
 
-    async def tunnel(self, conn_id: str, kind: str, params: dict[str, str], peer: str, vni: int, mtu: int) -> Tunnel:
-        """Set up what the tunnel to the peer node needs; `peer` is "src" or "dst"."""
+    async def tunnel(
+        self, conn_id: str, kind: str, params: dict[str, str], peer: str, vni: int, mtu: int, crossing: bool = False
+    ) -> Tunnel:
+        """Set up what the tunnel to the peer node needs; `peer` is "src" or "dst". CROSSING: the
+        peer is in another domain, and the path to it is followed through NAT."""
         assert self.underlay is not None
         vx = parse_vxlan(params, need_dst=True, default_port=self.vnis.port)
         remote_ip = vx.src_ip if peer == "src" else vx.dst_ip
@@ -169,10 +191,13 @@ class TunnelKinds:
         parse_public_key(params, f"{peer}_public_key")
         key = params[f"{peer}_public_key"]
         port = int(params.get(f"{peer}_port") or WIREGUARD_PORT)
+        relay = agreed_relay(params) if crossing else None  # checked before anything is set up
         try:
             inner = await wg.use_peer(self.netlink, conn_id, key, str(remote_ip), port)
         except WireGuardError as exc:
             raise NsmError(grpc.StatusCode.UNAVAILABLE, f"WireGuard: {exc}") from exc
+        if crossing and self.traversal is not None:
+            self.traversal.follow(key, (str(remote_ip), port), relay)
         return Tunnel(WIREGUARD, vni, str(wg.inner), inner, self.vnis.port, mtu)
 
     async def release(self, conn_id: str, agreed: _Agreed) -> None:
@@ -183,6 +208,8 @@ class TunnelKinds:
                 await wg.release(self.netlink, conn_id, agreed.peer_key)
             except WireGuardError as exc:  # the Close still succeeds; the device is checked when next used
                 log.warning("releasing a WireGuard peer failed", id=conn_id, error=str(exc))
+            if self.traversal is not None and agreed.peer_key not in wg.peers:
+                self.traversal.forget(agreed.peer_key)
 
 
 class _TunnelStep(Step):
@@ -252,6 +279,8 @@ class RemoteMechanismServer(_TunnelStep):
             own = await self.kinds.mtu_toward(offer.type, str(params.src_ip))
         else:
             own = self.kinds.mtu(offer.type)
+        if crossing:
+            await self.kinds.ready_to_cross(dict(offer.parameters))
         vni = await self.kinds.netlink.run(lambda nl: self.kinds.vnis.reserve(nl, conn_id, params.vni))
         mtu = min(x for x in (params.mtu, own) if x)
         mech = Mechanism()
@@ -260,7 +289,7 @@ class RemoteMechanismServer(_TunnelStep):
         mech.parameters.update(self.kinds.my_side(offer.type, vni, "dst", crossing))
         mech.parameters["MTU"] = str(mtu)
         try:
-            tunnel = await self.kinds.tunnel(conn_id, offer.type, dict(mech.parameters), "src", vni, mtu)
+            tunnel = await self.kinds.tunnel(conn_id, offer.type, dict(mech.parameters), "src", vni, mtu, crossing)
         except BaseException:
             self.kinds.vnis.release(vni, conn_id)
             raise
@@ -301,6 +330,8 @@ class RemoteMechanismClient(_TunnelStep):
         kinds = offered_between_domains(self.offer) if crossing else self.offer
         if not kinds:
             raise NsmError(grpc.StatusCode.FAILED_PRECONDITION, nothing_to_offer_between_domains(self.offer))
+        if crossing:
+            await self.kinds.ready_to_cross()
         vnis = self.kinds.vnis
         for _ in range(VNI_ATTEMPTS):
             proposal = await self.kinds.netlink.run(lambda nl: vnis.reserve(nl, conn_id))
@@ -339,11 +370,14 @@ class RemoteMechanismClient(_TunnelStep):
         try:
             if mech.type not in self.offer:
                 raise invalid(f"mechanism {mech.type!r}, which was not offered")
-            problem = refused_between_domains(mech.type) if crosses_domains(reply) else None
+            crossing = crosses_domains(reply)
+            problem = refused_between_domains(mech.type) if crossing else None
             if problem:
                 raise invalid(problem)
             params = parse_vxlan(mech.parameters, need_dst=True)
-            tunnel = await self.kinds.tunnel(conn_id, mech.type, dict(mech.parameters), "dst", vni, params.mtu)
+            tunnel = await self.kinds.tunnel(
+                conn_id, mech.type, dict(mech.parameters), "dst", vni, params.mtu, crossing
+            )
         except NsmError as exc:
             if known is None:
                 self.kinds.vnis.release(vni, conn_id)

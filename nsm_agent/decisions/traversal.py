@@ -1,0 +1,138 @@
+"""Which path a tunnel to a node of another domain takes: direct through both NATs, or by a
+relay. Pure: the runtime (nsm_agent/traversal/paths.py) tells it what was heard and when,
+and does what it says.
+
+A path is direct once the peer's ping is heard on it: its NAT let our packet in, so both
+have a hole open for the other. Where none is heard for PUNCH_FOR seconds, and the relay
+both agreed on has paired them, traffic goes by the relay while pings go on trying the
+direct path, which takes over again when one is heard. A direct path that falls silent
+(a NAT restarted, its mapping gone) is tried afresh, by the relay meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+from nsm_common.errors import invalid
+
+PUNCH_FOR = 3.0  # seconds of pings unanswered before the relay carries the traffic
+PING_EVERY = {"punching": 0.5, "direct": 2.0, "relayed": 1.0}
+DEAD_AFTER = 6.0  # seconds of silence on a direct path: three pings unanswered
+PROBE_EVERY = 15.0  # keeps a NAT's mapping toward the relay (an unanswered UDP entry lives 30 s)
+RELAY_PROBE_EVERY = 1.0  # while a pairing is wanted
+MAX_PORT = 65535
+
+Address = tuple[str, int]
+
+
+class Mode(Enum):
+    PUNCHING = "punching"
+    DIRECT = "direct"
+    RELAYED = "relayed"
+
+
+@dataclass(frozen=True)
+class RelayRef:
+    """A relay as the mechanism names it: `ip:port` and the relay's WireGuard key."""
+
+    address: Address
+    key: str
+
+    def __str__(self) -> str:
+        host = f"[{self.address[0]}]" if ":" in self.address[0] else self.address[0]
+        return f"{host}:{self.address[1]}"
+
+
+def parse_address(value: str, what: str) -> Address:
+    """`IP:PORT` or `[IPv6]:PORT`, or INVALID_ARGUMENT naming WHAT."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise invalid(f"{what}={value!r} is not IP:PORT") from None
+    if not sep or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
+        raise invalid(f"{what}={value!r} has no port in 1..{MAX_PORT}")
+    return str(ip), int(port)
+
+
+def parse_relay(params: Mapping[str, str], prefix: str) -> RelayRef | None:
+    """The relay a side names (`{prefix}_relay`, `{prefix}_relay_key`), if it names one."""
+    value = params.get(f"{prefix}_relay", "")
+    if not value:
+        return None
+    address = parse_address(value, f"{prefix}_relay")
+    key = params.get(f"{prefix}_relay_key", "")
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise invalid(f"mechanism parameter {prefix}_relay_key is not a 32-byte WireGuard key in base64")
+    return RelayRef(address, key)
+
+
+def relay_params(relay: RelayRef, prefix: str) -> dict[str, str]:
+    return {f"{prefix}_relay": str(relay), f"{prefix}_relay_key": relay.key}
+
+
+def agreed_relay(params: Mapping[str, str]) -> RelayRef | None:
+    """The relay both ends use: the client's, else the endpoint's (both compute the same)."""
+    return parse_relay(params, "src") or parse_relay(params, "dst")
+
+
+@dataclass
+class PeerPath:
+    """What is known of the path to one peer node."""
+
+    told: Address  # the peer's mapping, as the mechanism gave it
+    relay: RelayRef | None
+    mode: Mode = Mode.PUNCHING
+    since: float = 0.0  # when this mode began
+    heard: Address | None = None  # where the peer's last ping or pong came from
+    heard_at: float = -1e9
+    relay_peer: Address | None = None  # the peer's mapping as the relay sees it, once paired
+    paired_at: float = -1e9
+
+    def candidates(self) -> list[Address]:
+        """Where to ping the peer: where it was last heard, as told, as the relay sees it."""
+        out: list[Address] = []
+        for addr in (self.heard, self.told, self.relay_peer):
+            if addr is not None and addr not in out:
+                out.append(addr)
+        return out
+
+    def wants_relay(self, now: float) -> bool:
+        """Whether to ask the relay for a pairing now: not while a direct path is heard."""
+        if self.relay is None:
+            return False
+        if self.mode is Mode.RELAYED:
+            return True
+        if self.mode is Mode.PUNCHING:
+            return now - self.since >= PUNCH_FOR / 3  # early, so that the pairing is ready in time
+        return now - self.heard_at > DEAD_AFTER / 2
+
+    def endpoint(self) -> Address:
+        """Where WireGuard sends to the peer in this mode."""
+        if self.mode is Mode.RELAYED and self.relay is not None:
+            return self.relay.address
+        return self.heard if self.mode is Mode.DIRECT and self.heard is not None else self.told
+
+
+def decide(path: PeerPath, now: float) -> Mode:
+    """The mode the path should be in now."""
+    heard_lately = now - path.heard_at <= DEAD_AFTER
+    if heard_lately:
+        return Mode.DIRECT
+    paired = path.relay is not None and now - path.paired_at <= DEAD_AFTER
+    if path.mode is Mode.PUNCHING:
+        return Mode.RELAYED if paired and now - path.since >= PUNCH_FOR else Mode.PUNCHING
+    if path.mode is Mode.DIRECT:
+        # Silent: try afresh; the relay, if paired, carries the traffic meanwhile.
+        return Mode.RELAYED if paired else Mode.PUNCHING
+    return Mode.RELAYED if paired else Mode.PUNCHING

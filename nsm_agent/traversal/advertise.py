@@ -1,0 +1,85 @@
+"""Relays found through the registry: an agent with `--relay` keeps a record of itself
+there, and every agent of its domain reads the relays from its watched copy.
+
+The record is an endpoint of the reserved service `RELAY_SERVICE`, named after the agent,
+at its URL; its labels give the relay's UDP address and its WireGuard key, which
+authenticates the relay's answers. It is renewed well inside its expiry, so a relay that
+dies leaves the registry within EXPIRES seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from nsm_agent.decisions.traversal import RelayRef, parse_address
+from nsm_agent.registry.client import RegistryClient
+from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceLabels
+from nsm_common.errors import NsmError
+
+log = structlog.get_logger("nsm.agent")
+
+RELAY_SERVICE = "nsm-relay"
+EXPIRES = 60.0
+RENEW_EVERY = 15.0
+
+
+def relay_record(agent: str, url: str, relay: RelayRef, expires_in: float = EXPIRES) -> NetworkServiceEndpoint:
+    expiry = Timestamp()
+    expiry.GetCurrentTime()
+    expiry.FromNanoseconds(expiry.ToNanoseconds() + int(expires_in * 1e9))
+    return NetworkServiceEndpoint(
+        name=f"{agent}-relay",
+        network_service_names=[RELAY_SERVICE],
+        network_service_labels={RELAY_SERVICE: NetworkServiceLabels(labels={"address": str(relay), "key": relay.key})},
+        url=url,
+        expiration_time=expiry,
+    )
+
+
+def relays_of(records: list[NetworkServiceEndpoint]) -> list[RelayRef]:
+    """The relays these records name, sorted by name (so every agent of a domain offers the same first);
+    a record with bad labels is skipped."""
+    out = []
+    for record in sorted(records, key=lambda r: r.name):
+        labels = record.network_service_labels.get(RELAY_SERVICE)
+        if labels is None:
+            continue
+        try:
+            address = parse_address(labels.labels.get("address", ""), "address")
+        except NsmError:
+            continue
+        out.append(RelayRef(address, labels.labels.get("key", "")))
+    return out
+
+
+async def find_relays(registry: RegistryClient) -> list[RelayRef]:
+    records = await registry.find_endpoints(NetworkServiceEndpoint(network_service_names=[RELAY_SERVICE]), attempts=1)
+    return relays_of(records)
+
+
+async def advertise(registry: RegistryClient, agent: str, url: str, relay: RelayRef) -> None:
+    """Until cancelled: keep this agent's relay record in the registry; unregister it at the end."""
+    registered = False
+    try:
+        while True:
+            try:
+                await registry.endpoints.Register(
+                    relay_record(agent, url, relay), timeout=registry.timeout, metadata=registry.metadata()
+                )
+                if not registered:
+                    log.info("relay registered", address=str(relay))
+                registered = True
+            except grpc.aio.AioRpcError as exc:
+                log.warning("registering the relay failed", error=exc.details())
+            await asyncio.sleep(RENEW_EVERY)
+    finally:
+        if registered:
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+                await registry.endpoints.Unregister(
+                    relay_record(agent, url, relay, 0), timeout=2.0, metadata=registry.metadata()
+                )

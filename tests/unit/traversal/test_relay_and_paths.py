@@ -1,0 +1,172 @@
+"""The relay and the path runtime in process (no root), over real UDP on loopback: mappings
+learned, a pairing only when both ask, opaque forwarding both ways, and two nodes' paths
+going direct, relayed when their direct packets are lost, and direct again.
+
+The nodes' "WireGuard ports" here are plain UDP sockets, where the agent uses a raw socket
+beside WireGuard's (tests/integration/test_nat_traversal.py runs that, through real NATs)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from nsm_agent.decisions.traversal import PUNCH_FOR, Mode, RelayRef
+from nsm_agent.traversal.messages import NO_KEY, Address, Keys, Kind, Message, decode, encode
+from nsm_agent.traversal.paths import Traversal
+from nsm_agent.traversal.relay import Relay, serve_relay
+
+
+def _keys() -> tuple[Keys, str]:
+    raw = X25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    keys = Keys(base64.b64encode(raw).decode())
+    return keys, base64.b64encode(keys.public).decode()
+
+
+class LoopbackPort:
+    """A node's port as a plain UDP socket; `blocked` drops what it sends there (a NAT in the way)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        self.address: Address = ("127.0.0.1", self.sock.getsockname()[1])
+        self.blocked: set[Address] = set()
+
+    def send(self, to: Address, payload: bytes) -> None:
+        if to not in self.blocked:
+            self.sock.sendto(payload, to)
+
+    def read(self) -> list[tuple[Address, bytes]]:
+        out = []
+        while True:
+            try:
+                data, src = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                return out
+            out.append(((src[0], src[1]), data))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[tuple[Relay, RelayRef, Keys]]:
+    keys, public = _keys()
+    transport, served = await serve_relay(keys, "127.0.0.1", 0)
+    port = transport.get_extra_info("sockname")[1]
+    yield served, RelayRef(("127.0.0.1", port), public), keys
+    transport.close()
+
+
+def _probe(sock: socket.socket, keys: Keys, relay: RelayRef, pair_with: bytes = NO_KEY) -> Message:
+    msg = Message(Kind.PROBE, keys.public, os.urandom(12), time.time_ns(), key=pair_with)
+    sock.sendto(encode(keys, base64.b64decode(relay.key), msg), relay.address)
+    sock.settimeout(2)
+    data, _ = sock.recvfrom(2048)
+    reply = decode(keys, data)
+    assert reply.kind is Kind.MAPPED and reply.nonce == msg.nonce
+    return reply
+
+
+async def test_the_relay_reflects_pairs_only_on_both_asking_and_forwards_opaquely(
+    relay: tuple[Relay, RelayRef, Keys],
+) -> None:
+    served, ref, _ = relay
+    (ka, _), (kb, _) = _keys(), _keys()
+    a, b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.1", 0))
+    try:
+        got = await asyncio.to_thread(_probe, a, ka, ref, kb.public)
+        assert got.address == a.getsockname() and got.peer is None  # b has not asked
+        # a forged probe (b's key, a's socket) moves nothing: the MAC is a's, not b's
+        forged = bytearray(
+            encode(ka, base64.b64decode(ref.key), Message(Kind.PROBE, ka.public, os.urandom(12), time.time_ns()))
+        )
+        forged[5:37] = kb.public
+        a.sendto(bytes(forged), ref.address)
+        await asyncio.sleep(0.1)
+        assert kb.public not in served.clients
+        # one-sided: nothing is forwarded
+        a.sendto(b"\x04\x00\x00\x00ciphertext", ref.address)
+        await asyncio.sleep(0.1)
+        assert served.relayed_packets == 0
+        got = await asyncio.to_thread(_probe, b, kb, ref, ka.public)
+        assert got.peer == a.getsockname()  # paired: each is told where the other is seen
+        a.sendto(b"\x04\x00\x00\x00to b", ref.address)
+        b.settimeout(2)
+        assert await asyncio.to_thread(b.recvfrom, 100) == (b"\x04\x00\x00\x00to b", ref.address)
+        b.sendto(b"\x04\x00\x00\x00to a", ref.address)
+        a.settimeout(2)
+        assert await asyncio.to_thread(a.recvfrom, 100) == (b"\x04\x00\x00\x00to a", ref.address)
+        # a replayed probe (same timestamp) is not answered
+        old = Message(Kind.PROBE, ka.public, os.urandom(12), 1)
+        a.sendto(encode(ka, base64.b64decode(ref.key), old), ref.address)
+        a.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(a.recvfrom, 100)
+    finally:
+        a.close()
+        b.close()
+
+
+async def test_two_nodes_go_direct_relayed_when_blocked_and_direct_again(relay: tuple[Relay, RelayRef, Keys]) -> None:
+    _, ref, _ = relay
+    nodes = []
+    for _ in range(2):
+        keys, public = _keys()
+        port = LoopbackPort()
+        endpoints: list[Address] = []
+
+        async def set_endpoint(_key: str, addr: Address, seen: list[Address] = endpoints) -> None:
+            seen.append(addr)
+
+        async def relays() -> list[RelayRef]:
+            return [ref]
+
+        nodes.append((Traversal(keys, port, set_endpoint, relays), public, port, endpoints))  # type: ignore[arg-type]
+    (ta, pa, porta, epa), (tb, pb, portb, epb) = nodes
+    for t, _, _, _ in nodes:
+        t.start()
+    try:
+        assert await ta.ready() == porta.address  # the mapping, as the relay sees it
+        assert await tb.ready() == portb.address
+        assert ta.offered_relay() == ref
+
+        async def until(cond: object, within: float) -> None:
+            deadline = time.monotonic() + within
+            while not cond():  # type: ignore[operator]
+                assert time.monotonic() < deadline, f"not within {within} s"
+                await asyncio.sleep(0.05)
+
+        # Direct: each told the other's port.
+        ta.follow(pb, portb.address, ref)
+        tb.follow(pa, porta.address, ref)
+        await until(lambda: ta.mode(pb) is Mode.DIRECT and tb.mode(pa) is Mode.DIRECT, 2.0)
+
+        # Blocked both ways (symmetric NATs): relayed after PUNCH_FOR, WireGuard pointed at the relay.
+        porta.blocked.add(portb.address)
+        portb.blocked.add(porta.address)
+        await until(lambda: ta.mode(pb) is Mode.RELAYED and tb.mode(pa) is Mode.RELAYED, PUNCH_FOR + 12)
+        await until(lambda: epa[-1:] == [ref.address] and epb[-1:] == [ref.address], 1.0)
+
+        # Unblocked: direct again, by the pings that went on meanwhile.
+        porta.blocked.clear()
+        portb.blocked.clear()
+        await until(lambda: ta.mode(pb) is Mode.DIRECT and tb.mode(pa) is Mode.DIRECT, 4.0)
+        await until(lambda: epa[-1:] == [portb.address] and epb[-1:] == [porta.address], 1.0)
+        ta.forget(pb)
+        assert ta.mode(pb) is None
+    finally:
+        for t, _, _, _ in nodes:
+            await t.aclose()
