@@ -9,17 +9,11 @@ go direct again by themselves once the routers map predictably again."""
 
 from __future__ import annotations
 
-import json
 import time
-
-import pytest
-from scapy.layers.inet import UDP
-from scapy.packet import Raw
 
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, patience, ping, run
 from testbed.clusters import Federation, public_ip
-from tests.helpers.capture import capture
 from tests.helpers.mesh import agent_client
 
 POOL = "10.90.0.0/24"

@@ -47,7 +47,7 @@ class LoopbackPort:
             self.sock.sendto(payload, to)
 
     def read(self) -> list[tuple[Address, bytes]]:
-        out = []
+        out: list[tuple[Address, bytes]] = []
         while True:
             try:
                 data, src = self.sock.recvfrom(65535)
