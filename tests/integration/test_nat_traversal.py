@@ -9,11 +9,16 @@ go direct again by themselves once the routers map predictably again."""
 
 from __future__ import annotations
 
+import json
 import time
+
+from scapy.layers.inet import UDP
+from scapy.packet import Raw
 
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, patience, ping, run
 from testbed.clusters import Federation, public_ip
+from tests.helpers.capture import capture
 from tests.helpers.mesh import agent_client
 
 POOL = "10.90.0.0/24"
@@ -56,9 +61,12 @@ def connect(fed: Federation, node_index: int = 0, short: str = "c1") -> tuple[st
     return pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
 
 
-def serve(fed: Federation) -> None:
+def serve(fed: Federation) -> str:
+    """Endpoint ep1 of svc on cluster2's node; returns its pod."""
     there = fed.domain("cluster2").nodes[0]
-    fed.bed.endpoint(fed.pod(there, "ep"), "ep1", "svc", POOL, there.agent)
+    pod = fed.pod(there, "ep")
+    fed.bed.endpoint(pod, "ep1", "svc", POOL, there.agent)
+    return pod
 
 
 def test_svc_of_another_cluster_through_two_nats_with_no_tunnel_port_forwarded(bed: Testbed) -> None:
@@ -73,3 +81,72 @@ def test_svc_of_another_cluster_through_two_nats_with_no_tunnel_port_forwarded(b
     relay = next(p for p in bed.procs if p.name == f"agent-{fed.domain('cluster1').public_nodes[0].name}")
     assert "nat path: direct" in next(p for p in bed.procs if p.name == f"agent-{here.name}").output()
     assert "relay: node seen" in relay.output()  # the reflector taught both their mappings
+
+
+def test_two_nodes_behind_one_router_both_reach_another_cluster(bed: Testbed) -> None:
+    """Behind one masquerade, each node's WireGuard listens on a port of its own, which the NAT
+    keeps: both mappings hold, toward the reflector and toward the far node alike."""
+    fed = nat_federation(bed, nodes=2)
+    serve(fed)
+    n1, n2 = fed.domain("cluster1").nodes
+    there = fed.domain("cluster2").nodes[0]
+    assert n1.wireguard_port != n2.wireguard_port
+    for index, short in ((0, "c1"), (1, "c2")):
+        pod, peer = connect(fed, index, short)
+        assert ping(pod, peer, count=3)
+    # The far node sends to both at the one router, each at its own port.
+    assert endpoints(there.netns) == {f"{public_ip(1, 0)}:{n1.wireguard_port}", f"{public_ip(1, 0)}:{n2.wireguard_port}"}
+
+
+def test_symmetric_nats_on_both_sides_are_relayed_and_go_direct_again(bed: Testbed) -> None:
+    """`masquerade random` on both routers: a new public port per destination, so the mapping
+    the reflector saw is no good toward the far node and no punch gets through. The relay
+    carries the tunnel, and sees only WireGuard's packets. Once the routers keep ports again
+    (restarted: their conntrack flushed), the pings that went on meanwhile find the direct
+    path, and WireGuard's endpoint moves back to it."""
+    fed = nat_federation(bed, symmetric=True)
+    serve(fed)
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    relay_node = fed.domain("cluster1").public_nodes[0]
+    pod, peer = connect(fed)
+    wait_endpoint(here.netns, relay_address(fed), 10)
+    wait_endpoint(there.netns, relay_address(fed), 10)
+    pattern = "cafe0123456789ab"
+    with capture(relay_node.netns, "eth0") as packets:
+        assert ping(pod, peer, count=5, timeout=3)
+        run("ip", "netns", "exec", pod, "ping", "-c", "3", "-i", "0.2", "-p", pattern, peer)
+    relayed = [p for p in packets if UDP in p and RELAY_PORT in (p[UDP].sport, p[UDP].dport)]
+    payloads = [bytes(p[UDP].payload) for p in relayed]
+    wireguard = [d for d in payloads if d[:1] in (b"\x01", b"\x02", b"\x03", b"\x04") and d[1:4] == b"\0\0\0"]
+    ours = [d for d in payloads if d[:4] == b"NSMt"]
+    assert len(wireguard) >= 16  # 8 pings and 8 answers, each relayed in and out at least once
+    assert len(wireguard) + len(ours) == len(payloads)  # nothing but WireGuard and the probes
+    assert not any(bytes.fromhex(pattern) in d for d in payloads)  # ciphertext only
+    assert not any(Raw in p and b"\x45\x00" == bytes(p[Raw])[:2] for p in relayed)  # no bare IP inside
+
+    for domain in fed.domains:
+        fed.set_symmetric(domain, False)
+        fed.flush_conntrack(domain)
+    wait_endpoint(here.netns, f"{public_ip(2, 0)}:{there.wireguard_port}", 20)
+    wait_endpoint(there.netns, f"{public_ip(1, 0)}:{here.wireguard_port}", 20)
+    assert ping(pod, peer, count=3)
+
+
+def test_a_conntrack_flush_during_iperf3_is_survived_without_help(bed: Testbed) -> None:
+    """Both routers forget every mapping in the middle of a transfer (a router restart): the
+    next packets out make them again, the holes with them, and the transfer goes on."""
+    fed = nat_federation(bed)
+    ep = serve(fed)
+    pod, peer = connect(fed)
+    assert ping(pod, peer, count=2)
+    server = bed.start("iperf3-server", ["iperf3", "-s", "-1", "-B", peer], netns=ep)
+    time.sleep(0.5)
+    client = bed.start("iperf3-client", ["iperf3", "-c", peer, "-t", "8", "-i", "1", "--json"], netns=pod)
+    time.sleep(3)
+    for domain in fed.domains:
+        fed.flush_conntrack(domain)
+    assert client.popen.wait(patience(30)) == 0, client.output()
+    report = json.loads(client.output()[client.output().index("{") :])
+    after = [i["sum"]["bytes"] for i in report["intervals"][4:]]  # the seconds after the flush
+    assert len(after) >= 3 and all(b > 0 for b in after), after
+    server.popen.wait(patience(10))
