@@ -10,16 +10,23 @@ go direct again by themselves once the routers map predictably again."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+
+import grpc
+import pytest
 
 from scapy.layers.inet import UDP
 from scapy.packet import Raw
 
 from nsm_client.runtime import kernel_request
-from testbed.bed import Testbed, patience, ping, run
+from testbed.bed import Proc, Testbed, links, patience, ping, run
 from testbed.clusters import Federation, public_ip
+from testbed.keeper import events, keep, peer, wait_event
 from tests.helpers.capture import capture
 from tests.helpers.mesh import agent_client
+from tests.helpers.ping import lost, start_ping
 
 POOL = "10.90.0.0/24"
 RELAY_PORT = 51800
@@ -150,3 +157,74 @@ def test_a_conntrack_flush_during_iperf3_is_survived_without_help(bed: Testbed) 
     after = [i["sum"]["bytes"] for i in report["intervals"][4:]]  # the seconds after the flush
     assert len(after) >= 3 and all(b > 0 for b in after), after
     server.popen.wait(patience(10))
+
+
+def _restart(bed: Testbed, proc: Proc, ready: str) -> Proc:
+    """The same command line again, in the same namespace (`ip netns exec NS ...`)."""
+    args = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
+    new = bed.start(proc.name, args[4:], netns=args[3])
+    bed.wait_for(new, ready)
+    return new
+
+
+def _proc(bed: Testbed, name: str) -> Proc:
+    return [p for p in bed.procs if p.name == name and p.alive()][-1]
+
+
+@pytest.mark.parametrize("fault", ["endpoint-killed", "far-agent-killed", "near-agent-killed", "far-registry-killed"])
+def test_heal_across_domains_through_nat(bed: Testbed, fault: str) -> None:
+    """Two endpoints of svc on two nodes of cluster2, both clusters behind NAT; a client of
+    cluster1 keeps its connection (`nsmctl connect --watch`) while pings run.
+
+    - The serving endpoint killed: healed onto the other, across the boundary and both NATs.
+    - Either agent killed -9 and started again: the tunnel (kernel and wireguard-go state,
+      the holes kept open by its keepalives) outlives it, no ping is lost, and the new agent
+      carries the connection on and follows the path again.
+    - The far domain's registry killed: the data path needs no registry; a new Request for
+      svc@cluster2 is refused with a reason that names the far registry."""
+    fed = nat_federation(bed, nodes=2)
+    here = fed.domain("cluster1").nodes[0]
+    far = fed.domain("cluster2").nodes
+    procs = {
+        f"ep{i}@cluster2": bed.endpoint(fed.pod(node, "ep"), f"ep{i}", "svc", f"10.9{i}.0.0/24", node.agent)[0]
+        for i, node in enumerate(far, start=1)
+    }
+    pod = fed.pod(here, "c1")
+    keeper = keep(bed, here.agent, pod, "svc@cluster2")
+    first = wait_event(keeper, "connected")
+    serving = str(first["endpoint"])
+    serving_node = far[0] if serving == "ep1@cluster2" else far[1]
+    assert ping(pod, peer(first), count=2)
+    n = len(events(keeper))
+    if fault == "endpoint-killed":
+        os.kill(procs[serving].popen.pid, signal.SIGKILL)
+        healed = wait_event(keeper, "healed", n, timeout=30)
+        assert healed["endpoint"] != serving
+        assert ping(pod, peer(healed), count=2, timeout=2)
+    elif fault.endswith("agent-killed"):
+        node = serving_node if fault == "far-agent-killed" else here
+        agent = _proc(bed, f"agent-{node.name}")
+        pinger = start_ping(bed, pod, peer(first), 6)
+        time.sleep(1)
+        os.kill(agent.popen.pid, signal.SIGKILL)
+        agent.popen.wait(5)
+        time.sleep(1)
+        new = _restart(bed, agent, "agent serving")
+        bed.wait_for(new, "nat path: following")  # the carried-on tunnel's path is followed again
+        sent, received = lost(pinger)
+        assert received == sent, f"{sent - received} of {sent} pings lost"
+        assert ping(pod, peer(first), count=2)
+    else:
+        registry = _proc(bed, "registry-cluster2")
+        registry.stop(signal.SIGKILL)
+        pinger = start_ping(bed, pod, peer(first), 3)
+        sent, received = lost(pinger)
+        assert received == sent, f"{sent - received} of {sent} pings lost"
+        with pytest.raises(grpc.RpcError) as info:
+            agent_client(here.agent).request(
+                kernel_request(f"/var/run/netns/{fed.pod(here, 'c2')}", "svc@cluster2", "nsm-1")
+            )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "cluster2" in str(info.value.details())
+    keeper.stop()
+    assert links(pod) == ["lo"]
