@@ -157,6 +157,32 @@ def _interdomain(d: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def _nat(d: dict[str, Any]) -> list[Row]:
+    mesh, hand = d["mesh_first"]["p50_ms"], d["hand_first"]["p50_ms"]
+    rec, tp, heal = d["recovery"], d["throughput"], d["heals"]
+    hand_lost = rec["hand_lost_ms"]
+    hand_text = (
+        f"{hand_lost:.0f} ms"
+        if hand_lost < rec["window_ms"]
+        else f"not back within {rec['window_ms'] / 1000:.0f} s (next keepalive)"
+    )
+    return [
+        ("13 first ping through two NATs, no port forwarded (Request to first echo, p50)", f"{mesh:.0f} ms",
+         f"WireGuard punched by hand {hand:.0f} ms", f"{mesh / hand:.2f}×", "—", None),
+        ("13 both routers' conntrack flushed under a 10 ms ping", f"{rec['mesh_lost_ms']:.0f} ms lost",
+         f"by hand {hand_text}", "—", "resumes by itself", rec["mesh_lost_ms"] < rec["window_ms"]),
+        ("13 throughput through NAT, direct (punched)", f"{tp['direct_gbps']:.2f} Gbit/s",
+         f"the punched pair by hand {tp['hand_gbps']:.2f} Gbit/s", f"{tp['direct_ratio']:.2f}", "—", None),
+        ("13 throughput through NAT, relayed (both routers symmetric)", f"{tp['relayed_gbps']:.2f} Gbit/s",
+         f"the punched pair by hand, direct {tp['hand_gbps']:.2f} Gbit/s", f"{tp['relayed_ratio']:.2f}", "—", None),
+        ("13 heal through NAT: serving endpoint killed → the other's first echo",
+         f"{heal['endpoint_killed_s'] * 1000:.0f} ms", "—", "—", "≤ 1 s", heal["endpoint_killed_s"] <= 1.0),
+        ("13 far / near agent killed -9 and restarted, pings lost at 10 ms",
+         f"{heal['far_agent_killed_lost_ms']:.0f} / {heal['near_agent_killed_lost_ms']:.0f} ms", "—", "—", "0 lost",
+         heal["far_agent_killed_lost_ms"] == 0 and heal["near_agent_killed_lost_ms"] == 0),
+    ]  # fmt: skip
+
+
 def _vm(d: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [
         (f"9 throughput between VMs, kernel WireGuard (TCG; MTU {d['mtu']})", f"{d['mesh_mbps']:.0f} Mbit/s",
@@ -172,7 +198,7 @@ def _vm(d: dict[str, Any]) -> list[Row]:
 
 SECTIONS = (("local", _local), ("remote", _remote), ("scale", _scale), ("throughput", _throughput),
             ("heal", _heal), ("restart", _restart), ("remote_restart", _remote_restart),
-            ("events", _events), ("tls", _tls), ("tokens", _tokens), ("interdomain", _interdomain),
+            ("events", _events), ("tls", _tls), ("tokens", _tokens), ("interdomain", _interdomain), ("nat", _nat),
             ("vm", _vm))  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from bench import (
     interdomain,
     kernel_events,
     local_setup,
+    nat,
     remote_restart,
     remote_setup,
     restart,
@@ -135,6 +136,12 @@ def part_interdomain(bed: Testbed, quick: bool) -> dict[str, Any]:
     }
 
 
+def part_nat(bed: Testbed, quick: bool) -> dict[str, Any]:
+    got = nat.run_all(bed, quick)
+    first: dict[str, list[float]] = got["first_ping"]  # type: ignore[assignment]
+    return {**got, "mesh_first": summary(first["mesh"]), "hand_first": summary(first["hand"])}
+
+
 PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "local": part_local,
     "remote": part_remote,
@@ -147,6 +154,7 @@ PARTS: dict[str, Callable[[Testbed, bool], dict[str, Any]]] = {
     "tls": part_tls,
     "tokens": part_tokens,
     "interdomain": part_interdomain,
+    "nat": part_nat,
 }
 
 

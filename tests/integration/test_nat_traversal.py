@@ -16,7 +16,6 @@ import time
 
 import grpc
 import pytest
-
 from scapy.layers.inet import UDP
 from scapy.packet import Raw
 
@@ -102,7 +101,10 @@ def test_two_nodes_behind_one_router_both_reach_another_cluster(bed: Testbed) ->
         pod, peer = connect(fed, index, short)
         assert ping(pod, peer, count=3)
     # The far node sends to both at the one router, each at its own port.
-    assert endpoints(there.netns) == {f"{public_ip(1, 0)}:{n1.wireguard_port}", f"{public_ip(1, 0)}:{n2.wireguard_port}"}
+    assert endpoints(there.netns) == {
+        f"{public_ip(1, 0)}:{n1.wireguard_port}",
+        f"{public_ip(1, 0)}:{n2.wireguard_port}",
+    }
 
 
 def test_symmetric_nats_on_both_sides_are_relayed_and_go_direct_again(bed: Testbed) -> None:
@@ -129,7 +131,7 @@ def test_symmetric_nats_on_both_sides_are_relayed_and_go_direct_again(bed: Testb
     assert len(wireguard) >= 16  # 8 pings and 8 answers, each relayed in and out at least once
     assert len(wireguard) + len(ours) == len(payloads)  # nothing but WireGuard and the probes
     assert not any(bytes.fromhex(pattern) in d for d in payloads)  # ciphertext only
-    assert not any(Raw in p and b"\x45\x00" == bytes(p[Raw])[:2] for p in relayed)  # no bare IP inside
+    assert not any(Raw in p and bytes(p[Raw])[:2] == b"\x45\x00" for p in relayed)  # no bare IP inside
 
     for domain in fed.domains:
         fed.set_symmetric(domain, False)
