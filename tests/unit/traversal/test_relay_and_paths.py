@@ -22,6 +22,7 @@ from nsm_agent.decisions.traversal import PUNCH_FOR, Mode, RelayRef
 from nsm_agent.traversal.messages import NO_KEY, Address, Keys, Kind, Message, decode, encode
 from nsm_agent.traversal.paths import Traversal
 from nsm_agent.traversal.relay import Relay, serve_relay
+from tests.helpers.loopback_port import LoopbackPort
 
 
 def _keys() -> tuple[Keys, str]:
@@ -30,33 +31,6 @@ def _keys() -> tuple[Keys, str]:
     )
     keys = Keys(base64.b64encode(raw).decode())
     return keys, base64.b64encode(keys.public).decode()
-
-
-class LoopbackPort:
-    """A node's port as a plain UDP socket; `blocked` drops what it sends there (a NAT in the way)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.setblocking(False)
-        self.address: Address = ("127.0.0.1", self.sock.getsockname()[1])
-        self.blocked: set[Address] = set()
-
-    def send(self, to: Address, payload: bytes) -> None:
-        if to not in self.blocked:
-            self.sock.sendto(payload, to)
-
-    def read(self) -> list[tuple[Address, bytes]]:
-        out: list[tuple[Address, bytes]] = []
-        while True:
-            try:
-                data, src = self.sock.recvfrom(65535)
-            except BlockingIOError:
-                return out
-            out.append(((src[0], src[1]), data))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
