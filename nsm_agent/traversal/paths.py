@@ -96,7 +96,10 @@ class Traversal:
         """This node's mapping: learned already, or asked now (TIMEOUT at most) of this domain's
         relays and of ALSO, the relay a peer named (a domain may have none of its own)."""
         if self.mapping is None:
-            await self._refresh_relays(force=True)
+            # The relays as the last tick found them (then each PROBE_EVERY): asking the registry
+            # here would cost every Request to another domain a round trip. Only before the
+            # first tick are they asked here.
+            await self._refresh_relays()
             asked = [*self.relays, *([also] if also is not None else [])]
             for relay in asked:
                 self._probe(relay, NO_KEY)
@@ -141,9 +144,9 @@ class Traversal:
                 log.warning("nat traversal tick failed", error=str(exc))
             await asyncio.sleep(TICK)
 
-    async def _refresh_relays(self, force: bool = False) -> None:
+    async def _refresh_relays(self) -> None:
         now = self._clock()
-        if not force and now < self._next_relays:
+        if now < self._next_relays:
             return
         self._next_relays = now + PROBE_EVERY
         try:
