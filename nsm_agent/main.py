@@ -37,7 +37,7 @@ from nsm_agent.state.journal import JournalFormatError, JournalStore
 from nsm_agent.state.keys import load_or_create
 from nsm_agent.state.repair import Repair
 from nsm_agent.state.restore import Restore, journal_closer
-from nsm_agent.traversal.advertise import advertise, find_relays
+from nsm_agent.traversal.advertise import RelayFinder, advertise
 from nsm_agent.traversal.messages import Keys
 from nsm_agent.traversal.paths import Traversal
 from nsm_agent.traversal.rawudp import RawPort
@@ -117,7 +117,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
             keys_mac,
             RawPort(underlay.family, wg.port),
             lambda key, addr: wg.set_endpoint(key, *addr),
-            lambda: find_relays(registry),
+            RelayFinder(registry),
         )
     kinds = TunnelKinds(
         netlink, underlay, vnis, wireguard, settings.remote_mechanisms, settings.public_ip, path_mtus, traversal

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 
 import grpc
 import structlog
@@ -57,9 +59,29 @@ def relays_of(records: list[NetworkServiceEndpoint]) -> list[RelayRef]:
     return out
 
 
-async def find_relays(registry: RegistryClient) -> list[RelayRef]:
-    records = await registry.find_endpoints(NetworkServiceEndpoint(network_service_names=[RELAY_SERVICE]), attempts=1)
-    return relays_of(records)
+class RelayFinder:
+    """The domain's relays: from the watched copy of the registry, which costs no round trip
+    and sees a relay within moments of its registering; asked of the registry (kept ASK_EVERY
+    seconds) only while that copy is not there."""
+
+    ASK_EVERY = 15.0
+
+    def __init__(self, registry: RegistryClient, clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = registry
+        self._clock = clock
+        self._asked: tuple[float, list[RelayRef]] = (-1e9, [])
+
+    async def __call__(self) -> list[RelayRef]:
+        query = NetworkServiceEndpoint(network_service_names=[RELAY_SERVICE])
+        cache = self.registry.cache
+        if cache is not None and cache.endpoints_ready:
+            return relays_of(cache.find_endpoints(query))
+        at, known = self._asked
+        if self._clock() - at < self.ASK_EVERY:
+            return known
+        found = relays_of(await self.registry.find_endpoints(query, attempts=1))
+        self._asked = (self._clock(), found)
+        return found
 
 
 async def advertise(registry: RegistryClient, agent: str, url: str, relay: RelayRef) -> None:

@@ -35,6 +35,7 @@ from nsm_agent.traversal.rawudp import RawPort
 log = structlog.get_logger("nsm.agent")
 
 TICK = 0.1
+RELAYS_EVERY = 1.0  # the relay source answers from the registry's watched copy: no round trip
 PENDING_FOR = 5.0  # seconds an unanswered nonce is remembered
 
 
@@ -50,7 +51,7 @@ class _Followed:
 
 class Traversal:
     """SET_ENDPOINT(peer key, address) points WireGuard's peer there; RELAYS() names the relays of
-    this domain (the registry's, asked each PROBE_EVERY)."""
+    this domain (`RelayFinder`, asked each RELAYS_EVERY)."""
 
     def __init__(
         self,
@@ -96,10 +97,9 @@ class Traversal:
         """This node's mapping: learned already, or asked now (TIMEOUT at most) of this domain's
         relays and of ALSO, the relay a peer named (a domain may have none of its own)."""
         if self.mapping is None:
-            # The relays as the last tick found them (then each PROBE_EVERY): asking the registry
-            # here would cost every Request to another domain a round trip. Only before the
-            # first tick are they asked here.
-            await self._refresh_relays()
+            # Asked again now: a relay may have registered since the last tick (the finder
+            # answers from the registry's watched copy, and keeps a round trip's answer a while).
+            await self._refresh_relays(force=True)
             asked = [*self.relays, *([also] if also is not None else [])]
             for relay in asked:
                 self._probe(relay, NO_KEY)
@@ -122,7 +122,12 @@ class Traversal:
         path = PeerPath(told=told, relay=relay, since=now)
         if known is not None:  # told anew (a new mapping, another relay): what was heard stays
             path.mode, path.heard, path.heard_at = known.path.mode, known.path.heard, known.path.heard_at
-        self.peers[peer_key] = _Followed(path, base64.b64decode(peer_key), configured=told)
+        followed = self.peers[peer_key] = _Followed(path, base64.b64decode(peer_key), configured=told, last_ping=now)
+        # At once, not at the next tick: on the endpoint's node this runs before the answer
+        # goes back, so this NAT's hole toward the client is open before the client's
+        # WireGuard sends its first handshake (lost, it would be retried only after 5 s).
+        for addr in path.candidates():
+            self._send(addr, followed.raw_key, Kind.PING)
         log.info("nat path: following", peer=peer_key[:8], told=_fmt(told), relay=str(relay) if relay else "none")
 
     def forget(self, peer_key: str) -> None:
@@ -144,11 +149,11 @@ class Traversal:
                 log.warning("nat traversal tick failed", error=str(exc))
             await asyncio.sleep(TICK)
 
-    async def _refresh_relays(self) -> None:
+    async def _refresh_relays(self, force: bool = False) -> None:
         now = self._clock()
-        if now < self._next_relays:
+        if now < self._next_relays and not force:
             return
-        self._next_relays = now + PROBE_EVERY
+        self._next_relays = now + RELAYS_EVERY
         try:
             self.relays = await self._relays_source()
         except Exception as exc:

@@ -6,6 +6,7 @@ this stands in for it where no WireGuard runs, with `blocked` for a NAT in the w
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 from nsm_agent.traversal.messages import Address
@@ -23,7 +24,8 @@ class LoopbackPort:
 
     def send(self, to: Address, payload: bytes) -> None:
         if to not in self.blocked:
-            self.sock.sendto(payload, to)
+            with contextlib.suppress(OSError):  # as RawPort: unreachable is a lost datagram
+                self.sock.sendto(payload, to)
 
     def read(self) -> list[tuple[Address, bytes]]:
         out: list[tuple[Address, bytes]] = []
