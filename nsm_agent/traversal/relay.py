@@ -5,7 +5,9 @@ port it arrived from, which is the node's NAT mapping. Relay: two nodes whose pr
 name the other (both asked: neither can be made a relay target alone) are paired, and any
 other datagram from one's mapping is sent on to the other's, from this same port, through
 the holes their probes keep open. What is relayed is WireGuard's own packets: the session
-stays end to end, and the relay never holds a key to it.
+stays end to end, and the relay never holds a key to it. A node paired with several peers
+sends to all of them from its one WireGuard port, so whom a packet is for is read from
+WireGuard's clear-text header (`wireguard_headers`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from nsm_agent.traversal import wireguard_headers as wg
 from nsm_agent.traversal.messages import (
     NO_KEY,
     Address,
@@ -35,6 +38,7 @@ log = structlog.get_logger("nsm.agent")
 
 FORGET_AFTER = 60.0  # seconds without a probe: the node (and its pairings) are forgotten
 MAX_CLIENTS = 10_000
+MAX_INDICES = 100_000  # two per live session; the oldest go first
 
 
 @dataclass
@@ -55,6 +59,7 @@ class Relay(asyncio.DatagramProtocol):
         self.fresh = Freshness()
         self.transport: asyncio.DatagramTransport | None = None
         self.relayed_packets = 0
+        self.indices: dict[bytes, bytes] = {}  # a WireGuard index -> the key of the node that chose it
 
     def _now(self) -> float:
         return self._clock()  # type: ignore[operator,no-any-return]
@@ -92,10 +97,36 @@ class Relay(asyncio.DatagramProtocol):
 
     def _forward(self, data: bytes, source: Address) -> None:
         key = self.by_address.get(source)
-        peer = self.partner(key) if key is not None else None
-        if peer is not None and self.transport is not None:
-            self.transport.sendto(data, peer.address)
+        target = self._target(key, data) if key is not None else None
+        if target is not None and self.transport is not None:
+            self.transport.sendto(data, self.clients[target].address)
             self.relayed_packets += 1
+
+    def _target(self, key: bytes, data: bytes) -> bytes | None:
+        """Whom KEY's packet is for, among the peers it is paired with: by the packet's WireGuard
+        header (wireguard_headers), else the one peer when there is only one."""
+        me = self.clients[key]
+        peers = [p for p in me.wants if self.mutual(key, p)]
+        if not peers:
+            return None
+        kind = wg.kind(data)
+        if not kind:
+            return None  # only WireGuard's packets are relayed: no general-purpose UDP relay
+        target = None
+        if kind in (wg.INITIATION, wg.RESPONSE):
+            target = next((p for p in peers if wg.mac1_for(data, p)), None)
+        elif kind:
+            index = wg.receiver_index(data)
+            owner = self.indices.get(index) if index is not None else None
+            target = owner if owner in peers else None
+        if target is None and len(peers) == 1:
+            target = peers[0]  # e.g. data right after this relay restarted, before a handshake
+        sender = wg.sender_index(data)
+        if target is not None and sender is not None:
+            if len(self.indices) >= MAX_INDICES:
+                self.indices.pop(next(iter(self.indices)))
+            self.indices[sender] = key  # what names this index from now on is for KEY
+        return target
 
     def _probe(self, data: bytes, source: Address) -> None:
         try:

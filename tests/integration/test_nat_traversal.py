@@ -230,3 +230,34 @@ def test_heal_across_domains_through_nat(bed: Testbed, fault: str) -> None:
         assert "cluster2" in str(info.value.details())
     keeper.stop()
     assert links(pod) == ["lo"]
+
+
+def test_one_node_relayed_to_two_peers_through_the_one_relay_port(bed: Testbed) -> None:
+    """Symmetric NATs, two nodes of cluster1 to one node of cluster2: the far node reaches both
+    through the relay from its one WireGuard port, and the relay tells which peer each packet
+    is for by WireGuard's own headers (whose key a handshake's mac1 is made with, the receiver
+    index of the rest), never by decrypting anything."""
+    fed = nat_federation(bed, nodes=2, symmetric=True)
+    serve(fed)
+    n1, n2 = fed.domain("cluster1").nodes
+    there = fed.domain("cluster2").nodes[0]
+    pods = [connect(fed, index, short) for index, short in ((0, "c1"), (1, "c2"))]
+    for node in (n1, n2):
+        wait_endpoint(node.netns, relay_address(fed), 10)
+    assert endpoints(there.netns) == {relay_address(fed)}  # both peers, by the relay
+    for pod, peer in pods:
+        assert ping(pod, peer, count=5, timeout=3), pod
+
+
+def test_one_symmetric_side_stays_relayed(bed: Testbed) -> None:
+    """Only cluster1's router symmetric: its node's port toward the far node is unknown to
+    anyone, and the far router lets in only what answers its own packets; no direct path can
+    form, and the relay carries the tunnel."""
+    fed = nat_federation(bed)
+    fed.set_symmetric(fed.domain("cluster1"), True)
+    serve(fed)
+    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
+    pod, peer = connect(fed)
+    wait_endpoint(here.netns, relay_address(fed), 10)
+    wait_endpoint(there.netns, relay_address(fed), 10)
+    assert ping(pod, peer, count=3, timeout=3)

@@ -22,6 +22,7 @@ from nsm_agent.decisions.traversal import PUNCH_FOR, Mode, RelayRef
 from nsm_agent.traversal.messages import NO_KEY, Address, Keys, Kind, Message, decode, encode
 from nsm_agent.traversal.paths import Traversal
 from nsm_agent.traversal.relay import Relay, serve_relay
+from nsm_agent.traversal.wireguard_headers import make_mac1
 from tests.helpers.loopback_port import LoopbackPort
 
 
@@ -72,23 +73,28 @@ async def test_the_relay_reflects_pairs_only_on_both_asking_and_forwards_opaquel
         await asyncio.sleep(0.1)
         assert kb.public not in served.clients
         # one-sided: nothing is forwarded
-        a.sendto(b"\x04\x00\x00\x00ciphertext", ref.address)
+        a.sendto(b"\x04\x00\x00\x00ciphertext1234", ref.address)
         await asyncio.sleep(0.1)
         assert served.relayed_packets == 0
         got = await asyncio.to_thread(_probe, b, kb, ref, ka.public)
         assert got.peer == a.getsockname()  # paired: each is told where the other is seen
-        a.sendto(b"\x04\x00\x00\x00to b", ref.address)
+        a.sendto(b"\x04\x00\x00\x00to b, sixteen+", ref.address)
         b.settimeout(2)
-        assert await asyncio.to_thread(b.recvfrom, 100) == (b"\x04\x00\x00\x00to b", ref.address)
-        b.sendto(b"\x04\x00\x00\x00to a", ref.address)
+        assert await asyncio.to_thread(b.recvfrom, 100) == (b"\x04\x00\x00\x00to b, sixteen+", ref.address)
+        b.sendto(b"\x04\x00\x00\x00to a, sixteen+", ref.address)
         a.settimeout(2)
-        assert await asyncio.to_thread(a.recvfrom, 100) == (b"\x04\x00\x00\x00to a", ref.address)
+        assert await asyncio.to_thread(a.recvfrom, 100) == (b"\x04\x00\x00\x00to a, sixteen+", ref.address)
         # a replayed probe (same timestamp) is not answered
         old = Message(Kind.PROBE, ka.public, os.urandom(12), 1)
         a.sendto(encode(ka, base64.b64decode(ref.key), old), ref.address)
         a.settimeout(0.3)
         with pytest.raises(TimeoutError):
             await asyncio.to_thread(a.recvfrom, 100)
+        # only WireGuard's packets are relayed, even between a pair
+        a.sendto(b"plain text, no WireGuard header", ref.address)
+        b.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            await asyncio.to_thread(b.recvfrom, 100)
     finally:
         a.close()
         b.close()
@@ -144,3 +150,51 @@ async def test_two_nodes_go_direct_relayed_when_blocked_and_direct_again(relay: 
     finally:
         for t, _, _, _ in nodes:
             await t.aclose()
+
+
+def _initiation(sender: bytes, to: Keys) -> bytes:
+    body = b"\x01\0\0\0" + sender + os.urandom(108)
+    return make_mac1(body, to.public) + bytes(16)  # mac2: no cookie
+
+
+def _response(sender: bytes, receiver: bytes, to: Keys) -> bytes:
+    return make_mac1(b"\x02\0\0\0" + sender + receiver + os.urandom(48), to.public) + bytes(16)
+
+
+async def test_a_node_paired_with_two_peers_is_relayed_by_wireguards_headers(
+    relay: tuple[Relay, RelayRef, Keys],
+) -> None:
+    """A's one port, paired with B and with C: a handshake goes to whose key its mac1 is made
+    with, the rest by the receiver index that peer chose."""
+    _, ref, _ = relay
+    keys = {name: _keys()[0] for name in "abc"}
+    socks = {name: socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for name in "abc"}
+    for s in socks.values():
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2)
+    try:
+        for me, others in (("a", "bc"), ("b", "a"), ("c", "a")):
+            for other in others:
+                await asyncio.to_thread(_probe, socks[me], keys[me], ref, keys[other].public)
+
+        async def via_relay(sender: str, data: bytes, receiver: str) -> None:
+            socks[sender].sendto(data, ref.address)
+            got, _ = await asyncio.to_thread(socks[receiver].recvfrom, 2048)
+            assert got == data
+
+        i_a, i_c, i_b = b"AAAA", b"CCCC", b"BBBB"
+        await via_relay("a", _initiation(i_a, keys["c"]), "c")
+        await via_relay("c", _response(i_c, i_a, keys["a"]), "a")
+        await via_relay("a", b"\x04\0\0\0" + i_c + os.urandom(40), "c")
+        await via_relay("a", _initiation(b"A2A2", keys["b"]), "b")
+        await via_relay("b", _response(i_b, b"A2A2", keys["a"]), "a")
+        await via_relay("a", b"\x04\0\0\0" + i_b + os.urandom(40), "b")
+        await via_relay("b", b"\x04\0\0\0" + b"A2A2" + os.urandom(40), "a")
+        # Nothing went to the wrong peer.
+        for name in "bc":
+            socks[name].settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                await asyncio.to_thread(socks[name].recvfrom, 2048)
+    finally:
+        for s in socks.values():
+            s.close()
