@@ -245,8 +245,8 @@ def test_one_node_relayed_to_two_peers_through_the_one_relay_port(bed: Testbed) 
     for node in (n1, n2):
         wait_endpoint(node.netns, relay_address(fed), 10)
     assert endpoints(there.netns) == {relay_address(fed)}  # both peers, by the relay
-    for pod, peer in pods:
-        assert ping(pod, peer, count=5, timeout=3), pod
+    for pod, far in pods:
+        assert ping(pod, far, count=5, timeout=3), pod
 
 
 def test_one_symmetric_side_stays_relayed(bed: Testbed) -> None:
