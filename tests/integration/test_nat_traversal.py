@@ -32,8 +32,11 @@ RELAY_PORT = 51800
 WG_ARGS = ["--remote-mechanisms", "WIREGUARD"]
 
 
-def nat_federation(bed: Testbed, nodes: int = 1, symmetric: bool = False) -> Federation:
-    fed = Federation.build(bed, clusters=2, nodes=nodes, agent_args=WG_ARGS, nat=True, symmetric=symmetric)
+def nat_federation(
+    bed: Testbed, nodes: int = 1, symmetric: bool = False, family: int = 4, cluster1_args: list[str] | None = None
+) -> Federation:
+    fed = Federation.build(bed, clusters=2, nodes=nodes, agent_args=WG_ARGS, nat=True, symmetric=symmetric,
+                           family=family, domain_agent_args={"cluster1": cluster1_args or []})  # fmt: skip
     fed.add_public_node(fed.domain("cluster1"), ["--relay", *WG_ARGS])
     return fed
 
@@ -54,8 +57,12 @@ def wait_endpoint(netns: str, want: str, within: float) -> None:
         time.sleep(0.2)
 
 
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def relay_address(fed: Federation) -> str:
-    return f"{fed.domain('cluster1').public_nodes[0].public_ip}:{RELAY_PORT}"
+    return _host_port(fed.domain("cluster1").public_nodes[0].public_ip, RELAY_PORT)
 
 
 def connect(fed: Federation, node_index: int = 0, short: str = "c1") -> tuple[str, str]:
@@ -75,15 +82,17 @@ def serve(fed: Federation) -> str:
     return pod
 
 
-def test_svc_of_another_cluster_through_two_nats_with_no_tunnel_port_forwarded(bed: Testbed) -> None:
-    fed = nat_federation(bed)
+@pytest.mark.parametrize("family", [4, 6])
+def test_svc_of_another_cluster_through_two_nats_with_no_tunnel_port_forwarded(bed: Testbed, family: int) -> None:
+    """IPv4 behind masquerade, or IPv6 behind NAT66 masquerade (as some clouds do it)."""
+    fed = nat_federation(bed, family=family)
     serve(fed)
     here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
     pod, peer = connect(fed)
     assert ping(pod, peer, count=3)
     # Direct, punched: each node sends to the other's router, at the port its NAT kept.
-    assert endpoints(here.netns) == {f"{public_ip(2, 0)}:{there.wireguard_port}"}
-    assert endpoints(there.netns) == {f"{public_ip(1, 0)}:{here.wireguard_port}"}
+    assert endpoints(here.netns) == {_host_port(public_ip(2, 0, family), there.wireguard_port)}
+    assert endpoints(there.netns) == {_host_port(public_ip(1, 0, family), here.wireguard_port)}
     relay = next(p for p in bed.procs if p.name == f"agent-{fed.domain('cluster1').public_nodes[0].name}")
     assert "nat path: direct" in next(p for p in bed.procs if p.name == f"agent-{here.name}").output()
     assert "relay: node seen" in relay.output()  # the reflector taught both their mappings
@@ -105,6 +114,22 @@ def test_two_nodes_behind_one_router_both_reach_another_cluster(bed: Testbed) ->
         f"{public_ip(1, 0)}:{n1.wireguard_port}",
         f"{public_ip(1, 0)}:{n2.wireguard_port}",
     }
+
+
+def test_two_nodes_behind_one_router_with_one_port_still_connect(bed: Testbed) -> None:
+    """Both nodes' WireGuard on 51820 behind one masquerade (a DaemonSet's one setting): the
+    first keeps the port; the second's tuples are taken, and the NAT picks it another port.
+    Whichever path that leaves (direct where the NAT picks the same port toward the far node
+    as toward the reflector, as Linux did here; else the relay), both connect, and the far node
+    sends to each at a mapping of its own."""
+    fed = nat_federation(bed, nodes=2, cluster1_args=["--wireguard-port", "51820"])
+    serve(fed)
+    there = fed.domain("cluster2").nodes[0]
+    for index, short in ((0, "c1"), (1, "c2")):
+        pod, peer = connect(fed, index, short)
+        assert ping(pod, peer, count=3, timeout=3)
+    seen = endpoints(there.netns)
+    assert len(seen) == 2 and f"{public_ip(1, 0)}:51820" in seen, seen
 
 
 def test_symmetric_nats_on_both_sides_are_relayed_and_go_direct_again(bed: Testbed) -> None:
