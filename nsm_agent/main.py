@@ -112,10 +112,13 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     traversal = None
     if wireguard is not None and underlay is not None:
         wg = wireguard
-        keys_mac = Keys(wg.keys.private_path.read_text().strip())
+        try:
+            raw = RawPort(underlay.family, wg.port)
+        except OSError as exc:
+            raise SystemExit(f"nsm-agent: NAT traversal needs a raw socket (CAP_NET_RAW): {exc}") from exc
         traversal = Traversal(
-            keys_mac,
-            RawPort(underlay.family, wg.port),
+            Keys(wg.keys.private_path.read_text().strip()),
+            raw,
             lambda key, addr: wg.set_endpoint(key, *addr),
             RelayFinder(registry),
         )
@@ -215,11 +218,17 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         underlay_mtu=underlay.mtu if underlay else 0,
         remote_mechanisms=list(remote),
     )
+    async def settle() -> None:
+        """A device or peer no connection needs goes, once none waiting to be carried on may
+        need it; and the paths followed through NAT to the peers gone with them."""
+        assert wireguard is not None
+        await wireguard.reconcile(netlink)
+        if traversal is not None:
+            traversal.keep_only(set(wireguard.peers))
+
     restore = Restore(
         journal, chain, begin, events, settings.name, resolver, netlink, settings.request_timeout, transport,
-        # A device no connection needs goes, once none waiting to be carried on may need it.
-        on_settled=(lambda: wireguard.reconcile(netlink)) if wireguard is not None else None,
-        rebooted=rebooted,
+        on_settled=settle if wireguard is not None else None, rebooted=rebooted,
     )  # fmt: skip
     if restore.rebooted:
         log.info("the node rebooted since the agent last ran: undoing what the journal holds")

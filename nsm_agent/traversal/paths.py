@@ -120,9 +120,14 @@ class Traversal:
             return
         now = self._clock()
         path = PeerPath(told=told, relay=relay, since=now)
+        # WireGuard's endpoint as it is now: told, when use_peer just set it (a peer new, or
+        # told a new address); else what this path set last.
+        configured = told if known is None or known.path.told != told else known.configured
         if known is not None:  # told anew (a new mapping, another relay): what was heard stays
             path.mode, path.heard, path.heard_at = known.path.mode, known.path.heard, known.path.heard_at
-        followed = self.peers[peer_key] = _Followed(path, base64.b64decode(peer_key), configured=told, last_ping=now)
+        followed = self.peers[peer_key] = _Followed(
+            path, base64.b64decode(peer_key), configured=configured, last_ping=now
+        )
         # At once, not at the next tick: on the endpoint's node this runs before the answer
         # goes back, so this NAT's hole toward the client is open before the client's
         # WireGuard sends its first handshake (lost, it would be retried only after 5 s).
@@ -133,6 +138,11 @@ class Traversal:
     def forget(self, peer_key: str) -> None:
         if self.peers.pop(peer_key, None) is not None:
             log.info("nat path: forgotten", peer=peer_key[:8])
+
+    def keep_only(self, peer_keys: set[str]) -> None:
+        """Forget every path but those to PEER_KEYS (after a restart's tidy-up removed peers)."""
+        for key in set(self.peers) - peer_keys:
+            self.forget(key)
 
     def mode(self, peer_key: str) -> Mode | None:
         followed = self.peers.get(peer_key)

@@ -198,3 +198,32 @@ async def test_a_node_paired_with_two_peers_is_relayed_by_wireguards_headers(
     finally:
         for s in socks.values():
             s.close()
+
+
+async def test_following_again_keeps_what_was_heard_and_keep_only_forgets_the_rest() -> None:
+    keys, _ = _keys()
+    port = LoopbackPort()
+    set_to: list[Address] = []
+
+    async def set_endpoint(_key: str, addr: Address) -> None:
+        set_to.append(addr)
+
+    async def relays() -> list[RelayRef]:
+        return []
+
+    t = Traversal(keys, port, set_endpoint, relays)  # type: ignore[arg-type]
+    try:
+        (_, pb), (_, pc) = _keys(), _keys()
+        relay = RelayRef(("127.0.0.9", 51800), pb)
+        t.follow(pb, ("127.0.0.2", 51820), None)
+        t.peers[pb].path.heard, t.peers[pb].configured = ("127.0.0.2", 40000), ("127.0.0.2", 40000)
+        t.follow(pb, ("127.0.0.2", 51820), relay)  # another connection names a relay: same address
+        assert t.peers[pb].path.relay == relay and t.peers[pb].configured == ("127.0.0.2", 40000)
+        assert t.peers[pb].path.heard == ("127.0.0.2", 40000)
+        t.follow(pb, ("127.0.0.3", 51820), relay)  # told a new address: use_peer set it
+        assert t.peers[pb].configured == ("127.0.0.3", 51820)
+        t.follow(pc, ("127.0.0.4", 51820), None)
+        t.keep_only({pc})
+        assert set(t.peers) == {pc}
+    finally:
+        port.close()
