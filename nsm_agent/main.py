@@ -114,14 +114,16 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         wg = wireguard
         try:
             raw = RawPort(underlay.family, wg.port)
-        except OSError as exc:
-            raise SystemExit(f"nsm-agent: NAT traversal needs a raw socket (CAP_NET_RAW): {exc}") from exc
-        traversal = Traversal(
-            Keys(wg.keys.private_path.read_text().strip()),
-            raw,
-            lambda key, addr: wg.set_endpoint(key, *addr),
-            RelayFinder(registry),
-        )
+        except OSError as exc:  # the agent still serves; only NAT traversal is off
+            log.warning("no NAT traversal: it needs a raw socket (CAP_NET_RAW)", error=str(exc))
+        else:
+            traversal = Traversal(
+                Keys(wg.keys.private_path.read_text().strip()),
+                raw,
+                lambda key, addr: wg.set_endpoint(key, *addr),
+                RelayFinder(registry),
+                endpoints=wg.endpoints,
+            )
     kinds = TunnelKinds(
         netlink, underlay, vnis, wireguard, settings.remote_mechanisms, settings.public_ip, path_mtus, traversal
     )
@@ -171,6 +173,19 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     )
     pods = PodSockets(settings.pod_sockets, settings.state_dir, service, events, resolver)
     server.add_generic_rpc_handlers((pods.handler(),))
+    # Before anything is bound: a relay port that cannot be had stops the agent with nothing left.
+    relay_service = None
+    if settings.relay:
+        if wireguard is None or underlay is None:
+            raise SystemExit("nsm-agent: --relay needs a tunnel address (--tunnel-ip): the relay serves there")
+        own = RelayRef((settings.public_ip or underlay.ip, settings.relay_port), wireguard.keys.public)
+        try:
+            relay_service, _ = await serve_relay(Keys(wireguard.keys.private_path.read_text().strip()),
+                                                 underlay.ip, settings.relay_port)  # fmt: skip
+        except OSError as exc:
+            raise SystemExit(
+                f"nsm-agent: --relay-port: cannot listen on {underlay.ip}:{settings.relay_port}: {exc}"
+            ) from exc
     bind_all(server, settings.listen, transport)
     if settings.tls_socket:
         try:
@@ -187,18 +202,6 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(settings.tls_socket)
             raise SystemExit(f"nsm-agent: --claim-socket: cannot listen on {settings.claim_socket}: {exc}") from exc
-    relay_service = None
-    if settings.relay:
-        if wireguard is None or underlay is None:
-            raise SystemExit("nsm-agent: --relay needs a tunnel address (--tunnel-ip): the relay serves there")
-        own = RelayRef((settings.public_ip or underlay.ip, settings.relay_port), wireguard.keys.public)
-        try:
-            relay_service, _ = await serve_relay(Keys(wireguard.keys.private_path.read_text().strip()),
-                                                 underlay.ip, settings.relay_port)  # fmt: skip
-        except OSError as exc:
-            raise SystemExit(
-                f"nsm-agent: --relay-port: cannot listen on {underlay.ip}:{settings.relay_port}: {exc}"
-            ) from exc
     await server.start()
     if settings.tls_socket:
         os.chmod(settings.tls_socket, 0o666)  # its callers prove who they are
@@ -218,6 +221,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         underlay_mtu=underlay.mtu if underlay else 0,
         remote_mechanisms=list(remote),
     )
+
     async def settle() -> None:
         """A device or peer no connection needs goes, once none waiting to be carried on may
         need it; and the paths followed through NAT to the peers gone with them."""
@@ -230,6 +234,8 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         journal, chain, begin, events, settings.name, resolver, netlink, settings.request_timeout, transport,
         on_settled=settle if wireguard is not None else None, rebooted=rebooted,
     )  # fmt: skip
+    if traversal is not None:
+        traversal.start()  # before the restore: a connection carried on follows its path at once
     if restore.rebooted:
         log.info("the node rebooted since the agent last ran: undoing what the journal holds")
     outcome = await restore.run()
@@ -258,8 +264,6 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
         if relay_service is not None
         else None
     )
-    if traversal is not None:
-        traversal.start()
     try:
         await stop.wait()
     finally:

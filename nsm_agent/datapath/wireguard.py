@@ -75,6 +75,7 @@ class WireGuardDevice:
         # Until `reconcile`: after a restart, connections not yet carried on may use a
         # peer (or the device) that the last connection known to this run lets go.
         self.keep_unused = True
+        self._carried: set[str] | None = None  # the device's peers at start, for carrying on
 
     @property
     def _control(self) -> str:
@@ -194,13 +195,14 @@ class WireGuardDevice:
                 await self._forget_peer(netlink, key)
 
     # Peers ------------------------------------------------------------------------
-    async def _configure_peer(self, netlink: NetlinkThread, peer: Peer) -> None:
+    async def _configure_peer(self, netlink: NetlinkThread, peer: Peer, endpoint: bool = True) -> None:
+        """The peer on the device, and its inner route; ENDPOINT False keeps the one the device has."""
         host = f"[{peer.endpoint_ip}]" if ":" in peer.endpoint_ip else peer.endpoint_ip
         inner = str(inner_address(peer.public_key))
+        where = ["endpoint", f"{host}:{peer.endpoint_port}"] if endpoint else []
         await asyncio.to_thread(
             self._wg,
-            "peer", peer.public_key, "endpoint", f"{host}:{peer.endpoint_port}",
-            "allowed-ips", f"{inner}/128", "persistent-keepalive", "25",
+            "peer", peer.public_key, *where, "allowed-ips", f"{inner}/128", "persistent-keepalive", "25",
         )  # fmt: skip
 
         def route(nl: NetlinkThread) -> None:
@@ -216,12 +218,34 @@ class WireGuardDevice:
             peer = self.peers.get(public_key)
             if peer is None or (peer.endpoint_ip, peer.endpoint_port) != (ip, port):
                 users = peer.users if peer is not None else set()
-                peer = Peer(public_key, ip, port, users)
-                await self._configure_peer(netlink, peer)
-                self.peers[public_key] = peer
-                log.info("wireguard peer configured", device=self.name, endpoint=f"{ip}:{port}")
+                fresh = Peer(public_key, ip, port, users)
+                # Carried on after a restart: the peer the device has keeps its endpoint, which
+                # NAT traversal may have moved (to a relay, or where the peer was heard from).
+                carried = peer is None and self.keep_unused and public_key in await self._kernel_peers()
+                await self._configure_peer(netlink, fresh, endpoint=not carried)
+                self.peers[public_key] = peer = fresh
+                log.info("wireguard peer configured", device=self.name, endpoint=f"{ip}:{port}",
+                         **({"kept_endpoint": True} if carried else {}))  # fmt: skip
             peer.users.add(conn_id)
             return str(inner_address(public_key))
+
+    def _endpoints(self) -> dict[str, tuple[str, int]]:
+        """Where the device sends to each peer now (`wg show`: worker thread, rare)."""
+        res = subprocess.run(["wg", "show", self.name, "endpoints"], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise WireGuardError(f"wg show {self.name} endpoints: {res.stderr.strip()}")
+        out = {}
+        for line in res.stdout.splitlines():
+            key, _, endpoint = line.partition("\t")
+            host, _, port = endpoint.rpartition(":")
+            if port.isdigit():
+                out[key] = (host.strip("[]"), int(port))
+        return out
+
+    async def endpoints(self) -> dict[str, tuple[str, int]]:
+        """Each peer's endpoint as WireGuard has it (it roams to where packets come from)."""
+        async with _as_wireguard_error():
+            return await asyncio.to_thread(self._endpoints)
 
     async def set_endpoint(self, public_key: str, ip: str, port: int) -> None:
         """Point a configured peer at another address (NAT traversal's path change); a peer gone
@@ -250,6 +274,15 @@ class WireGuardDevice:
         if await netlink.run(self._exists):
             with contextlib.suppress(WireGuardError):
                 await asyncio.to_thread(self._wg, "peer", public_key, "remove")
+
+    async def _kernel_peers(self) -> set[str]:
+        """The peers the device had when this run began (asked once, until `reconcile`)."""
+        if self._carried is None:
+            try:
+                self._carried = await asyncio.to_thread(self._listed_peers)
+            except WireGuardError:
+                self._carried = set()
+        return self._carried
 
     def _listed_peers(self) -> set[str]:
         """The peers the device has (`wg show`; a process, on a restart's tidy-up only)."""

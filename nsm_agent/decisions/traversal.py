@@ -2,10 +2,12 @@
 relay. Pure: the runtime (nsm_agent/traversal/paths.py) tells it what was heard and when,
 and does what it says.
 
-A path is direct once the peer's ping is heard on it: its NAT let our packet in, so both
-have a hole open for the other. Where none is heard for PUNCH_FOR seconds, and the relay
-both agreed on has paired them, traffic goes by the relay while pings go on trying the
-direct path, which takes over again when one is heard. A direct path that falls silent
+A path is direct once the peer's ping (or its answer to ours) is heard on it: our NAT let
+it in, so we have sent to where it came from; and the peer's NAT, which it left by, lets in
+our packets from where it was sent to. Both have a hole open for the other. Where none is
+heard for PUNCH_FOR seconds, and a relay both ends asked has paired them, traffic goes by
+the relay while pings go on trying the direct path, which takes over again when one is
+heard. A direct path that falls silent
 (a NAT restarted, its mapping gone) is tried afresh, by the relay meanwhile.
 """
 
@@ -15,13 +17,13 @@ import base64
 import binascii
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 from nsm_common.errors import invalid
 
 PUNCH_FOR = 3.0  # seconds of pings unanswered before the relay carries the traffic
-PING_EVERY = {"punching": 0.5, "direct": 2.0, "relayed": 1.0}
+PING_EVERY = {"punching": 0.5, "direct": 2.0, "relayed": 1.0}  # by Mode's value
 DEAD_AFTER = 6.0  # seconds of silence on a direct path: three pings unanswered
 PROBE_EVERY = 15.0  # keeps a NAT's mapping toward the relay (an unanswered UDP entry lives 30 s)
 RELAY_PROBE_EVERY = 1.0  # while a pairing is wanted
@@ -81,9 +83,12 @@ def relay_params(relay: RelayRef, prefix: str) -> dict[str, str]:
     return {f"{prefix}_relay": str(relay), f"{prefix}_relay_key": relay.key}
 
 
-def agreed_relay(params: Mapping[str, str]) -> RelayRef | None:
-    """The relay both ends use: the client's, else the endpoint's (both compute the same)."""
-    return parse_relay(params, "src") or parse_relay(params, "dst")
+def agreed_relays(params: Mapping[str, str]) -> tuple[RelayRef, ...]:
+    """The relays both ends ask for a pairing: each relay either side named, ordered by key.
+    Both ends, and a connection each way between the same two nodes, compute the same; and
+    a pair relayed by two relays at once works (each forwards between them)."""
+    named = {r.key: r for r in (parse_relay(params, "src"), parse_relay(params, "dst")) if r is not None}
+    return tuple(named[k] for k in sorted(named))
 
 
 @dataclass
@@ -91,25 +96,28 @@ class PeerPath:
     """What is known of the path to one peer node."""
 
     told: Address  # the peer's mapping, as the mechanism gave it
-    relay: RelayRef | None
+    relays: tuple[RelayRef, ...] = ()  # asked for a pairing, in this order of preference
     mode: Mode = Mode.PUNCHING
     since: float = 0.0  # when this mode began
     heard: Address | None = None  # where the peer's last ping or pong came from
     heard_at: float = -1e9
-    relay_peer: Address | None = None  # the peer's mapping as the relay sees it, once paired
-    paired_at: float = -1e9
+    paired: dict[str, tuple[float, Address]] = field(default_factory=dict)  # relay key -> (when, peer seen at)
 
     def candidates(self) -> list[Address]:
-        """Where to ping the peer: where it was last heard, as told, as the relay sees it."""
+        """Where to ping the peer: where it was last heard, as told, as each relay sees it."""
         out: list[Address] = []
-        for addr in (self.heard, self.told, self.relay_peer):
+        for addr in (self.heard, self.told, *(seen for _, seen in self.paired.values())):
             if addr is not None and addr not in out:
                 out.append(addr)
         return out
 
+    def paired_relay(self, now: float) -> RelayRef | None:
+        """The first relay that said lately it pairs the two (a dead relay stops saying so)."""
+        return next((r for r in self.relays if now - self.paired.get(r.key, (-1e9,))[0] <= DEAD_AFTER), None)
+
     def wants_relay(self, now: float) -> bool:
-        """Whether to ask the relay for a pairing now: not while a direct path is heard."""
-        if self.relay is None:
+        """Whether to ask the relays for a pairing now: not while a direct path is heard."""
+        if not self.relays:
             return False
         if self.mode is Mode.RELAYED:
             return True
@@ -117,22 +125,21 @@ class PeerPath:
             return now - self.since >= PUNCH_FOR / 3  # early, so that the pairing is ready in time
         return now - self.heard_at > DEAD_AFTER / 2
 
-    def endpoint(self) -> Address:
+    def endpoint(self, now: float) -> Address:
         """Where WireGuard sends to the peer in this mode."""
-        if self.mode is Mode.RELAYED and self.relay is not None:
-            return self.relay.address
+        relay = self.paired_relay(now) if self.mode is Mode.RELAYED else None
+        if relay is not None:
+            return relay.address
         return self.heard if self.mode is Mode.DIRECT and self.heard is not None else self.told
 
 
 def decide(path: PeerPath, now: float) -> Mode:
     """The mode the path should be in now."""
-    heard_lately = now - path.heard_at <= DEAD_AFTER
-    if heard_lately:
+    if now - path.heard_at <= DEAD_AFTER:
         return Mode.DIRECT
-    paired = path.relay is not None and now - path.paired_at <= DEAD_AFTER
-    if path.mode is Mode.PUNCHING:
-        return Mode.RELAYED if paired and now - path.since >= PUNCH_FOR else Mode.PUNCHING
-    if path.mode is Mode.DIRECT:
-        # Silent: try afresh; the relay, if paired, carries the traffic meanwhile.
-        return Mode.RELAYED if paired else Mode.PUNCHING
+    paired = path.paired_relay(now) is not None
+    if path.mode is Mode.PUNCHING and now - path.since < PUNCH_FOR:
+        return Mode.PUNCHING
+    # Punched in vain, or a direct path gone silent: the relay carries the traffic meanwhile,
+    # if one pairs the two; pings go on trying direct either way.
     return Mode.RELAYED if paired else Mode.PUNCHING

@@ -27,7 +27,7 @@ from nsm_agent.decisions.interdomain import (
     offered_between_domains,
     refused_between_domains,
 )
-from nsm_agent.decisions.traversal import agreed_relay, parse_relay, relay_params
+from nsm_agent.decisions.traversal import RelayRef, agreed_relays, parse_relay, relay_params
 from nsm_agent.decisions.tunnel import (
     VXLAN,
     VXLAN_OVERHEAD,
@@ -147,11 +147,13 @@ class TunnelKinds:
         if self.traversal is not None:
             await self.traversal.ready(parse_relay(offer, "src") if offer else None)
 
-    def my_side(self, kind: str, vni: int, prefix: str, crossing: bool = False) -> dict[str, str]:
+    def my_side(
+        self, kind: str, vni: int, prefix: str, crossing: bool = False, via: RelayRef | None = None
+    ) -> dict[str, str]:
         """This node's parameters for a REMOTE mechanism of `kind` (address, port, key, MTU, VNI);
         CROSSING: for a peer in another domain, which reaches this node's WireGuard port where
-        its NAT maps it (learned from a reflector), else at its public address; and the relay
-        this node offers, if its domain has one."""
+        its NAT maps it (learned from a reflector: this domain's, else VIA, the one the peer
+        named), else at its public address; and the relay this node offers, if its domain has one."""
         assert self.underlay is not None
         ip = self.public_ip if crossing and self.public_ip else self.underlay.ip
         side = {f"{prefix}_ip": ip, "vni": str(vni), "MTU": str(self.mtu(kind))}
@@ -163,8 +165,9 @@ class TunnelKinds:
             side[f"{prefix}_public_key"] = self.wireguard.keys.public
             traversal = self.traversal
             if crossing and traversal is not None:
-                if traversal.mapping is not None:
-                    side[f"{prefix}_ip"], side[f"{prefix}_port"] = traversal.mapping[0], str(traversal.mapping[1])
+                mapping = traversal.mapping_via(via)
+                if mapping is not None:
+                    side[f"{prefix}_ip"], side[f"{prefix}_port"] = mapping[0], str(mapping[1])
                 relay = traversal.offered_relay()
                 if relay is not None:
                     side.update(relay_params(relay, prefix))
@@ -191,13 +194,13 @@ class TunnelKinds:
         parse_public_key(params, f"{peer}_public_key")
         key = params[f"{peer}_public_key"]
         port = int(params.get(f"{peer}_port") or WIREGUARD_PORT)
-        relay = agreed_relay(params) if crossing else None  # checked before anything is set up
+        relays = agreed_relays(params) if crossing else ()  # checked before anything is set up
         try:
             inner = await wg.use_peer(self.netlink, conn_id, key, str(remote_ip), port)
         except WireGuardError as exc:
             raise NsmError(grpc.StatusCode.UNAVAILABLE, f"WireGuard: {exc}") from exc
         if crossing and self.traversal is not None:
-            self.traversal.follow(key, (str(remote_ip), port), relay)
+            self.traversal.follow(key, (str(remote_ip), port), relays)
         return Tunnel(WIREGUARD, vni, str(wg.inner), inner, self.vnis.port, mtu)
 
     async def release(self, conn_id: str, agreed: _Agreed) -> None:
@@ -286,7 +289,8 @@ class RemoteMechanismServer(_TunnelStep):
         mech = Mechanism()
         mech.CopyFrom(offer)
         mech.cls = "REMOTE"
-        mech.parameters.update(self.kinds.my_side(offer.type, vni, "dst", crossing))
+        via = parse_relay(offer.parameters, "src") if crossing else None
+        mech.parameters.update(self.kinds.my_side(offer.type, vni, "dst", crossing, via))
         mech.parameters["MTU"] = str(mtu)
         try:
             tunnel = await self.kinds.tunnel(conn_id, offer.type, dict(mech.parameters), "src", vni, mtu, crossing)

@@ -18,7 +18,7 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from nsm_agent.decisions.traversal import RelayRef, parse_address
+from nsm_agent.decisions.traversal import RelayRef, parse_relay
 from nsm_agent.registry.client import RegistryClient
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceLabels
 from nsm_common.errors import NsmError
@@ -45,17 +45,21 @@ def relay_record(agent: str, url: str, relay: RelayRef, expires_in: float = EXPI
 
 def relays_of(records: list[NetworkServiceEndpoint]) -> list[RelayRef]:
     """The relays these records name, sorted by name (so every agent of a domain offers the same first);
-    a record with bad labels is skipped."""
+    a record with bad labels (an address or a key that is none) is skipped: offered to peers, it
+    would make them refuse every Request from this domain."""
     out = []
     for record in sorted(records, key=lambda r: r.name):
         labels = record.network_service_labels.get(RELAY_SERVICE)
         if labels is None:
             continue
         try:
-            address = parse_address(labels.labels.get("address", ""), "address")
+            relay = parse_relay(
+                {"x_relay": labels.labels.get("address", ""), "x_relay_key": labels.labels.get("key", "")}, "x"
+            )
         except NsmError:
             continue
-        out.append(RelayRef(address, labels.labels.get("key", "")))
+        if relay is not None:
+            out.append(relay)
     return out
 
 

@@ -5,7 +5,9 @@ this sends, listens and sets WireGuard's endpoint).
 Everything is sent from the WireGuard port (`RawPort`), so that each NAT maps these
 messages as it maps the tunnel, and every hole they open is the tunnel's. One task ticks
 every TICK seconds; a mode change costs one `wg set` (a spawn, in a worker thread), never
-one per connection.
+one per connection; and each CHECK_EVERY seconds, while paths are followed, one `wg show`
+tells whether WireGuard roamed a direct path onto a relay (a relayed packet arriving after
+the switch), which is then set right.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import contextlib
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import structlog
 
@@ -36,46 +38,62 @@ log = structlog.get_logger("nsm.agent")
 
 TICK = 0.1
 RELAYS_EVERY = 1.0  # the relay source answers from the registry's watched copy: no round trip
+CHECK_EVERY = 10.0  # seconds between looks at WireGuard's own endpoints
+RETRY_AFTER = 5.0  # seconds before a failed `wg set` is tried again
 PENDING_FOR = 5.0  # seconds an unanswered nonce is remembered
+
+SetEndpoint = Callable[[str, Address], Awaitable[None]]
+Endpoints = Callable[[], Awaitable[dict[str, Address]]]
 
 
 @dataclass
 class _Followed:
     path: PeerPath
     raw_key: bytes
-    configured: Address | None = None
+    configured: Address | None = None  # WireGuard's endpoint as this path last set it
     last_ping: float = -1e9
     last_pair_probe: float = -1e9
-    switches: list[tuple[float, Mode]] = field(default_factory=list)
+    failed_at: float = -1e9  # the last `wg set` that failed
+
+
+@dataclass(frozen=True)
+class _Asked:
+    kind: Kind
+    to: bytes  # whose answer it awaits: the relay's or the peer's key
+    pair_with: bytes  # a PROBE's peer
+    at: float
 
 
 class Traversal:
     """SET_ENDPOINT(peer key, address) points WireGuard's peer there; RELAYS() names the relays of
-    this domain (`RelayFinder`, asked each RELAYS_EVERY)."""
+    this domain (`RelayFinder`, asked each RELAYS_EVERY); ENDPOINTS() reads WireGuard's own."""
 
     def __init__(
         self,
         keys: Keys,
         raw: RawPort,
-        set_endpoint: Callable[[str, Address], Awaitable[None]],
+        set_endpoint: SetEndpoint,
         relays: Callable[[], Awaitable[list[RelayRef]]],
+        endpoints: Endpoints | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keys = keys
         self.raw = raw
         self._set_endpoint = set_endpoint
         self._relays_source = relays
+        self._endpoints = endpoints
         self._clock = clock
-        self.relays: list[RelayRef] = []
-        self.mapping: Address | None = None  # this node's WireGuard port as the first relay sees it
+        self.relays: list[RelayRef] = []  # this domain's
+        self.mappings: dict[str, Address] = {}  # relay key -> this node's WireGuard port as it sees it
         self.peers: dict[str, _Followed] = {}
-        self._probed: dict[Address, float] = {}
-        self._pending: dict[bytes, tuple[Kind, bytes, float]] = {}  # nonce -> what, to whom, when
+        self._probed: dict[str, float] = {}  # relay key -> when last probed for the mapping
+        self._pending: dict[bytes, _Asked] = {}  # nonce -> what was asked
         self._fresh = Freshness()
         self._timestamp = 0
         self._task: asyncio.Task[None] | None = None
-        self._learned = asyncio.Event()
+        self._answered = asyncio.Event()
         self._next_relays = -1e9
+        self._next_check = -1e9
 
     # Lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -93,47 +111,71 @@ class Traversal:
         self.raw.close()
 
     # What the tunnels ask ----------------------------------------------------------
+    @property
+    def mapping(self) -> Address | None:
+        """This node's mapping as its own domain's first relay sees it (the one it offers)."""
+        return next((self.mappings[r.key] for r in self.relays if r.key in self.mappings), None)
+
+    def mapping_via(self, relay: RelayRef | None) -> Address | None:
+        """The mapping to give a peer that named RELAY: this domain's relays' first, else (a
+        domain with none of its own) the one RELAY saw, given to that peer only: another
+        domain's relay never decides what this node tells the rest."""
+        own = self.mapping
+        if own is not None or relay is None:
+            return own
+        return self.mappings.get(relay.key)
+
     async def ready(self, also: RelayRef | None = None, timeout: float = 1.0) -> Address | None:
-        """This node's mapping: learned already, or asked now (TIMEOUT at most) of this domain's
-        relays and of ALSO, the relay a peer named (a domain may have none of its own)."""
-        if self.mapping is None:
-            # Asked again now: a relay may have registered since the last tick (the finder
-            # answers from the registry's watched copy, and keeps a round trip's answer a while).
-            await self._refresh_relays(force=True)
-            asked = [*self.relays, *([also] if also is not None else [])]
-            for relay in asked:
-                self._probe(relay, NO_KEY)
-            if not asked:
-                return None  # no reflector anywhere: the node's --public-ip, if any, stands
+        """`mapping_via(ALSO)`: learned already, or asked now (TIMEOUT at most) of this domain's
+        relays and of ALSO, the relay a peer named."""
+        if self.mapping_via(also) is not None:
+            return self.mapping_via(also)
+        # Asked again now: a relay may have registered since the last tick (the finder
+        # answers from the registry's watched copy, and keeps a round trip's answer a while).
+        await self._refresh_relays(force=True)
+        asked = [*self.relays, *([also] if also is not None else [])]
+        if not asked:
+            return None  # no reflector anywhere: the node's --public-ip, if any, stands
+        for relay in asked:
+            self._probe(relay, NO_KEY)
+        deadline = self._clock() + timeout
+        while self.mapping_via(also) is None and self._clock() < deadline:
+            self._answered.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._learned.wait(), timeout)
-        return self.mapping
+                await asyncio.wait_for(self._answered.wait(), max(0.0, deadline - self._clock()))
+        return self.mapping_via(also)
 
     def offered_relay(self) -> RelayRef | None:
         """The relay this node offers its peers: the first of its domain's."""
         return self.relays[0] if self.relays else None
 
-    def follow(self, peer_key: str, told: Address, relay: RelayRef | None) -> None:
-        """Follow the path to PEER_KEY, told to be at TOLD; RELAY is the one both ends agreed on."""
+    def follow(self, peer_key: str, told: Address, relays: tuple[RelayRef, ...]) -> None:
+        """Follow the path to PEER_KEY, told to be at TOLD; RELAYS: those its connections named."""
         known = self.peers.get(peer_key)
-        if known is not None and known.path.told == told and known.path.relay == relay:
-            return
+        if known is not None:
+            # Every relay any connection to this peer named is asked: two connections, one each
+            # way, may name different ones.
+            relays = tuple(sorted({r.key: r for r in (*known.path.relays, *relays)}.values(), key=lambda r: r.key))
+            if known.path.told == told and known.path.relays == relays:
+                return
         now = self._clock()
-        path = PeerPath(told=told, relay=relay, since=now)
+        path = PeerPath(told=told, relays=relays, since=now)
         # WireGuard's endpoint as it is now: told, when use_peer just set it (a peer new, or
         # told a new address); else what this path set last.
         configured = told if known is None or known.path.told != told else known.configured
         if known is not None:  # told anew (a new mapping, another relay): what was heard stays
-            path.mode, path.heard, path.heard_at = known.path.mode, known.path.heard, known.path.heard_at
-        followed = self.peers[peer_key] = _Followed(
-            path, base64.b64decode(peer_key), configured=configured, last_ping=now
-        )
+            path.mode, path.since, path.heard, path.heard_at = (
+                known.path.mode, known.path.since, known.path.heard, known.path.heard_at,
+            )  # fmt: skip
+            path.paired = known.path.paired
+        followed = self.peers[peer_key] = _Followed(path, base64.b64decode(peer_key), configured, last_ping=now)
         # At once, not at the next tick: on the endpoint's node this runs before the answer
         # goes back, so this NAT's hole toward the client is open before the client's
         # WireGuard sends its first handshake (lost, it would be retried only after 5 s).
         for addr in path.candidates():
             self._send(addr, followed.raw_key, Kind.PING)
-        log.info("nat path: following", peer=peer_key[:8], told=_fmt(told), relay=str(relay) if relay else "none")
+        log.info("nat path: following", peer=peer_key[:8], told=_fmt(told),
+                 relays=",".join(str(r) for r in relays) or "none")  # fmt: skip
 
     def forget(self, peer_key: str) -> None:
         if self.peers.pop(peer_key, None) is not None:
@@ -155,7 +197,7 @@ class Traversal:
                 await self._tick()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # one bad tick (a failed `wg set`) must not end traversal
+            except Exception as exc:  # one bad tick must not end traversal
                 log.warning("nat traversal tick failed", error=str(exc))
             await asyncio.sleep(TICK)
 
@@ -172,35 +214,60 @@ class Traversal:
     async def _tick(self) -> None:
         now = self._clock()
         await self._refresh_relays()
-        used = {f.path.relay for f in self.peers.values() if f.path.relay is not None}
-        for relay in [*self.relays, *sorted(used - set(self.relays), key=str)]:
-            if now - self._probed.get(relay.address, -1e9) >= PROBE_EVERY:
+        used = {r.key: r for f in self.peers.values() for r in f.path.relays}
+        wanted = {**used, **{r.key: r for r in self.relays}}
+        for key, relay in wanted.items():
+            if now - self._probed.get(key, -1e9) >= PROBE_EVERY:
                 self._probe(relay, NO_KEY)
-        for stale in [n for n, (_, _, at) in self._pending.items() if now - at > PENDING_FOR]:
+        for key in set(self._probed) - set(wanted):
+            del self._probed[key]
+        for stale in [n for n, asked in self._pending.items() if now - asked.at > PENDING_FOR]:
             del self._pending[stale]
         for key, followed in list(self.peers.items()):
-            path = followed.path
-            mode = decide(path, now)
-            if mode is not path.mode:
-                heard = _fmt(path.heard) if mode is Mode.DIRECT else ""
-                log.info(f"nat path: {mode.value}", peer=key[:8], was=path.mode.value,
-                         after=round(now - path.since, 2), heard=heard)  # fmt: skip
-                path.mode, path.since = mode, now
-                followed.switches.append((now, mode))
-            if path.relay is not None and path.wants_relay(now) and now - followed.last_pair_probe >= RELAY_PROBE_EVERY:
-                followed.last_pair_probe = now
-                self._probe(path.relay, followed.raw_key)
-            if now - followed.last_ping >= PING_EVERY[path.mode.value]:
-                followed.last_ping = now
-                for addr in path.candidates():
-                    self._send(addr, followed.raw_key, Kind.PING)
-            endpoint = path.endpoint()
-            if endpoint != followed.configured:
+            await self._step(key, followed, now)
+        if self.peers and self._endpoints is not None and now >= self._next_check:
+            self._next_check = now + CHECK_EVERY
+            await self._check_roaming(await self._endpoints())
+
+    async def _step(self, key: str, followed: _Followed, now: float) -> None:
+        """One peer's tick: its mode decided, its pings and pairing probes sent, its endpoint set."""
+        path = followed.path
+        mode = decide(path, now)
+        if mode is not path.mode:
+            heard = _fmt(path.heard) if mode is Mode.DIRECT else ""
+            log.info(f"nat path: {mode.value}", peer=key[:8], was=path.mode.value,
+                     after=round(now - path.since, 2), heard=heard)  # fmt: skip
+            path.mode, path.since = mode, now
+        if path.wants_relay(now) and now - followed.last_pair_probe >= RELAY_PROBE_EVERY:
+            followed.last_pair_probe = now
+            for relay in path.relays:
+                self._probe(relay, followed.raw_key)
+        if now - followed.last_ping >= PING_EVERY[path.mode.value]:
+            followed.last_ping = now
+            for addr in path.candidates():
+                self._send(addr, followed.raw_key, Kind.PING)
+        endpoint = path.endpoint(now)
+        if endpoint != followed.configured and now - followed.failed_at >= RETRY_AFTER:
+            try:
                 await self._set_endpoint(key, endpoint)
-                followed.configured = endpoint
-                log.info(
-                    "nat path: wireguard endpoint set", peer=key[:8], endpoint=_fmt(endpoint), mode=path.mode.value
-                )
+            except Exception as exc:  # this peer tries again later; the others go on
+                followed.failed_at = now
+                log.warning("nat path: setting the wireguard endpoint failed", peer=key[:8], error=str(exc))
+                return
+            followed.configured = endpoint
+            log.info("nat path: wireguard endpoint set", peer=key[:8], endpoint=_fmt(endpoint),
+                     mode=path.mode.value)  # fmt: skip
+
+    async def _check_roaming(self, actual: dict[str, Address]) -> None:
+        """WireGuard moves a peer's endpoint to wherever its last packet came from: one relayed
+        packet arriving after the switch to direct leaves it on a relay that stops pairing
+        the two once neither asks. Seen, the direct endpoint is set again."""
+        for key, followed in self.peers.items():
+            path = followed.path
+            relayed_at = actual.get(key)
+            if path.mode is Mode.DIRECT and relayed_at in {r.address for r in path.relays}:
+                log.info("nat path: wireguard had roamed onto a relay", peer=key[:8], endpoint=_fmt(relayed_at))
+                followed.configured = relayed_at  # the next tick sets the direct one
 
     # Sending and receiving -----------------------------------------------------------
     def _stamp(self) -> int:
@@ -208,19 +275,26 @@ class Traversal:
         return self._timestamp
 
     def _send(self, to: Address, to_key: bytes, kind: Kind, nonce: bytes = b"", **body: object) -> bytes:
-        """MSG to the holder of TO_KEY at TO; a PING's nonce is remembered for its PONG."""
+        """A message of KIND to the holder of TO_KEY at TO; a PING's nonce is kept for its PONG."""
         nonce = nonce or os.urandom(12)
         msg = Message(kind, self.keys.public, nonce, self._stamp(), **body)  # type: ignore[arg-type]
+        try:
+            data = encode(self.keys, to_key, msg)
+        except ValueError as exc:  # a key no X25519 can be made with (named by a peer or a record)
+            log.warning("nat traversal: a key that is no WireGuard key", key=base64.b64encode(to_key).decode()[:8],
+                        error=str(exc))  # fmt: skip
+            return nonce
         if kind is Kind.PING:
-            self._pending[nonce] = (kind, to_key, self._clock())
-        self.raw.send(to, encode(self.keys, to_key, msg))
+            self._pending[nonce] = _Asked(kind, to_key, NO_KEY, self._clock())
+        self.raw.send(to, data)
         return nonce
 
     def _probe(self, relay: RelayRef, pair_with: bytes) -> None:
         if pair_with == NO_KEY:
-            self._probed[relay.address] = self._clock()
-        nonce = self._send(relay.address, base64.b64decode(relay.key), Kind.PROBE, key=pair_with)
-        self._pending[nonce] = (Kind.PROBE, pair_with, self._clock())
+            self._probed[relay.key] = self._clock()
+        relay_key = base64.b64decode(relay.key)
+        nonce = self._send(relay.address, relay_key, Kind.PROBE, key=pair_with)
+        self._pending[nonce] = _Asked(Kind.PROBE, relay_key, pair_with, self._clock())
 
     def _receive(self) -> None:
         for source, data in self.raw.read():
@@ -238,30 +312,26 @@ class Traversal:
             if followed is None or not self._fresh.fresh(msg):
                 return
             self._send(source, msg.sender, Kind.PONG, nonce=msg.nonce, address=source)
-            self._heard(followed, source, now)
+            followed.path.heard, followed.path.heard_at = source, now
             return
-        pending = self._pending.pop(msg.nonce, None)
-        if pending is None:
-            return  # unasked, or answered already
-        kind, key, _ = pending
-        if msg.kind is Kind.PONG and kind is Kind.PING:
+        asked = self._pending.get(msg.nonce)
+        if asked is None or asked.to != msg.sender:
+            return  # unasked, answered already, or not from whom it was asked of
+        del self._pending[msg.nonce]
+        if msg.kind is Kind.PONG and asked.kind is Kind.PING:
             followed = self.peers.get(sender)
             if followed is not None:
-                self._heard(followed, source, now)
-        elif msg.kind is Kind.MAPPED and kind is Kind.PROBE and msg.address is not None:
-            first = self.relays[0].key if self.relays else sender
-            if sender == first or self.mapping is None:
-                if msg.address != self.mapping:
-                    log.info("nat mapping learned", mapping=_fmt(msg.address), was=_fmt(self.mapping))
-                self.mapping = msg.address
-                self._learned.set()
-            if key != NO_KEY and msg.peer is not None:
-                followed = self.peers.get(base64.b64encode(key).decode())
+                followed.path.heard, followed.path.heard_at = source, now
+        elif msg.kind is Kind.MAPPED and asked.kind is Kind.PROBE and msg.address is not None:
+            if self.mappings.get(sender) != msg.address:
+                log.info("nat mapping learned", relay=sender[:8], mapping=_fmt(msg.address),
+                         was=_fmt(self.mappings.get(sender)))  # fmt: skip
+            self.mappings[sender] = msg.address
+            self._answered.set()
+            if asked.pair_with != NO_KEY and msg.peer is not None:
+                followed = self.peers.get(base64.b64encode(asked.pair_with).decode())
                 if followed is not None:
-                    followed.path.relay_peer, followed.path.paired_at = msg.peer, now
-
-    def _heard(self, followed: _Followed, source: Address, now: float) -> None:
-        followed.path.heard, followed.path.heard_at = source, now
+                    followed.path.paired[sender] = (now, msg.peer)
 
 
 def _fmt(addr: Address | None) -> str:

@@ -13,9 +13,11 @@ WireGuard's clear-text header (`wireguard_headers`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -37,8 +39,11 @@ from nsm_agent.traversal.messages import (
 log = structlog.get_logger("nsm.agent")
 
 FORGET_AFTER = 60.0  # seconds without a probe: the node (and its pairings) are forgotten
+EXPIRE_EVERY = 5.0
 MAX_CLIENTS = 10_000
+MAX_WANTS = 256  # peers one node may ask to be paired with at once
 MAX_INDICES = 100_000  # two per live session; the oldest go first
+PROBES_PER_SOURCE = 200  # a second, per source address: a NAT with many nodes behind it shares one
 
 
 @dataclass
@@ -51,21 +56,23 @@ class _Client:
 class Relay(asyncio.DatagramProtocol):
     """Its state is soft: a restarted relay learns every node again from its next probe."""
 
-    def __init__(self, keys: Keys, clock: object = time.monotonic) -> None:
+    def __init__(self, keys: Keys, sock: socket.socket, clock: Callable[[], float] = time.monotonic) -> None:
         self.keys = keys
+        self.sock = sock
         self._clock = clock
         self.clients: dict[bytes, _Client] = {}
         self.by_address: dict[Address, bytes] = {}
         self.fresh = Freshness()
-        self.transport: asyncio.DatagramTransport | None = None
         self.relayed_packets = 0
         self.indices: dict[bytes, bytes] = {}  # a WireGuard index -> the key of the node that chose it
+        self._probes: dict[str, tuple[float, int]] = {}  # source address -> (second, probes in it)
+        self._next_expiry = -1e9
 
-    def _now(self) -> float:
-        return self._clock()  # type: ignore[operator,no-any-return]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
+    def _send(self, data: bytes, to: Address) -> None:
+        # Straight to the socket: a full buffer drops the datagram, as a router would, instead
+        # of queueing without bound in the transport.
+        with contextlib.suppress(OSError):
+            self.sock.sendto(data, to)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:  # type: ignore[override]
         source: Address = (str(addr[0]), int(addr[1]))
@@ -76,7 +83,7 @@ class Relay(asyncio.DatagramProtocol):
 
     def mutual(self, a: bytes, b: bytes) -> bool:
         """Whether A and B both asked, lately, to be relayed to each other."""
-        now = self._now()
+        now = self._clock()
         ca, cb = self.clients.get(a), self.clients.get(b)
         return (
             ca is not None
@@ -85,58 +92,62 @@ class Relay(asyncio.DatagramProtocol):
             and now - cb.wants.get(a, -FORGET_AFTER) < FORGET_AFTER
         )
 
-    def partner(self, key: bytes) -> _Client | None:
-        """KEY's peer on this relay: the first of those it asked for that asked for it too."""
-        me = self.clients.get(key)
-        if me is None:
-            return None
-        for peer_key in me.wants:
-            if self.mutual(key, peer_key):
-                return self.clients[peer_key]
-        return None
-
     def _forward(self, data: bytes, source: Address) -> None:
         key = self.by_address.get(source)
-        target = self._target(key, data) if key is not None else None
-        if target is not None and self.transport is not None:
-            self.transport.sendto(data, self.clients[target].address)
+        for target in self._targets(key, data) if key is not None else ():
+            self._send(data, self.clients[target].address)
             self.relayed_packets += 1
 
-    def _target(self, key: bytes, data: bytes) -> bytes | None:
-        """Whom KEY's packet is for, among the peers it is paired with: by the packet's WireGuard
-        header (wireguard_headers), else the one peer when there is only one."""
-        me = self.clients[key]
-        peers = [p for p in me.wants if self.mutual(key, p)]
-        if not peers:
-            return None
+    def _targets(self, key: bytes, data: bytes) -> list[bytes]:
+        """Whom KEY's packet is for, among the peers it is paired with, by the packet's WireGuard
+        header (wireguard_headers). Data whose receiver index is not known yet (this relay
+        restarted, or the pair came here from a direct path) goes to each of them: the others'
+        WireGuard drops a packet for an index it never gave, and the next handshake teaches the
+        index."""
         kind = wg.kind(data)
         if not kind:
-            return None  # only WireGuard's packets are relayed: no general-purpose UDP relay
-        target = None
+            return []  # only WireGuard's packets are relayed: no general-purpose UDP relay
+        peers = [p for p in self.clients[key].wants if self.mutual(key, p)]
+        if not peers:
+            return []
         if kind in (wg.INITIATION, wg.RESPONSE):
             target = next((p for p in peers if wg.mac1_for(data, p)), None)
-        elif kind:
-            index = wg.receiver_index(data)
-            owner = self.indices.get(index) if index is not None else None
-            target = owner if owner in peers else None
-        if target is None and len(peers) == 1:
-            target = peers[0]  # e.g. data right after this relay restarted, before a handshake
-        sender = wg.sender_index(data)
-        if target is not None and sender is not None:
-            if len(self.indices) >= MAX_INDICES:
-                self.indices.pop(next(iter(self.indices)))
-            self.indices[sender] = key  # what names this index from now on is for KEY
-        return target
+            if target is not None:
+                if len(self.indices) >= MAX_INDICES:
+                    self.indices.pop(next(iter(self.indices)))
+                index = wg.sender_index(data)
+                assert index is not None
+                self.indices[index] = key  # what names this index from now on is for KEY
+            return [target] if target is not None else []
+        index = wg.receiver_index(data)
+        owner = self.indices.get(index) if index is not None else None
+        return [owner] if owner in peers else peers
+
+    def _allowed(self, source: Address, now: float) -> bool:
+        """PROBES_PER_SOURCE a second from one address: each costs an X25519 before its MAC
+        can be checked."""
+        second, count = self._probes.get(source[0], (0.0, 0))
+        if now - second >= 1.0:
+            if len(self._probes) >= MAX_CLIENTS:
+                self._probes.clear()
+            self._probes[source[0]] = (now, 1)
+            return True
+        self._probes[source[0]] = (second, count + 1)
+        return count < PROBES_PER_SOURCE
 
     def _probe(self, data: bytes, source: Address) -> None:
+        now = self._clock()
+        if not self._allowed(source, now):
+            return
         try:
             msg = decode(self.keys, data)
         except MessageError:
             return  # forged or garbled: no answer, nothing learned
         if msg.kind is not Kind.PROBE or not self.fresh.fresh(msg):
             return
-        now = self._now()
-        self._expire(now)
+        if now >= self._next_expiry:
+            self._next_expiry = now + EXPIRE_EVERY
+            self._expire(now)
         client = self.clients.get(msg.sender)
         if client is None:
             if len(self.clients) >= MAX_CLIENTS:
@@ -144,23 +155,31 @@ class Relay(asyncio.DatagramProtocol):
             client = self.clients[msg.sender] = _Client(source, now)
             log.info("relay: node seen", address=f"{source[0]}:{source[1]}")
         elif client.address != source:
-            self.by_address.pop(client.address, None)
+            self._unbind(client.address, msg.sender)
             log.info("relay: node's mapping changed", old=f"{client.address[0]}:{client.address[1]}",
                      new=f"{source[0]}:{source[1]}")  # fmt: skip
             client.address = source
         self.by_address[source] = msg.sender
         client.seen = now
-        if msg.key != NO_KEY and msg.key != msg.sender:
+        if msg.key not in (NO_KEY, msg.sender) and (msg.key in client.wants or len(client.wants) < MAX_WANTS):
             client.wants[msg.key] = now
         peer = self.clients[msg.key].address if self.mutual(msg.sender, msg.key) else None
         reply = Message(Kind.MAPPED, self.keys.public, msg.nonce, time.time_ns(), address=source, peer=peer)
-        if self.transport is not None:
-            self.transport.sendto(encode(self.keys, msg.sender, reply), source)
+        self._send(encode(self.keys, msg.sender, reply), source)
+
+    def _unbind(self, address: Address, key: bytes) -> None:
+        """ADDRESS no longer KEY's; left alone if another node holds it now (after a NAT
+        restart two nodes behind it may have swapped ports)."""
+        if self.by_address.get(address) == key:
+            del self.by_address[address]
 
     def _expire(self, now: float) -> None:
-        for key in [k for k, c in self.clients.items() if now - c.seen > FORGET_AFTER]:
-            client = self.clients.pop(key)
-            self.by_address.pop(client.address, None)
+        gone = [k for k, c in self.clients.items() if now - c.seen > FORGET_AFTER]
+        for key in gone:
+            self._unbind(self.clients.pop(key).address, key)
+        if gone:
+            left = set(gone)
+            self.indices = {i: k for i, k in self.indices.items() if k not in left}
         for client in self.clients.values():
             for peer in [p for p, asked in client.wants.items() if now - asked > FORGET_AFTER]:
                 del client.wants[peer]
@@ -176,9 +195,10 @@ async def serve_relay(keys: Keys, host: str, port: int) -> tuple[asyncio.Datagra
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         sock.bind((host, port))
+        sock.setblocking(False)
     except OSError:
         sock.close()
         raise
-    transport, relay = await loop.create_datagram_endpoint(lambda: Relay(keys), sock=sock)
+    transport, relay = await loop.create_datagram_endpoint(lambda: Relay(keys, sock), sock=sock)
     log.info("relay serving", address=f"{host}:{port}", pid=os.getpid())
     return transport, relay

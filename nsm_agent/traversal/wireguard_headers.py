@@ -13,16 +13,19 @@ import hashlib
 import hmac
 
 INITIATION, RESPONSE, COOKIE, DATA = 1, 2, 3, 4
-_SIZES = {INITIATION: 148, RESPONSE: 92}
+_SIZES = {INITIATION: 148, RESPONSE: 92, COOKIE: 64}
 _MAC1_AT = {INITIATION: 116, RESPONSE: 60}
 _LABEL_MAC1 = b"mac1----"
 
 
 def kind(data: bytes) -> int:
-    """WireGuard's message type, or 0 when this is none."""
+    """WireGuard's message type, or 0 when this is none (by its header and size)."""
     if len(data) < 16 or data[1:4] != b"\0\0\0" or data[0] not in (INITIATION, RESPONSE, COOKIE, DATA):
         return 0
     if data[0] in _SIZES and len(data) != _SIZES[data[0]]:
+        return 0
+    # Data: header, counter and tag (32 bytes) around a payload padded to 16.
+    if data[0] == DATA and (len(data) < 32 or len(data) % 16):
         return 0
     return data[0]
 

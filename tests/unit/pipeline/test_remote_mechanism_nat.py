@@ -30,6 +30,7 @@ from tests.helpers.steps import FakeNetlink, Recorder, as_sent, endpoint, kernel
 
 RELAY = RelayRef(("203.0.113.19", 51800), base64.b64encode(bytes(range(32))).decode())
 PEER_KEY = base64.b64encode(bytes(range(1, 33))).decode()
+OTHER = base64.b64encode(bytes([0] * 31 + [9])).decode()  # sorts before RELAY's key
 FAR = endpoint("ep@cluster2", "tcp://203.0.113.20:5101")
 
 
@@ -67,7 +68,7 @@ def nat_kinds(tmp_path: Path) -> tuple[TunnelKinds, Traversal, LoopbackPort]:
 
     traversal = Traversal(Keys(keys.private_path.read_text().strip()), port, set_endpoint, relays)  # type: ignore[arg-type]
     traversal.relays = [RELAY]
-    traversal.mapping = ("203.0.113.10", 40001)  # as a reflector would have said
+    traversal.mappings[RELAY.key] = ("203.0.113.10", 40001)  # as the domain's reflector would have said
     k = TunnelKinds(FakeNetlink(), Underlay("10.0.0.1", 1500), VniBook(4789, scan=lambda nl, p: set()), wg,
                     ["WIREGUARD"], traversal=traversal)  # fmt: skip
     return k, traversal, port
@@ -99,12 +100,13 @@ async def test_the_endpoint_side_follows_the_peer_by_the_clients_relay_and_forge
     k, traversal, port = nat_kinds(tmp_path)
     try:
         chain = Chain([ValidateRequest(("WIREGUARD",)), RemoteMechanismServer(k), Recorder()])
-        reply = await chain.request(crossing_offer({"src_relay": "203.0.113.29:51800", "src_relay_key": RELAY.key}))
+        reply = await chain.request(crossing_offer({"src_relay": "203.0.113.29:51800", "src_relay_key": OTHER}))
         params = reply.mechanism.parameters
         assert (params["dst_ip"], params["dst_port"]) == ("203.0.113.10", "40001")  # the mapping, not 10.0.0.1
         followed = traversal.peers[PEER_KEY].path
         assert followed.told == ("203.0.113.20", 51820)
-        assert followed.relay == RelayRef(("203.0.113.29", 51800), RELAY.key)  # the client's relay wins
+        # both relays named, by key (the client's and this node's own)
+        assert followed.relays == (RelayRef(("203.0.113.29", 51800), OTHER), RELAY)
         await chain.close(Connection(id="s1"))
         assert PEER_KEY not in traversal.peers and k.vnis.held == {}
     finally:
@@ -146,7 +148,7 @@ async def test_the_client_side_follows_the_endpoints_answer(tmp_path: Path) -> N
         req.connection.network_service = "svc@cluster2"
         await Chain([step, Recorder(answer)]).request(req, remote_call())
         followed = traversal.peers[PEER_KEY].path
-        assert followed.told == ("203.0.113.20", 51820) and followed.relay == RELAY  # its own, offered
+        assert followed.told == ("203.0.113.20", 51820) and followed.relays == (RELAY,)  # its own, offered
         await Chain([step, Recorder(answer)]).close(Connection(id="c1"))
         assert traversal.peers == {}
     finally:

@@ -78,12 +78,12 @@ async def test_the_relay_reflects_pairs_only_on_both_asking_and_forwards_opaquel
         assert served.relayed_packets == 0
         got = await asyncio.to_thread(_probe, b, kb, ref, ka.public)
         assert got.peer == a.getsockname()  # paired: each is told where the other is seen
-        a.sendto(b"\x04\x00\x00\x00to b, sixteen+", ref.address)
+        a.sendto(b"\x04\x00\x00\x00" + b"to b" * 7, ref.address)
         b.settimeout(2)
-        assert await asyncio.to_thread(b.recvfrom, 100) == (b"\x04\x00\x00\x00to b, sixteen+", ref.address)
-        b.sendto(b"\x04\x00\x00\x00to a, sixteen+", ref.address)
+        assert await asyncio.to_thread(b.recvfrom, 100) == (b"\x04\x00\x00\x00" + b"to b" * 7, ref.address)
+        b.sendto(b"\x04\x00\x00\x00" + b"to a" * 7, ref.address)
         a.settimeout(2)
-        assert await asyncio.to_thread(a.recvfrom, 100) == (b"\x04\x00\x00\x00to a, sixteen+", ref.address)
+        assert await asyncio.to_thread(a.recvfrom, 100) == (b"\x04\x00\x00\x00" + b"to a" * 7, ref.address)
         # a replayed probe (same timestamp) is not answered
         old = Message(Kind.PROBE, ka.public, os.urandom(12), 1)
         a.sendto(encode(ka, base64.b64decode(ref.key), old), ref.address)
@@ -130,8 +130,8 @@ async def test_two_nodes_go_direct_relayed_when_blocked_and_direct_again(relay: 
                 await asyncio.sleep(0.05)
 
         # Direct: each told the other's port.
-        ta.follow(pb, portb.address, ref)
-        tb.follow(pa, porta.address, ref)
+        ta.follow(pb, portb.address, (ref,))
+        tb.follow(pa, porta.address, (ref,))
         await until(lambda: ta.mode(pb) is Mode.DIRECT and tb.mode(pa) is Mode.DIRECT, 2.0)
 
         # Blocked both ways (symmetric NATs): relayed after PUNCH_FOR, WireGuard pointed at the relay.
@@ -215,14 +215,15 @@ async def test_following_again_keeps_what_was_heard_and_keep_only_forgets_the_re
     try:
         (_, pb), (_, pc) = _keys(), _keys()
         relay = RelayRef(("127.0.0.9", 51800), pb)
-        t.follow(pb, ("127.0.0.2", 51820), None)
+        t.follow(pb, ("127.0.0.2", 51820), ())
         t.peers[pb].path.heard, t.peers[pb].configured = ("127.0.0.2", 40000), ("127.0.0.2", 40000)
-        t.follow(pb, ("127.0.0.2", 51820), relay)  # another connection names a relay: same address
-        assert t.peers[pb].path.relay == relay and t.peers[pb].configured == ("127.0.0.2", 40000)
+        t.follow(pb, ("127.0.0.2", 51820), (relay,))  # another connection names a relay: same address
+        assert t.peers[pb].path.relays == (relay,) and t.peers[pb].configured == ("127.0.0.2", 40000)
         assert t.peers[pb].path.heard == ("127.0.0.2", 40000)
-        t.follow(pb, ("127.0.0.3", 51820), relay)  # told a new address: use_peer set it
+        t.follow(pb, ("127.0.0.3", 51820), ())  # told a new address: use_peer set it
         assert t.peers[pb].configured == ("127.0.0.3", 51820)
-        t.follow(pc, ("127.0.0.4", 51820), None)
+        assert t.peers[pb].path.relays == (relay,)  # what any connection named is kept
+        t.follow(pc, ("127.0.0.4", 51820), ())
         t.keep_only({pc})
         assert set(t.peers) == {pc}
     finally:
