@@ -112,14 +112,15 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
     traversal = None
     if wireguard is not None and underlay is not None:
         wg = wireguard
+        family, port = underlay.family, wg.port
         try:
-            raw = RawPort(underlay.family, wg.port)
+            RawPort(family, port).close()  # can it be had at all (CAP_NET_RAW)? Opened when needed.
         except OSError as exc:  # the agent still serves; only NAT traversal is off
             log.warning("no NAT traversal: it needs a raw socket (CAP_NET_RAW)", error=str(exc))
         else:
             traversal = Traversal(
                 Keys(wg.keys.private_path.read_text().strip()),
-                raw,
+                lambda: RawPort(family, port),
                 lambda key, addr: wg.set_endpoint(key, *addr),
                 RelayFinder(registry),
                 endpoints=wg.endpoints,

@@ -41,6 +41,7 @@ RELAYS_EVERY = 1.0  # the relay source answers from the registry's watched copy:
 CHECK_EVERY = 10.0  # seconds between looks at WireGuard's own endpoints
 RETRY_AFTER = 5.0  # seconds before a failed `wg set` is tried again
 PENDING_FOR = 5.0  # seconds an unanswered nonce is remembered
+IDLE_FOR = 120.0  # seconds with no path followed and no Request across before the port is let go
 
 SetEndpoint = Callable[[str, Address], Awaitable[None]]
 Endpoints = Callable[[], Awaitable[dict[str, Address]]]
@@ -71,14 +72,16 @@ class Traversal:
     def __init__(
         self,
         keys: Keys,
-        raw: RawPort,
+        open_port: Callable[[], RawPort],
         set_endpoint: SetEndpoint,
         relays: Callable[[], Awaitable[list[RelayRef]]],
         endpoints: Endpoints | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.keys = keys
-        self.raw = raw
+        self._open_port = open_port
+        self._port: RawPort | None = None  # open only while this node crosses domains
+        self._used_at = -1e9
         self._set_endpoint = set_endpoint
         self._relays_source = relays
         self._endpoints = endpoints
@@ -97,8 +100,6 @@ class Traversal:
 
     # Lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self.raw.sock.fileno(), self._receive)
         self._task = asyncio.create_task(self._run())
 
     async def aclose(self) -> None:
@@ -106,9 +107,27 @@ class Traversal:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self.raw.sock.fileno())
-        self.raw.close()
+        self._close_port()
+
+    def _port_open(self) -> RawPort:
+        """The raw port, opened on first need. Closed, it costs nothing: open, the kernel hands it
+        a copy of every UDP packet the node gets (its filter drops them there), so a node that
+        never crosses domains never opens it."""
+        self._used_at = self._clock()
+        if self._port is None:
+            self._port = self._open_port()
+            asyncio.get_running_loop().add_reader(self._port.sock.fileno(), self._receive)
+            log.info("nat traversal: listening on the wireguard port")
+        return self._port
+
+    def _close_port(self) -> None:
+        if self._port is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._port.sock.fileno())
+            self._port.close()
+            self._port = None
+            self.mappings.clear()  # unprobed, a NAT forgets them within 30 s
+            log.info("nat traversal: idle, wireguard port no longer read")
 
     # What the tunnels ask ----------------------------------------------------------
     @property
@@ -213,6 +232,11 @@ class Traversal:
 
     async def _tick(self) -> None:
         now = self._clock()
+        if self._port is None:
+            return  # nothing crosses: no mapping to keep, no path to follow
+        if not self.peers and now - self._used_at > IDLE_FOR:
+            self._close_port()
+            return
         await self._refresh_relays()
         used = {r.key: r for f in self.peers.values() for r in f.path.relays}
         wanted = {**used, **{r.key: r for r in self.relays}}
@@ -286,7 +310,7 @@ class Traversal:
             return nonce
         if kind is Kind.PING:
             self._pending[nonce] = _Asked(kind, to_key, NO_KEY, self._clock())
-        self.raw.send(to, data)
+        self._port_open().send(to, data)
         return nonce
 
     def _probe(self, relay: RelayRef, pair_with: bytes) -> None:
@@ -297,7 +321,9 @@ class Traversal:
         self._pending[nonce] = _Asked(Kind.PROBE, relay_key, pair_with, self._clock())
 
     def _receive(self) -> None:
-        for source, data in self.raw.read():
+        if self._port is None:
+            return
+        for source, data in self._port.read():
             try:
                 msg = decode(self.keys, data)
             except MessageError:

@@ -66,7 +66,7 @@ def nat_kinds(tmp_path: Path) -> tuple[TunnelKinds, Traversal, LoopbackPort]:
     async def relays() -> list[RelayRef]:
         return [RELAY]
 
-    traversal = Traversal(Keys(keys.private_path.read_text().strip()), port, set_endpoint, relays)  # type: ignore[arg-type]
+    traversal = Traversal(Keys(keys.private_path.read_text().strip()), lambda: port, set_endpoint, relays)  # type: ignore[arg-type,return-value]
     traversal.relays = [RELAY]
     traversal.mappings[RELAY.key] = ("203.0.113.10", 40001)  # as the domain's reflector would have said
     k = TunnelKinds(FakeNetlink(), Underlay("10.0.0.1", 1500), VniBook(4789, scan=lambda nl, p: set()), wg,

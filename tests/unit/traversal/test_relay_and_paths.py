@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from nsm_agent.decisions.traversal import PUNCH_FOR, Mode, RelayRef
 from nsm_agent.traversal.messages import NO_KEY, Address, Keys, Kind, Message, decode, encode
-from nsm_agent.traversal.paths import Traversal
+from nsm_agent.traversal.paths import IDLE_FOR, Traversal
 from nsm_agent.traversal.relay import Relay, serve_relay
 from nsm_agent.traversal.wireguard_headers import make_mac1
 from tests.helpers.loopback_port import LoopbackPort
@@ -114,7 +114,8 @@ async def test_two_nodes_go_direct_relayed_when_blocked_and_direct_again(relay: 
         async def relays() -> list[RelayRef]:
             return [ref]
 
-        nodes.append((Traversal(keys, port, set_endpoint, relays), public, port, endpoints))  # type: ignore[arg-type]
+        t = Traversal(keys, lambda p=port: p, set_endpoint, relays)  # type: ignore[misc]
+        nodes.append((t, public, port, endpoints))
     (ta, pa, porta, epa), (tb, pb, portb, epb) = nodes
     for t, _, _, _ in nodes:
         t.start()
@@ -211,7 +212,14 @@ async def test_following_again_keeps_what_was_heard_and_keep_only_forgets_the_re
     async def relays() -> list[RelayRef]:
         return []
 
-    t = Traversal(keys, port, set_endpoint, relays)  # type: ignore[arg-type]
+    now = [0.0]
+    opened: list[LoopbackPort] = []
+
+    def open_port() -> LoopbackPort:
+        opened.append(port)
+        return port
+
+    t = Traversal(keys, open_port, set_endpoint, relays, clock=lambda: now[0])  # type: ignore[arg-type]
     try:
         (_, pb), (_, pc) = _keys(), _keys()
         relay = RelayRef(("127.0.0.9", 51800), pb)
@@ -226,5 +234,14 @@ async def test_following_again_keeps_what_was_heard_and_keep_only_forgets_the_re
         t.follow(pc, ("127.0.0.4", 51820), ())
         t.keep_only({pc})
         assert set(t.peers) == {pc}
+        # The port was opened once, for the first path, and is let go when none is left.
+        assert opened == [port]
+        t.forget(pc)
+        now[0] = IDLE_FOR - 1
+        await t._tick()
+        assert t._port is not None  # still open: the idle time has not passed
+        now[0] = IDLE_FOR + 1
+        await t._tick()
+        assert t._port is None and t.mappings == {}
     finally:
         port.close()
