@@ -17,7 +17,8 @@ from nsm_api import networkservice_pb2_grpc
 from nsm_client.runtime import kernel_request
 from testbed.bed import Testbed, links, patience, ping, ping_df, run
 from testbed.clusters import Federation, public_ip
-from testbed.keeper import events, keep, peer, wait_event
+from testbed.keeper import events, peer, wait_event
+from tests.helpers.across import keep_across
 from tests.helpers.mesh import agent_client
 from tests.helpers.upstream import upstream_request
 
@@ -229,23 +230,13 @@ def test_heal_across_domains_to_the_other_endpoint(bed: Testbed, fault: str) -> 
     client's probe finds the far end silent): either way the client is healed onto the
     other endpoint, across the boundary."""
     fed = Federation.build(bed, clusters=2, nodes=2, agent_args=["--remote-mechanisms", "WIREGUARD"])
-    here = fed.domain("cluster1").nodes[0]
-    far = fed.domain("cluster2").nodes
-    procs = {
-        f"ep{i}@cluster2": bed.endpoint(fed.pod(node, "ep"), f"ep{i}", "svc", f"10.9{i}.0.0/24", node.agent)[0]
-        for i, node in enumerate(far, start=1)
-    }
-    pod = fed.pod(here, "c1")
-    keeper = keep(bed, here.agent, pod, "svc@cluster2")
-    first = wait_event(keeper, "connected")
-    serving = str(first["endpoint"])
-    assert serving in procs and ping(pod, peer(first), count=2)
+    kept = keep_across(bed, fed)
+    keeper, pod, serving = kept.keeper, kept.pod, kept.serving
     n = len(events(keeper))
     if fault == "endpoint-killed":
-        os.kill(procs[serving].popen.pid, signal.SIGKILL)
+        os.kill(kept.endpoints[serving].popen.pid, signal.SIGKILL)
     else:
-        node = far[0] if serving == "ep1@cluster2" else far[1]
-        run("ip", "-n", node.netns, "link", "set", "eth0", "down")
+        run("ip", "-n", kept.serving_node.netns, "link", "set", "eth0", "down")
     healed = wait_event(keeper, "healed", n, timeout=30)
     assert healed["endpoint"] != serving
     if fault == "endpoint-killed":

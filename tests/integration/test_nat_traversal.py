@@ -22,7 +22,8 @@ from scapy.packet import Raw
 from nsm_client.runtime import kernel_request
 from testbed.bed import Proc, Testbed, links, patience, ping, run
 from testbed.clusters import Federation, public_ip
-from testbed.keeper import events, keep, peer, wait_event
+from testbed.keeper import events, peer, wait_event
+from tests.helpers.across import keep_across
 from tests.helpers.capture import capture
 from tests.helpers.mesh import agent_client
 from tests.helpers.ping import lost, start_ping
@@ -211,20 +212,11 @@ def test_heal_across_domains_through_nat(bed: Testbed, fault: str) -> None:
       svc@cluster2 is refused with a reason that names the far registry."""
     fed = nat_federation(bed, nodes=2)
     here = fed.domain("cluster1").nodes[0]
-    far = fed.domain("cluster2").nodes
-    procs = {
-        f"ep{i}@cluster2": bed.endpoint(fed.pod(node, "ep"), f"ep{i}", "svc", f"10.9{i}.0.0/24", node.agent)[0]
-        for i, node in enumerate(far, start=1)
-    }
-    pod = fed.pod(here, "c1")
-    keeper = keep(bed, here.agent, pod, "svc@cluster2")
-    first = wait_event(keeper, "connected")
-    serving = str(first["endpoint"])
-    serving_node = far[0] if serving == "ep1@cluster2" else far[1]
-    assert ping(pod, peer(first), count=2)
+    kept = keep_across(bed, fed)
+    keeper, pod, first, serving, serving_node = kept.keeper, kept.pod, kept.first, kept.serving, kept.serving_node
     n = len(events(keeper))
     if fault == "endpoint-killed":
-        os.kill(procs[serving].popen.pid, signal.SIGKILL)
+        os.kill(kept.endpoints[serving].popen.pid, signal.SIGKILL)
         healed = wait_event(keeper, "healed", n, timeout=30)
         assert healed["endpoint"] != serving
         assert ping(pod, peer(healed), count=2, timeout=2)
