@@ -6,8 +6,8 @@ Everything is sent from the WireGuard port (`RawPort`), so that each NAT maps th
 messages as it maps the tunnel, and every hole they open is the tunnel's. One task ticks
 every TICK seconds; a mode change costs one `wg set` (a spawn, in a worker thread), never
 one per connection; and each CHECK_EVERY seconds, while paths are followed, one `wg show`
-tells whether WireGuard roamed a direct path onto a relay (a relayed packet arriving after
-the switch), which is then set right.
+tells whether WireGuard's endpoints moved under the paths (WireGuard roams; a wireguard-go
+restart resets them), which are then set right.
 """
 
 from __future__ import annotations
@@ -283,15 +283,18 @@ class Traversal:
                      mode=path.mode.value)  # fmt: skip
 
     async def _check_roaming(self, actual: dict[str, Address]) -> None:
-        """WireGuard moves a peer's endpoint to wherever its last packet came from: one relayed
-        packet arriving after the switch to direct leaves it on a relay that stops pairing
-        the two once neither asks. Seen, the direct endpoint is set again."""
+        """WireGuard's endpoints as they are, where they differ from what this path set: it moves
+        a peer's endpoint to wherever its last packet came from (one relayed packet arriving
+        after the switch to direct leaves it on a relay that stops pairing the two once neither
+        asks), and a wireguard-go restarted under it is given the addresses first told. Seen,
+        the next tick sets the endpoint this path decides (where the peer roamed for good, its
+        pings are heard from there within PING_EVERY, and that is what is decided)."""
         for key, followed in self.peers.items():
-            path = followed.path
-            relayed_at = actual.get(key)
-            if path.mode is Mode.DIRECT and relayed_at in {r.address for r in path.relays}:
-                log.info("nat path: wireguard had roamed onto a relay", peer=key[:8], endpoint=_fmt(relayed_at))
-                followed.configured = relayed_at  # the next tick sets the direct one
+            now_at = actual.get(key)
+            if now_at is not None and followed.configured is not None and now_at != followed.configured:
+                log.info("nat path: wireguard's endpoint had moved", peer=key[:8], endpoint=_fmt(now_at),
+                         expected=_fmt(followed.configured))  # fmt: skip
+                followed.configured = now_at
 
     # Sending and receiving -----------------------------------------------------------
     def _stamp(self) -> int:

@@ -245,3 +245,35 @@ async def test_following_again_keeps_what_was_heard_and_keep_only_forgets_the_re
         assert t._port is None and t.mappings == {}
     finally:
         port.close()
+
+
+async def test_an_endpoint_wireguard_moved_is_set_back_to_the_paths() -> None:
+    """WireGuard roamed (or a restarted wireguard-go was given the address first told): the
+    look at its endpoints sees it, and the next tick sets the endpoint the path decides."""
+    keys, _ = _keys()
+    port = LoopbackPort()
+    set_to: list[Address] = []
+    seen: dict[str, Address] = {}
+
+    async def set_endpoint(_key: str, addr: Address) -> None:
+        set_to.append(addr)
+
+    async def relays() -> list[RelayRef]:
+        return []
+
+    async def endpoints() -> dict[str, Address]:
+        return dict(seen)
+
+    t = Traversal(keys, lambda: port, set_endpoint, relays, endpoints=endpoints)  # type: ignore[arg-type,return-value]
+    try:
+        _, pb = _keys()
+        t.follow(pb, ("127.0.0.2", 51820), ())
+        await t._tick()
+        assert set_to == []  # as told, as set
+        seen[pb] = ("127.0.0.9", 51800)  # a late relayed packet moved it
+        t._next_check = -1e9
+        await t._tick()  # seen
+        await t._tick()  # set back
+        assert set_to == [("127.0.0.2", 51820)]
+    finally:
+        port.close()
