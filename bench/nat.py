@@ -13,7 +13,9 @@ handshake comes through.
   the hand-punched pair node to node (direct, and no VXLAN inside: what the relay and the
   mesh's inner VXLAN cost shows);
 - heals across domains through NAT: the serving endpoint killed (fault to the first ping
-  answered by the other), and pings lost while either agent is killed and restarted.
+  answered by the other), pings lost while either agent is killed and restarted, and
+  while the far domain's registry is killed and restarted (then the time until a new
+  Request is served again).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import signal
 import time
 from dataclasses import dataclass
 
+import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -181,7 +184,9 @@ def throughput(bed: Testbed, seconds: int) -> dict[str, float]:
 
 def heals(bed: Testbed) -> dict[str, float]:
     """Point 4's heals through NAT: an endpoint killed (seconds to the other's first answer),
-    and pings lost at 10 ms while the far, then the near, agent is killed -9 and restarted."""
+    pings lost at 10 ms while the far, then the near, agent is killed -9 and restarted, and
+    while the far domain's registry is (the data path needs none), with the time from its
+    restart to a new Request served."""
     fed = Federation.build(bed, clusters=2, nodes=2, agent_args=WG_ARGS, nat=True)
     fed.add_public_node(fed.domain("cluster1"), ["--relay", *WG_ARGS])
     here, far = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes
@@ -211,8 +216,36 @@ def heals(bed: Testbed) -> dict[str, float]:
         new = bed.start(agent.name, args[4:], netns=args[3])
         bed.wait_for(new, "agent serving")
         out[f"{name}_agent_killed_lost_ms"] = _lost_ms(proc)
+    registry = [p for p in bed.procs if p.name == "registry-cluster2" and p.alive()][-1]
+    proc = _pinger(bed, pod, peer(healed), 5)
+    time.sleep(1)
+    registry.stop(signal.SIGKILL)
+    time.sleep(2)
+    args = [str(a) for a in registry.popen.args]  # type: ignore[union-attr]
+    restarted = time.monotonic()
+    bed.wait_for(bed.start(registry.name, args[4:], netns=args[3]), "registry serving")
+    out["far_registry_killed_lost_ms"] = _lost_ms(proc)
+    out["far_registry_back_s"] = _served_again(bed, fed, here, restarted)
     keeper.stop()
     return out
+
+
+def _served_again(bed: Testbed, fed: Federation, here: DomainNode, since: float) -> float:
+    """Seconds from SINCE until a new Request for svc@cluster2 is answered (the far endpoints
+    registered again with the restarted registry, at their next renewal)."""
+    pod = fed.pod(here, "again")
+    client = AgentClient(parse_address(here.agent), timeout=10)
+    try:
+        while True:
+            try:
+                client.request(kernel_request(f"/var/run/netns/{pod}", "svc@cluster2", "nsm-1"))
+                return time.monotonic() - since
+            except grpc.RpcError:
+                if time.monotonic() - since > 60:
+                    raise
+                time.sleep(0.2)
+    finally:
+        client.close_channel()
 
 
 def run_all(bed: Testbed, quick: bool) -> dict[str, object]:

@@ -166,7 +166,7 @@ def _nat(d: dict[str, Any]) -> list[Row]:
         if hand_lost < rec["window_ms"]
         else f"not back within {rec['window_ms'] / 1000:.0f} s (next keepalive)"
     )
-    return [
+    rows: list[Row] = [
         ("13 first ping through two NATs, no port forwarded (Request to first echo, p50)", f"{mesh:.0f} ms",
          f"WireGuard punched by hand {hand:.0f} ms", f"{mesh / hand:.2f}×", "—", None),
         ("13 both routers' conntrack flushed under a 10 ms ping", f"{rec['mesh_lost_ms']:.0f} ms lost",
@@ -181,6 +181,12 @@ def _nat(d: dict[str, Any]) -> list[Row]:
          f"{heal['far_agent_killed_lost_ms']:.0f} / {heal['near_agent_killed_lost_ms']:.0f} ms", "—", "—", "0 lost",
          heal["far_agent_killed_lost_ms"] == 0 and heal["near_agent_killed_lost_ms"] == 0),
     ]  # fmt: skip
+    if "far_registry_killed_lost_ms" in heal:
+        rows.append(("13 far registry killed -9: pings lost at 10 ms; restarted → a new Request served",
+                     f"{heal['far_registry_killed_lost_ms']:.0f} ms; {heal['far_registry_back_s']:.1f} s", "—", "—",
+                     "0 lost; within one renewal (20 s)",
+                     heal["far_registry_killed_lost_ms"] == 0 and heal["far_registry_back_s"] <= 20.0))  # fmt: skip
+    return rows
 
 
 def _vm(d: dict[str, Any]) -> list[Row]:

@@ -209,7 +209,8 @@ def test_heal_across_domains_through_nat(bed: Testbed, fault: str) -> None:
       the holes kept open by its keepalives) outlives it, no ping is lost, and the new agent
       carries the connection on and follows the path again.
     - The far domain's registry killed: the data path needs no registry; a new Request for
-      svc@cluster2 is refused with a reason that names the far registry."""
+      svc@cluster2 is refused with a reason that names the far registry, and served again
+      once the registry is back and the far endpoints have renewed into it."""
     fed = nat_federation(bed, nodes=2)
     here = fed.domain("cluster1").nodes[0]
     kept = keep_across(bed, fed)
@@ -245,6 +246,19 @@ def test_heal_across_domains_through_nat(bed: Testbed, fault: str) -> None:
             )
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "cluster2" in str(info.value.details())
+        _restart(bed, registry, "registry serving")
+        # Healed once the far endpoints renew into the new registry (a third of its 60 s).
+        other = fed.pod(here, "c3")
+        request = kernel_request(f"/var/run/netns/{other}", "svc@cluster2", "nsm-1")
+        deadline = time.monotonic() + patience(30)
+        while True:
+            try:
+                again = agent_client(here.agent).request(request)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "no Request for svc@cluster2 served after its registry came back"
+                time.sleep(0.5)
+        assert ping(other, again.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
     keeper.stop()
     assert links(pod) == ["lo"]
 
