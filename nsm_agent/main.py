@@ -37,7 +37,7 @@ from nsm_agent.state.journal import JournalFormatError, JournalStore
 from nsm_agent.state.keys import load_or_create
 from nsm_agent.state.repair import Repair
 from nsm_agent.state.restore import Restore, journal_closer
-from nsm_agent.traversal.advertise import RelayFinder, advertise
+from nsm_agent.traversal.advertise import RelayFinder, advertise, registered_by_agent
 from nsm_agent.traversal.messages import Keys
 from nsm_agent.traversal.paths import Traversal
 from nsm_agent.traversal.rawudp import RawPort
@@ -122,7 +122,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
                 Keys(wg.keys.private_path.read_text().strip()),
                 lambda: RawPort(family, port),
                 lambda key, addr: wg.set_endpoint(key, *addr),
-                RelayFinder(registry),
+                RelayFinder(registry, registered_by_agent(lambda: transport.roles)),
                 endpoints=wg.endpoints,
             )
     kinds = TunnelKinds(

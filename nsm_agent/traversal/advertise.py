@@ -22,6 +22,7 @@ from nsm_agent.decisions.traversal import RelayRef, parse_relay
 from nsm_agent.registry.client import RegistryClient
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceLabels
 from nsm_common.errors import NsmError
+from nsm_common.identity.spiffe_id import Roles, SpiffeId
 
 log = structlog.get_logger("nsm.agent")
 
@@ -43,14 +44,40 @@ def relay_record(agent: str, url: str, relay: RelayRef, expires_in: float = EXPI
     )
 
 
-def relays_of(records: list[NetworkServiceEndpoint]) -> list[RelayRef]:
+Trusted = Callable[[NetworkServiceEndpoint], bool]
+
+
+def registered_by_agent(roles: Callable[[], Roles | None]) -> Trusted:
+    """Whether a record's owner (the first of its `path_ids`, which the registry fills from the
+    registrant's identity) is an agent. A workload may register endpoints: one that registered
+    a relay would choose the mapping every node offers, and so where every tunnel goes. Without
+    identities (`--insecure`, no owners kept) every record is taken, as every caller is."""
+
+    def trusted(record: NetworkServiceEndpoint) -> bool:
+        known = roles()
+        if known is None:
+            return True
+        try:
+            owner = SpiffeId.parse(record.path_ids[0]) if record.path_ids else None
+        except ValueError:
+            return False
+        return owner is not None and known.role_of(owner) == "agent"
+
+    return trusted
+
+
+def relays_of(records: list[NetworkServiceEndpoint], trusted: Trusted = lambda _: True) -> list[RelayRef]:
     """The relays these records name, sorted by name (so every agent of a domain offers the same first);
     a record with bad labels (an address or a key that is none) is skipped: offered to peers, it
-    would make them refuse every Request from this domain."""
+    would make them refuse every Request from this domain. So is one TRUSTED refuses."""
     out = []
     for record in sorted(records, key=lambda r: r.name):
         labels = record.network_service_labels.get(RELAY_SERVICE)
         if labels is None:
+            continue
+        if not trusted(record):
+            log.warning("relay record ignored: not registered by an agent", name=record.name,
+                        owner=record.path_ids[0] if record.path_ids else "none")  # fmt: skip
             continue
         try:
             relay = parse_relay(
@@ -70,8 +97,11 @@ class RelayFinder:
 
     ASK_EVERY = 15.0
 
-    def __init__(self, registry: RegistryClient, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, registry: RegistryClient, trusted: Trusted = lambda _: True, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.registry = registry
+        self._trusted = trusted
         self._clock = clock
         self._asked: tuple[float, list[RelayRef]] = (-1e9, [])
 
@@ -79,11 +109,11 @@ class RelayFinder:
         query = NetworkServiceEndpoint(network_service_names=[RELAY_SERVICE])
         cache = self.registry.cache
         if cache is not None and cache.endpoints_ready:
-            return relays_of(cache.find_endpoints(query))
+            return relays_of(cache.find_endpoints(query), self._trusted)
         at, known = self._asked
         if self._clock() - at < self.ASK_EVERY:
             return known
-        found = relays_of(await self.registry.find_endpoints(query, attempts=1))
+        found = relays_of(await self.registry.find_endpoints(query, attempts=1), self._trusted)
         self._asked = (self._clock(), found)
         return found
 

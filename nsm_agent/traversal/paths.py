@@ -113,8 +113,8 @@ class Traversal:
         """The raw port, opened on first need. Closed, it costs nothing: open, the kernel hands it
         a copy of every UDP packet the node gets (its filter drops them there), so a node that
         never crosses domains never opens it."""
-        self._used_at = self._clock()
         if self._port is None:
+            self._used_at = self._clock()
             self._port = self._open_port()
             asyncio.get_running_loop().add_reader(self._port.sock.fileno(), self._receive)
             log.info("nat traversal: listening on the wireguard port")
@@ -147,6 +147,7 @@ class Traversal:
     async def ready(self, also: RelayRef | None = None, timeout: float = 1.0) -> Address | None:
         """`mapping_via(ALSO)`: learned already, or asked now (TIMEOUT at most) of this domain's
         relays and of ALSO, the relay a peer named."""
+        self._used_at = self._clock()  # a Request across: the port is wanted (not the tick's own probes)
         if self.mapping_via(also) is not None:
             return self.mapping_via(also)
         # Asked again now: a relay may have registered since the last tick (the finder
@@ -178,6 +179,7 @@ class Traversal:
             if known.path.told == told and known.path.relays == relays:
                 return
         now = self._clock()
+        self._used_at = now
         path = PeerPath(told=told, relays=relays, since=now)
         # WireGuard's endpoint as it is now: told, when use_peer just set it (a peer new, or
         # told a new address); else what this path set last.

@@ -7,8 +7,9 @@ import base64
 from dataclasses import dataclass, field
 
 from nsm_agent.decisions.traversal import RelayRef
-from nsm_agent.traversal.advertise import RELAY_SERVICE, RelayFinder, relay_record, relays_of
+from nsm_agent.traversal.advertise import RELAY_SERVICE, RelayFinder, registered_by_agent, relay_record, relays_of
 from nsm_api.registry_pb2 import NetworkServiceEndpoint, NetworkServiceLabels
+from nsm_common.identity.spiffe_id import Roles
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 
@@ -66,3 +67,26 @@ async def test_the_finder_reads_the_watched_copy_and_asks_only_without_one() -> 
     now[0] = RelayFinder.ASK_EVERY + 1
     await finder()
     assert len(unwatched.asked) == 2
+
+
+def test_only_an_agent_s_relay_record_is_trusted() -> None:
+    """With identities, a relay record counts only if an agent registered it: a workload's
+    would choose the mapping every node offers, and where every tunnel goes."""
+    roles = Roles("example.org")
+    trusted = registered_by_agent(lambda: roles)
+
+    def owned(name: str, owner: str | None) -> NetworkServiceEndpoint:
+        record = relay_record(name, "tcp://203.0.113.19:5001", RelayRef(("203.0.113.19", 51800), KEY))
+        if owner is not None:
+            record.path_ids.append(owner)
+        return record
+
+    agent = owned("node-1", "spiffe://example.org/node/node-1")
+    workload = owned("0-pod", "spiffe://example.org/ns/default/sa/web")  # sorts first: would be offered
+    other_domain = owned("1-far", "spiffe://elsewhere.org/node/node-9")
+    garbled = owned("2-bad", "not a spiffe id")
+    ownerless = owned("3-none", None)
+    assert relays_of([workload, other_domain, garbled, ownerless, agent], trusted) == relays_of([agent])
+    assert [trusted(r) for r in (agent, workload, other_domain, garbled, ownerless)] == [True] + [False] * 4
+    # Without identities (--insecure) nobody has an owner: every record is taken, as every caller is.
+    assert registered_by_agent(lambda: None)(ownerless)

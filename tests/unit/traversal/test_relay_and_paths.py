@@ -205,12 +205,13 @@ async def test_following_again_keeps_what_was_heard_and_keep_only_forgets_the_re
     keys, _ = _keys()
     port = LoopbackPort()
     set_to: list[Address] = []
+    own_relay = RelayRef(("127.0.0.8", 51800), _keys()[1])  # probed by the tick: no use of the port
 
     async def set_endpoint(_key: str, addr: Address) -> None:
         set_to.append(addr)
 
     async def relays() -> list[RelayRef]:
-        return []
+        return [own_relay]
 
     now = [0.0]
     opened: list[LoopbackPort] = []
@@ -240,9 +241,10 @@ async def test_following_again_keeps_what_was_heard_and_keep_only_forgets_the_re
         now[0] = IDLE_FOR - 1
         await t._tick()
         assert t._port is not None  # still open: the idle time has not passed
+        assert own_relay.key in t._probed  # the tick probed its domain's relay meanwhile
         now[0] = IDLE_FOR + 1
         await t._tick()
-        assert t._port is None and t.mappings == {}
+        assert t._port is None and t.mappings == {}  # that probe did not keep the port wanted
     finally:
         port.close()
 
