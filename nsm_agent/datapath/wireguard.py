@@ -56,6 +56,7 @@ class Peer:
     endpoint_ip: str
     endpoint_port: int
     users: set[str] = field(default_factory=set)  # connection ids
+    kept: tuple[str, int] | None = None  # carried on after a restart: the endpoint the device had
 
 
 class WireGuardDevice:
@@ -75,7 +76,7 @@ class WireGuardDevice:
         # Until `reconcile`: after a restart, connections not yet carried on may use a
         # peer (or the device) that the last connection known to this run lets go.
         self.keep_unused = True
-        self._carried: set[str] | None = None  # the device's peers at start, for carrying on
+        self._carried: dict[str, tuple[str, int]] | None = None  # the device's peers at start, and endpoints
 
     @property
     def _control(self) -> str:
@@ -221,7 +222,9 @@ class WireGuardDevice:
                 fresh = Peer(public_key, ip, port, users)
                 # Carried on after a restart: the peer the device has keeps its endpoint, which
                 # NAT traversal may have moved (to a relay, or where the peer was heard from).
-                carried = peer is None and self.keep_unused and public_key in await self._kernel_peers()
+                kept = (await self._kernel_peers()).get(public_key) if peer is None and self.keep_unused else None
+                carried = kept is not None
+                fresh.kept = kept
                 await self._configure_peer(netlink, fresh, endpoint=not carried)
                 self.peers[public_key] = peer = fresh
                 log.info("wireguard peer configured", device=self.name, endpoint=f"{ip}:{port}",
@@ -275,14 +278,20 @@ class WireGuardDevice:
             with contextlib.suppress(WireGuardError):
                 await asyncio.to_thread(self._wg, "peer", public_key, "remove")
 
-    async def _kernel_peers(self) -> set[str]:
-        """The peers the device had when this run began (asked once, until `reconcile`)."""
+    async def _kernel_peers(self) -> dict[str, tuple[str, int]]:
+        """The peers the device had when this run began, with their endpoints (asked once, until
+        `reconcile`); one without an endpoint has none to keep, and is configured afresh."""
         if self._carried is None:
             try:
-                self._carried = await asyncio.to_thread(self._listed_peers)
+                self._carried = await asyncio.to_thread(self._endpoints)
             except WireGuardError:
-                self._carried = set()
+                self._carried = {}
         return self._carried
+
+    def kept_endpoint(self, public_key: str) -> tuple[str, int] | None:
+        """Where the device sent to this peer when a restart carried it on (None otherwise)."""
+        peer = self.peers.get(public_key)
+        return peer.kept if peer is not None else None
 
     def _listed_peers(self) -> set[str]:
         """The peers the device has (`wg show`; a process, on a restart's tidy-up only)."""

@@ -60,6 +60,9 @@ def parse_address(value: str, what: str) -> Address:
         raise invalid(f"{what}={value!r} is not IP:PORT") from None
     if not sep or not port.isdigit() or not 1 <= int(port) <= MAX_PORT:
         raise invalid(f"{what}={value!r} has no port in 1..{MAX_PORT}")
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local:
+        # Named by a peer in another domain: this node would send there every second.
+        raise invalid(f"{what}={value!r} is a loopback, unspecified, multicast or link-local address")
     return str(ip), int(port)
 
 
@@ -131,6 +134,21 @@ class PeerPath:
         if relay is not None:
             return relay.address
         return self.heard if self.mode is Mode.DIRECT and self.heard is not None else self.told
+
+
+def carried_path(told: Address, relays: tuple[RelayRef, ...], kept: Address, now: float) -> PeerPath:
+    """The path to a peer whose tunnel a restart carried on, WireGuard still sending to KEPT:
+    presumed as the last run left it, so that its first tick does not move a working tunnel
+    back to TOLD. At one of RELAYS: relayed, as if that relay had just said it pairs the two
+    (its pairing is asked again at once, and lapses in DEAD_AFTER unless it answers). Else:
+    direct, as if the peer had just been heard at KEPT (it lapses likewise unless it is)."""
+    path = PeerPath(told=told, relays=relays, since=now)
+    relay = next((r for r in relays if r.address == kept), None)
+    if relay is not None:
+        path.mode, path.paired[relay.key] = Mode.RELAYED, (now, told)
+    elif kept != told:
+        path.mode, path.heard, path.heard_at = Mode.DIRECT, kept, now
+    return path
 
 
 def decide(path: PeerPath, now: float) -> Mode:

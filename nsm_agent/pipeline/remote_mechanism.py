@@ -200,7 +200,7 @@ class TunnelKinds:
         except WireGuardError as exc:
             raise NsmError(grpc.StatusCode.UNAVAILABLE, f"WireGuard: {exc}") from exc
         if crossing and self.traversal is not None:
-            self.traversal.follow(key, (str(remote_ip), port), relays)
+            self.traversal.follow(key, (str(remote_ip), port), relays, kept=wg.kept_endpoint(key))
         return Tunnel(WIREGUARD, vni, str(wg.inner), inner, self.vnis.port, mtu)
 
     async def release(self, conn_id: str, agreed: _Agreed) -> None:

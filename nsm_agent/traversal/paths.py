@@ -29,6 +29,7 @@ from nsm_agent.decisions.traversal import (
     Mode,
     PeerPath,
     RelayRef,
+    carried_path,
     decide,
 )
 from nsm_agent.traversal.messages import NO_KEY, Address, Freshness, Keys, Kind, Message, MessageError, decode, encode
@@ -169,8 +170,9 @@ class Traversal:
         """The relay this node offers its peers: the first of its domain's."""
         return self.relays[0] if self.relays else None
 
-    def follow(self, peer_key: str, told: Address, relays: tuple[RelayRef, ...]) -> None:
-        """Follow the path to PEER_KEY, told to be at TOLD; RELAYS: those its connections named."""
+    def follow(self, peer_key: str, told: Address, relays: tuple[RelayRef, ...], kept: Address | None = None) -> None:
+        """Follow the path to PEER_KEY, told to be at TOLD; RELAYS: those its connections named;
+        KEPT: where WireGuard sends to it, when a restart carried its tunnel on."""
         known = self.peers.get(peer_key)
         if known is not None:
             # Every relay any connection to this peer named is asked: two connections, one each
@@ -180,10 +182,14 @@ class Traversal:
                 return
         now = self._clock()
         self._used_at = now
-        path = PeerPath(told=told, relays=relays, since=now)
-        # WireGuard's endpoint as it is now: told, when use_peer just set it (a peer new, or
-        # told a new address); else what this path set last.
-        configured = told if known is None or known.path.told != told else known.configured
+        # WireGuard's endpoint as it is now: what the device kept, when carried on; told, when
+        # use_peer just set it (a peer new, or told a new address); else what this path set last.
+        configured: Address | None
+        if known is None and kept is not None:
+            path, configured = carried_path(told, relays, kept, now), kept
+        else:
+            path = PeerPath(told=told, relays=relays, since=now)
+            configured = told if known is None or known.path.told != told else known.configured
         if known is not None:  # told anew (a new mapping, another relay): what was heard stays
             path.mode, path.since, path.heard, path.heard_at = (
                 known.path.mode, known.path.since, known.path.heard, known.path.heard_at,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import grpc
 import pytest
 
 from nsm_agent.datapath.netlink import NetlinkThread
@@ -118,6 +119,9 @@ async def test_the_endpoint_side_follows_the_peer_by_the_clients_relay_and_forge
     [
         ({"src_relay": "somewhere:51800", "src_relay_key": RELAY.key}, "src_relay='somewhere:51800' is not IP:PORT"),
         ({"src_relay": "203.0.113.29:51800"}, "src_relay_key is not a 32-byte WireGuard key"),
+        ({"src_relay": "127.0.0.1:51800", "src_relay_key": RELAY.key}, "src_relay='127.0.0.1:51800' is a loopback"),
+        ({"src_relay": "[ff02::1]:51800", "src_relay_key": RELAY.key}, "is a loopback, unspecified, multicast"),
+        ({"src_relay": "0.0.0.0:51800", "src_relay_key": RELAY.key}, "is a loopback, unspecified"),
     ],
 )
 async def test_a_bad_relay_is_refused_and_nothing_is_held(tmp_path: Path, relay: dict[str, str], message: str) -> None:
@@ -126,6 +130,7 @@ async def test_a_bad_relay_is_refused_and_nothing_is_held(tmp_path: Path, relay:
         chain = Chain([ValidateRequest(("WIREGUARD",)), RemoteMechanismServer(k), Recorder()])
         with pytest.raises(NsmError) as caught:
             await chain.request(crossing_offer(relay))
+        assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert message in caught.value.message
         assert k.vnis.held == {} and traversal.peers == {} and k.wireguard is not None and k.wireguard.peers == {}
     finally:

@@ -13,6 +13,7 @@ from nsm_agent.decisions.traversal import (
     PeerPath,
     RelayRef,
     agreed_relays,
+    carried_path,
     decide,
     parse_address,
     parse_relay,
@@ -108,3 +109,22 @@ def test_bad_relay_parameters_are_named(params: dict[str, str], message: str) ->
 def test_addresses() -> None:
     assert parse_address("[fd00::1]:7", "x") == ("fd00::1", 7)
     assert parse_address("10.0.0.1:65535", "x") == ("10.0.0.1", 65535)
+    for nowhere in ("127.0.0.1:7", "[::1]:7", "0.0.0.0:7", "224.0.0.1:7", "[fe80::1]:7"):
+        with pytest.raises(NsmError, match="loopback, unspecified, multicast or link-local"):
+            parse_address(nowhere, "dst_relay")
+
+
+def test_a_path_carried_on_by_a_restart_starts_where_wireguard_sends() -> None:
+    """After an agent restart the device still sends to the relay (or where the peer was
+    heard): the path starts there, so its first tick does not move a working tunnel back to
+    the told mapping, and lapses in DEAD_AFTER unless the relay (or the peer) answers."""
+    told = ("203.0.113.20", 51820)
+    relayed = carried_path(told, (RELAY,), RELAY.address, 10.0)
+    assert decide(relayed, 10.1) is Mode.RELAYED and relayed.endpoint(10.1) == RELAY.address
+    assert relayed.wants_relay(10.1)  # its pairing is asked again at once
+    assert decide(relayed, 10.0 + DEAD_AFTER + 0.1) is Mode.PUNCHING  # never confirmed
+    direct = carried_path(told, (RELAY,), ("203.0.113.20", 40007), 10.0)
+    assert decide(direct, 10.1) is Mode.DIRECT and direct.endpoint(10.1) == ("203.0.113.20", 40007)
+    assert decide(direct, 10.0 + DEAD_AFTER + 0.1) is not Mode.DIRECT  # never heard there
+    as_told = carried_path(told, (), told, 10.0)
+    assert as_told.mode is Mode.PUNCHING and as_told.endpoint(10.1) == told

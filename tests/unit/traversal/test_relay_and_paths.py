@@ -279,3 +279,33 @@ async def test_an_endpoint_wireguard_moved_is_set_back_to_the_paths() -> None:
         assert set_to == [("127.0.0.2", 51820)]
     finally:
         port.close()
+
+
+async def test_a_tunnel_carried_on_by_a_restart_keeps_its_relay() -> None:
+    """The restored connection follows its path again while the device still sends by the
+    relay: no tick sets the endpoint back to the told mapping (that would cut a relayed
+    tunnel until punching gave up again)."""
+    keys, _ = _keys()
+    port = LoopbackPort()
+    set_to: list[Address] = []
+    _, relay_key = _keys()
+    relay = RelayRef(("127.0.0.9", 51800), relay_key)
+
+    async def set_endpoint(_key: str, addr: Address) -> None:
+        set_to.append(addr)
+
+    async def relays() -> list[RelayRef]:
+        return [relay]
+
+    async def endpoints() -> dict[str, Address]:
+        return {pb: relay.address}
+
+    t = Traversal(keys, lambda: port, set_endpoint, relays, endpoints=endpoints)  # type: ignore[arg-type,return-value]
+    try:
+        _, pb = _keys()
+        t.follow(pb, ("127.0.0.2", 51820), (relay,), kept=relay.address)
+        for _ in range(5):
+            await t._tick()
+        assert set_to == [] and t.mode(pb) is Mode.RELAYED
+    finally:
+        port.close()
