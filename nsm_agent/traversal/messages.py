@@ -8,8 +8,10 @@ Every message is authenticated by an HMAC whose key both ends derive without ask
 X25519 of the sender's WireGuard private key with the receiver's public key, as WireGuard's
 own static-static term. So a reflector's answer is known to come from the reflector the
 registry named, a ping from the peer node configured, and a relay forwards only for the
-keys that asked it. A timestamp, newer than the last one seen from the same key, keeps an
-old message replayed from another address from moving a mapping.
+keys that asked it. A timestamp, newer than the last one seen from the same key, makes a
+replay worthless; and a relay takes an address as a node's only once the node has echoed
+the cookie it sent there (`RelayCookies`): who cannot receive at an address cannot make
+the relay send to it, and an old probe replayed from elsewhere carries the wrong cookie.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import base64
 import hashlib
 import hmac
 import ipaddress
+import os
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -29,9 +34,11 @@ MAGIC = b"NSMt"
 KEY_BYTES = 32
 NONCE_BYTES = 12
 MAC_BYTES = 16
+COOKIE_BYTES = 16
 _HEADER = struct.Struct("!4sB32s12sQ")  # magic, kind, sender's public key, nonce, timestamp (ns)
 _ADDRESS = struct.Struct("!B16sH")  # family (0: none), address, port
 NO_KEY = bytes(KEY_BYTES)
+NO_COOKIE = bytes(COOKIE_BYTES)
 
 Address = tuple[str, int]
 
@@ -56,6 +63,7 @@ class Message:
     key: bytes = NO_KEY  # PROBE: the peer to be relayed to
     address: Address | None = None  # MAPPED, PONG: where the asker was seen from
     peer: Address | None = None  # MAPPED: where the paired peer was seen from
+    cookie: bytes = NO_COOKIE  # MAPPED: the relay's for this address; PROBE: echoed back
 
 
 def raw_key(b64: str) -> bytes:
@@ -105,9 +113,13 @@ def _read_address(data: bytes) -> Address | None:
     raise MessageError(f"address family {family}")
 
 
+_MAPPED_BODY = 2 * _ADDRESS.size + COOKIE_BYTES
+# A PROBE is padded to a MAPPED's size: a probe sent from a forged source makes the relay
+# send no more bytes to that address than the forger sent.
+_PROBE_PAD = _MAPPED_BODY - KEY_BYTES - COOKIE_BYTES
 _BODY = {
-    Kind.PROBE: KEY_BYTES,
-    Kind.MAPPED: 2 * _ADDRESS.size,
+    Kind.PROBE: KEY_BYTES + COOKIE_BYTES + _PROBE_PAD,
+    Kind.MAPPED: _MAPPED_BODY,
     Kind.PING: 0,
     Kind.PONG: _ADDRESS.size,
 }
@@ -116,10 +128,12 @@ _BODY = {
 def encode(keys: Keys, to: bytes, msg: Message) -> bytes:
     """MSG from `keys` to the holder of public key TO."""
     head = _HEADER.pack(MAGIC, msg.kind, keys.public, msg.nonce, msg.timestamp)
+    if len(msg.cookie) != COOKIE_BYTES:
+        raise MessageError(f"a cookie is {COOKIE_BYTES} bytes, not {len(msg.cookie)}")
     if msg.kind is Kind.PROBE:
-        body = msg.key
+        body = msg.key + msg.cookie + bytes(_PROBE_PAD)
     elif msg.kind is Kind.MAPPED:
-        body = _address(msg.address) + _address(msg.peer)
+        body = _address(msg.address) + _address(msg.peer) + msg.cookie
     elif msg.kind is Kind.PONG:
         body = _address(msg.address)
     else:
@@ -152,11 +166,13 @@ def decode(keys: Keys, data: bytes) -> Message:
         raise MessageError("bad MAC")
     body = signed[_HEADER.size :]
     if kind is Kind.PROBE:
-        return Message(kind, sender, nonce, timestamp, key=body)
+        return Message(kind, sender, nonce, timestamp, key=body[:KEY_BYTES],
+                       cookie=body[KEY_BYTES : KEY_BYTES + COOKIE_BYTES])  # fmt: skip
     if kind is Kind.MAPPED:
         return Message(
             kind, sender, nonce, timestamp,
-            address=_read_address(body[: _ADDRESS.size]), peer=_read_address(body[_ADDRESS.size :]),
+            address=_read_address(body[: _ADDRESS.size]), peer=_read_address(body[_ADDRESS.size : 2 * _ADDRESS.size]),
+            cookie=body[2 * _ADDRESS.size :],
         )  # fmt: skip
     if kind is Kind.PONG:
         return Message(kind, sender, nonce, timestamp, address=_read_address(body))
@@ -177,3 +193,26 @@ class Freshness:
             self._last.pop(next(iter(self._last)))
         self._last[msg.sender] = msg.timestamp
         return True
+
+
+class RelayCookies:
+    """The relay's cookies: an HMAC of the address a probe came from and its sender's key,
+    under a secret of the relay's own, per EPOCH seconds (the last epoch's still counts).
+    Nothing is kept per address: a probe without a good cookie is answered, and forgotten."""
+
+    EPOCH = 120.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._secret = os.urandom(32)
+        self._clock = clock
+
+    def _make(self, epoch: int, source: Address, sender: bytes) -> bytes:
+        data = struct.pack("!q", epoch) + _address(source) + sender
+        return hmac.new(self._secret, data, hashlib.sha256).digest()[:COOKIE_BYTES]
+
+    def make(self, source: Address, sender: bytes) -> bytes:
+        return self._make(int(self._clock() // self.EPOCH), source, sender)
+
+    def valid(self, cookie: bytes, source: Address, sender: bytes) -> bool:
+        epoch = int(self._clock() // self.EPOCH)
+        return any(hmac.compare_digest(cookie, self._make(e, source, sender)) for e in (epoch, epoch - 1))

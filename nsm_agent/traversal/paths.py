@@ -32,7 +32,18 @@ from nsm_agent.decisions.traversal import (
     carried_path,
     decide,
 )
-from nsm_agent.traversal.messages import NO_KEY, Address, Freshness, Keys, Kind, Message, MessageError, decode, encode
+from nsm_agent.traversal.messages import (
+    NO_COOKIE,
+    NO_KEY,
+    Address,
+    Freshness,
+    Keys,
+    Kind,
+    Message,
+    MessageError,
+    decode,
+    encode,
+)
 from nsm_agent.traversal.rawudp import RawPort
 
 log = structlog.get_logger("nsm.agent")
@@ -64,6 +75,7 @@ class _Asked:
     to: bytes  # whose answer it awaits: the relay's or the peer's key
     pair_with: bytes  # a PROBE's peer
     at: float
+    cookie: bytes = NO_COOKIE  # a PROBE's, as sent
 
 
 class Traversal:
@@ -91,6 +103,7 @@ class Traversal:
         self.mappings: dict[str, Address] = {}  # relay key -> this node's WireGuard port as it sees it
         self.peers: dict[str, _Followed] = {}
         self._probed: dict[str, float] = {}  # relay key -> when last probed for the mapping
+        self._cookies: dict[str, bytes] = {}  # relay key -> its cookie for this node's mapping
         self._pending: dict[bytes, _Asked] = {}  # nonce -> what was asked
         self._fresh = Freshness()
         self._timestamp = 0
@@ -121,6 +134,9 @@ class Traversal:
             log.info("nat traversal: listening on the wireguard port")
         return self._port
 
+    def _known_relays(self) -> list[RelayRef]:
+        return [*self.relays, *(r for f in self.peers.values() for r in f.path.relays)]
+
     def _close_port(self) -> None:
         if self._port is not None:
             with contextlib.suppress(Exception):
@@ -128,6 +144,7 @@ class Traversal:
             self._port.close()
             self._port = None
             self.mappings.clear()  # unprobed, a NAT forgets them within 30 s
+            self._cookies.clear()
             log.info("nat traversal: idle, wireguard port no longer read")
 
     # What the tunnels ask ----------------------------------------------------------
@@ -328,8 +345,9 @@ class Traversal:
         if pair_with == NO_KEY:
             self._probed[relay.key] = self._clock()
         relay_key = base64.b64decode(relay.key)
-        nonce = self._send(relay.address, relay_key, Kind.PROBE, key=pair_with)
-        self._pending[nonce] = _Asked(Kind.PROBE, relay_key, pair_with, self._clock())
+        cookie = self._cookies.get(relay.key, NO_COOKIE)
+        nonce = self._send(relay.address, relay_key, Kind.PROBE, key=pair_with, cookie=cookie)
+        self._pending[nonce] = _Asked(Kind.PROBE, relay_key, pair_with, self._clock(), cookie)
 
     def _receive(self) -> None:
         if self._port is None:
@@ -365,6 +383,14 @@ class Traversal:
                          was=_fmt(self.mappings.get(sender)))  # fmt: skip
             self.mappings[sender] = msg.address
             self._answered.set()
+            if msg.cookie != asked.cookie:
+                # Not kept by the relay (first seen, a new mapping, the relay restarted): asked
+                # again at once with the cookie that proves this address, not at the next probe.
+                self._cookies[sender] = msg.cookie
+                relay = next((r for r in self._known_relays() if r.key == sender), None)
+                if relay is not None:
+                    self._probe(relay, asked.pair_with)
+                return
             if asked.pair_with != NO_KEY and msg.peer is not None:
                 followed = self.peers.get(base64.b64encode(asked.pair_with).decode())
                 if followed is not None:

@@ -1,7 +1,10 @@
 """The reflector and relay an agent with a public address serves (`--relay`), on one UDP port.
 
 Reflector: a node's PROBE, sent from its WireGuard port, is answered with the address and
-port it arrived from, which is the node's NAT mapping. Relay: two nodes whose probes each
+port it arrived from, which is the node's NAT mapping, and a cookie for that address. Only a
+probe that echoes it makes the relay keep anything (the node, its address, whom it asks
+for): one from a forged source gets one answer, no larger than itself, and changes nothing.
+Relay: two nodes whose probes each
 name the other (both asked: neither can be made a relay target alone) are paired, and any
 other datagram from one's mapping is sent on to the other's, from this same port, through
 the holes their probes keep open. What is relayed is WireGuard's own packets: the session
@@ -26,11 +29,11 @@ from nsm_agent.traversal import wireguard_headers as wg
 from nsm_agent.traversal.messages import (
     NO_KEY,
     Address,
-    Freshness,
     Keys,
     Kind,
     Message,
     MessageError,
+    RelayCookies,
     decode,
     encode,
     is_traversal,
@@ -41,6 +44,7 @@ log = structlog.get_logger("nsm.agent")
 FORGET_AFTER = 60.0  # seconds without a probe: the node (and its pairings) are forgotten
 EXPIRE_EVERY = 5.0
 MAX_CLIENTS = 10_000
+MAX_PER_ADDRESS = 1024  # nodes kept behind one public IP address (one NAT's)
 MAX_WANTS = 256  # peers one node may ask to be paired with at once
 MAX_INDICES = 100_000  # two per live session; the oldest go first
 PROBES_PER_SOURCE = 200  # a second, per source address: a NAT with many nodes behind it shares one
@@ -50,6 +54,7 @@ PROBES_PER_SOURCE = 200  # a second, per source address: a NAT with many nodes b
 class _Client:
     address: Address
     seen: float
+    stamp: int  # the newest probe's timestamp: an older or equal one is a replay
     wants: dict[bytes, float] = field(default_factory=dict)  # peer key -> when last asked
 
 
@@ -62,7 +67,8 @@ class Relay(asyncio.DatagramProtocol):
         self._clock = clock
         self.clients: dict[bytes, _Client] = {}
         self.by_address: dict[Address, bytes] = {}
-        self.fresh = Freshness()
+        self.per_ip: dict[str, int] = {}  # clients kept per source IP address
+        self.cookies = RelayCookies(clock)
         self.relayed_packets = 0
         self.indices: dict[bytes, bytes] = {}  # a WireGuard index -> the key of the node that chose it
         self._probes: dict[str, tuple[float, int]] = {}  # source address -> (second, probes in it)
@@ -126,10 +132,14 @@ class Relay(asyncio.DatagramProtocol):
     def _allowed(self, source: Address, now: float) -> bool:
         """PROBES_PER_SOURCE a second from one address: each costs an X25519 before its MAC
         can be checked."""
-        second, count = self._probes.get(source[0], (0.0, 0))
+        second, count = self._probes.get(source[0], (-1e9, 0))
         if now - second >= 1.0:
-            if len(self._probes) >= MAX_CLIENTS:
-                self._probes.clear()
+            if source[0] not in self._probes and len(self._probes) >= MAX_CLIENTS:
+                # Only this second's counts matter; while that many addresses probe within
+                # one second, a new one waits for the next.
+                self._probes = {ip: c for ip, c in self._probes.items() if now - c[0] < 1.0}
+                if len(self._probes) >= MAX_CLIENTS:
+                    return False
             self._probes[source[0]] = (now, 1)
             return True
         self._probes[source[0]] = (second, count + 1)
@@ -143,29 +153,50 @@ class Relay(asyncio.DatagramProtocol):
             msg = decode(self.keys, data)
         except MessageError:
             return  # forged or garbled: no answer, nothing learned
-        if msg.kind is not Kind.PROBE or not self.fresh.fresh(msg):
+        if msg.kind is not Kind.PROBE:
+            return
+        if not self.cookies.valid(msg.cookie, source, msg.sender):
+            self._answer(msg, source, None)  # the cookie for here: echoed, it proves the address
             return
         if now >= self._next_expiry:
             self._next_expiry = now + EXPIRE_EVERY
             self._expire(now)
         client = self.clients.get(msg.sender)
+        if client is not None and msg.timestamp <= client.stamp:
+            return  # replayed (from the same address: a cookie is bound to it)
         if client is None:
-            if len(self.clients) >= MAX_CLIENTS:
+            if len(self.clients) >= MAX_CLIENTS or self.per_ip.get(source[0], 0) >= MAX_PER_ADDRESS:
+                self._answer(msg, source, None)  # still a reflector: the mapping, not a relay
                 return
-            client = self.clients[msg.sender] = _Client(source, now)
+            client = self.clients[msg.sender] = _Client(source, now, msg.timestamp)
+            self._count(source, 1)
             log.info("relay: node seen", address=f"{source[0]}:{source[1]}")
         elif client.address != source:
             self._unbind(client.address, msg.sender)
+            self._count(client.address, -1)
+            self._count(source, 1)
             log.info("relay: node's mapping changed", old=f"{client.address[0]}:{client.address[1]}",
                      new=f"{source[0]}:{source[1]}")  # fmt: skip
             client.address = source
         self.by_address[source] = msg.sender
-        client.seen = now
+        client.seen, client.stamp = now, msg.timestamp
         if msg.key not in (NO_KEY, msg.sender) and (msg.key in client.wants or len(client.wants) < MAX_WANTS):
             client.wants[msg.key] = now
-        peer = self.clients[msg.key].address if self.mutual(msg.sender, msg.key) else None
-        reply = Message(Kind.MAPPED, self.keys.public, msg.nonce, time.time_ns(), address=source, peer=peer)
-        self._send(encode(self.keys, msg.sender, reply), source)
+        self._answer(msg, source, self.clients[msg.key].address if self.mutual(msg.sender, msg.key) else None)
+
+    def _answer(self, probe: Message, source: Address, peer: Address | None) -> None:
+        """MAPPED: SOURCE as seen, the paired PEER's address (if paired), the cookie for SOURCE."""
+        cookie = self.cookies.make(source, probe.sender)
+        reply = Message(Kind.MAPPED, self.keys.public, probe.nonce, time.time_ns(), address=source, peer=peer,
+                        cookie=cookie)  # fmt: skip
+        self._send(encode(self.keys, probe.sender, reply), source)
+
+    def _count(self, address: Address, by: int) -> None:
+        left = self.per_ip.get(address[0], 0) + by
+        if left > 0:
+            self.per_ip[address[0]] = left
+        else:
+            self.per_ip.pop(address[0], None)
 
     def _unbind(self, address: Address, key: bytes) -> None:
         """ADDRESS no longer KEY's; left alone if another node holds it now (after a NAT
@@ -176,7 +207,9 @@ class Relay(asyncio.DatagramProtocol):
     def _expire(self, now: float) -> None:
         gone = [k for k, c in self.clients.items() if now - c.seen > FORGET_AFTER]
         for key in gone:
-            self._unbind(self.clients.pop(key).address, key)
+            address = self.clients.pop(key).address
+            self._unbind(address, key)
+            self._count(address, -1)
         if gone:
             left = set(gone)
             self.indices = {i: k for i, k in self.indices.items() if k not in left}

@@ -10,7 +10,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from nsm_agent.traversal.messages import NO_KEY, Freshness, Keys, Kind, Message, MessageError, decode, encode
+from nsm_agent.traversal.messages import (
+    NO_KEY,
+    Freshness,
+    Keys,
+    Kind,
+    Message,
+    MessageError,
+    RelayCookies,
+    decode,
+    encode,
+)
 
 
 def _keys() -> Keys:
@@ -25,7 +35,9 @@ def _keys() -> Keys:
     [
         {"kind": Kind.PROBE, "key": os.urandom(32)},
         {"kind": Kind.PROBE},
+        {"kind": Kind.PROBE, "key": os.urandom(32), "cookie": os.urandom(16)},
         {"kind": Kind.MAPPED, "address": ("203.0.113.10", 51820), "peer": ("2001:db8::1", 4000)},
+        {"kind": Kind.MAPPED, "address": ("203.0.113.10", 51820), "cookie": os.urandom(16)},
         {"kind": Kind.MAPPED, "address": ("203.0.113.10", 1)},
         {"kind": Kind.PING},
         {"kind": Kind.PONG, "address": ("198.51.100.7", 65535)},
@@ -71,3 +83,27 @@ def test_a_replayed_timestamp_is_stale() -> None:
     assert not fresh.fresh(first)  # the same again: a replay
     assert not fresh.fresh(Message(Kind.PROBE, a.public, os.urandom(12), 99))
     assert fresh.fresh(Message(Kind.PROBE, a.public, os.urandom(12), 101))
+
+
+def test_a_probe_is_no_smaller_than_the_answer_it_gets() -> None:
+    """From a forged source, a probe makes the relay send that address no more than it sent."""
+    a, b = _keys(), _keys()
+    probe = encode(a, b.public, Message(Kind.PROBE, a.public, os.urandom(12), 1))
+    answer = encode(b, a.public, Message(Kind.MAPPED, b.public, os.urandom(12), 1, address=("2001:db8::1", 1),
+                                         peer=("2001:db8::2", 2), cookie=os.urandom(16)))  # fmt: skip
+    assert len(probe) >= len(answer)
+
+
+def test_a_cookie_is_bound_to_its_address_and_key_and_lasts_one_epoch_more() -> None:
+    now = [0.0]
+    cookies = RelayCookies(clock=lambda: now[0])
+    key, other = os.urandom(32), os.urandom(32)
+    cookie = cookies.make(("203.0.113.10", 4000), key)
+    assert cookies.valid(cookie, ("203.0.113.10", 4000), key)
+    assert not cookies.valid(cookie, ("203.0.113.10", 4001), key)  # another port: another mapping
+    assert not cookies.valid(cookie, ("203.0.113.10", 4000), other)
+    now[0] = RelayCookies.EPOCH + 1
+    assert cookies.valid(cookie, ("203.0.113.10", 4000), key)  # the last epoch's still counts
+    now[0] = 2 * RelayCookies.EPOCH + 1
+    assert not cookies.valid(cookie, ("203.0.113.10", 4000), key)
+    assert not RelayCookies().valid(cookie, ("203.0.113.10", 4000), key)  # another relay's secret

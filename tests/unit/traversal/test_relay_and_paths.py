@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from nsm_agent.decisions.traversal import PUNCH_FOR, Mode, RelayRef
-from nsm_agent.traversal.messages import NO_KEY, Address, Keys, Kind, Message, decode, encode
+from nsm_agent.traversal import relay as relay_module
+from nsm_agent.traversal.messages import NO_COOKIE, NO_KEY, Address, Keys, Kind, Message, decode, encode
 from nsm_agent.traversal.paths import IDLE_FOR, Traversal
 from nsm_agent.traversal.relay import Relay, serve_relay
 from nsm_agent.traversal.wireguard_headers import make_mac1
@@ -43,14 +44,22 @@ async def relay() -> AsyncIterator[tuple[Relay, RelayRef, Keys]]:
     transport.close()
 
 
-def _probe(sock: socket.socket, keys: Keys, relay: RelayRef, pair_with: bytes = NO_KEY) -> Message:
-    msg = Message(Kind.PROBE, keys.public, os.urandom(12), time.time_ns(), key=pair_with)
+def _probe(
+    sock: socket.socket, keys: Keys, relay: RelayRef, pair_with: bytes = NO_KEY, cookie: bytes = NO_COOKIE
+) -> Message:
+    msg = Message(Kind.PROBE, keys.public, os.urandom(12), time.time_ns(), key=pair_with, cookie=cookie)
     sock.sendto(encode(keys, base64.b64decode(relay.key), msg), relay.address)
     sock.settimeout(2)
     data, _ = sock.recvfrom(2048)
     reply = decode(keys, data)
     assert reply.kind is Kind.MAPPED and reply.nonce == msg.nonce
     return reply
+
+
+def _proven(sock: socket.socket, keys: Keys, relay: RelayRef, pair_with: bytes = NO_KEY) -> Message:
+    """A probe answered, then the same with the cookie that answer brought: kept by the relay."""
+    first = _probe(sock, keys, relay, pair_with)
+    return _probe(sock, keys, relay, pair_with, first.cookie)
 
 
 async def test_the_relay_reflects_pairs_only_on_both_asking_and_forwards_opaquely(
@@ -62,8 +71,9 @@ async def test_the_relay_reflects_pairs_only_on_both_asking_and_forwards_opaquel
     a.bind(("127.0.0.1", 0))
     b.bind(("127.0.0.1", 0))
     try:
-        got = await asyncio.to_thread(_probe, a, ka, ref, kb.public)
+        got = await asyncio.to_thread(_proven, a, ka, ref, kb.public)
         assert got.address == a.getsockname() and got.peer is None  # b has not asked
+        a_cookie = got.cookie
         # a forged probe (b's key, a's socket) moves nothing: the MAC is a's, not b's
         forged = bytearray(
             encode(ka, base64.b64decode(ref.key), Message(Kind.PROBE, ka.public, os.urandom(12), time.time_ns()))
@@ -76,7 +86,7 @@ async def test_the_relay_reflects_pairs_only_on_both_asking_and_forwards_opaquel
         a.sendto(b"\x04\x00\x00\x00ciphertext1234", ref.address)
         await asyncio.sleep(0.1)
         assert served.relayed_packets == 0
-        got = await asyncio.to_thread(_probe, b, kb, ref, ka.public)
+        got = await asyncio.to_thread(_proven, b, kb, ref, ka.public)
         assert got.peer == a.getsockname()  # paired: each is told where the other is seen
         a.sendto(b"\x04\x00\x00\x00" + b"to b" * 7, ref.address)
         b.settimeout(2)
@@ -84,8 +94,8 @@ async def test_the_relay_reflects_pairs_only_on_both_asking_and_forwards_opaquel
         b.sendto(b"\x04\x00\x00\x00" + b"to a" * 7, ref.address)
         a.settimeout(2)
         assert await asyncio.to_thread(a.recvfrom, 100) == (b"\x04\x00\x00\x00" + b"to a" * 7, ref.address)
-        # a replayed probe (same timestamp) is not answered
-        old = Message(Kind.PROBE, ka.public, os.urandom(12), 1)
+        # a replayed probe (an old timestamp, the address's cookie) is not answered
+        old = Message(Kind.PROBE, ka.public, os.urandom(12), 1, cookie=a_cookie)
         a.sendto(encode(ka, base64.b64decode(ref.key), old), ref.address)
         a.settimeout(0.3)
         with pytest.raises(TimeoutError):
@@ -98,6 +108,59 @@ async def test_the_relay_reflects_pairs_only_on_both_asking_and_forwards_opaquel
     finally:
         a.close()
         b.close()
+
+
+async def test_the_relay_keeps_nothing_for_an_address_that_did_not_echo_its_cookie(
+    relay: tuple[Relay, RelayRef, Keys],
+) -> None:
+    """A probe is answered wherever it comes from, but kept (the node, its address, whom it
+    asks for) only once it echoes the cookie sent to that address: a forged source cannot
+    make the relay send there, and a probe replayed from elsewhere moves nothing."""
+    served, ref, _ = relay
+    (ka, _), (kb, _) = _keys(), _keys()
+    a, c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    c.bind(("127.0.0.1", 0))
+    try:
+        first = await asyncio.to_thread(_probe, a, ka, ref, kb.public)
+        assert first.address == a.getsockname() and first.cookie != NO_COOKIE  # the mapping, at once
+        assert served.clients == {} and served.by_address == {}  # and nothing kept
+        proof = Message(Kind.PROBE, ka.public, os.urandom(12), time.time_ns(), key=kb.public, cookie=first.cookie)
+        data = encode(ka, base64.b64decode(ref.key), proof)
+        a.sendto(data, ref.address)
+        a.settimeout(2)
+        assert decode(ka, (await asyncio.to_thread(a.recvfrom, 2048))[0]).cookie == first.cookie
+        assert served.clients[ka.public].address == a.getsockname()
+        assert served.clients[ka.public].wants.keys() == {kb.public}
+        # The same probe from another address: answered there, with that address's cookie.
+        c.sendto(data, ref.address)
+        c.settimeout(2)
+        there = decode(ka, (await asyncio.to_thread(c.recvfrom, 2048))[0])
+        assert there.address == c.getsockname() and there.cookie != first.cookie and there.peer is None
+        assert served.clients[ka.public].address == a.getsockname()
+        assert c.getsockname() not in served.by_address
+    finally:
+        a.close()
+        c.close()
+
+
+async def test_one_address_keeps_at_most_max_per_address_nodes(
+    relay: tuple[Relay, RelayRef, Keys], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes behind one NAT share its address, up to MAX_PER_ADDRESS: one host making up keys
+    cannot fill the relay's table for everyone else."""
+    served, ref, _ = relay
+    monkeypatch.setattr(relay_module, "MAX_PER_ADDRESS", 2)
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+            answer = await asyncio.to_thread(_proven, sock, _keys()[0], ref)
+            assert answer.address == sock.getsockname()  # each still learns its mapping
+        assert len(served.clients) == 2 and served.per_ip == {"127.0.0.1": 2}
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 async def test_two_nodes_go_direct_relayed_when_blocked_and_direct_again(relay: tuple[Relay, RelayRef, Keys]) -> None:
@@ -176,7 +239,7 @@ async def test_a_node_paired_with_two_peers_is_relayed_by_wireguards_headers(
     try:
         for me, others in (("a", "bc"), ("b", "a"), ("c", "a")):
             for other in others:
-                await asyncio.to_thread(_probe, socks[me], keys[me], ref, keys[other].public)
+                await asyncio.to_thread(_proven, socks[me], keys[me], ref, keys[other].public)
 
         async def via_relay(sender: str, data: bytes, receiver: str) -> None:
             socks[sender].sendto(data, ref.address)
