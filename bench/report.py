@@ -181,6 +181,10 @@ def _nat(d: dict[str, Any]) -> list[Row]:
          f"{heal['far_agent_killed_lost_ms']:.0f} / {heal['near_agent_killed_lost_ms']:.0f} ms", "—", "—", "0 lost",
          heal["far_agent_killed_lost_ms"] == 0 and heal["near_agent_killed_lost_ms"] == 0),
     ]  # fmt: skip
+    if "relayed_first_s" in tp:
+        relayed = f"{tp['relayed_endpoint_s']:.1f} s → {tp['relayed_first_s']:.1f} s"
+        rows.append(("13 relayed (both routers symmetric): Request → endpoint on the relay → first echo",
+                     relayed, "—", "—", "—", None))  # fmt: skip
     if "far_registry_killed_lost_ms" in heal:
         rows.append(("13 far registry killed -9: pings lost at 10 ms; restarted → a new Request served",
                      f"{heal['far_registry_killed_lost_ms']:.0f} ms; {heal['far_registry_back_s']:.1f} s", "—", "—",
