@@ -77,6 +77,17 @@ def connect(fed: Federation, node_index: int = 0, short: str = "c1") -> tuple[st
     return pod, conn.context.ip_context.dst_ip_addrs[0].split("/")[0]
 
 
+def connect_by_relay(fed: Federation) -> tuple[str, str]:
+    """Ep1 served and connected to, where no direct path forms: both ends' WireGuard endpoint
+    on the relay, and echoes answered through it."""
+    serve(fed)
+    pod, peer = connect(fed)
+    for node in (fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]):
+        wait_endpoint(node.netns, relay_address(fed), 10)
+    assert ping(pod, peer, count=3, timeout=FIRST_BY_RELAY)
+    return pod, peer
+
+
 def serve(fed: Federation) -> str:
     """Endpoint ep1 of svc on cluster2's node; returns its pod."""
     there = fed.domain("cluster2").nodes[0]
@@ -142,15 +153,12 @@ def test_symmetric_nats_on_both_sides_are_relayed_and_go_direct_again(bed: Testb
     (restarted: their conntrack flushed), the pings that went on meanwhile find the direct
     path, and WireGuard's endpoint moves back to it."""
     fed = nat_federation(bed, symmetric=True)
-    serve(fed)
     here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
     relay_node = fed.domain("cluster1").public_nodes[0]
-    pod, peer = connect(fed)
-    wait_endpoint(here.netns, relay_address(fed), 10)
-    wait_endpoint(there.netns, relay_address(fed), 10)
+    pod, peer = connect_by_relay(fed)
     pattern = "cafe0123456789ab"
     with capture(relay_node.netns, "eth0") as packets:
-        assert ping(pod, peer, count=5, timeout=FIRST_BY_RELAY)
+        assert ping(pod, peer, count=5)
         run("ip", "netns", "exec", pod, "ping", "-c", "3", "-i", "0.2", "-p", pattern, peer)
     relayed = [p for p in packets if UDP in p and RELAY_PORT in (p[UDP].sport, p[UDP].dport)]
     payloads = [bytes(p[UDP].payload) for p in relayed]
@@ -287,12 +295,7 @@ def test_one_symmetric_side_stays_relayed(bed: Testbed) -> None:
     form, and the relay carries the tunnel."""
     fed = nat_federation(bed)
     fed.set_symmetric(fed.domain("cluster1"), True)
-    serve(fed)
-    here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
-    pod, peer = connect(fed)
-    wait_endpoint(here.netns, relay_address(fed), 10)
-    wait_endpoint(there.netns, relay_address(fed), 10)
-    assert ping(pod, peer, count=3, timeout=FIRST_BY_RELAY)
+    connect_by_relay(fed)  # both ends on the relay, echoes answered through it
 
 
 @pytest.mark.parametrize("side", ["near", "far"])
@@ -302,12 +305,8 @@ def test_a_relayed_tunnel_outlives_its_agent_s_restart(bed: Testbed, side: str) 
     move the endpoint back to the told mapping (which no packet gets through) and punch for
     3 s first. No ping is lost."""
     fed = nat_federation(bed, symmetric=True)
-    serve(fed)
     here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
-    pod, peer = connect(fed)
-    wait_endpoint(here.netns, relay_address(fed), 10)
-    wait_endpoint(there.netns, relay_address(fed), 10)
-    assert ping(pod, peer, count=3, timeout=FIRST_BY_RELAY)
+    pod, peer = connect_by_relay(fed)
     node = here if side == "near" else there
     agent = _proc(bed, f"agent-{node.name}")
     pinger = start_ping(bed, pod, peer, 8)

@@ -56,6 +56,12 @@ def _probe(
     return reply
 
 
+def _bound() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 def _proven(sock: socket.socket, keys: Keys, relay: RelayRef, pair_with: bytes = NO_KEY) -> Message:
     """A probe answered, then the same with the cookie that answer brought: kept by the relay."""
     first = _probe(sock, keys, relay, pair_with)
@@ -67,9 +73,7 @@ async def test_the_relay_reflects_pairs_only_on_both_asking_and_forwards_opaquel
 ) -> None:
     served, ref, _ = relay
     (ka, _), (kb, _) = _keys(), _keys()
-    a, b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    a.bind(("127.0.0.1", 0))
-    b.bind(("127.0.0.1", 0))
+    a, b = _bound(), _bound()
     try:
         got = await asyncio.to_thread(_proven, a, ka, ref, kb.public)
         assert got.address == a.getsockname() and got.peer is None  # b has not asked
@@ -118,9 +122,7 @@ async def test_the_relay_keeps_nothing_for_an_address_that_did_not_echo_its_cook
     make the relay send there, and a probe replayed from elsewhere moves nothing."""
     served, ref, _ = relay
     (ka, _), (kb, _) = _keys(), _keys()
-    a, c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    a.bind(("127.0.0.1", 0))
-    c.bind(("127.0.0.1", 0))
+    a, c = _bound(), _bound()
     try:
         first = await asyncio.to_thread(_probe, a, ka, ref, kb.public)
         assert first.address == a.getsockname() and first.cookie != NO_COOKIE  # the mapping, at once
