@@ -222,23 +222,20 @@ def heals(bed: Testbed) -> dict[str, float]:
             raise RuntimeError("no ping after healing")
     out["endpoint_killed_s"] = time.monotonic() - fault
     for name, node in (("far", remaining), ("near", here)):
-        agent = [p for p in bed.procs if p.name == f"agent-{node.name}" and p.alive()][-1]
+        agent = bed.live(f"agent-{node.name}")
         proc = _pinger(bed, pod, peer(healed), 5)
         time.sleep(1)
         os.kill(agent.popen.pid, signal.SIGKILL)
         agent.popen.wait(5)
-        args = [str(a) for a in agent.popen.args]  # type: ignore[union-attr]
-        new = bed.start(agent.name, args[4:], netns=args[3])
-        bed.wait_for(new, "agent serving")
+        bed.restart(agent, "agent serving")
         out[f"{name}_agent_killed_lost_ms"] = _lost_ms(proc)
-    registry = [p for p in bed.procs if p.name == "registry-cluster2" and p.alive()][-1]
+    registry = bed.live("registry-cluster2")
     proc = _pinger(bed, pod, peer(healed), 5)
     time.sleep(1)
     registry.stop(signal.SIGKILL)
     time.sleep(2)
-    args = [str(a) for a in registry.popen.args]  # type: ignore[union-attr]
     restarted = time.monotonic()
-    bed.wait_for(bed.start(registry.name, args[4:], netns=args[3]), "registry serving")
+    bed.restart(registry, "registry serving")
     out["far_registry_killed_lost_ms"] = _lost_ms(proc)
     out["far_registry_back_s"] = _served_again(bed, fed, here, restarted)
     keeper.stop()

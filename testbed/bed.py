@@ -199,6 +199,19 @@ class Testbed:
         self.procs.append(proc)
         return proc
 
+    def live(self, name: str) -> Proc:
+        """The newest process of NAME still running (a restarted one has several)."""
+        return [p for p in self.procs if p.name == name and p.alive()][-1]
+
+    def restart(self, proc: Proc, ready: str) -> Proc:
+        """PROC (already stopped) started again with the same command line, in the same
+        namespace; returned once it logs READY."""
+        args = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
+        netns, argv = (args[3], args[4:]) if args[:3] == ["ip", "netns", "exec"] else (None, args)
+        new = self.start(proc.name, argv, netns=netns)
+        self.wait_for(new, ready)
+        return new
+
     def wait_for(self, proc: Proc, text: str, timeout: float = 20) -> None:
         """Wait until the process logs `text`; fail with its log if it dies first."""
         timeout = patience(timeout)

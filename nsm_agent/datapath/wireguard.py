@@ -219,16 +219,14 @@ class WireGuardDevice:
             peer = self.peers.get(public_key)
             if peer is None or (peer.endpoint_ip, peer.endpoint_port) != (ip, port):
                 users = peer.users if peer is not None else set()
-                fresh = Peer(public_key, ip, port, users)
                 # Carried on after a restart: the peer the device has keeps its endpoint, which
                 # NAT traversal may have moved (to a relay, or where the peer was heard from).
                 kept = (await self._kernel_peers()).get(public_key) if peer is None and self.keep_unused else None
-                carried = kept is not None
-                fresh.kept = kept
-                await self._configure_peer(netlink, fresh, endpoint=not carried)
+                fresh = Peer(public_key, ip, port, users, kept)
+                await self._configure_peer(netlink, fresh, endpoint=kept is None)
                 self.peers[public_key] = peer = fresh
                 log.info("wireguard peer configured", device=self.name, endpoint=f"{ip}:{port}",
-                         **({"kept_endpoint": True} if carried else {}))  # fmt: skip
+                         **({"kept_endpoint": True} if kept else {}))  # fmt: skip
             peer.users.add(conn_id)
             return str(inner_address(public_key))
 

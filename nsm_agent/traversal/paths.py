@@ -75,6 +75,7 @@ class _Asked:
     to: bytes  # whose answer it awaits: the relay's or the peer's key
     pair_with: bytes  # a PROBE's peer
     at: float
+    relay: RelayRef | None = None  # a PROBE's relay
     cookie: bytes = NO_COOKIE  # a PROBE's, as sent
 
 
@@ -133,9 +134,6 @@ class Traversal:
             asyncio.get_running_loop().add_reader(self._port.sock.fileno(), self._receive)
             log.info("nat traversal: listening on the wireguard port")
         return self._port
-
-    def _known_relays(self) -> list[RelayRef]:
-        return [*self.relays, *(r for f in self.peers.values() for r in f.path.relays)]
 
     def _close_port(self) -> None:
         if self._port is not None:
@@ -347,7 +345,7 @@ class Traversal:
         relay_key = base64.b64decode(relay.key)
         cookie = self._cookies.get(relay.key, NO_COOKIE)
         nonce = self._send(relay.address, relay_key, Kind.PROBE, key=pair_with, cookie=cookie)
-        self._pending[nonce] = _Asked(Kind.PROBE, relay_key, pair_with, self._clock(), cookie)
+        self._pending[nonce] = _Asked(Kind.PROBE, relay_key, pair_with, self._clock(), relay, cookie)
 
     def _receive(self) -> None:
         if self._port is None:
@@ -387,9 +385,8 @@ class Traversal:
                 # Not kept by the relay (first seen, a new mapping, the relay restarted): asked
                 # again at once with the cookie that proves this address, not at the next probe.
                 self._cookies[sender] = msg.cookie
-                relay = next((r for r in self._known_relays() if r.key == sender), None)
-                if relay is not None:
-                    self._probe(relay, asked.pair_with)
+                if asked.relay is not None:
+                    self._probe(asked.relay, asked.pair_with)
                 return
             if asked.pair_with != NO_KEY and msg.peer is not None:
                 followed = self.peers.get(base64.b64encode(asked.pair_with).decode())

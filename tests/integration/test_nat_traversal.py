@@ -19,7 +19,7 @@ import pytest
 from scapy.layers.inet import UDP
 
 from nsm_client.runtime import kernel_request
-from testbed.bed import Proc, Testbed, links, patience, ping, run
+from testbed.bed import Testbed, links, patience, ping, run
 from testbed.clusters import Federation, public_ip
 from testbed.keeper import events, peer, wait_event
 from tests.helpers.across import keep_across
@@ -196,18 +196,6 @@ def test_a_conntrack_flush_during_iperf3_is_survived_without_help(bed: Testbed) 
     server.popen.wait(patience(10))
 
 
-def _restart(bed: Testbed, proc: Proc, ready: str) -> Proc:
-    """The same command line again, in the same namespace (`ip netns exec NS ...`)."""
-    args = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
-    new = bed.start(proc.name, args[4:], netns=args[3])
-    bed.wait_for(new, ready)
-    return new
-
-
-def _proc(bed: Testbed, name: str) -> Proc:
-    return [p for p in bed.procs if p.name == name and p.alive()][-1]
-
-
 @pytest.mark.parametrize("fault", ["endpoint-killed", "far-agent-killed", "near-agent-killed", "far-registry-killed"])
 def test_heal_across_domains_through_nat(bed: Testbed, fault: str) -> None:
     """Two endpoints of svc on two nodes of cluster2, both clusters behind NAT; a client of
@@ -232,19 +220,19 @@ def test_heal_across_domains_through_nat(bed: Testbed, fault: str) -> None:
         assert ping(pod, peer(healed), count=2, timeout=2)
     elif fault.endswith("agent-killed"):
         node = serving_node if fault == "far-agent-killed" else here
-        agent = _proc(bed, f"agent-{node.name}")
+        agent = bed.live(f"agent-{node.name}")
         pinger = start_ping(bed, pod, peer(first), 6)
         time.sleep(1)
         os.kill(agent.popen.pid, signal.SIGKILL)
         agent.popen.wait(5)
         time.sleep(1)
-        new = _restart(bed, agent, "agent serving")
+        new = bed.restart(agent, "agent serving")
         bed.wait_for(new, "nat path: following")  # the carried-on tunnel's path is followed again
         sent, received = lost(pinger)
         assert received == sent, f"{sent - received} of {sent} pings lost"
         assert ping(pod, peer(first), count=2)
     else:
-        registry = _proc(bed, "registry-cluster2")
+        registry = bed.live("registry-cluster2")
         registry.stop(signal.SIGKILL)
         pinger = start_ping(bed, pod, peer(first), 3)
         sent, received = lost(pinger)
@@ -255,18 +243,23 @@ def test_heal_across_domains_through_nat(bed: Testbed, fault: str) -> None:
             )
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "cluster2" in str(info.value.details())
-        _restart(bed, registry, "registry serving")
+        bed.restart(registry, "registry serving")
         # Healed once the far endpoints renew into the new registry (a third of its 60 s).
         other = fed.pod(here, "c3")
         request = kernel_request(f"/var/run/netns/{other}", "svc@cluster2", "nsm-1")
         deadline = time.monotonic() + patience(30)
-        while True:
-            try:
-                again = agent_client(here.agent).request(request)
-                break
-            except grpc.RpcError:
-                assert time.monotonic() < deadline, "no Request for svc@cluster2 served after its registry came back"
-                time.sleep(0.5)
+        client = agent_client(here.agent)  # one channel for every try
+        try:
+            while True:
+                try:
+                    again = client.request(request)
+                    break
+                except grpc.RpcError:
+                    in_time = time.monotonic() < deadline
+                    assert in_time, "no Request for svc@cluster2 served after its registry came back"
+                    time.sleep(0.5)
+        finally:
+            client.close_channel()
         assert ping(other, again.context.ip_context.dst_ip_addrs[0].split("/")[0], count=2)
     keeper.stop()
     assert links(pod) == ["lo"]
@@ -308,12 +301,12 @@ def test_a_relayed_tunnel_outlives_its_agent_s_restart(bed: Testbed, side: str) 
     here, there = fed.domain("cluster1").nodes[0], fed.domain("cluster2").nodes[0]
     pod, peer = connect_by_relay(fed)
     node = here if side == "near" else there
-    agent = _proc(bed, f"agent-{node.name}")
+    agent = bed.live(f"agent-{node.name}")
     pinger = start_ping(bed, pod, peer, 8)
     time.sleep(1)
     os.kill(agent.popen.pid, signal.SIGKILL)
     agent.popen.wait(5)
-    new = _restart(bed, agent, "agent serving")
+    new = bed.restart(agent, "agent serving")
     bed.wait_for(new, "nat path: following")
     sent, received = lost(pinger)  # ends 4 s or more after the restart: past the punch's 3 s
     assert received == sent, f"{sent - received} of {sent} pings lost"
