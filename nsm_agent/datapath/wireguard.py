@@ -29,7 +29,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from nsm_agent.datapath.netlink import NetlinkThread
-from nsm_agent.decisions.tunnel import device_name, inner_address
+from nsm_agent.decisions.tunnel import device_name, has_session, inner_address
 from nsm_agent.state.keys import KeyPair
 
 log = structlog.get_logger("nsm.agent")
@@ -198,13 +198,9 @@ class WireGuardDevice:
     # Peers ------------------------------------------------------------------------
     async def _configure_peer(self, netlink: NetlinkThread, peer: Peer, endpoint: bool = True) -> None:
         """The peer on the device, and its inner route; ENDPOINT False keeps the one the device has."""
-        host = f"[{peer.endpoint_ip}]" if ":" in peer.endpoint_ip else peer.endpoint_ip
+        where = (peer.endpoint_ip, peer.endpoint_port) if endpoint else None
+        await asyncio.to_thread(self._wg, *_peer_settings(peer.public_key, where))
         inner = str(inner_address(peer.public_key))
-        where = ["endpoint", f"{host}:{peer.endpoint_port}"] if endpoint else []
-        await asyncio.to_thread(
-            self._wg,
-            "peer", peer.public_key, *where, "allowed-ips", f"{inner}/128", "persistent-keepalive", "25",
-        )  # fmt: skip
 
         def route(nl: NetlinkThread) -> None:
             index = nl.node().link_lookup(ifname=self.name)[0]
@@ -250,12 +246,30 @@ class WireGuardDevice:
 
     async def set_endpoint(self, public_key: str, ip: str, port: int) -> None:
         """Point a configured peer at another address (NAT traversal's path change); a peer gone
-        meanwhile is left gone."""
+        meanwhile is left gone.
+
+        A peer with no session yet is made anew there instead: WireGuard sends a handshake at
+        most every 5 s, so the one due would go to the new address only seconds later, while a
+        new peer's goes at once. A peer with a session keeps it (its packets are simply sent
+        elsewhere from now on)."""
         async with self._changing, _as_wireguard_error():
-            if public_key not in self.peers:
-                return
-            host = f"[{ip}]" if ":" in ip else ip
-            await asyncio.to_thread(self._wg, "peer", public_key, "endpoint", f"{host}:{port}")
+            if public_key in self.peers:
+                await asyncio.to_thread(self._move_peer, public_key, (ip, port))
+
+    def _move_peer(self, public_key: str, endpoint: tuple[str, int]) -> None:
+        """Worker thread: one `wg show` and one `wg set`, on a path change only."""
+        res = subprocess.run(["wg", "show", self.name, "latest-handshakes"], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise WireGuardError(f"wg show {self.name} latest-handshakes: {res.stderr.strip()}")
+        latest = dict(line.split("\t") for line in res.stdout.splitlines() if line.count("\t") == 1)
+        stamp = latest.get(public_key, "0")
+        if has_session(int(stamp) if stamp.isdigit() else 0, time.time()):
+            self._wg("peer", public_key, "endpoint", _host_port(endpoint))
+            return
+        # Removed and added in one `wg set`: the device is never without the peer between two
+        # spawns, and its route (on the device, not the peer) stays.
+        self._wg("peer", public_key, "remove", *_peer_settings(public_key, endpoint))
+        log.info("wireguard peer made anew: handshake now", device=self.name, peer=public_key[:8])
 
     async def release(self, netlink: NetlinkThread, conn_id: str, public_key: str) -> None:
         """Forget a connection; a peer no connection needs goes, and the device with the last."""
@@ -309,3 +323,16 @@ class WireGuardDevice:
 
         await netlink.run(unroute)
         log.info("wireguard peer of an earlier run removed", device=self.name)
+
+
+def _peer_settings(public_key: str, endpoint: tuple[str, int] | None) -> list[str]:
+    """`wg set` arguments configuring a peer: its endpoint (None: the one it has), its inner
+    address, and a keepalive within the 30 s a NAT keeps an unanswered UDP mapping."""
+    where = ["endpoint", _host_port(endpoint)] if endpoint is not None else []
+    inner = str(inner_address(public_key))
+    return ["peer", public_key, *where, "allowed-ips", f"{inner}/128", "persistent-keepalive", "25"]
+
+
+def _host_port(endpoint: tuple[str, int]) -> str:
+    host = f"[{endpoint[0]}]" if ":" in endpoint[0] else endpoint[0]
+    return f"{host}:{endpoint[1]}"

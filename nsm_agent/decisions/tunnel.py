@@ -25,6 +25,7 @@ MAX_PORT = 65535
 VNI_MAX = (1 << 24) - 1
 VXLAN_OVERHEAD = {4: 50, 6: 70}
 WIREGUARD_OVERHEAD = {4: 60, 6: 80}
+REJECT_AFTER_TIME = 180  # seconds: WireGuard sends with a session's keys no longer than this
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -117,3 +118,9 @@ def inner_address(public_key: str) -> ipaddress.IPv6Address:
 def device_name(public_key: str) -> str:
     """Unique per host: wireguard-go's control sockets share /var/run/wireguard."""
     return "nsmwg" + hashlib.sha1(public_key.encode()).hexdigest()[:10]
+
+
+def has_session(latest_handshake: int, now: float) -> bool:
+    """Whether a WireGuard peer whose last handshake completed at LATEST_HANDSHAKE (Unix
+    seconds; 0 for never, as `wg show latest-handshakes` says) has keys to send with now."""
+    return latest_handshake > 0 and now - latest_handshake < REJECT_AFTER_TIME

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 
 from nsm_agent.decisions.tunnel import (
+    REJECT_AFTER_TIME,
     VNI_MAX,
     VXLAN_OVERHEAD,
     WIREGUARD_OVERHEAD,
     device_name,
+    has_session,
     inner_address,
     parse_public_key,
     parse_vxlan,
@@ -85,3 +87,11 @@ def test_key_pair_is_made_once_with_mode_0600(tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     other = load_or_create(tmp_path / "x")
     assert other.public != first.public and inner_address(other.public) != inner_address(first.public)
+
+
+def test_a_wireguard_peer_has_a_session_only_after_a_handshake_and_until_its_keys_expire() -> None:
+    now = 1_800_000_000.0
+    assert not has_session(0, now)  # never completed
+    assert has_session(int(now) - 1, now)
+    assert has_session(int(now) - REJECT_AFTER_TIME + 1, now)
+    assert not has_session(int(now) - REJECT_AFTER_TIME, now)  # WireGuard no longer sends with it

@@ -1,0 +1,48 @@
+"""The WireGuard device moving a peer to another address, as NAT traversal does when a path
+changes (to a relay, or to where the peer was heard): a peer with no session handshakes at
+the new address at once, and one with a session keeps it. Real wireguard-go (or the kernel
+module) in a namespace of the test's, on its loopback (tests/helpers/wg_move.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from testbed.bed import Testbed
+
+REPO = Path(__file__).resolve().parents[2]
+INITIATION = [1, 148]  # WireGuard's message type and size
+RETRY = 5.0  # seconds: WireGuard's own next initiation after an unanswered one (REKEY_TIMEOUT)
+
+
+def moved(bed: Testbed, case: str, tmp_path: Path) -> dict[str, Any]:
+    ns = bed.netns(f"wgmove{case[0]}")
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.helpers.wg_move", "--case", case,
+         "--dir", str(tmp_path)],
+        capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def test_a_peer_with_no_session_handshakes_at_its_new_address_at_once(bed: Testbed, tmp_path: Path) -> None:
+    """Moved 1 s after its first initiation, which nobody answered: the next one reaches the new
+    address well before WireGuard's own retry would have (5 s after the first), because the
+    peer was made anew there."""
+    seen = moved(bed, "fresh", tmp_path)
+    assert seen["first"] == INITIATION and seen["moved"] == INITIATION
+    assert seen["after_first"] < RETRY - 1, seen
+
+
+def test_a_peer_with_a_session_keeps_it_when_moved(bed: Testbed, tmp_path: Path) -> None:
+    seen = moved(bed, "session", tmp_path)
+    endpoint, _, handshake, received, *_ = seen["before"]
+    assert endpoint == "127.0.0.1:40201" and handshake != "0", seen
+    new_endpoint, _, new_handshake, new_received, *_ = seen["after"]
+    assert new_endpoint == "127.0.0.2:40201"
+    # Not made anew: the same handshake, and what it had received is still counted.
+    assert new_handshake == handshake and int(new_received) >= int(received) > 0, seen
