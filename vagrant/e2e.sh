@@ -15,8 +15,9 @@
 #                                 gone: the watching client is on the other endpoint, pinging
 #   hitless restart               kill -9 of node1's and node2's agents (systemd starts them
 #                                 again): 0 pings lost at 50 ms
-#   kernel-module test            tests/integration/test_wireguard_implementation.py passes in node2
-#                                 (its waits stretched NSM_VM_TIMEOUT_SCALE times, 30 unless set)
+#   kernel-module tests           tests/integration/test_wireguard_implementation.py and
+#                                 test_wireguard_endpoint_move.py pass in node2 (their waits
+#                                 stretched NSM_VM_TIMEOUT_SCALE times, 30 unless set)
 #   throughput                    iperf3 over the mesh's WireGuard against a WireGuard link built
 #                                 by hand between the same VMs (NSM_VM_RESULTS: JSON for the report)
 set -euo pipefail
@@ -231,11 +232,12 @@ else
   fail "the watching client got no interface: $(on node1 "journalctl -u e2e-watch --no-pager | tail -5")"
 fi
 
-echo "== the WireGuard kernel-module test, in node2"
+echo "== the WireGuard kernel-module tests, in node2"
 # Software emulation starts an agent ten to thirty times slower than a host does.
 out=$(on node2 "cd /nsm && NSM_TESTBED_TIMEOUT_SCALE=${NSM_VM_TIMEOUT_SCALE:-30} $bin/python -m pytest -q -p no:cacheprovider -rs \
-  tests/integration/test_wireguard_implementation.py -k kernel_module 2>&1" || true)
-if grep -q "1 passed" <<<"$out" && ! grep -q skipped <<<"$out"; then ok "1 passed, none skipped"; else fail "$out"; fi
+  tests/integration/test_wireguard_implementation.py tests/integration/test_wireguard_endpoint_move.py \
+  -k 'kernel_module or endpoint_move' 2>&1" || true)
+if grep -q "3 passed" <<<"$out" && ! grep -q skipped <<<"$out"; then ok "3 passed, none skipped"; else fail "$out"; fi
 
 echo "== throughput: the mesh's WireGuard against a WireGuard link built by hand"
 iperf() {  # iperf NODE-NETNS-PREFIX ADDRESS: Mbit/s from node1 to node2

@@ -4,8 +4,9 @@ as JSON.
 
     ip netns exec NS python -m tests.helpers.wg_move --case fresh|session --dir DIR
 
-fresh: a peer that never answers, moved 1 s after its first handshake initiation: when does
-the next initiation reach the new address (WireGuard's own retry would come 5 s after the first)?
+fresh: a peer that never answers, moved 1 s after its first handshake initiation: how long
+after the first, and after the move, does the next initiation reach the new address
+(WireGuard's own retry would come 5 s after the first)?
 session: two devices with a session between them on loopback; one moves the other to
 127.0.0.2: is the session kept (same handshake, counters not reset)?
 """
@@ -64,9 +65,11 @@ async def fresh(nl: NetlinkThread, state: Path) -> dict[str, Any]:
         first_at = time.monotonic()
         await asyncio.sleep(1)
         await dev.set_endpoint(silent, "127.0.0.1", 40102)
+        set_at = time.monotonic()
         moved = await asyncio.to_thread(new.recv, 2048)
+        now = time.monotonic()
         return {"first": [first[0], len(first)], "moved": [moved[0], len(moved)],
-                "after_first": time.monotonic() - first_at}  # fmt: skip
+                "after_first": now - first_at, "after_set": now - set_at}  # fmt: skip
     finally:
         await dev.release(nl, "conn", silent)
 

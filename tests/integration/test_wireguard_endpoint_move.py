@@ -31,11 +31,11 @@ def moved(bed: Testbed, case: str, tmp_path: Path) -> dict[str, Any]:
 
 def test_a_peer_with_no_session_handshakes_at_its_new_address_at_once(bed: Testbed, tmp_path: Path) -> None:
     """Moved 1 s after its first initiation, which nobody answered: the next one reaches the new
-    address well before WireGuard's own retry would have (5 s after the first), because the
-    peer was made anew there."""
+    address as the move is made, not with WireGuard's own retry (5 s after the first, so at
+    least 3.5 s after the move here, however slowly the move's two `wg` ran)."""
     seen = moved(bed, "fresh", tmp_path)
     assert seen["first"] == INITIATION and seen["moved"] == INITIATION
-    assert seen["after_first"] < RETRY - 1, seen
+    assert seen["after_set"] < 1.5 and seen["after_first"] < RETRY, seen
 
 
 def test_a_peer_with_a_session_keeps_it_when_moved(bed: Testbed, tmp_path: Path) -> None:
