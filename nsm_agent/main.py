@@ -121,7 +121,7 @@ async def serve(settings: AgentSettings, stop: asyncio.Event) -> None:
             traversal = Traversal(
                 Keys(wg.keys.private_path.read_text().strip()),
                 lambda: RawPort(family, port),
-                lambda key, addr: wg.set_endpoint(key, *addr),
+                lambda key, addr, handshake: wg.set_endpoint(key, *addr, handshake_now=handshake),
                 RelayFinder(registry, registered_by_agent(lambda: transport.roles)),
                 endpoints=wg.endpoints,
             )

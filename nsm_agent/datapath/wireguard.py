@@ -227,13 +227,9 @@ class WireGuardDevice:
             return str(inner_address(public_key))
 
     def _endpoints(self) -> dict[str, tuple[str, int]]:
-        """Where the device sends to each peer now (`wg show`: worker thread, rare)."""
-        res = subprocess.run(["wg", "show", self.name, "endpoints"], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise WireGuardError(f"wg show {self.name} endpoints: {res.stderr.strip()}")
+        """Where the device sends to each peer now (worker thread, rare)."""
         out = {}
-        for line in res.stdout.splitlines():
-            key, _, endpoint = line.partition("\t")
+        for key, endpoint in self._show("endpoints"):
             host, _, port = endpoint.rpartition(":")
             if port.isdigit():
                 out[key] = (host.strip("[]"), int(port))
@@ -244,32 +240,38 @@ class WireGuardDevice:
         async with _as_wireguard_error():
             return await asyncio.to_thread(self._endpoints)
 
-    async def set_endpoint(self, public_key: str, ip: str, port: int) -> None:
+    async def set_endpoint(self, public_key: str, ip: str, port: int, handshake_now: bool = False) -> None:
         """Point a configured peer at another address (NAT traversal's path change); a peer gone
         meanwhile is left gone.
 
-        A peer with no session yet is made anew there instead: WireGuard sends a handshake at
-        most every 5 s, so the one due would go to the new address only seconds later, while a
-        new peer's goes at once. A peer with a session keeps it (its packets are simply sent
-        elsewhere from now on)."""
+        HANDSHAKE_NOW, and the peer has no session: it is made anew there instead. WireGuard
+        sends a handshake at most every 5 s, so the one due would reach the new address only
+        seconds later, while a new peer's goes at once (what was queued for the old one is
+        dropped: nothing got through there anyway). A peer with a session keeps it."""
         async with self._changing, _as_wireguard_error():
             if public_key in self.peers:
-                await asyncio.to_thread(self._move_peer, public_key, (ip, port))
+                await asyncio.to_thread(self._move_peer, public_key, (ip, port), handshake_now)
 
-    def _move_peer(self, public_key: str, endpoint: tuple[str, int]) -> None:
-        """Worker thread: one `wg show` and one `wg set`, on a path change only."""
-        res = subprocess.run(["wg", "show", self.name, "latest-handshakes"], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise WireGuardError(f"wg show {self.name} latest-handshakes: {res.stderr.strip()}")
-        latest = dict(line.split("\t") for line in res.stdout.splitlines() if line.count("\t") == 1)
-        stamp = latest.get(public_key, "0")
-        if has_session(int(stamp) if stamp.isdigit() else 0, time.time()):
+    def _move_peer(self, public_key: str, endpoint: tuple[str, int], handshake_now: bool) -> None:
+        """Worker thread: one `wg set` (and a `wg show` first, for HANDSHAKE_NOW), on a path change only."""
+        if handshake_now:
+            stamp = dict(self._show("latest-handshakes")).get(public_key, "0")
+            handshake_now = not has_session(int(stamp) if stamp.isdigit() else 0, time.time())
+        if not handshake_now:
             self._wg("peer", public_key, "endpoint", _host_port(endpoint))
             return
-        # Removed and added in one `wg set`: the device is never without the peer between two
-        # spawns, and its route (on the device, not the peer) stays.
+        # Removed and added in one `wg set`, so the device is without the peer at no moment
+        # (should the set fail half way, traversal's retry makes it again), and its route, on
+        # the device rather than the peer, stays.
         self._wg("peer", public_key, "remove", *_peer_settings(public_key, endpoint))
         log.info("wireguard peer made anew: handshake now", device=self.name, peer=public_key[:8])
+
+    def _show(self, what: str) -> list[tuple[str, str]]:
+        """`wg show DEVICE WHAT` as (peer, value) pairs (a process: worker thread, rare)."""
+        res = subprocess.run(["wg", "show", self.name, what], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise WireGuardError(f"wg show {self.name} {what}: {res.stderr.strip()}")
+        return [(key, value) for key, _, value in (line.partition("\t") for line in res.stdout.splitlines())]
 
     async def release(self, netlink: NetlinkThread, conn_id: str, public_key: str) -> None:
         """Forget a connection; a peer no connection needs goes, and the device with the last."""
@@ -306,11 +308,8 @@ class WireGuardDevice:
         return peer.kept if peer is not None else None
 
     def _listed_peers(self) -> set[str]:
-        """The peers the device has (`wg show`; a process, on a restart's tidy-up only)."""
-        res = subprocess.run(["wg", "show", self.name, "peers"], capture_output=True, text=True)
-        if res.returncode != 0:
-            raise WireGuardError(f"wg show {self.name} peers: {res.stderr.strip()}")
-        return set(res.stdout.split())
+        """The peers the device has (on a restart's tidy-up only)."""
+        return {key for key, _ in self._show("peers") if key}
 
     async def _forget_peer(self, netlink: NetlinkThread, public_key: str) -> None:
         """A peer no connection knows: off the device, and its inner route with it."""

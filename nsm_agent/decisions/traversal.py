@@ -151,6 +151,16 @@ def carried_path(told: Address, relays: tuple[RelayRef, ...], kept: Address, now
     return path
 
 
+def handshake_now(mode: Mode, own_key: bytes, peer_key: bytes) -> bool:
+    """Whether WireGuard should start a handshake at once where the endpoint moves (else its
+    next one, up to 5 s off, goes there). Only onto a relay: the path was silent for PUNCH_FOR
+    or DEAD_AFTER, so no handshake is under way that starting anew would throw away (a move to
+    where a direct peer was heard comes a round trip after one began). And from one end only,
+    the one with the lower key: two initiations that cross each replace the other's handshake,
+    and both are lost."""
+    return mode is Mode.RELAYED and own_key < peer_key
+
+
 def decide(path: PeerPath, now: float) -> Mode:
     """The mode the path should be in now."""
     if now - path.heard_at <= DEAD_AFTER:

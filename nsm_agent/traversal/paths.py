@@ -4,10 +4,11 @@ this sends, listens and sets WireGuard's endpoint).
 
 Everything is sent from the WireGuard port (`RawPort`), so that each NAT maps these
 messages as it maps the tunnel, and every hole they open is the tunnel's. One task ticks
-every TICK seconds; a mode change costs one `wg set` (a spawn, in a worker thread), never
-one per connection; and each CHECK_EVERY seconds, while paths are followed, one `wg show`
-tells whether WireGuard's endpoints moved under the paths (WireGuard roams; a wireguard-go
-restart resets them), which are then set right.
+every TICK seconds; a mode change costs one `wg set` (a spawn, in a worker thread; and one
+`wg show` where a handshake may be started at once), never one per connection; and each
+CHECK_EVERY seconds, while paths are followed, one `wg show` tells whether WireGuard's
+endpoints moved under the paths (WireGuard roams; a wireguard-go restart resets them),
+which are then set right.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from nsm_agent.decisions.traversal import (
     RelayRef,
     carried_path,
     decide,
+    handshake_now,
 )
 from nsm_agent.traversal.messages import (
     NO_COOKIE,
@@ -55,7 +57,7 @@ RETRY_AFTER = 5.0  # seconds before a failed `wg set` is tried again
 PENDING_FOR = 5.0  # seconds an unanswered nonce is remembered
 IDLE_FOR = 120.0  # seconds with no path followed and no Request across before the port is let go
 
-SetEndpoint = Callable[[str, Address], Awaitable[None]]
+SetEndpoint = Callable[[str, Address, bool], Awaitable[None]]  # peer, where, handshake now
 Endpoints = Callable[[], Awaitable[dict[str, Address]]]
 
 
@@ -296,7 +298,7 @@ class Traversal:
         endpoint = path.endpoint(now)
         if endpoint != followed.configured and now - followed.failed_at >= RETRY_AFTER:
             try:
-                await self._set_endpoint(key, endpoint)
+                await self._set_endpoint(key, endpoint, handshake_now(path.mode, self.keys.public, followed.raw_key))
             except Exception as exc:  # this peer tries again later; the others go on
                 followed.failed_at = now
                 log.warning("nat path: setting the wireguard endpoint failed", peer=key[:8], error=str(exc))

@@ -10,12 +10,18 @@ import pytest
 
 from nsm_client.runtime import AgentClient
 from nsm_common.urls import parse_address
-from testbed.bed import Proc, Testbed, links, patience
+from testbed.bed import Proc, Testbed, links, patience, run
 from testbed.mesh import Mesh, one_node
 
 HERE = Path(__file__).resolve().parent
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces and interfaces")
+
+
+def kernel_has_wireguard(bed: Testbed) -> bool:
+    """Whether this kernel makes WireGuard devices (asked in a namespace of BED's)."""
+    probe = bed.netns("wgprobe")
+    return run("ip", "-n", probe, "link", "add", "wgprobe", "type", "wireguard", check=False).returncode == 0
 
 
 def wireguard_sockets() -> set[str]:

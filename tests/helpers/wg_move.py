@@ -1,14 +1,15 @@
 """The node's WireGuard device moving a peer's endpoint (`WireGuardDevice.set_endpoint`, as NAT
-traversal does on a path change), run in the namespace it is started in; prints what was seen
-as JSON.
+traversal does when a path goes onto a relay), run in the namespace it is started in; prints
+what was seen as JSON.
 
     ip netns exec NS python -m tests.helpers.wg_move --case fresh|session --dir DIR
 
-fresh: a peer that never answers, moved 1 s after its first handshake initiation: how long
-after the first, and after the move, does the next initiation reach the new address
-(WireGuard's own retry would come 5 s after the first)?
+fresh: a peer that never answers, moved 1 s after its first handshake initiation, a handshake
+asked for at once: how long after the first, and after the move, does the next initiation
+reach the new address (WireGuard's own retry would come 5 s after the first)?
 session: two devices with a session between them on loopback; one moves the other to
-127.0.0.2: is the session kept (same handshake, counters not reset)?
+127.0.0.2, a handshake asked for at once: is the session kept (same handshake, counters not
+reset)?
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import subprocess
@@ -29,26 +31,30 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.datapath.wireguard import WireGuardDevice
 from nsm_agent.state.keys import load_or_create
+from testbed.bed import patience
 
 MTU = 1420
 
 
 def device(state: Path, port: int) -> WireGuardDevice:
+    """A device with its own key under STATE, listening on PORT; released, its last peer
+    takes it (and its wireguard-go) with it."""
     state.mkdir(parents=True, exist_ok=True)
     dev = WireGuardDevice(load_or_create(state), port, MTU)
-    dev.keep_unused = False  # released, the peer and the device go
+    dev.keep_unused = False
     return dev
 
 
-def listener(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def listener(stack: contextlib.ExitStack, port: int) -> socket.socket:
+    """A UDP socket on loopback PORT standing in for a peer that never answers."""
+    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     sock.bind(("127.0.0.1", port))
-    sock.settimeout(10)
+    sock.settimeout(patience(10))
     return sock
 
 
 def dump(dev: WireGuardDevice) -> dict[str, list[str]]:
-    """`wg show DEV dump`'s peer lines by key: endpoint, latest handshake, rx, tx, …"""
+    """`wg show DEV dump`'s peer lines by key: endpoint, allowed IPs, latest handshake, rx, tx, …"""
     out = subprocess.run(["wg", "show", dev.name, "dump"], capture_output=True, text=True, check=True).stdout
     lines = [line.split("\t") for line in out.splitlines()[1:]]
     return {f[0]: f[2:] for f in lines}
@@ -58,20 +64,22 @@ async def fresh(nl: NetlinkThread, state: Path) -> dict[str, Any]:
     dev = device(state / "a", 40100)
     raw = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     silent = base64.b64encode(raw).decode()
-    old, new = listener(40101), listener(40102)
-    try:
-        await dev.use_peer(nl, "conn", silent, "127.0.0.1", 40101)
-        first = await asyncio.to_thread(old.recv, 2048)
-        first_at = time.monotonic()
-        await asyncio.sleep(1)
-        await dev.set_endpoint(silent, "127.0.0.1", 40102)
-        set_at = time.monotonic()
-        moved = await asyncio.to_thread(new.recv, 2048)
-        now = time.monotonic()
-        return {"first": [first[0], len(first)], "moved": [moved[0], len(moved)],
-                "after_first": now - first_at, "after_set": now - set_at}  # fmt: skip
-    finally:
-        await dev.release(nl, "conn", silent)
+    with contextlib.ExitStack() as stack:
+        old, new = listener(stack, 40101), listener(stack, 40102)
+        try:
+            await dev.use_peer(nl, "conn", silent, "127.0.0.1", 40101)
+            first = await asyncio.to_thread(old.recv, 2048)
+            first_at = time.monotonic()
+            await asyncio.sleep(1)
+            await dev.set_endpoint(silent, "127.0.0.1", 40102, handshake_now=True)
+            set_at = time.monotonic()
+            moved = await asyncio.to_thread(new.recv, 2048)
+            now = time.monotonic()
+            return {"implementation": dev.implementation, "first": [first[0], len(first)],
+                    "moved": [moved[0], len(moved)], "after_first": now - first_at,
+                    "after_set": now - set_at}  # fmt: skip
+        finally:
+            await dev.release(nl, "conn", silent)
 
 
 async def session(nl: NetlinkThread, state: Path) -> dict[str, Any]:
@@ -79,16 +87,18 @@ async def session(nl: NetlinkThread, state: Path) -> dict[str, Any]:
     try:
         await a.use_peer(nl, "conn", b.keys.public, "127.0.0.1", 40201)
         await b.use_peer(nl, "conn", a.keys.public, "127.0.0.1", 40200)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + patience(10)
         while dump(a)[b.keys.public][2] == "0" and time.monotonic() < deadline:  # persistent keepalive's
             await asyncio.sleep(0.1)
         before = dump(a)[b.keys.public]
-        await a.set_endpoint(b.keys.public, "127.0.0.2", 40201)
+        await a.set_endpoint(b.keys.public, "127.0.0.2", 40201, handshake_now=True)
         after = dump(a)[b.keys.public]
-        return {"before": before, "after": after}
+        return {"implementation": a.implementation, "before": before, "after": after}
     finally:
-        await a.release(nl, "conn", b.keys.public)
-        await b.release(nl, "conn", a.keys.public)
+        try:
+            await a.release(nl, "conn", b.keys.public)
+        finally:
+            await b.release(nl, "conn", a.keys.public)
 
 
 def main() -> None:

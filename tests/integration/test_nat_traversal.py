@@ -30,8 +30,10 @@ from tests.helpers.ping import lost, start_ping
 POOL = "10.90.0.0/24"
 RELAY_PORT = 51800
 WG_ARGS = ["--remote-mechanisms", "WIREGUARD"]
-# The peer is made anew on the relay, so its handshake goes at once; one lost (the relay had
-# not paired the two yet) is retried by WireGuard 5 s later, twice within this.
+# One end's peer is made anew on the relay, so a handshake goes at once; lost (crossing a
+# retry of the other end's), WireGuard tries again 5 s later: twice within this. The wait
+# would pass without the immediate handshake too: tests/integration/test_wireguard_endpoint_move.py
+# is what guards that.
 FIRST_BY_RELAY = 12
 
 
@@ -83,6 +85,7 @@ def answered(pod: str, address: str, within: float) -> bool:
     while not ping(pod, address, timeout=1):
         if time.monotonic() > deadline:
             return False
+        time.sleep(0.1)  # ping may fail at once (no route yet)
     return True
 
 

@@ -8,14 +8,9 @@ import subprocess
 import pytest
 
 from nsm_client.runtime import kernel_request
-from testbed.bed import Testbed, run
+from testbed.bed import Testbed
 from testbed.cluster import Cluster
-from tests.helpers.mesh import agent_client
-
-
-def kernel_has_wireguard(bed: Testbed) -> bool:
-    probe = bed.netns("wgprobe")
-    return run("ip", "-n", probe, "link", "add", "wgprobe", "type", "wireguard", check=False).returncode == 0
+from tests.helpers.mesh import agent_client, kernel_has_wireguard
 
 
 def connect_over_wireguard(bed: Testbed) -> Cluster:

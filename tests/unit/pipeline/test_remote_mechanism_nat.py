@@ -61,7 +61,7 @@ def nat_kinds(tmp_path: Path) -> tuple[TunnelKinds, Traversal, LoopbackPort]:
     wg = RecordingWireGuard(keys, 51821, 1420)
     port = LoopbackPort()
 
-    async def set_endpoint(_key: str, _addr: tuple[str, int]) -> None:
+    async def set_endpoint(_key: str, _addr: tuple[str, int], _now: bool) -> None:
         return None
 
     async def relays() -> list[RelayRef]:

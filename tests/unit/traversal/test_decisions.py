@@ -15,6 +15,7 @@ from nsm_agent.decisions.traversal import (
     agreed_relays,
     carried_path,
     decide,
+    handshake_now,
     parse_address,
     parse_relay,
     relay_params,
@@ -128,3 +129,11 @@ def test_a_path_carried_on_by_a_restart_starts_where_wireguard_sends() -> None:
     assert decide(direct, 10.0 + DEAD_AFTER + 0.1) is not Mode.DIRECT  # never heard there
     as_told = carried_path(told, (), told, 10.0)
     assert as_told.mode is Mode.PUNCHING and as_told.endpoint(10.1) == told
+
+
+def test_a_handshake_is_started_at_once_only_onto_a_relay_and_by_the_lower_key() -> None:
+    low, high = bytes(32), bytes([1]) * 32
+    assert handshake_now(Mode.RELAYED, low, high)
+    assert not handshake_now(Mode.RELAYED, high, low)  # the other end's initiation is awaited
+    for mode in (Mode.DIRECT, Mode.PUNCHING):  # a handshake may be under way there
+        assert not handshake_now(mode, low, high)

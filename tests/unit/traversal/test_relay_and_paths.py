@@ -168,13 +168,16 @@ async def test_one_address_keeps_at_most_max_per_address_nodes(
 async def test_two_nodes_go_direct_relayed_when_blocked_and_direct_again(relay: tuple[Relay, RelayRef, Keys]) -> None:
     _, ref, _ = relay
     nodes = []
+    handshakes_now: list[Address] = []  # where an endpoint move asked for a handshake at once
     for _ in range(2):
         keys, public = _keys()
         port = LoopbackPort()
         endpoints: list[Address] = []
 
-        async def set_endpoint(_key: str, addr: Address, seen: list[Address] = endpoints) -> None:
+        async def set_endpoint(_key: str, addr: Address, now: bool, seen: list[Address] = endpoints) -> None:
             seen.append(addr)
+            if now:
+                handshakes_now.append(addr)
 
         async def relays() -> list[RelayRef]:
             return [ref]
@@ -205,6 +208,8 @@ async def test_two_nodes_go_direct_relayed_when_blocked_and_direct_again(relay: 
         portb.blocked.add(porta.address)
         await until(lambda: ta.mode(pb) is Mode.RELAYED and tb.mode(pa) is Mode.RELAYED, PUNCH_FOR + 12)
         await until(lambda: epa[-1:] == [ref.address] and epb[-1:] == [ref.address], 1.0)
+        # One end starts a handshake there at once: two would cross, and each lose the other's.
+        assert handshakes_now == [ref.address]
 
         # Unblocked: direct again, by the pings that went on meanwhile.
         porta.blocked.clear()
@@ -272,7 +277,7 @@ async def test_following_again_keeps_what_was_heard_and_keep_only_forgets_the_re
     set_to: list[Address] = []
     own_relay = RelayRef(("127.0.0.8", 51800), _keys()[1])  # probed by the tick: no use of the port
 
-    async def set_endpoint(_key: str, addr: Address) -> None:
+    async def set_endpoint(_key: str, addr: Address, _now: bool) -> None:
         set_to.append(addr)
 
     async def relays() -> list[RelayRef]:
@@ -322,7 +327,7 @@ async def test_an_endpoint_wireguard_moved_is_set_back_to_the_paths() -> None:
     set_to: list[Address] = []
     seen: dict[str, Address] = {}
 
-    async def set_endpoint(_key: str, addr: Address) -> None:
+    async def set_endpoint(_key: str, addr: Address, _now: bool) -> None:
         set_to.append(addr)
 
     async def relays() -> list[RelayRef]:
@@ -356,7 +361,7 @@ async def test_a_tunnel_carried_on_by_a_restart_keeps_its_relay() -> None:
     _, relay_key = _keys()
     relay = RelayRef(("127.0.0.9", 51800), relay_key)
 
-    async def set_endpoint(_key: str, addr: Address) -> None:
+    async def set_endpoint(_key: str, addr: Address, _now: bool) -> None:
         set_to.append(addr)
 
     async def relays() -> list[RelayRef]:
