@@ -12,6 +12,11 @@ AGENT_PORT = 5001
 REGISTRY_PORT = 5002
 
 
+def host_port(host: str, port: int) -> str:
+    """`HOST:PORT`, an IPv6 host in brackets (`[::1]:5001`), as gRPC, `wg` and URLs write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class UrlError(ValueError):
     """An address that is neither `unix:///PATH` nor `tcp://HOST:PORT`."""
 
@@ -28,14 +33,12 @@ class Address:
         """The string grpcio takes to dial or bind this address."""
         if self.scheme == "unix":
             return f"unix://{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     def __str__(self) -> str:
         if self.scheme == "unix":
             return f"unix://{self.path}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"tcp://{host}:{self.port}"
+        return f"tcp://{host_port(self.host, self.port)}"
 
 
 def parse_address(url: str, default_port: int | None = None) -> Address:

@@ -31,6 +31,7 @@ from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 from nsm_agent.datapath.netlink import NetlinkThread
 from nsm_agent.decisions.tunnel import device_name, has_session, inner_address
 from nsm_agent.state.keys import KeyPair
+from nsm_common.urls import host_port
 
 log = structlog.get_logger("nsm.agent")
 
@@ -221,7 +222,7 @@ class WireGuardDevice:
                 fresh = Peer(public_key, ip, port, users, kept)
                 await self._configure_peer(netlink, fresh, endpoint=kept is None)
                 self.peers[public_key] = peer = fresh
-                log.info("wireguard peer configured", device=self.name, endpoint=f"{ip}:{port}",
+                log.info("wireguard peer configured", device=self.name, endpoint=host_port(ip, port),
                          **({"kept_endpoint": True} if kept else {}))  # fmt: skip
             peer.users.add(conn_id)
             return str(inner_address(public_key))
@@ -258,7 +259,7 @@ class WireGuardDevice:
             stamp = dict(self._show("latest-handshakes")).get(public_key, "0")
             handshake_now = not has_session(int(stamp) if stamp.isdigit() else 0, time.time())
         if not handshake_now:
-            self._wg("peer", public_key, "endpoint", _host_port(endpoint))
+            self._wg("peer", public_key, "endpoint", host_port(*endpoint))
             return
         # Removed and added in one `wg set`, so the device is without the peer at no moment
         # (should the set fail half way, traversal's retry makes it again), and its route, on
@@ -327,11 +328,6 @@ class WireGuardDevice:
 def _peer_settings(public_key: str, endpoint: tuple[str, int] | None) -> list[str]:
     """`wg set` arguments configuring a peer: its endpoint (None: the one it has), its inner
     address, and a keepalive within the 30 s a NAT keeps an unanswered UDP mapping."""
-    where = ["endpoint", _host_port(endpoint)] if endpoint is not None else []
+    where = ["endpoint", host_port(*endpoint)] if endpoint is not None else []
     inner = str(inner_address(public_key))
     return ["peer", public_key, *where, "allowed-ips", f"{inner}/128", "persistent-keepalive", "25"]
-
-
-def _host_port(endpoint: tuple[str, int]) -> str:
-    host = f"[{endpoint[0]}]" if ":" in endpoint[0] else endpoint[0]
-    return f"{host}:{endpoint[1]}"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from nsm_common.errors import invalid
+from nsm_common.urls import host_port
 
 PUNCH_FOR = 3.0  # seconds of pings unanswered before the relay carries the traffic
 PING_EVERY = {"punching": 0.5, "direct": 2.0, "relayed": 1.0}  # by Mode's value
@@ -46,8 +47,7 @@ class RelayRef:
     key: str
 
     def __str__(self) -> str:
-        host = f"[{self.address[0]}]" if ":" in self.address[0] else self.address[0]
-        return f"{host}:{self.address[1]}"
+        return host_port(*self.address)
 
 
 def parse_address(value: str, what: str) -> Address:

@@ -47,6 +47,7 @@ from nsm_agent.traversal.messages import (
     encode,
 )
 from nsm_agent.traversal.rawudp import RawPort
+from nsm_common.urls import host_port
 
 log = structlog.get_logger("nsm.agent")
 
@@ -399,4 +400,4 @@ class Traversal:
 def _fmt(addr: Address | None) -> str:
     if addr is None:
         return "none"
-    return f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+    return host_port(*addr)

@@ -4,13 +4,13 @@ Reflector: a node's PROBE, sent from its WireGuard port, is answered with the ad
 port it arrived from, which is the node's NAT mapping, and a cookie for that address. Only a
 probe that echoes it makes the relay keep anything (the node, its address, whom it asks
 for): one from a forged source gets one answer, no larger than itself, and changes nothing.
-Relay: two nodes whose probes each
-name the other (both asked: neither can be made a relay target alone) are paired, and any
-other datagram from one's mapping is sent on to the other's, from this same port, through
-the holes their probes keep open. What is relayed is WireGuard's own packets: the session
-stays end to end, and the relay never holds a key to it. A node paired with several peers
-sends to all of them from its one WireGuard port, so whom a packet is for is read from
-WireGuard's clear-text header (`wireguard_headers`).
+
+Relay: two nodes whose probes each name the other (both asked: neither can be made a relay
+target alone) are paired, and any other datagram from one's mapping is sent on to the
+other's, from this same port, through the holes their probes keep open. What is relayed is
+WireGuard's own packets: the session stays end to end, and the relay never holds a key to
+it. A node paired with several peers sends to all of them from its one WireGuard port, so
+whom a packet is for is read from WireGuard's clear-text header (`wireguard_headers`).
 """
 
 from __future__ import annotations

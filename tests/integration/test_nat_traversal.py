@@ -19,6 +19,7 @@ import pytest
 from scapy.layers.inet import UDP
 
 from nsm_client.runtime import kernel_request
+from nsm_common.urls import host_port
 from testbed.bed import Testbed, links, patience, ping, run
 from testbed.clusters import Federation, public_ip
 from testbed.keeper import events, peer, wait_event
@@ -62,12 +63,8 @@ def wait_endpoint(netns: str, want: str, within: float) -> None:
         time.sleep(0.2)
 
 
-def _host_port(address: str, port: int) -> str:
-    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-
-
 def relay_address(fed: Federation) -> str:
-    return _host_port(fed.domain("cluster1").public_nodes[0].public_ip, RELAY_PORT)
+    return host_port(fed.domain("cluster1").public_nodes[0].public_ip, RELAY_PORT)
 
 
 def connect(fed: Federation, node_index: int = 0, short: str = "c1") -> tuple[str, str]:
@@ -117,8 +114,8 @@ def test_svc_of_another_cluster_through_two_nats_with_no_tunnel_port_forwarded(b
     pod, peer = connect(fed)
     assert ping(pod, peer, count=3)
     # Direct, punched: each node sends to the other's router, at the port its NAT kept.
-    assert endpoints(here.netns) == {_host_port(public_ip(2, 0, family), there.wireguard_port)}
-    assert endpoints(there.netns) == {_host_port(public_ip(1, 0, family), here.wireguard_port)}
+    assert endpoints(here.netns) == {host_port(public_ip(2, 0, family), there.wireguard_port)}
+    assert endpoints(there.netns) == {host_port(public_ip(1, 0, family), here.wireguard_port)}
     relay = next(p for p in bed.procs if p.name == f"agent-{fed.domain('cluster1').public_nodes[0].name}")
     assert "nat path: direct" in next(p for p in bed.procs if p.name == f"agent-{here.name}").output()
     assert "relay: node seen" in relay.output()  # the reflector taught both their mappings
